@@ -1,0 +1,141 @@
+//! The ingest consumer: a group member that, on every partition assignment,
+//! starts each partition at the offset its sink has durably stored, not at
+//! Kafka's committed offset.
+//!
+//! Rebalancing is eager (range/roundrobin): every rebalance revokes all
+//! partitions and assigns afresh, bumping [`IngestContext::generation`]. The
+//! worker drops whatever it had buffered but not written when the generation
+//! changes: the new assignment re-reads those records from the stored offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{base_config, BusError};
+
+/// Where a consumer's authoritative offsets live (PostgreSQL, for ingest).
+pub trait OffsetSource: Send + Sync + 'static {
+    /// Next offset to read per partition; partitions never written are absent.
+    fn stored_offsets(&self, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>, String>;
+}
+
+pub struct IngestContext {
+    source: Box<dyn OffsetSource>,
+    generation: AtomicU64,
+}
+
+pub type IngestConsumer = BaseConsumer<IngestContext>;
+
+impl IngestContext {
+    /// Bumped on every assignment change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
+                for e in tpl.elements() {
+                    by_topic
+                        .entry(e.topic().to_owned())
+                        .or_default()
+                        .push(e.partition());
+                }
+                for (topic, parts) in by_topic {
+                    match self.source.stored_offsets(&topic, &parts) {
+                        Ok(stored) => {
+                            for p in parts {
+                                let offset = stored
+                                    .get(&p)
+                                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                                if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                                    tracing::error!(%topic, partition = p, error = %e, "cannot set start offset");
+                                }
+                            }
+                            tracing::info!(%topic, partitions = ?stored, "assigned; starting from stored offsets");
+                        }
+                        Err(e) => {
+                            // Kafka's committed offsets are only ever committed after the
+                            // sink's transaction, so they are never ahead of it: starting
+                            // there may re-read (deduplicated downstream) but never skips.
+                            tracing::warn!(%topic, error = %e, "stored offsets unavailable; starting from Kafka's committed offsets");
+                            for p in parts {
+                                let _ = tpl.set_partition_offset(&topic, p, Offset::Stored);
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// A consumer in `group_id`, subscribed to `topic`, with manual commits.
+pub fn ingest_consumer(
+    brokers: &str,
+    group_id: &str,
+    topic: &str,
+    session_timeout_ms: u32,
+    source: Box<dyn OffsetSource>,
+) -> Result<IngestConsumer, BusError> {
+    let ctx = IngestContext {
+        source,
+        generation: AtomicU64::new(0),
+    };
+    let heartbeat = (session_timeout_ms / 3).clamp(100, 3_000);
+    let consumer: IngestConsumer = base_config(brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "roundrobin")
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", heartbeat.to_string())
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "65536")
+        .create_with_context(ctx)?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Commits `next offsets` to Kafka (asynchronously), for lag monitoring only.
+pub fn commit_async(
+    consumer: &IngestConsumer,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+}

@@ -1,0 +1,304 @@
+//! The event producer: idempotent, acks=all, lz4, batched by linger.
+//!
+//! librdkafka retries each message internally with exponential backoff
+//! (`retry.backoff.ms` doubling up to `retry.backoff.max.ms`) until
+//! `message.timeout.ms`. A message that still fails is handed back to us in the
+//! delivery report; we re-enqueue it with our own exponential backoff, up to
+//! [`ProducerConfig::max_attempts`] times, and only then count it as failed and
+//! make [`EventProducer::flush`] return an error. Nothing is dropped silently.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use super::{base_config, BusError};
+
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    pub brokers: String,
+    pub linger_ms: u32,
+    pub idempotence: bool,
+    pub message_timeout_ms: u32,
+    /// Application-level attempts per message (each one a full librdkafka retry cycle).
+    pub max_attempts: u32,
+}
+
+impl ProducerConfig {
+    pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            linger_ms: cfg.kafka_linger_ms,
+            idempotence: cfg.kafka_idempotence,
+            message_timeout_ms: cfg.kafka_message_timeout_ms,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Live counters, shared with whoever reports on the producer.
+#[derive(Debug, Default)]
+pub struct ProducerStats {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    /// Highest delivered offset per partition.
+    high_offsets: Mutex<HashMap<i32, i64>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ProducerStats {
+    /// Next offset after the last delivered message, per partition.
+    pub fn delivered_end_offsets(&self) -> Vec<(i32, i64)> {
+        let map = self.high_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(p, o)| (*p, o + 1)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+struct Retry {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    attempt: usize,
+    ready_at: Instant,
+}
+
+pub struct DeliveryTracker {
+    stats: Arc<ProducerStats>,
+    retries: Mutex<VecDeque<Retry>>,
+    max_attempts: usize,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+fn retriable(e: &KafkaError) -> bool {
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Exponential backoff: 200 ms, 400 ms, 800 ms, … capped at 10 s.
+pub fn backoff(attempt: usize) -> Duration {
+    let ms = 200u64.saturating_mul(1 << attempt.min(16));
+    Duration::from_millis(ms.min(10_000))
+}
+
+impl ProducerContext for DeliveryTracker {
+    /// The attempt number of the message (0 for the first).
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, attempt: usize) {
+        match result {
+            Ok(m) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                let mut high = self
+                    .stats
+                    .high_offsets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let e = high.entry(m.partition()).or_insert(-1);
+                *e = (*e).max(m.offset());
+            }
+            Err((e, m)) => {
+                *self
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                let next = attempt + 1;
+                if next < self.max_attempts && retriable(e) {
+                    tracing::warn!(attempt = next, error = %e, "delivery failed, retrying");
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    self.retries
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(Retry {
+                            key: m.key().unwrap_or_default().to_vec(),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                            attempt: next,
+                            ready_at: Instant::now() + backoff(next),
+                        });
+                } else {
+                    tracing::error!(attempts = next, error = %e, "delivery failed for good");
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+pub struct EventProducer {
+    inner: ThreadedProducer<DeliveryTracker>,
+    topic: String,
+    stats: Arc<ProducerStats>,
+}
+
+impl EventProducer {
+    pub fn new(cfg: &ProducerConfig, topic: &str) -> Result<Self, BusError> {
+        let stats = Arc::new(ProducerStats::default());
+        let ctx = DeliveryTracker {
+            stats: Arc::clone(&stats),
+            retries: Mutex::new(VecDeque::new()),
+            max_attempts: cfg.max_attempts.max(1) as usize,
+        };
+        let mut c = base_config(&cfg.brokers);
+        c.set("acks", "all")
+            .set("enable.idempotence", cfg.idempotence.to_string())
+            .set("compression.type", "lz4")
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("retry.backoff.ms", "100")
+            .set("retry.backoff.max.ms", "5000")
+            .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
+        let inner = c.create_with_context(ctx)?;
+        Ok(Self {
+            inner,
+            topic: topic.to_owned(),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<ProducerStats> {
+        &self.stats
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Enqueues one record; blocks (briefly) while the local queue is full.
+    pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
+        self.resend_ready(false)?;
+        self.enqueue(key, payload, 0, None)?;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Enqueues one record with headers (used for the dead-letter topic).
+    pub fn send_with_headers(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), BusError> {
+        self.resend_ready(false)?;
+        self.enqueue(key, payload, 0, Some(headers))?;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn enqueue(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        attempt: usize,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), BusError> {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, attempt)
+            .key(key)
+            .payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Re-enqueues failed messages whose backoff has elapsed (all of them when `all`).
+    fn resend_ready(&self, all: bool) -> Result<(), BusError> {
+        let ready: Vec<Retry> = {
+            let mut q = self
+                .inner
+                .context()
+                .retries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if q.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
+                q.drain(..).partition(|r| all || r.ready_at <= now);
+            *q = waiting;
+            ready.into_iter().collect()
+        };
+        for r in ready {
+            if all {
+                std::thread::sleep(r.ready_at.saturating_duration_since(Instant::now()));
+            }
+            self.enqueue(&r.key, &r.payload, r.attempt, None)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every message is delivered or has failed for good.
+    /// Returns an error naming how many failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A flush error here is only a timeout; the loop decides.
+            let _ = self.inner.flush(left.min(Duration::from_millis(500)));
+            let pending_retries = !self
+                .inner
+                .context()
+                .retries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if pending_retries {
+                self.resend_ready(true)?;
+                continue;
+            }
+            if self.inner.in_flight_count() == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(BusError::Undelivered {
+                    failed: self.inner.in_flight_count() as u64,
+                    last_error: "flush timed out with messages in flight".into(),
+                });
+            }
+        }
+        let failed = self.stats.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            return Err(BusError::Undelivered {
+                failed,
+                last_error: self.stats.last_error().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The `salespulse` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use salespulse::api::{self, ApiState, HealthTargets};
+use salespulse::bus::EmbeddedBroker;
+use salespulse::config::Config;
+use salespulse::generator::{self, Clock, Generator, GeneratorParams, OutputFormat};
+use salespulse::pipeline::{
+    self, bench, doctor, IngestSettings, IngestStats, RunOptions, Services,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "salespulse",
+    version,
+    about = "Real-time sales analytics workbench"
+)]
+struct Cli {
+    /// Config file (default: $SALESPULSE_CONFIG, else ./salespulse.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `salespulse=debug` (default: $RUST_LOG, else info).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generator + producer + ingest, headless. Uses embedded Kafka and
+    /// PostgreSQL unless KAFKA_BROKERS / DATABASE_URL are set.
+    Run {
+        /// Stop generating after N events; exit once all are committed.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Events per second (0 = as fast as possible). Default: as fast as
+        /// possible with --events, else 500.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Behaviour seed (default: random, so reruns add new data).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Ingest workers in this process (one consumer-group member each).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Stamp events with a simulated clock starting here (RFC 3339)
+        /// instead of the wall clock: backfills history with seasonality.
+        #[arg(long)]
+        backfill_from: Option<DateTime<Utc>>,
+        /// Partitions of the topic if it is created (overrides config).
+        #[arg(long)]
+        partitions: Option<i32>,
+    },
+    /// Writes generated events to stdout.
+    Generate {
+        #[arg(long)]
+        count: u64,
+        /// ndjson or csv.
+        #[arg(long, default_value = "ndjson")]
+        format: OutputFormat,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Start of the simulated clock (RFC 3339; default: midnight UTC 7 days ago).
+        #[arg(long, conflicts_with = "wall_clock")]
+        start: Option<DateTime<Utc>>,
+        /// Stamp events with the wall clock instead of a simulated one.
+        #[arg(long)]
+        wall_clock: bool,
+    },
+    /// One or more ingest workers joining the consumer group (needs KAFKA_BROKERS).
+    Ingest {
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// The HTTP generator API: GET /event, /stream?rate=R&count=N, /health.
+    Serve {
+        /// Address to bind (default from config: 127.0.0.1:8080).
+        #[arg(long)]
+        bind: Option<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// The embedded mock Kafka cluster, standalone on a fixed port, for
+    /// several local processes.
+    Broker {
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
+    /// Checks each dependency and says how to fix what is missing.
+    Doctor,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Pipeline ingest rate against a raw COPY of the same events.
+    Ingest {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the bench database.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info,rdkafka=warn,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(dispatch(cli.command, &mut cfg))
+}
+
+async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            events,
+            rate,
+            seed,
+            workers,
+            backfill_from,
+            partitions,
+        } => {
+            if let Some(p) = partitions {
+                cfg.partitions = p;
+                cfg.check()?;
+            }
+            let rate = match (rate, events) {
+                (Some(r), _) if r > 0.0 => Some(r),
+                (Some(_), _) | (None, Some(_)) => None,
+                (None, None) => Some(500.0),
+            };
+            let opts = RunOptions {
+                events,
+                rate,
+                seed: seed.unwrap_or_else(rand::random),
+                workers,
+                clock: backfill_from.map_or(Clock::Wall, Clock::Simulated),
+                params: GeneratorParams::default(),
+            };
+            let report = pipeline::run(cfg, opts).await?;
+            println!(
+                "produced {} events and committed them all in {:.2} s: {:.0} events/s \
+                 ({} sales, {} sessions, {} duplicates skipped, {} dead-lettered)",
+                report.produced,
+                report.elapsed.as_secs_f64(),
+                report.events_per_sec(),
+                report.sales,
+                report.sessions,
+                report.duplicates,
+                report.dead_lettered
+            );
+        }
+        Command::Generate {
+            count,
+            format,
+            seed,
+            start,
+            wall_clock,
+        } => {
+            let clock = if wall_clock {
+                Clock::Wall
+            } else {
+                Clock::Simulated(start.unwrap_or_else(generator::default_simulated_start))
+            };
+            let mut g = Generator::new(GeneratorParams::default(), seed, clock)?;
+            let stdout = std::io::stdout().lock();
+            match generator::write_events(&mut g, count, format, stdout) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r?,
+            }
+        }
+        Command::Ingest { workers } => {
+            anyhow::ensure!(
+                cfg.kafka_brokers.is_some(),
+                "`salespulse ingest` joins a consumer group on a shared broker: set KAFKA_BROKERS \
+                 (for local use, start one with `salespulse broker` and set KAFKA_BROKERS=127.0.0.1:9092)"
+            );
+            let services = Services::resolve(cfg).await?;
+            let store = services.prepare(cfg).await?;
+            let settings = IngestSettings::from_config(cfg, &services.brokers);
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = Arc::new(IngestStats::default());
+            let handles = pipeline::spawn_workers(workers, &settings, &store, &stop, &stats);
+            tracing::info!(workers, group = %cfg.group_id, topic = %cfg.topic, "ingest running; Ctrl-C to stop");
+            tokio::select! {
+                _ = pipeline::shutdown_signal() => {}
+                _ = async {
+                    while !handles.iter().any(|h| h.is_finished()) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                } => tracing::error!("an ingest worker stopped"),
+            }
+            stop.store(true, Ordering::Release);
+            pipeline::join_workers(handles).await?;
+            println!(
+                "ingested {} sales and {} sessions ({} duplicates skipped, {} dead-lettered)",
+                stats.sales.load(Ordering::Relaxed),
+                stats.sessions.load(Ordering::Relaxed),
+                stats.duplicates.load(Ordering::Relaxed),
+                stats.dead_lettered.load(Ordering::Relaxed)
+            );
+        }
+        Command::Serve { bind, seed } => {
+            let services = Services::resolve(cfg).await?;
+            let health = HealthTargets {
+                kafka_brokers: Some(services.brokers.clone()),
+                database_url: Some(services.database_url.clone()),
+                redis_url: Some(cfg.redis_url.clone()),
+            };
+            let state = Arc::new(ApiState::new(
+                GeneratorParams::default(),
+                seed.unwrap_or_else(rand::random),
+                health,
+            )?);
+            let bind = bind.unwrap_or_else(|| cfg.http_bind.clone());
+            api::serve(&bind, state, pipeline::shutdown_signal())
+                .await
+                .with_context(|| format!("serving on {bind}"))?;
+        }
+        Command::Broker { port } => {
+            let broker = EmbeddedBroker::start_on_port(port).await?;
+            for t in [&cfg.topic, &cfg.dlq_topic] {
+                broker.create_topic(t, cfg.partitions)?;
+            }
+            println!(
+                "mock Kafka broker on {} (topics {} and {}, {} partitions; in memory). \
+                 Use KAFKA_BROKERS={} ; Ctrl-C to stop.",
+                broker.bootstrap_servers(),
+                cfg.topic,
+                cfg.dlq_topic,
+                cfg.partitions,
+                broker.bootstrap_servers()
+            );
+            pipeline::shutdown_signal().await;
+        }
+        Command::Doctor => {
+            println!("configuration:\n{}\n", cfg.summary());
+            let checks = doctor::diagnose(cfg).await;
+            print!("{}", doctor::render(&checks));
+            if checks.iter().any(|c| !c.ok) {
+                anyhow::bail!("some dependencies are not available");
+            }
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Ingest {
+                    events,
+                    workers,
+                    seed,
+                    keep,
+                    json,
+                },
+        } => {
+            let report = bench::ingest(
+                cfg,
+                &bench::IngestBenchOptions {
+                    events,
+                    workers,
+                    seed,
+                    keep,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+    }
+    Ok(())
+}

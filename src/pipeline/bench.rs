@@ -1,0 +1,280 @@
+//! `salespulse bench ingest`: the pipeline against a raw `COPY`.
+//!
+//! In one run, on a fresh database: N generated events are produced to a fresh
+//! topic; the ingest workers consume, validate and write them (rows, rollups,
+//! customers, products and offsets, exactly once), timed from worker start to
+//! the last offset committed; then the same N events are loaded with a plain
+//! `COPY` into identical tables (same columns, constraints and indexes), timed
+//! alone. Prints both rates and their ratio.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{TimeZone, Utc};
+use serde::Serialize;
+
+use super::{
+    join_workers, produce_loop, spawn_workers, wait_for_offsets, IngestSettings, IngestStats,
+    Services,
+};
+use crate::bus::{EventProducer, ProducerConfig};
+use crate::config::Config;
+use crate::event::Event;
+use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::store::{self, Store};
+
+#[derive(Clone, Debug)]
+pub struct IngestBenchOptions {
+    pub events: u64,
+    pub workers: usize,
+    pub seed: u64,
+    /// Keep the bench database afterwards (for inspection).
+    pub keep: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestBenchReport {
+    pub events: u64,
+    pub sales: u64,
+    pub sessions: u64,
+    pub workers: usize,
+    pub partitions: i32,
+    pub batch_size: usize,
+    pub produce_secs: f64,
+    pub pipeline_secs: f64,
+    pub copy_secs: f64,
+    pub pipeline_events_per_sec: f64,
+    pub copy_rows_per_sec: f64,
+    pub ratio: f64,
+}
+
+impl std::fmt::Display for IngestBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "events            {} ({} sales, {} sessions)",
+            self.events, self.sales, self.sessions
+        )?;
+        writeln!(
+            f,
+            "setup             {} partitions, {} ingest worker(s), batch {}",
+            self.partitions, self.workers, self.batch_size
+        )?;
+        writeln!(
+            f,
+            "produce           {:.2} s ({:.0} events/s, not part of the comparison)",
+            self.produce_secs,
+            self.events as f64 / self.produce_secs
+        )?;
+        writeln!(f, "pipeline ingest   {:.2} s  {:>10.0} events/s  (decode, validate, rows + rollups + customers + products + offsets)", self.pipeline_secs, self.pipeline_events_per_sec)?;
+        writeln!(f, "raw COPY          {:.2} s  {:>10.0} rows/s    (same rows, identical tables and indexes)", self.copy_secs, self.copy_rows_per_sec)?;
+        write!(f, "ratio             {:.2} × COPY", self.ratio)
+    }
+}
+
+fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
+        .single()
+        .context("start time")?;
+    Ok(Generator::new(
+        GeneratorParams::default(),
+        seed,
+        Clock::Simulated(start),
+    )?)
+}
+
+pub async fn ingest(cfg: &Config, opts: &IngestBenchOptions) -> anyhow::Result<IngestBenchReport> {
+    let services = Services::resolve(cfg).await?;
+    let tag = format!("{}_{}", std::process::id(), Utc::now().timestamp());
+    let db = format!("salespulse_bench_{tag}");
+    store::create_database_if_missing(&services.database_url, &db).await?;
+    let url = store::with_database(&services.database_url, &db)?;
+    let result = run(cfg, opts, &services, &url, &tag).await;
+    if !opts.keep {
+        if let Err(e) = store::drop_database(&services.database_url, &db).await {
+            tracing::warn!(error = %e, "could not drop bench database {db}");
+        }
+    } else {
+        eprintln!("bench database kept: {db}");
+    }
+    result
+}
+
+async fn run(
+    base: &Config,
+    opts: &IngestBenchOptions,
+    services: &Services,
+    url: &str,
+    tag: &str,
+) -> anyhow::Result<IngestBenchReport> {
+    let mut cfg = base.clone();
+    cfg.topic = format!("bench-events-{tag}");
+    cfg.dlq_topic = format!("bench-events-dlq-{tag}");
+    cfg.group_id = format!("bench-ingest-{tag}");
+    let store = Store::connect(
+        url,
+        cfg.pg_pool_size.max(opts.workers as u32 + 2),
+        Duration::from_millis(cfg.pg_statement_timeout_ms.max(60_000)),
+    )
+    .await?;
+    store.migrate().await?;
+    services.ensure_topics(&cfg).await?;
+
+    // 1. Produce the events (not part of the comparison).
+    eprintln!("producing {} events…", opts.events);
+    let producer = Arc::new(EventProducer::new(
+        &ProducerConfig::from_config(&cfg, &services.brokers),
+        &cfg.topic,
+    )?);
+    let t = Instant::now();
+    let (events, seed) = (opts.events, opts.seed);
+    let p = Arc::clone(&producer);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut g = bench_generator(seed)?;
+        Ok(produce_loop(
+            &mut g,
+            &p,
+            Some(events),
+            None,
+            &AtomicBool::new(false),
+        )?)
+    })
+    .await??;
+    let produce_secs = t.elapsed().as_secs_f64();
+    let targets = producer.stats().delivered_end_offsets();
+
+    // 2. The pipeline.
+    eprintln!("ingesting through the pipeline…");
+    let settings = IngestSettings::from_config(&cfg, &services.brokers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(IngestStats::default());
+    let t = Instant::now();
+    let workers = spawn_workers(opts.workers, &settings, &store, &stop, &stats);
+    let caught_up = wait_for_offsets(
+        &store,
+        &cfg.group_id,
+        &cfg.topic,
+        &targets,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let pipeline_secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Release);
+    join_workers(workers).await?;
+    caught_up?;
+    let sales = stats.sales.load(Ordering::Relaxed);
+    let sessions = stats.sessions.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        sales + sessions == opts.events,
+        "pipeline wrote {} rows for {} events",
+        sales + sessions,
+        opts.events
+    );
+
+    // 3. Raw COPY of the same rows into identical tables.
+    eprintln!("loading the same rows with COPY…");
+    let (tx_csv, session_csv) =
+        tokio::task::spawn_blocking(move || copy_payloads(seed, events)).await??;
+    let mut conn = store.pool().acquire().await?;
+    sqlx::query("CREATE TABLE copy_transactions (LIKE transactions INCLUDING ALL)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("CREATE TABLE copy_sessions (LIKE sessions INCLUDING ALL)")
+        .execute(&mut *conn)
+        .await?;
+    let t = Instant::now();
+    let mut copied = 0;
+    for (sql, data) in [
+        (
+            "COPY copy_transactions (transaction_id, occurred_at, customer_id, session_id, product_id, \
+             category, quantity, unit_price, discount, total_amount, currency, payment_method, status, \
+             region, country, channel, kafka_partition, kafka_offset) FROM STDIN (FORMAT csv)",
+            &tx_csv,
+        ),
+        (
+            "COPY copy_sessions (session_id, customer_id, started_at, ended_at, region, country, channel, \
+             page_views, orders, kafka_partition, kafka_offset) FROM STDIN (FORMAT csv)",
+            &session_csv,
+        ),
+    ] {
+        let mut copy = conn.copy_in_raw(sql).await?;
+        copy.send(data.as_slice()).await?;
+        copied += copy.finish().await?;
+    }
+    let copy_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        copied == opts.events,
+        "COPY loaded {copied} rows for {} events",
+        opts.events
+    );
+
+    let pipeline_rate = opts.events as f64 / pipeline_secs;
+    let copy_rate = opts.events as f64 / copy_secs;
+    Ok(IngestBenchReport {
+        events: opts.events,
+        sales,
+        sessions,
+        workers: opts.workers,
+        partitions: cfg.partitions,
+        batch_size: cfg.batch_size,
+        produce_secs,
+        pipeline_secs,
+        copy_secs,
+        pipeline_events_per_sec: pipeline_rate,
+        copy_rows_per_sec: copy_rate,
+        ratio: pipeline_rate / copy_rate,
+    })
+}
+
+/// CSV for the COPY half: the same events the pipeline ingested.
+fn copy_payloads(seed: u64, events: u64) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let mut g = bench_generator(seed)?;
+    let mut tx = csv::Writer::from_writer(Vec::with_capacity(events as usize * 200));
+    let mut ss = csv::Writer::from_writer(Vec::with_capacity(events as usize * 120));
+    for i in 0..events {
+        match g.next_event() {
+            Event::Sale(s) => tx.write_record([
+                s.transaction_id.to_string(),
+                s.occurred_at.to_rfc3339(),
+                s.customer_id,
+                s.session_id,
+                s.product_id,
+                s.category,
+                s.quantity.to_string(),
+                format!("{:.2}", s.unit_price),
+                format!("{:.2}", s.discount),
+                format!("{:.2}", s.total_amount),
+                s.currency,
+                s.payment_method,
+                s.status.to_string(),
+                s.region,
+                s.country,
+                s.channel.to_string(),
+                "0".into(),
+                i.to_string(),
+            ])?,
+            Event::Session(s) => ss.write_record([
+                s.session_id,
+                s.customer_id,
+                s.started_at.to_rfc3339(),
+                s.ended_at.to_rfc3339(),
+                s.region,
+                s.country,
+                s.channel.to_string(),
+                s.page_views.to_string(),
+                s.orders.to_string(),
+                "0".into(),
+                i.to_string(),
+            ])?,
+        }
+    }
+    let mut tx = tx.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut ss = ss.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.flush()?;
+    ss.flush()?;
+    Ok((tx, ss))
+}

@@ -1,0 +1,339 @@
+//! One ingest worker: a consumer-group member on its own OS thread.
+//!
+//! It gathers records until the batch is full or its time is up, decodes and
+//! validates each, sends rejects to the dead-letter topic (reason in headers)
+//! and waits for their delivery, then writes the valid rows *and the partition
+//! offsets* in one PostgreSQL transaction. Only after that commit are offsets
+//! committed to Kafka, for lag monitoring; PostgreSQL stays the authority on
+//! where each partition resumes (see [`crate::bus::IngestContext`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use tokio::runtime::Handle;
+
+use crate::bus::{self, BusError, EventProducer, OffsetSource, ProducerConfig};
+use crate::event::{Event, Rejection};
+use crate::store::{Batch, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gave up writing a batch after {attempts} attempts: {last}")]
+    GaveUp { attempts: u32, last: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub session_timeout_ms: u32,
+    pub dlq_producer: ProducerConfig,
+}
+
+impl IngestSettings {
+    pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            group_id: cfg.group_id.clone(),
+            topic: cfg.topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+            batch_size: cfg.batch_size,
+            batch_timeout: Duration::from_millis(cfg.batch_timeout_ms),
+            session_timeout_ms: cfg.kafka_session_timeout_ms,
+            dlq_producer: ProducerConfig::from_config(cfg, brokers),
+        }
+    }
+}
+
+/// Live counters of one or more workers.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub consumed: AtomicU64,
+    pub sales: AtomicU64,
+    pub sessions: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub write_retries: AtomicU64,
+    pub dropped_on_rebalance: AtomicU64,
+}
+
+struct PgOffsets {
+    store: Store,
+    rt: Handle,
+    group: String,
+}
+
+impl OffsetSource for PgOffsets {
+    fn stored_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<std::collections::HashMap<i32, i64>, String> {
+        let fut = self.store.stored_offsets(&self.group, topic, partitions);
+        self.rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(15), fut).await })
+            .map_err(|_| "timed out reading stored offsets".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct Reject {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    partition: i32,
+    offset: i64,
+    why: Rejection,
+}
+
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    rejects: Vec<Reject>,
+    next_offsets: BTreeMap<i32, i64>,
+    records: usize,
+    dlq_done: bool,
+}
+
+impl Pending {
+    fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        self.records += 1;
+        let next = self.next_offsets.entry(partition).or_insert(offset + 1);
+        *next = (*next).max(offset + 1);
+        let decoded = match payload {
+            Some(p) => Event::decode(p, Utc::now()),
+            None => Err(Rejection::Undecodable("empty payload".into())),
+        };
+        match decoded {
+            Ok(Event::Sale(s)) => self.batch.sales.push((s, partition, offset)),
+            Ok(Event::Session(s)) => self.batch.sessions.push((s, partition, offset)),
+            Err(why) => self.rejects.push(Reject {
+                key: key.unwrap_or_default().to_vec(),
+                payload: payload.unwrap_or_default().to_vec(),
+                partition,
+                offset,
+                why,
+            }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+}
+
+/// Runs one worker until `stop` is set; then writes what it holds and leaves
+/// the group. Blocking: call it on a dedicated thread, with a handle to the
+/// runtime the store lives on.
+pub fn run_worker(
+    settings: &IngestSettings,
+    store: Store,
+    rt: Handle,
+    stop: Arc<AtomicBool>,
+    stats: Arc<IngestStats>,
+) -> Result<(), IngestError> {
+    let source = PgOffsets {
+        store: store.clone(),
+        rt: rt.clone(),
+        group: settings.group_id.clone(),
+    };
+    let consumer = bus::ingest_consumer(
+        &settings.brokers,
+        &settings.group_id,
+        &settings.topic,
+        settings.session_timeout_ms,
+        Box::new(source),
+    )?;
+    let dlq = EventProducer::new(&settings.dlq_producer, &settings.dlq_topic)?;
+    let mut pending = Pending::default();
+    let mut generation = consumer.context().generation();
+    let mut deadline: Option<Instant> = None;
+
+    loop {
+        if stop.load(Ordering::Acquire) {
+            if !pending.is_empty() {
+                flush(
+                    settings,
+                    &consumer,
+                    &dlq,
+                    &store,
+                    &rt,
+                    &stats,
+                    &mut pending,
+                    Some(&stop),
+                )?;
+            }
+            break;
+        }
+        let wait = deadline
+            .map_or(Duration::from_millis(200), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_millis(200));
+        let polled = consumer.poll(wait);
+        let g = consumer.context().generation();
+        if g != generation {
+            if !pending.is_empty() {
+                tracing::info!(
+                    records = pending.records,
+                    "assignment changed: dropping buffered records, they are re-read from stored offsets"
+                );
+                stats
+                    .dropped_on_rebalance
+                    .fetch_add(pending.records as u64, Ordering::Relaxed);
+                pending = Pending::default();
+                deadline = None;
+            }
+            generation = g;
+        }
+        match polled {
+            Some(Ok(m)) => {
+                stats.consumed.fetch_add(1, Ordering::Relaxed);
+                pending.add(m.partition(), m.offset(), m.key(), m.payload());
+                if deadline.is_none() {
+                    deadline = Some(Instant::now() + settings.batch_timeout);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        if pending.records >= settings.batch_size || (due && !pending.is_empty()) {
+            flush(
+                settings,
+                &consumer,
+                &dlq,
+                &store,
+                &rt,
+                &stats,
+                &mut pending,
+                Some(&stop),
+            )?;
+            pending = Pending::default();
+            deadline = None;
+        }
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+const MAX_ATTEMPTS: u32 = 40;
+
+#[allow(clippy::too_many_arguments)]
+fn flush(
+    settings: &IngestSettings,
+    consumer: &bus::IngestConsumer,
+    dlq: &EventProducer,
+    store: &Store,
+    rt: &Handle,
+    stats: &IngestStats,
+    pending: &mut Pending,
+    _stop: Option<&AtomicBool>,
+) -> Result<(), IngestError> {
+    let mut attempt = 0u32;
+    loop {
+        match try_flush(settings, dlq, store, rt, stats, pending) {
+            Ok(()) => break,
+            Err(e) => {
+                attempt += 1;
+                let transient = match &e {
+                    IngestError::Store(s) => s.is_transient(),
+                    IngestError::Bus(_) => true,
+                    IngestError::GaveUp { .. } => false,
+                };
+                if !transient || attempt >= MAX_ATTEMPTS {
+                    return Err(IngestError::GaveUp {
+                        attempts: attempt,
+                        last: e.to_string(),
+                    });
+                }
+                stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                let wait = bus_backoff(attempt);
+                tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let offsets: Vec<(i32, i64)> = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+    if let Err(e) = bus::commit_async(consumer, &settings.topic, &offsets) {
+        // Only lag monitoring depends on this; PostgreSQL holds the real offsets.
+        tracing::debug!(error = %e, "kafka offset commit failed");
+    }
+    Ok(())
+}
+
+fn bus_backoff(attempt: u32) -> Duration {
+    crate::bus::backoff(attempt as usize)
+}
+
+fn try_flush(
+    settings: &IngestSettings,
+    dlq: &EventProducer,
+    store: &Store,
+    rt: &Handle,
+    stats: &IngestStats,
+    pending: &mut Pending,
+) -> Result<(), IngestError> {
+    if !pending.dlq_done && !pending.rejects.is_empty() {
+        for r in &pending.rejects {
+            let reason = r.why.to_string();
+            let partition = r.partition.to_string();
+            let offset = r.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "salespulse.error",
+                    value: Some(reason.as_str()),
+                })
+                .insert(Header {
+                    key: "salespulse.error.kind",
+                    value: Some(r.why.kind()),
+                })
+                .insert(Header {
+                    key: "salespulse.source.topic",
+                    value: Some(settings.topic.as_str()),
+                })
+                .insert(Header {
+                    key: "salespulse.source.partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "salespulse.source.offset",
+                    value: Some(offset.as_str()),
+                });
+            dlq.send_with_headers(&r.key, &r.payload, headers)?;
+        }
+        // Rejects must be safely in the DLQ before their offsets are committed.
+        dlq.flush(Duration::from_secs(120))?;
+        pending.dlq_done = true;
+        stats
+            .dead_lettered
+            .fetch_add(pending.rejects.len() as u64, Ordering::Relaxed);
+        for r in &pending.rejects {
+            tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.why, "record dead-lettered");
+        }
+    }
+    pending.batch.offsets = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+    let out =
+        rt.block_on(store.write_batch(&settings.group_id, &settings.topic, &pending.batch))?;
+    let valid = (pending.batch.sales.len() + pending.batch.sessions.len()) as u64;
+    stats.sales.fetch_add(out.sales, Ordering::Relaxed);
+    stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);
+    stats
+        .duplicates
+        .fetch_add(valid - out.sales - out.sessions, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}

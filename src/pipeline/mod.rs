@@ -1,0 +1,336 @@
+//! Wires the layers together: resolves services (embedded or configured),
+//! runs generator → producer and ingest workers, and reports.
+
+pub mod bench;
+pub mod doctor;
+pub mod ingest;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::runtime::Handle;
+
+use crate::bus::{self, EmbeddedBroker, EventProducer, ProducerConfig};
+use crate::config::{redact_url, Config};
+use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::store::{EmbeddedPostgres, Store};
+
+pub use ingest::{run_worker, IngestSettings, IngestStats};
+
+/// The services a command talks to, started in-process when not configured.
+pub struct Services {
+    pub brokers: String,
+    pub database_url: String,
+    pub embedded_broker: Option<EmbeddedBroker>,
+    pub embedded_pg: Option<EmbeddedPostgres>,
+}
+
+impl Services {
+    /// Uses `KAFKA_BROKERS` / `DATABASE_URL` when set; otherwise starts an
+    /// in-process mock cluster and/or the private PostgreSQL cluster.
+    pub async fn resolve(cfg: &Config) -> anyhow::Result<Self> {
+        let (brokers, embedded_broker) = match &cfg.kafka_brokers {
+            Some(b) => (b.clone(), None),
+            None => {
+                let broker =
+                    EmbeddedBroker::start(1).context("starting the embedded Kafka broker")?;
+                tracing::info!(
+                    bootstrap = broker.bootstrap_servers(),
+                    "embedded Kafka (mock cluster) started"
+                );
+                (broker.bootstrap_servers().to_owned(), Some(broker))
+            }
+        };
+        let (database_url, embedded_pg) = match &cfg.database_url {
+            Some(u) => (u.clone(), None),
+            None => {
+                let pg = EmbeddedPostgres::ensure(&cfg.data_dir(), cfg.embedded_pg_port)
+                    .await
+                    .context("starting the embedded PostgreSQL")?;
+                tracing::info!(dir = %pg.data_dir.display(), port = pg.port, "embedded PostgreSQL ready");
+                (pg.url.clone(), Some(pg))
+            }
+        };
+        Ok(Self {
+            brokers,
+            database_url,
+            embedded_broker,
+            embedded_pg,
+        })
+    }
+
+    /// Connects and migrates the store, and creates the topics if missing.
+    pub async fn prepare(&self, cfg: &Config) -> anyhow::Result<Store> {
+        let store = Store::connect(
+            &self.database_url,
+            cfg.pg_pool_size,
+            Duration::from_millis(cfg.pg_statement_timeout_ms),
+        )
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&self.database_url)))?;
+        store.migrate().await.context("applying migrations")?;
+        self.ensure_topics(cfg).await?;
+        Ok(store)
+    }
+
+    pub async fn ensure_topics(&self, cfg: &Config) -> anyhow::Result<()> {
+        let topics = [
+            (cfg.topic.as_str(), cfg.partitions),
+            (cfg.dlq_topic.as_str(), cfg.partitions),
+        ];
+        match &self.embedded_broker {
+            Some(b) => {
+                for (t, p) in topics {
+                    b.create_topic(t, p)?;
+                }
+            }
+            None => bus::ensure_topics(&self.brokers, &topics, cfg.replication_factor)
+                .await
+                .with_context(|| format!("creating topics on {}", self.brokers))?,
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a loop at `rate` iterations per second (no limit when `None`).
+pub struct Pacer {
+    start: Instant,
+    rate: Option<f64>,
+}
+
+impl Pacer {
+    pub fn new(rate: Option<f64>) -> Self {
+        Self {
+            start: Instant::now(),
+            rate: rate.filter(|r| *r > 0.0 && r.is_finite()),
+        }
+    }
+
+    /// How long to wait before item `n` (0-based) is due.
+    pub fn delay_for(&self, n: u64) -> Duration {
+        match self.rate {
+            None => Duration::ZERO,
+            Some(r) => {
+                let due = self.start + Duration::from_secs_f64(n as f64 / r);
+                due.saturating_duration_since(Instant::now())
+            }
+        }
+    }
+}
+
+/// Generates and produces until `limit` events or `stop`, then flushes.
+/// Returns how many events were produced.
+pub fn produce_loop(
+    generator: &mut Generator,
+    producer: &EventProducer,
+    limit: Option<u64>,
+    rate: Option<f64>,
+    stop: &AtomicBool,
+) -> Result<u64, bus::BusError> {
+    let pacer = Pacer::new(rate);
+    let mut n = 0u64;
+    while limit.is_none_or(|l| n < l) && !stop.load(Ordering::Relaxed) {
+        let wait = pacer.delay_for(n);
+        if wait > Duration::from_millis(1) {
+            std::thread::sleep(wait);
+        }
+        let e = generator.next_event();
+        producer.send(e.customer_id().as_bytes(), &e.to_json())?;
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(600))?;
+    Ok(n)
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub events: Option<u64>,
+    pub rate: Option<f64>,
+    pub seed: u64,
+    pub workers: usize,
+    pub clock: Clock,
+    pub params: GeneratorParams,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub produced: u64,
+    pub sales: u64,
+    pub sessions: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn events_per_sec(&self) -> f64 {
+        self.produced as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Spawns `n` ingest workers on their own threads.
+pub fn spawn_workers(
+    n: usize,
+    settings: &IngestSettings,
+    store: &Store,
+    stop: &Arc<AtomicBool>,
+    stats: &Arc<IngestStats>,
+) -> Vec<std::thread::JoinHandle<Result<(), ingest::IngestError>>> {
+    (0..n.max(1))
+        .map(|i| {
+            let (settings, store, stop, stats) = (
+                settings.clone(),
+                store.clone(),
+                Arc::clone(stop),
+                Arc::clone(stats),
+            );
+            let rt = Handle::current();
+            std::thread::Builder::new()
+                .name(format!("ingest-{i}"))
+                .spawn(move || run_worker(&settings, store, rt, stop, stats))
+                .expect("spawning a thread")
+        })
+        .collect()
+}
+
+/// Joins worker threads without blocking the runtime they depend on.
+pub async fn join_workers(
+    workers: Vec<std::thread::JoinHandle<Result<(), ingest::IngestError>>>,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        for w in workers {
+            match w.join() {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("an ingest worker panicked"),
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// Waits until the stored offsets reach `targets` (partition, next offset).
+pub async fn wait_for_offsets(
+    store: &Store,
+    group: &str,
+    topic: &str,
+    targets: &[(i32, i64)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let parts: Vec<i32> = targets.iter().map(|t| t.0).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stored = store.stored_offsets(group, topic, &parts).await?;
+        if targets
+            .iter()
+            .all(|(p, o)| stored.get(p).is_some_and(|s| s >= o))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("ingest did not catch up within {timeout:?} (stored {stored:?}, target {targets:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The headless main job: generator + producer + ingest workers. With
+/// `events`, stops after producing them and returns once all are committed;
+/// otherwise runs until Ctrl-C, then drains what was produced.
+pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
+    let services = Services::resolve(cfg).await?;
+    let store = services.prepare(cfg).await?;
+    let settings = IngestSettings::from_config(cfg, &services.brokers);
+    let stop_ingest = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(IngestStats::default());
+    let workers = spawn_workers(opts.workers, &settings, &store, &stop_ingest, &stats);
+
+    let producer = Arc::new(
+        EventProducer::new(
+            &ProducerConfig::from_config(cfg, &services.brokers),
+            &cfg.topic,
+        )
+        .context("creating the producer")?,
+    );
+    let mut generator = Generator::new(opts.params.clone(), opts.seed, opts.clock)?;
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut producing = {
+        let (producer, stop) = (Arc::clone(&producer), Arc::clone(&stop_producing));
+        let (events, rate) = (opts.events, opts.rate);
+        tokio::task::spawn_blocking(move || {
+            produce_loop(&mut generator, &producer, events, rate, &stop)
+        })
+    };
+    let progress = {
+        let (producer, stats) = (Arc::clone(&producer), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                tracing::info!(
+                    produced = producer.stats().delivered.load(Ordering::Relaxed),
+                    ingested = stats.sales.load(Ordering::Relaxed)
+                        + stats.sessions.load(Ordering::Relaxed),
+                    dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
+                    "progress"
+                );
+            }
+        })
+    };
+
+    let produced = tokio::select! {
+        r = &mut producing => r.context("producer task")??,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: stopping the generator, flushing the producer");
+            stop_producing.store(true, Ordering::Release);
+            producing.await.context("producer task")??
+        }
+    };
+
+    let targets = producer.stats().delivered_end_offsets();
+    tracing::info!(produced, "waiting for ingest to commit everything produced");
+    let caught_up = tokio::select! {
+        r = wait_for_offsets(&store, &cfg.group_id, &cfg.topic, &targets, Duration::from_secs(3600)) => r,
+        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted while draining")),
+    };
+    let elapsed = started.elapsed();
+    progress.abort();
+    stop_ingest.store(true, Ordering::Release);
+    join_workers(workers).await?;
+    caught_up?;
+    Ok(RunReport {
+        produced,
+        sales: stats.sales.load(Ordering::Relaxed),
+        sessions: stats.sessions.load(Ordering::Relaxed),
+        duplicates: stats.duplicates.load(Ordering::Relaxed),
+        dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+        elapsed,
+    })
+}

@@ -1,0 +1,250 @@
+//! A private PostgreSQL cluster for the embedded defaults, made with the
+//! machine's own `initdb` and `pg_ctl` under the user's data directory.
+//!
+//! The cluster listens on 127.0.0.1 only, with trust authentication for its
+//! single role `salespulse`, and keeps running after the process exits so that
+//! later runs (and other salespulse processes) share it. Stop it with
+//! `pg_ctl stop -D <data dir>`; `salespulse doctor` prints the path.
+//!
+//! PostgreSQL refuses to run as root; when started by root, the cluster lives
+//! in `/var/lib/salespulse/postgres` and its commands run as the `postgres`
+//! system user (through `runuser`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{create_database_if_missing, StoreError};
+
+const ROLE: &str = "salespulse";
+const DATABASE: &str = "salespulse";
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedPostgres {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub port: u16,
+}
+
+fn exe(name: &str) -> String {
+    if cfg!(windows) {
+        format!("{name}.exe")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn has_initdb(dir: &Path) -> bool {
+    dir.join(exe("initdb")).is_file() && dir.join(exe("pg_ctl")).is_file()
+}
+
+fn version_key(p: &Path) -> Vec<u32> {
+    p.components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .flat_map(|s| s.split(|ch: char| !ch.is_ascii_digit()))
+        .filter_map(|d| d.parse().ok())
+        .collect()
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`: `SALESPULSE_PG_BIN`,
+/// then `PATH`, then the usual install locations on Debian/Ubuntu, Fedora,
+/// macOS (Homebrew, Postgres.app) and Windows (EDB installer); newest first.
+pub fn find_pg_bin_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SALESPULSE_PG_BIN").map(PathBuf::from) {
+        return has_initdb(&p).then_some(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path).find(|d| has_initdb(d)) {
+            return Some(p);
+        }
+    }
+    let patterns: &[(&str, &str)] = &[
+        ("/usr/lib/postgresql", "bin"),
+        ("/usr/pgsql", ""),
+        ("/opt/homebrew/opt", "bin"),
+        ("/usr/local/opt", "bin"),
+        ("/Applications/Postgres.app/Contents/Versions", "bin"),
+        ("C:\\Program Files\\PostgreSQL", "bin"),
+    ];
+    let mut found: Vec<PathBuf> = Vec::new();
+    for (root, sub) in patterns {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if root.ends_with("opt") && !name.starts_with("postgresql") {
+                continue;
+            }
+            let dir = if sub.is_empty() {
+                e.path().join("bin")
+            } else {
+                e.path().join(sub)
+            };
+            if has_initdb(&dir) {
+                found.push(dir);
+            }
+        }
+    }
+    for fixed in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"] {
+        let p = PathBuf::from(fixed);
+        if has_initdb(&p) {
+            found.push(p);
+        }
+    }
+    found.sort_by_key(|p| version_key(p));
+    found.pop()
+}
+
+#[cfg(unix)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(not(unix))]
+fn is_root() -> bool {
+    false
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root.
+fn run(bin: &Path, tool: &str, args: &[&str]) -> Result<std::process::Output, StoreError> {
+    let program = bin.join(exe(tool));
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&program);
+        c
+    } else {
+        Command::new(&program)
+    };
+    cmd.args(args)
+        .output()
+        .map_err(|e| StoreError::Embedded(format!("cannot run {}: {e}", program.display())))
+}
+
+fn ok_or_explain(
+    out: std::process::Output,
+    what: &str,
+    log: Option<&Path>,
+) -> Result<(), StoreError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    if let Some(tail) = log.and_then(|l| std::fs::read_to_string(l).ok()) {
+        let lines: Vec<&str> = tail.lines().collect();
+        let from = lines.len().saturating_sub(8);
+        msg.push_str("\nserver log:\n");
+        msg.push_str(&lines[from..].join("\n"));
+    }
+    Err(StoreError::Embedded(msg))
+}
+
+/// The port a running cluster listens on, from its `postmaster.pid`.
+fn running_port(data_dir: &Path) -> Option<u16> {
+    let pid = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    pid.lines().nth(3)?.trim().parse().ok()
+}
+
+impl EmbeddedPostgres {
+    /// Where the cluster lives for data root `data_root`.
+    pub fn cluster_dir(data_root: &Path) -> PathBuf {
+        if is_root() {
+            PathBuf::from("/var/lib/salespulse/postgres")
+        } else {
+            data_root.join("postgres")
+        }
+    }
+
+    /// Initializes (first time) and starts (when stopped) the private cluster,
+    /// then makes sure database `salespulse` exists.
+    pub async fn ensure(data_root: &Path, port: u16) -> Result<Self, StoreError> {
+        let data_root = data_root.to_owned();
+        let (data_dir, port) =
+            tokio::task::spawn_blocking(move || Self::ensure_running(&data_root, port))
+                .await
+                .map_err(|e| StoreError::Embedded(e.to_string()))??;
+        let server = format!("postgres://{ROLE}@127.0.0.1:{port}/postgres");
+        create_database_if_missing(&server, DATABASE).await?;
+        Ok(Self {
+            url: format!("postgres://{ROLE}@127.0.0.1:{port}/{DATABASE}"),
+            data_dir,
+            port,
+        })
+    }
+
+    fn ensure_running(data_root: &Path, port: u16) -> Result<(PathBuf, u16), StoreError> {
+        let bin = find_pg_bin_dir().ok_or_else(|| {
+            StoreError::Embedded(
+                "PostgreSQL server programs (initdb, pg_ctl) not found. Install PostgreSQL \
+                 (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql@16; \
+                 Windows: the EDB installer), set SALESPULSE_PG_BIN to its bin directory, \
+                 or set DATABASE_URL to use an existing server."
+                    .into(),
+            )
+        })?;
+        let dir = Self::cluster_dir(data_root);
+        let dir_s = dir.to_string_lossy().into_owned();
+        if !dir.join("PG_VERSION").is_file() {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            if is_root() {
+                let st = Command::new("chown")
+                    .args(["-R", "postgres:postgres", &dir_s])
+                    .status()
+                    .map_err(|e| StoreError::Embedded(format!("chown: {e}")))?;
+                if !st.success() {
+                    return Err(StoreError::Embedded(format!(
+                        "chown postgres {dir_s} failed"
+                    )));
+                }
+            }
+            tracing::info!(dir = %dir.display(), "initializing embedded PostgreSQL cluster");
+            let out = run(
+                &bin,
+                "initdb",
+                &[
+                    "-D",
+                    &dir_s,
+                    "-U",
+                    ROLE,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+            )?;
+            ok_or_explain(out, "initdb", None)?;
+        }
+        let status = run(&bin, "pg_ctl", &["status", "-D", &dir_s])?;
+        if !status.status.success() {
+            let log = dir.join("server.log");
+            let log_s = log.to_string_lossy().into_owned();
+            let mut opts = format!("-p {port} -c listen_addresses=127.0.0.1");
+            if cfg!(unix) {
+                opts.push_str(&format!(" -k {dir_s}"));
+            }
+            tracing::info!(dir = %dir.display(), port, "starting embedded PostgreSQL");
+            let out = run(
+                &bin,
+                "pg_ctl",
+                &[
+                    "start", "-D", &dir_s, "-w", "-t", "60", "-l", &log_s, "-o", &opts,
+                ],
+            )?;
+            ok_or_explain(out, "pg_ctl start", Some(&log)).map_err(|e| {
+                StoreError::Embedded(format!(
+                    "{e}\n(is port {port} taken? set SALESPULSE_PG_PORT to another port)"
+                ))
+            })?;
+        }
+        let port = running_port(&dir).unwrap_or(port);
+        Ok((dir, port))
+    }
+}
