@@ -175,14 +175,15 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             let report = pipeline::run(cfg, opts).await?;
             println!(
                 "produced {} events and committed them all in {:.2} s: {:.0} events/s \
-                 ({} sales, {} sessions, {} duplicates skipped, {} dead-lettered)",
+                 ({} sales, {} sessions, {} duplicates skipped, {} dead-lettered, {} offsets lost at the broker)",
                 report.produced,
                 report.elapsed.as_secs_f64(),
                 report.events_per_sec(),
                 report.sales,
                 report.sessions,
                 report.duplicates,
-                report.dead_lettered
+                report.dead_lettered,
+                report.offsets_skipped
             );
         }
         Command::Generate {

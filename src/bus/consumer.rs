@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -27,6 +28,8 @@ pub trait OffsetSource: Send + Sync + 'static {
 pub struct IngestContext {
     source: Box<dyn OffsetSource>,
     generation: AtomicU64,
+    /// Start offsets of the latest assignment, where known.
+    starts: Mutex<HashMap<i32, i64>>,
 }
 
 pub type IngestConsumer = BaseConsumer<IngestContext>;
@@ -35,6 +38,15 @@ impl IngestContext {
     /// Bumped on every assignment change.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The offsets the latest assignment started from (partitions that start
+    /// from the beginning are absent).
+    pub fn assigned_starts(&self) -> HashMap<i32, i64> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -47,7 +59,8 @@ impl ConsumerContext for IngestContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        starts.clear();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
@@ -64,6 +77,9 @@ impl ConsumerContext for IngestContext {
                                 let offset = stored
                                     .get(&p)
                                     .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                                if let Some(o) = stored.get(&p) {
+                                    starts.insert(p, *o);
+                                }
                                 if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
                                     tracing::error!(%topic, partition = p, error = %e, "cannot set start offset");
                                 }
@@ -96,6 +112,8 @@ impl ConsumerContext for IngestContext {
                 let _ = consumer.unassign();
             }
         }
+        drop(starts);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -110,8 +128,11 @@ pub fn ingest_consumer(
     let ctx = IngestContext {
         source,
         generation: AtomicU64::new(0),
+        starts: Mutex::new(HashMap::new()),
     };
-    let heartbeat = (session_timeout_ms / 3).clamp(100, 3_000);
+    // Members learn of a rebalance through heartbeats: keep them frequent so a
+    // joining worker waits at most about a second.
+    let heartbeat = (session_timeout_ms / 3).clamp(100, 1_000);
     let consumer: IngestConsumer = base_config(brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")

@@ -115,6 +115,12 @@ async fn run(
     cfg.topic = format!("bench-events-{tag}");
     cfg.dlq_topic = format!("bench-events-dlq-{tag}");
     cfg.group_id = format!("bench-ingest-{tag}");
+    if services.embedded_broker.is_some() {
+        // The embedded broker holds ~5 MiB per partition; all N events are
+        // produced before ingest starts, so spread them wide enough.
+        let needed = opts.events.div_ceil(super::EMBEDDED_BACKLOG_PER_PARTITION) as i32;
+        cfg.partitions = cfg.partitions.max(needed);
+    }
     let store = Store::connect(
         url,
         cfg.pg_pool_size.max(opts.workers as u32 + 2),
@@ -141,6 +147,7 @@ async fn run(
             Some(events),
             None,
             &AtomicBool::new(false),
+            None,
         )?)
     })
     .await??;
@@ -168,6 +175,11 @@ async fn run(
     caught_up?;
     let sales = stats.sales.load(Ordering::Relaxed);
     let sessions = stats.sessions.load(Ordering::Relaxed);
+    let skipped = stats.offsets_skipped.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        skipped == 0,
+        "the broker dropped {skipped} records before ingest read them"
+    );
     anyhow::ensure!(
         sales + sessions == opts.events,
         "pipeline wrote {} rows for {} events",

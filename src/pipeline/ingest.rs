@@ -69,6 +69,19 @@ pub struct IngestStats {
     pub batches: AtomicU64,
     pub write_retries: AtomicU64,
     pub dropped_on_rebalance: AtomicU64,
+    /// Offsets that were expected but never delivered (broker retention or
+    /// compaction removed them before they were ingested). Always reported.
+    pub offsets_skipped: AtomicU64,
+}
+
+impl IngestStats {
+    /// Records durably processed: written, skipped as duplicates, or dead-lettered.
+    pub fn committed(&self) -> u64 {
+        self.sales.load(Ordering::Relaxed)
+            + self.sessions.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+    }
 }
 
 struct PgOffsets {
@@ -160,6 +173,7 @@ pub fn run_worker(
     let dlq = EventProducer::new(&settings.dlq_producer, &settings.dlq_topic)?;
     let mut pending = Pending::default();
     let mut generation = consumer.context().generation();
+    let mut expected = consumer.context().assigned_starts();
     let mut deadline: Option<Instant> = None;
 
     loop {
@@ -198,10 +212,23 @@ pub fn run_worker(
                 deadline = None;
             }
             generation = g;
+            expected = consumer.context().assigned_starts();
         }
         match polled {
             Some(Ok(m)) => {
                 stats.consumed.fetch_add(1, Ordering::Relaxed);
+                let (p, o) = (m.partition(), m.offset());
+                if let Some(gap) = expected.insert(p, o + 1).map(|e| o - e).filter(|g| *g > 0) {
+                    tracing::error!(
+                        partition = p,
+                        missing_from = o - gap,
+                        missing = gap,
+                        "offsets skipped: the broker no longer holds them (retention); those records were never ingested"
+                    );
+                    stats
+                        .offsets_skipped
+                        .fetch_add(gap as u64, Ordering::Relaxed);
+                }
                 pending.add(m.partition(), m.offset(), m.key(), m.payload());
                 if deadline.is_none() {
                     deadline = Some(Instant::now() + settings.batch_timeout);
@@ -326,8 +353,16 @@ fn try_flush(
         }
     }
     pending.batch.offsets = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+    let started = Instant::now();
     let out =
         rt.block_on(store.write_batch(&settings.group_id, &settings.topic, &pending.batch))?;
+    tracing::debug!(
+        records = pending.records,
+        sales = pending.batch.sales.len(),
+        sessions = pending.batch.sessions.len(),
+        write_ms = started.elapsed().as_millis() as u64,
+        "batch written"
+    );
     let valid = (pending.batch.sales.len() + pending.batch.sessions.len()) as u64;
     stats.sales.fetch_add(out.sales, Ordering::Relaxed);
     stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);

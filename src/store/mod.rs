@@ -103,8 +103,11 @@ pub fn connect_options(
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
 }
 
-const INSERT_SALES: &str = r#"
-WITH input AS (
+/// The whole batch in one statement: rows, rollups, customers, products and
+/// offsets. Every aggregate reads only `tx` / `ss`, the rows this statement
+/// actually inserted, so a replayed batch adds nothing.
+const WRITE_BATCH: &str = r#"
+WITH s_in AS (
     SELECT * FROM UNNEST(
         $1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::int4[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
@@ -113,24 +116,32 @@ WITH input AS (
            category, quantity, unit_price_cents, discount_cents, total_cents, currency,
            payment_method, status, region, country, channel, kafka_partition, kafka_offset)
 ),
-ins AS (
+tx AS (
     INSERT INTO transactions (transaction_id, occurred_at, customer_id, session_id, product_id,
         category, quantity, unit_price, discount, total_amount, currency, payment_method, status,
         region, country, channel, kafka_partition, kafka_offset)
     SELECT transaction_id, occurred_at, customer_id, session_id, product_id, category, quantity,
         unit_price_cents / 100.0, discount_cents / 100.0, total_cents / 100.0, currency,
         payment_method, status, region, country, channel, kafka_partition, kafka_offset
-    FROM input
+    FROM s_in
     ON CONFLICT (transaction_id) DO NOTHING
-    RETURNING transaction_id, occurred_at, customer_id, product_id, category, quantity,
-        unit_price, discount, total_amount, payment_method, status, region, country, channel
+    RETURNING occurred_at, customer_id, product_id, category, quantity, unit_price, discount,
+        total_amount, payment_method, status, region, country, channel
 ),
-metrics AS (
+ss AS (
+    INSERT INTO sessions (session_id, customer_id, started_at, ended_at, region, country, channel,
+        page_views, orders, kafka_partition, kafka_offset)
+    SELECT * FROM UNNEST($20::text[], $21::text[], $22::timestamptz[], $23::timestamptz[],
+        $24::text[], $25::text[], $26::text[], $27::int4[], $28::int4[], $29::int4[], $30::int8[])
+    ON CONFLICT (session_id) DO NOTHING
+    RETURNING customer_id, started_at, ended_at, region, country, channel, page_views, orders
+),
+sales_rollup AS (
     INSERT INTO sales_metrics AS m (bucket, category, payment_method, status, region, channel,
         orders, units, revenue, discount)
     SELECT date_trunc('minute', occurred_at), category, payment_method, status, region, channel,
         count(*), sum(quantity), sum(total_amount), sum(discount)
-    FROM ins
+    FROM tx
     GROUP BY 1, 2, 3, 4, 5, 6
     ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (bucket, category, payment_method, status, region, channel) DO UPDATE SET
@@ -139,18 +150,41 @@ metrics AS (
         revenue = m.revenue + EXCLUDED.revenue,
         discount = m.discount + EXCLUDED.discount
 ),
+session_rollup AS (
+    INSERT INTO session_metrics AS m (bucket, region, channel, sessions, converted_sessions,
+        orders, page_views)
+    SELECT date_trunc('minute', started_at), region, channel, count(*),
+        count(*) FILTER (WHERE orders > 0), sum(orders), sum(page_views)
+    FROM ss
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (bucket, region, channel) DO UPDATE SET
+        sessions = m.sessions + EXCLUDED.sessions,
+        converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
+        orders = m.orders + EXCLUDED.orders,
+        page_views = m.page_views + EXCLUDED.page_views
+),
 cust AS (
-    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, orders,
-        completed_orders, units, total_spent)
-    SELECT customer_id, min(region), min(country), min(occurred_at), max(occurred_at), count(*),
-        count(*) FILTER (WHERE status = 'completed'), sum(quantity),
-        coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
-    FROM ins
+    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
+        orders, completed_orders, units, total_spent)
+    SELECT customer_id, min(region), min(country), min(first_seen), max(last_seen),
+        sum(sessions), sum(orders), sum(completed), sum(units), sum(spent)
+    FROM (
+        SELECT customer_id, region, country, occurred_at AS first_seen, occurred_at AS last_seen,
+            0 AS sessions, 1 AS orders, (status = 'completed')::int AS completed,
+            quantity AS units,
+            CASE WHEN status = 'completed' THEN total_amount ELSE 0 END AS spent
+        FROM tx
+        UNION ALL
+        SELECT customer_id, region, country, started_at, ended_at, 1, 0, 0, 0, 0
+        FROM ss
+    ) u
     GROUP BY customer_id
     ORDER BY customer_id
     ON CONFLICT (customer_id) DO UPDATE SET
         first_seen = least(c.first_seen, EXCLUDED.first_seen),
         last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
+        sessions = c.sessions + EXCLUDED.sessions,
         orders = c.orders + EXCLUDED.orders,
         completed_orders = c.completed_orders + EXCLUDED.completed_orders,
         units = c.units + EXCLUDED.units,
@@ -166,10 +200,10 @@ prod AS (
             min(occurred_at) AS first_seen, max(occurred_at) AS last_seen, count(*) AS orders,
             sum(quantity) AS units,
             coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0) AS revenue
-        FROM ins
+        FROM tx
         GROUP BY product_id
     ) a
-    JOIN (SELECT product_id, max(product_name) AS name FROM input GROUP BY product_id) n
+    JOIN (SELECT product_id, max(product_name) AS name FROM s_in GROUP BY product_id) n
         USING (product_id)
     ORDER BY a.product_id
     ON CONFLICT (product_id) DO UPDATE SET
@@ -180,55 +214,16 @@ prod AS (
         orders = p.orders + EXCLUDED.orders,
         units = p.units + EXCLUDED.units,
         revenue = p.revenue + EXCLUDED.revenue
-)
-SELECT count(*) FROM ins
-"#;
-
-const INSERT_SESSIONS: &str = r#"
-WITH ins AS (
-    INSERT INTO sessions (session_id, customer_id, started_at, ended_at, region, country, channel,
-        page_views, orders, kafka_partition, kafka_offset)
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
-        $6::text[], $7::text[], $8::int4[], $9::int4[], $10::int4[], $11::int8[])
-    ON CONFLICT (session_id) DO NOTHING
-    RETURNING session_id, customer_id, started_at, ended_at, region, country, channel,
-        page_views, orders
 ),
-metrics AS (
-    INSERT INTO session_metrics AS m (bucket, region, channel, sessions, converted_sessions,
-        orders, page_views)
-    SELECT date_trunc('minute', started_at), region, channel, count(*),
-        count(*) FILTER (WHERE orders > 0), sum(orders), sum(page_views)
-    FROM ins
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (bucket, region, channel) DO UPDATE SET
-        sessions = m.sessions + EXCLUDED.sessions,
-        converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
-        orders = m.orders + EXCLUDED.orders,
-        page_views = m.page_views + EXCLUDED.page_views
-),
-cust AS (
-    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions)
-    SELECT customer_id, min(region), min(country), min(started_at), max(ended_at), count(*)
-    FROM ins
-    GROUP BY customer_id
-    ORDER BY customer_id
-    ON CONFLICT (customer_id) DO UPDATE SET
-        first_seen = least(c.first_seen, EXCLUDED.first_seen),
-        last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
-        sessions = c.sessions + EXCLUDED.sessions
+offsets AS (
+    INSERT INTO ingest_offsets AS o (consumer_group, topic, partition, next_offset, updated_at)
+    SELECT $31, $32, p, n, now() FROM UNNEST($33::int4[], $34::int8[]) AS t(p, n)
+    ORDER BY p
+    ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
+        next_offset = greatest(o.next_offset, EXCLUDED.next_offset),
+        updated_at = now()
 )
-SELECT count(*) FROM ins
-"#;
-
-const UPSERT_OFFSETS: &str = r#"
-INSERT INTO ingest_offsets AS o (consumer_group, topic, partition, next_offset, updated_at)
-SELECT $1, $2, p, n, now() FROM UNNEST($3::int4[], $4::int8[]) AS t(p, n)
-ORDER BY p
-ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
-    next_offset = greatest(o.next_offset, EXCLUDED.next_offset),
-    updated_at = now()
+SELECT (SELECT count(*) FROM tx), (SELECT count(*) FROM ss)
 "#;
 
 impl Store {
@@ -262,33 +257,28 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one batch exactly once; see the module docs.
+    /// Writes one batch exactly once, in one statement (hence one implicit
+    /// transaction); see the module docs.
     pub async fn write_batch(
         &self,
         group: &str,
         topic: &str,
         batch: &Batch,
     ) -> Result<WriteOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = WriteOutcome::default();
-        if !batch.sales.is_empty() {
-            out.sales = insert_sales(&mut tx, &batch.sales).await?;
-        }
-        if !batch.sessions.is_empty() {
-            out.sessions = insert_sessions(&mut tx, &batch.sessions).await?;
-        }
-        if !batch.offsets.is_empty() {
-            let (parts, next): (Vec<i32>, Vec<i64>) = batch.offsets.iter().copied().unzip();
-            sqlx::query(UPSERT_OFFSETS)
-                .bind(group)
-                .bind(topic)
-                .bind(parts)
-                .bind(next)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        let q = bind_sales(sqlx::query(WRITE_BATCH), &batch.sales);
+        let q = bind_sessions(q, &batch.sessions);
+        let (parts, next): (Vec<i32>, Vec<i64>) = batch.offsets.iter().copied().unzip();
+        let row = q
+            .bind(group)
+            .bind(topic)
+            .bind(parts)
+            .bind(next)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(WriteOutcome {
+            sales: row.try_get::<i64, _>(0)? as u64,
+            sessions: row.try_get::<i64, _>(1)? as u64,
+        })
     }
 
     /// Next offset to read per partition, as durably stored with the data.
@@ -320,10 +310,9 @@ impl Store {
     }
 }
 
-async fn insert_sales(
-    conn: &mut PgConnection,
-    rows: &[(SaleEvent, i32, i64)],
-) -> Result<u64, StoreError> {
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_sales<'q>(q: PgQuery<'q>, rows: &'q [(SaleEvent, i32, i64)]) -> PgQuery<'q> {
     let n = rows.len();
     let mut ids: Vec<Uuid> = Vec::with_capacity(n);
     let mut at: Vec<DateTime<Utc>> = Vec::with_capacity(n);
@@ -365,8 +354,7 @@ async fn insert_sales(
         partition.push(*p);
         offset.push(*o);
     }
-    let row = sqlx::query(INSERT_SALES)
-        .bind(ids)
+    q.bind(ids)
         .bind(at)
         .bind(customer)
         .bind(session)
@@ -385,15 +373,9 @@ async fn insert_sales(
         .bind(channel)
         .bind(partition)
         .bind(offset)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get::<i64, _>(0)? as u64)
 }
 
-async fn insert_sessions(
-    conn: &mut PgConnection,
-    rows: &[(SessionEvent, i32, i64)],
-) -> Result<u64, StoreError> {
+fn bind_sessions<'q>(q: PgQuery<'q>, rows: &'q [(SessionEvent, i32, i64)]) -> PgQuery<'q> {
     let n = rows.len();
     let mut id = Vec::with_capacity(n);
     let mut customer = Vec::with_capacity(n);
@@ -419,8 +401,7 @@ async fn insert_sessions(
         partition.push(*p);
         offset.push(*o);
     }
-    let row = sqlx::query(INSERT_SESSIONS)
-        .bind(id)
+    q.bind(id)
         .bind(customer)
         .bind(started)
         .bind(ended)
@@ -431,9 +412,6 @@ async fn insert_sessions(
         .bind(orders)
         .bind(partition)
         .bind(offset)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get::<i64, _>(0)? as u64)
 }
 
 /// Replaces the database name in a PostgreSQL URL.
