@@ -254,11 +254,6 @@ impl Config {
             self.http_bind,
         )
     }
-
-    /// Where embedded services keep their data.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(default_data_dir)
-    }
 }
 
 /// The per-user data directory: `$XDG_DATA_HOME/salespulse` or

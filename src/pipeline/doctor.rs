@@ -129,7 +129,7 @@ pub async fn diagnose(cfg: &Config) -> Vec<Check> {
     });
     checks.push(match &cfg.database_url {
         Some(u) => check_postgres(u).await,
-        None => match EmbeddedPostgres::ensure(&cfg.data_dir(), cfg.embedded_pg_port).await {
+        None => match EmbeddedPostgres::ensure(cfg.data_dir.as_deref(), cfg.embedded_pg_port).await {
             Ok(pg) => {
                 let mut c = check_postgres(&pg.url).await;
                 c.detail = format!(

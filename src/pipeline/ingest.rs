@@ -148,9 +148,140 @@ impl Pending {
     }
 }
 
+/// Writes batches for one worker: rejects to the DLQ, rows to the store,
+/// retrying transient failures with exponential backoff.
+struct Writer {
+    settings: IngestSettings,
+    dlq: EventProducer,
+    store: Store,
+    rt: Handle,
+    stats: Arc<IngestStats>,
+}
+
+/// A batch being written on a blocking task.
+type InFlight = tokio::task::JoinHandle<Result<Vec<(i32, i64)>, IngestError>>;
+
+impl Writer {
+    /// Writes `pending` (blocking), returning the offsets it committed.
+    fn write(&self, mut pending: Pending) -> Result<Vec<(i32, i64)>, IngestError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.try_write(&mut pending) {
+                Ok(()) => return Ok(pending.next_offsets.into_iter().collect()),
+                Err(e) => {
+                    attempt += 1;
+                    let transient = match &e {
+                        IngestError::Store(s) => s.is_transient(),
+                        IngestError::Bus(_) => true,
+                        IngestError::GaveUp { .. } => false,
+                    };
+                    if !transient || attempt >= MAX_ATTEMPTS {
+                        return Err(IngestError::GaveUp {
+                            attempts: attempt,
+                            last: e.to_string(),
+                        });
+                    }
+                    self.stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = crate::bus::backoff(attempt as usize);
+                    tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn try_write(&self, pending: &mut Pending) -> Result<(), IngestError> {
+        let (settings, stats) = (&self.settings, &self.stats);
+        if !pending.dlq_done && !pending.rejects.is_empty() {
+            for r in &pending.rejects {
+                let reason = r.why.to_string();
+                let partition = r.partition.to_string();
+                let offset = r.offset.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "salespulse.error",
+                        value: Some(reason.as_str()),
+                    })
+                    .insert(Header {
+                        key: "salespulse.error.kind",
+                        value: Some(r.why.kind()),
+                    })
+                    .insert(Header {
+                        key: "salespulse.source.topic",
+                        value: Some(settings.topic.as_str()),
+                    })
+                    .insert(Header {
+                        key: "salespulse.source.partition",
+                        value: Some(partition.as_str()),
+                    })
+                    .insert(Header {
+                        key: "salespulse.source.offset",
+                        value: Some(offset.as_str()),
+                    });
+                self.dlq.send_with_headers(&r.key, &r.payload, headers)?;
+            }
+            // Rejects must be safely in the DLQ before their offsets are committed.
+            self.dlq.flush(Duration::from_secs(120))?;
+            pending.dlq_done = true;
+            stats
+                .dead_lettered
+                .fetch_add(pending.rejects.len() as u64, Ordering::Relaxed);
+            for r in &pending.rejects {
+                tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.why, "record dead-lettered");
+            }
+        }
+        pending.batch.offsets = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        let started = Instant::now();
+        let out = self.rt.block_on(self.store.write_batch(
+            &settings.group_id,
+            &settings.topic,
+            &pending.batch,
+        ))?;
+        tracing::debug!(
+            records = pending.records,
+            sales = pending.batch.sales.len(),
+            sessions = pending.batch.sessions.len(),
+            write_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
+        let valid = (pending.batch.sales.len() + pending.batch.sessions.len()) as u64;
+        stats.sales.fetch_add(out.sales, Ordering::Relaxed);
+        stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);
+        stats
+            .duplicates
+            .fetch_add(valid - out.sales - out.sessions, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Waits for the batch in flight, if any, and commits its offsets to Kafka
+/// (for lag monitoring only: PostgreSQL already holds them).
+fn finish_in_flight(
+    rt: &Handle,
+    consumer: &bus::IngestConsumer,
+    topic: &str,
+    in_flight: &mut Option<InFlight>,
+) -> Result<(), IngestError> {
+    if let Some(h) = in_flight.take() {
+        let offsets = rt.block_on(h).map_err(|e| IngestError::GaveUp {
+            attempts: 1,
+            last: format!("writer task failed: {e}"),
+        })??;
+        if let Err(e) = bus::commit_async(consumer, topic, &offsets) {
+            tracing::debug!(error = %e, "kafka offset commit failed");
+        }
+    }
+    Ok(())
+}
+
 /// Runs one worker until `stop` is set; then writes what it holds and leaves
 /// the group. Blocking: call it on a dedicated thread, with a handle to the
 /// runtime the store lives on.
+///
+/// Decoding overlaps writing: while one batch is written on a blocking task,
+/// the next is polled and decoded. At most one batch is in flight, so each
+/// partition's offsets are committed in order.
 pub fn run_worker(
     settings: &IngestSettings,
     store: Store,
@@ -170,87 +301,83 @@ pub fn run_worker(
         settings.session_timeout_ms,
         Box::new(source),
     )?;
-    let dlq = EventProducer::new(&settings.dlq_producer, &settings.dlq_topic)?;
+    let writer = Arc::new(Writer {
+        settings: settings.clone(),
+        dlq: EventProducer::new(&settings.dlq_producer, &settings.dlq_topic)?,
+        store,
+        rt: rt.clone(),
+        stats: Arc::clone(&stats),
+    });
+    let mut in_flight: Option<InFlight> = None;
     let mut pending = Pending::default();
     let mut generation = consumer.context().generation();
     let mut expected = consumer.context().assigned_starts();
     let mut deadline: Option<Instant> = None;
 
     loop {
-        if stop.load(Ordering::Acquire) {
-            if !pending.is_empty() {
-                flush(
-                    settings,
-                    &consumer,
-                    &dlq,
-                    &store,
-                    &rt,
-                    &stats,
-                    &mut pending,
-                    Some(&stop),
-                )?;
-            }
-            break;
-        }
-        let wait = deadline
-            .map_or(Duration::from_millis(200), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .min(Duration::from_millis(200));
-        let polled = consumer.poll(wait);
-        let g = consumer.context().generation();
-        if g != generation {
-            if !pending.is_empty() {
-                tracing::info!(
-                    records = pending.records,
-                    "assignment changed: dropping buffered records, they are re-read from stored offsets"
-                );
-                stats
-                    .dropped_on_rebalance
-                    .fetch_add(pending.records as u64, Ordering::Relaxed);
-                pending = Pending::default();
-                deadline = None;
-            }
-            generation = g;
-            expected = consumer.context().assigned_starts();
-        }
-        match polled {
-            Some(Ok(m)) => {
-                stats.consumed.fetch_add(1, Ordering::Relaxed);
-                let (p, o) = (m.partition(), m.offset());
-                if let Some(gap) = expected.insert(p, o + 1).map(|e| o - e).filter(|g| *g > 0) {
-                    tracing::error!(
-                        partition = p,
-                        missing_from = o - gap,
-                        missing = gap,
-                        "offsets skipped: the broker no longer holds them (retention); those records were never ingested"
+        let stopping = stop.load(Ordering::Acquire);
+        if !stopping {
+            let wait = deadline
+                .map_or(Duration::from_millis(200), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .min(Duration::from_millis(200));
+            let polled = consumer.poll(wait);
+            let g = consumer.context().generation();
+            if g != generation {
+                if !pending.is_empty() {
+                    tracing::info!(
+                        records = pending.records,
+                        "assignment changed: dropping buffered records, they are re-read from stored offsets"
                     );
                     stats
-                        .offsets_skipped
-                        .fetch_add(gap as u64, Ordering::Relaxed);
+                        .dropped_on_rebalance
+                        .fetch_add(pending.records as u64, Ordering::Relaxed);
+                    pending = Pending::default();
+                    deadline = None;
                 }
-                pending.add(m.partition(), m.offset(), m.key(), m.payload());
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + settings.batch_timeout);
-                }
+                generation = g;
+                expected = consumer.context().assigned_starts();
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => {}
+            match polled {
+                Some(Ok(m)) => {
+                    stats.consumed.fetch_add(1, Ordering::Relaxed);
+                    let (p, o) = (m.partition(), m.offset());
+                    if let Some(gap) = expected.insert(p, o + 1).map(|e| o - e).filter(|g| *g > 0) {
+                        tracing::error!(
+                            partition = p,
+                            missing_from = o - gap,
+                            missing = gap,
+                            "offsets skipped: the broker no longer holds them (retention); those records were never ingested"
+                        );
+                        stats
+                            .offsets_skipped
+                            .fetch_add(gap as u64, Ordering::Relaxed);
+                    }
+                    pending.add(p, o, m.key(), m.payload());
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + settings.batch_timeout);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
         }
         let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if pending.records >= settings.batch_size || (due && !pending.is_empty()) {
-            flush(
-                settings,
-                &consumer,
-                &dlq,
-                &store,
-                &rt,
-                &stats,
-                &mut pending,
-                Some(&stop),
-            )?;
-            pending = Pending::default();
+        let full = pending.records >= settings.batch_size;
+        if !pending.is_empty() && (full || due || stopping) {
+            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
+            let batch = std::mem::take(&mut pending);
+            let w = Arc::clone(&writer);
+            in_flight = Some(rt.spawn_blocking(move || w.write(batch)));
             deadline = None;
+        }
+        if stopping {
+            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
+            break;
+        }
+        if in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
         }
     }
     consumer.unsubscribe();
@@ -258,117 +385,3 @@ pub fn run_worker(
 }
 
 const MAX_ATTEMPTS: u32 = 40;
-
-#[allow(clippy::too_many_arguments)]
-fn flush(
-    settings: &IngestSettings,
-    consumer: &bus::IngestConsumer,
-    dlq: &EventProducer,
-    store: &Store,
-    rt: &Handle,
-    stats: &IngestStats,
-    pending: &mut Pending,
-    _stop: Option<&AtomicBool>,
-) -> Result<(), IngestError> {
-    let mut attempt = 0u32;
-    loop {
-        match try_flush(settings, dlq, store, rt, stats, pending) {
-            Ok(()) => break,
-            Err(e) => {
-                attempt += 1;
-                let transient = match &e {
-                    IngestError::Store(s) => s.is_transient(),
-                    IngestError::Bus(_) => true,
-                    IngestError::GaveUp { .. } => false,
-                };
-                if !transient || attempt >= MAX_ATTEMPTS {
-                    return Err(IngestError::GaveUp {
-                        attempts: attempt,
-                        last: e.to_string(),
-                    });
-                }
-                stats.write_retries.fetch_add(1, Ordering::Relaxed);
-                let wait = bus_backoff(attempt);
-                tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    let offsets: Vec<(i32, i64)> = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
-    if let Err(e) = bus::commit_async(consumer, &settings.topic, &offsets) {
-        // Only lag monitoring depends on this; PostgreSQL holds the real offsets.
-        tracing::debug!(error = %e, "kafka offset commit failed");
-    }
-    Ok(())
-}
-
-fn bus_backoff(attempt: u32) -> Duration {
-    crate::bus::backoff(attempt as usize)
-}
-
-fn try_flush(
-    settings: &IngestSettings,
-    dlq: &EventProducer,
-    store: &Store,
-    rt: &Handle,
-    stats: &IngestStats,
-    pending: &mut Pending,
-) -> Result<(), IngestError> {
-    if !pending.dlq_done && !pending.rejects.is_empty() {
-        for r in &pending.rejects {
-            let reason = r.why.to_string();
-            let partition = r.partition.to_string();
-            let offset = r.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "salespulse.error",
-                    value: Some(reason.as_str()),
-                })
-                .insert(Header {
-                    key: "salespulse.error.kind",
-                    value: Some(r.why.kind()),
-                })
-                .insert(Header {
-                    key: "salespulse.source.topic",
-                    value: Some(settings.topic.as_str()),
-                })
-                .insert(Header {
-                    key: "salespulse.source.partition",
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: "salespulse.source.offset",
-                    value: Some(offset.as_str()),
-                });
-            dlq.send_with_headers(&r.key, &r.payload, headers)?;
-        }
-        // Rejects must be safely in the DLQ before their offsets are committed.
-        dlq.flush(Duration::from_secs(120))?;
-        pending.dlq_done = true;
-        stats
-            .dead_lettered
-            .fetch_add(pending.rejects.len() as u64, Ordering::Relaxed);
-        for r in &pending.rejects {
-            tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.why, "record dead-lettered");
-        }
-    }
-    pending.batch.offsets = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
-    let started = Instant::now();
-    let out =
-        rt.block_on(store.write_batch(&settings.group_id, &settings.topic, &pending.batch))?;
-    tracing::debug!(
-        records = pending.records,
-        sales = pending.batch.sales.len(),
-        sessions = pending.batch.sessions.len(),
-        write_ms = started.elapsed().as_millis() as u64,
-        "batch written"
-    );
-    let valid = (pending.batch.sales.len() + pending.batch.sessions.len()) as u64;
-    stats.sales.fetch_add(out.sales, Ordering::Relaxed);
-    stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);
-    stats
-        .duplicates
-        .fetch_add(valid - out.sales - out.sessions, Ordering::Relaxed);
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    Ok(())
-}

@@ -46,7 +46,7 @@ impl Services {
         let (database_url, embedded_pg) = match &cfg.database_url {
             Some(u) => (u.clone(), None),
             None => {
-                let pg = EmbeddedPostgres::ensure(&cfg.data_dir(), cfg.embedded_pg_port)
+                let pg = EmbeddedPostgres::ensure(cfg.data_dir.as_deref(), cfg.embedded_pg_port)
                     .await
                     .context("starting the embedded PostgreSQL")?;
                 tracing::info!(dir = %pg.data_dir.display(), port = pg.port, "embedded PostgreSQL ready");

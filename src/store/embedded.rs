@@ -6,9 +6,9 @@
 //! later runs (and other salespulse processes) share it. Stop it with
 //! `pg_ctl stop -D <data dir>`; `salespulse doctor` prints the path.
 //!
-//! PostgreSQL refuses to run as root; when started by root, the cluster lives
-//! in `/var/lib/salespulse/postgres` and its commands run as the `postgres`
-//! system user (through `runuser`).
+//! PostgreSQL refuses to run as root; when started by root, its commands run
+//! as the `postgres` system user (through `runuser`), and without an explicit
+//! data directory the cluster lives in `/var/lib/salespulse/postgres`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -151,21 +151,33 @@ fn running_port(data_dir: &Path) -> Option<u16> {
 }
 
 impl EmbeddedPostgres {
-    /// Where the cluster lives for data root `data_root`.
-    pub fn cluster_dir(data_root: &Path) -> PathBuf {
-        if is_root() {
-            PathBuf::from("/var/lib/salespulse/postgres")
-        } else {
-            data_root.join("postgres")
+    /// Where the cluster lives: `<data root>/postgres`. As root with no
+    /// explicit data root, `/var/lib/salespulse/postgres` (the `postgres`
+    /// user cannot enter root's home).
+    pub fn cluster_dir(data_root: Option<&Path>) -> PathBuf {
+        match data_root {
+            Some(d) => d.join("postgres"),
+            None if is_root() => PathBuf::from("/var/lib/salespulse/postgres"),
+            None => crate::config::default_data_dir().join("postgres"),
         }
+    }
+
+    /// Stops the cluster (fast shutdown). Other processes using it lose
+    /// their connections.
+    pub fn stop(&self) -> Result<(), StoreError> {
+        let bin =
+            find_pg_bin_dir().ok_or_else(|| StoreError::Embedded("pg_ctl not found".into()))?;
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        let out = run(&bin, "pg_ctl", &["stop", "-D", &dir, "-m", "fast", "-w"])?;
+        ok_or_explain(out, "pg_ctl stop", None)
     }
 
     /// Initializes (first time) and starts (when stopped) the private cluster,
     /// then makes sure database `salespulse` exists.
-    pub async fn ensure(data_root: &Path, port: u16) -> Result<Self, StoreError> {
-        let data_root = data_root.to_owned();
+    pub async fn ensure(data_root: Option<&Path>, port: u16) -> Result<Self, StoreError> {
+        let data_root = data_root.map(Path::to_path_buf);
         let (data_dir, port) =
-            tokio::task::spawn_blocking(move || Self::ensure_running(&data_root, port))
+            tokio::task::spawn_blocking(move || Self::ensure_running(data_root.as_deref(), port))
                 .await
                 .map_err(|e| StoreError::Embedded(e.to_string()))??;
         let server = format!("postgres://{ROLE}@127.0.0.1:{port}/postgres");
@@ -177,7 +189,7 @@ impl EmbeddedPostgres {
         })
     }
 
-    fn ensure_running(data_root: &Path, port: u16) -> Result<(PathBuf, u16), StoreError> {
+    fn ensure_running(data_root: Option<&Path>, port: u16) -> Result<(PathBuf, u16), StoreError> {
         let bin = find_pg_bin_dir().ok_or_else(|| {
             StoreError::Embedded(
                 "PostgreSQL server programs (initdb, pg_ctl) not found. Install PostgreSQL \
@@ -194,6 +206,8 @@ impl EmbeddedPostgres {
                 StoreError::Embedded(format!("cannot create {}: {e}", dir.display()))
             })?;
             if is_root() {
+                // The postgres user must also be able to traverse every parent
+                // directory; we do not loosen permissions on them.
                 let st = Command::new("chown")
                     .args(["-R", "postgres:postgres", &dir_s])
                     .status()

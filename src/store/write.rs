@@ -1,0 +1,641 @@
+//! The exactly-once batch write.
+//!
+//! One transaction:
+//! 1. look up which of the batch's transaction and session ids already exist
+//!    (one indexed probe) and drop those, and in-batch repeats;
+//! 2. `COPY` the new rows into `transactions` and `sessions` (multi-row
+//!    inserts, as fast as a bulk load);
+//! 3. fold *exactly those new rows* into the rollups, customers and products,
+//!    aggregated here, and advance the partition offsets, in one statement.
+//!
+//! If another writer inserts one of the same ids between steps 1 and 2, the
+//! `COPY` fails on the primary key, the transaction rolls back, and the retry's
+//! probe sees the rows. A replayed batch therefore adds nothing, and a crash
+//! at any point commits all of the batch or none of it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
+
+/// Rows to write in one transaction, each with its `(partition, offset)`, and
+/// the next offset of every partition the batch covers.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub sales: Vec<(SaleEvent, i32, i64)>,
+    pub sessions: Vec<(SessionEvent, i32, i64)>,
+    /// `(partition, next offset)`.
+    pub offsets: Vec<(i32, i64)>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Sale rows newly inserted (the rest were duplicates).
+    pub sales: u64,
+    /// Session rows newly inserted.
+    pub sessions: u64,
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+const RACE_RETRIES: u32 = 5;
+
+/// Writes `batch` exactly once; see the module docs.
+pub async fn write_batch(
+    pool: &sqlx::PgPool,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+) -> Result<WriteOutcome, StoreError> {
+    let mut attempt = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        match write_in(&mut tx, group, topic, batch).await {
+            Ok(out) => {
+                tx.commit().await?;
+                return Ok(out);
+            }
+            Err(StoreError::Sql(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some(UNIQUE_VIOLATION) && attempt < RACE_RETRIES =>
+            {
+                // Another writer inserted some of these rows concurrently.
+                attempt += 1;
+                tracing::debug!(attempt, "duplicate inserted concurrently; retrying batch");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_in(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+) -> Result<WriteOutcome, StoreError> {
+    let t0 = std::time::Instant::now();
+    let (existing_tx, existing_sessions) = existing_ids(tx, batch).await?;
+    let t_probe = t0.elapsed();
+    let mut seen_tx: HashSet<Uuid> = existing_tx;
+    let sales: Vec<&(SaleEvent, i32, i64)> = batch
+        .sales
+        .iter()
+        .filter(|(s, _, _)| seen_tx.insert(s.transaction_id))
+        .collect();
+    let mut seen_sessions: HashSet<&str> = existing_sessions.iter().map(String::as_str).collect();
+    let sessions: Vec<&(SessionEvent, i32, i64)> = batch
+        .sessions
+        .iter()
+        .filter(|(s, _, _)| seen_sessions.insert(s.session_id.as_str()))
+        .collect();
+
+    let t0 = std::time::Instant::now();
+    if !sales.is_empty() {
+        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(&sales)).await?;
+    }
+    let t_copy_tx = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    if !sessions.is_empty() {
+        copy_in(tx, COPY_SESSIONS, &encode_sessions(&sessions)).await?;
+    }
+    let t_copy_s = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let agg = Aggregates::of(&sales, &sessions);
+    let t_agg = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    agg.upsert(tx, group, topic, &batch.offsets).await?;
+    tracing::debug!(probe = ?t_probe, copy_tx = ?t_copy_tx, copy_sessions = ?t_copy_s, agg = ?t_agg, upsert = ?t0.elapsed(),
+        sales_groups = agg.sales.len(), session_groups = agg.sessions.len(), customers = agg.customers.len(), products = agg.products.len(), "write steps");
+    Ok(WriteOutcome {
+        sales: sales.len() as u64,
+        sessions: sessions.len() as u64,
+    })
+}
+
+async fn existing_ids(
+    conn: &mut PgConnection,
+    batch: &Batch,
+) -> Result<(HashSet<Uuid>, Vec<String>), StoreError> {
+    let tx_ids: Vec<Uuid> = batch
+        .sales
+        .iter()
+        .map(|(s, _, _)| s.transaction_id)
+        .collect();
+    let session_ids: Vec<&str> = batch
+        .sessions
+        .iter()
+        .map(|(s, _, _)| s.session_id.as_str())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT transaction_id, NULL::text FROM transactions WHERE transaction_id = ANY($1) \
+         UNION ALL \
+         SELECT NULL::uuid, session_id FROM sessions WHERE session_id = ANY($2)",
+    )
+    .bind(tx_ids)
+    .bind(session_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut txs = HashSet::new();
+    let mut sessions = Vec::new();
+    for r in rows {
+        if let Some(id) = r.try_get::<Option<Uuid>, _>(0)? {
+            txs.insert(id);
+        }
+        if let Some(id) = r.try_get::<Option<String>, _>(1)? {
+            sessions.push(id);
+        }
+    }
+    Ok((txs, sessions))
+}
+
+async fn copy_in(conn: &mut PgConnection, statement: &str, data: &[u8]) -> Result<(), StoreError> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    if let Err(e) = copy.send(data).await {
+        let _ = copy.abort("send failed").await;
+        return Err(e.into());
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+const COPY_TRANSACTIONS: &str = "COPY transactions (transaction_id, occurred_at, customer_id, \
+    session_id, product_id, category, quantity, unit_price, discount, total_amount, currency, \
+    payment_method, status, region, country, channel, kafka_partition, kafka_offset) FROM STDIN";
+
+const COPY_SESSIONS: &str = "COPY sessions (session_id, customer_id, started_at, ended_at, \
+    region, country, channel, page_views, orders, kafka_partition, kafka_offset) FROM STDIN";
+
+/// Appends a COPY text-format field (escaping backslash, tab, newline, CR).
+fn text(buf: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+fn num(buf: &mut Vec<u8>, n: impl itoa_like::Int) {
+    n.write(buf);
+}
+
+fn money(buf: &mut Vec<u8>, cents: i64) {
+    if cents < 0 {
+        buf.push(b'-');
+    }
+    let c = cents.unsigned_abs();
+    num(buf, c / 100);
+    buf.push(b'.');
+    let frac = (c % 100) as u8;
+    buf.push(b'0' + frac / 10);
+    buf.push(b'0' + frac % 10);
+}
+
+fn time(buf: &mut Vec<u8>, t: DateTime<Utc>) {
+    buf.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+}
+
+mod itoa_like {
+    /// Integer formatting without allocation.
+    pub trait Int {
+        fn write(self, buf: &mut Vec<u8>);
+    }
+
+    macro_rules! impl_int {
+        ($($t:ty),*) => {$(
+            impl Int for $t {
+                fn write(self, buf: &mut Vec<u8>) {
+                    use std::io::Write;
+                    let _ = write!(buf, "{self}");
+                }
+            }
+        )*};
+    }
+    impl_int!(i32, i64, u64);
+}
+
+fn encode_sales(rows: &[&(SaleEvent, i32, i64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(rows.len() * 220);
+    for (s, p, o) in rows {
+        text(&mut b, &s.transaction_id.to_string());
+        b.push(b'\t');
+        time(&mut b, s.occurred_at);
+        for f in [&s.customer_id, &s.session_id, &s.product_id, &s.category] {
+            b.push(b'\t');
+            text(&mut b, f);
+        }
+        b.push(b'\t');
+        num(&mut b, s.quantity);
+        for m in [s.unit_price, s.discount, s.total_amount] {
+            b.push(b'\t');
+            money(&mut b, to_cents(m));
+        }
+        for f in [&s.currency, &s.payment_method] {
+            b.push(b'\t');
+            text(&mut b, f);
+        }
+        b.push(b'\t');
+        text(&mut b, s.status.as_str());
+        for f in [&s.region, &s.country] {
+            b.push(b'\t');
+            text(&mut b, f);
+        }
+        b.push(b'\t');
+        text(&mut b, s.channel.as_str());
+        b.push(b'\t');
+        num(&mut b, *p);
+        b.push(b'\t');
+        num(&mut b, *o);
+        b.push(b'\n');
+    }
+    b
+}
+
+fn encode_sessions(rows: &[&(SessionEvent, i32, i64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(rows.len() * 140);
+    for (s, p, o) in rows {
+        text(&mut b, &s.session_id);
+        b.push(b'\t');
+        text(&mut b, &s.customer_id);
+        b.push(b'\t');
+        time(&mut b, s.started_at);
+        b.push(b'\t');
+        time(&mut b, s.ended_at);
+        for f in [&s.region, &s.country] {
+            b.push(b'\t');
+            text(&mut b, f);
+        }
+        b.push(b'\t');
+        text(&mut b, s.channel.as_str());
+        for n in [s.page_views, s.orders, *p] {
+            b.push(b'\t');
+            num(&mut b, n);
+        }
+        b.push(b'\t');
+        num(&mut b, *o);
+        b.push(b'\n');
+    }
+    b
+}
+
+/// Truncates to the minute (what `date_trunc('minute', t)` gives in UTC).
+fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    let s = t.timestamp();
+    DateTime::from_timestamp(s - s.rem_euclid(60), 0).unwrap_or(t)
+}
+
+#[derive(Default)]
+struct SalesCell {
+    orders: i64,
+    units: i64,
+    revenue: i64,
+    discount: i64,
+}
+
+#[derive(Default)]
+struct SessionCell {
+    sessions: i64,
+    converted: i64,
+    orders: i64,
+    page_views: i64,
+}
+
+struct CustomerCell<'a> {
+    region: &'a str,
+    country: &'a str,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    sessions: i64,
+    orders: i64,
+    completed: i64,
+    units: i64,
+    spent: i64,
+}
+
+struct ProductCell<'a> {
+    name: &'a str,
+    category: &'a str,
+    price: i64,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    orders: i64,
+    units: i64,
+    revenue: i64,
+}
+
+type SalesKey<'a> = (DateTime<Utc>, &'a str, &'a str, &'a str, &'a str, &'a str);
+
+/// The new rows, folded into what the upserts need. Sorted maps give every
+/// writer the same lock order.
+#[derive(Default)]
+struct Aggregates<'a> {
+    sales: BTreeMap<SalesKey<'a>, SalesCell>,
+    sessions: BTreeMap<(DateTime<Utc>, &'a str, &'a str), SessionCell>,
+    customers: BTreeMap<&'a str, CustomerCell<'a>>,
+    products: BTreeMap<&'a str, ProductCell<'a>>,
+}
+
+impl<'a> Aggregates<'a> {
+    fn of(sales: &[&'a (SaleEvent, i32, i64)], sessions: &[&'a (SessionEvent, i32, i64)]) -> Self {
+        let mut a = Aggregates::default();
+        for (s, _, _) in sales.iter().copied() {
+            let completed = s.status == Status::Completed;
+            let total = to_cents(s.total_amount);
+            let key = (
+                minute(s.occurred_at),
+                s.category.as_str(),
+                s.payment_method.as_str(),
+                s.status.as_str(),
+                s.region.as_str(),
+                s.channel.as_str(),
+            );
+            let c = a.sales.entry(key).or_default();
+            c.orders += 1;
+            c.units += i64::from(s.quantity);
+            c.revenue += total;
+            c.discount += to_cents(s.discount);
+
+            let cu = a.customer(
+                &s.customer_id,
+                &s.region,
+                &s.country,
+                s.occurred_at,
+                s.occurred_at,
+            );
+            cu.orders += 1;
+            cu.units += i64::from(s.quantity);
+            if completed {
+                cu.completed += 1;
+                cu.spent += total;
+            }
+
+            let p = a
+                .products
+                .entry(&s.product_id)
+                .or_insert_with(|| ProductCell {
+                    name: &s.product_name,
+                    category: &s.category,
+                    price: 0,
+                    first: s.occurred_at,
+                    last: s.occurred_at,
+                    orders: 0,
+                    units: 0,
+                    revenue: 0,
+                });
+            p.name = p.name.max(s.product_name.as_str());
+            p.price = p.price.max(to_cents(s.unit_price));
+            p.first = p.first.min(s.occurred_at);
+            p.last = p.last.max(s.occurred_at);
+            p.orders += 1;
+            p.units += i64::from(s.quantity);
+            if completed {
+                p.revenue += total;
+            }
+        }
+        for (s, _, _) in sessions.iter().copied() {
+            let c = a
+                .sessions
+                .entry((minute(s.started_at), s.region.as_str(), s.channel.as_str()))
+                .or_default();
+            c.sessions += 1;
+            c.converted += i64::from(s.orders > 0);
+            c.orders += i64::from(s.orders);
+            c.page_views += i64::from(s.page_views);
+            let cu = a.customer(
+                &s.customer_id,
+                &s.region,
+                &s.country,
+                s.started_at,
+                s.ended_at,
+            );
+            cu.sessions += 1;
+        }
+        a
+    }
+
+    fn customer(
+        &mut self,
+        id: &'a str,
+        region: &'a str,
+        country: &'a str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> &mut CustomerCell<'a> {
+        let c = self.customers.entry(id).or_insert_with(|| CustomerCell {
+            region,
+            country,
+            first,
+            last,
+            sessions: 0,
+            orders: 0,
+            completed: 0,
+            units: 0,
+            spent: 0,
+        });
+        c.region = c.region.min(region);
+        c.country = c.country.min(country);
+        c.first = c.first.min(first);
+        c.last = c.last.max(last);
+        c
+    }
+
+    async fn upsert(
+        &self,
+        conn: &mut PgConnection,
+        group: &str,
+        topic: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), StoreError> {
+        macro_rules! cols {
+            ($map:expr, $($f:expr),+) => {
+                ( $( $map.iter().map($f).collect::<Vec<_>>(), )+ )
+            };
+        }
+        let s = cols!(
+            self.sales,
+            |(k, _)| k.0,
+            |(k, _)| k.1,
+            |(k, _)| k.2,
+            |(k, _)| k.3,
+            |(k, _)| k.4,
+            |(k, _)| k.5,
+            |(_, v)| v.orders,
+            |(_, v)| v.units,
+            |(_, v)| v.revenue,
+            |(_, v)| v.discount
+        );
+        let m = cols!(
+            self.sessions,
+            |(k, _)| k.0,
+            |(k, _)| k.1,
+            |(k, _)| k.2,
+            |(_, v)| v.sessions,
+            |(_, v)| v.converted,
+            |(_, v)| v.orders,
+            |(_, v)| v.page_views
+        );
+        let c = cols!(
+            self.customers,
+            |(k, _)| *k,
+            |(_, v)| v.region,
+            |(_, v)| v.country,
+            |(_, v)| v.first,
+            |(_, v)| v.last,
+            |(_, v)| v.sessions,
+            |(_, v)| v.orders,
+            |(_, v)| v.completed,
+            |(_, v)| v.units,
+            |(_, v)| v.spent
+        );
+        let p = cols!(
+            self.products,
+            |(k, _)| *k,
+            |(_, v)| v.name,
+            |(_, v)| v.category,
+            |(_, v)| v.price,
+            |(_, v)| v.first,
+            |(_, v)| v.last,
+            |(_, v)| v.orders,
+            |(_, v)| v.units,
+            |(_, v)| v.revenue
+        );
+        let (parts, next): (Vec<i32>, Vec<i64>) = offsets.iter().copied().unzip();
+        sqlx::query(UPSERT_AGGREGATES)
+            .bind(s.0)
+            .bind(s.1)
+            .bind(s.2)
+            .bind(s.3)
+            .bind(s.4)
+            .bind(s.5)
+            .bind(s.6)
+            .bind(s.7)
+            .bind(s.8)
+            .bind(s.9)
+            .bind(m.0)
+            .bind(m.1)
+            .bind(m.2)
+            .bind(m.3)
+            .bind(m.4)
+            .bind(m.5)
+            .bind(m.6)
+            .bind(c.0)
+            .bind(c.1)
+            .bind(c.2)
+            .bind(c.3)
+            .bind(c.4)
+            .bind(c.5)
+            .bind(c.6)
+            .bind(c.7)
+            .bind(c.8)
+            .bind(c.9)
+            .bind(p.0)
+            .bind(p.1)
+            .bind(p.2)
+            .bind(p.3)
+            .bind(p.4)
+            .bind(p.5)
+            .bind(p.6)
+            .bind(p.7)
+            .bind(p.8)
+            .bind(group)
+            .bind(topic)
+            .bind(parts)
+            .bind(next)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Money arrives in cents and is stored as numeric (cents / 100.0, exact).
+const UPSERT_AGGREGATES: &str = r#"
+WITH sales_rollup AS (
+    INSERT INTO sales_metrics AS m (bucket, category, payment_method, status, region, channel,
+        orders, units, revenue, discount)
+    SELECT b, c, pm, st, r, ch, o, u, rev / 100.0, d / 100.0
+    FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::int8[], $8::int8[], $9::int8[], $10::int8[]) AS t(b, c, pm, st, r, ch, o, u, rev, d)
+    ON CONFLICT (bucket, category, payment_method, status, region, channel) DO UPDATE SET
+        orders = m.orders + EXCLUDED.orders,
+        units = m.units + EXCLUDED.units,
+        revenue = m.revenue + EXCLUDED.revenue,
+        discount = m.discount + EXCLUDED.discount
+),
+session_rollup AS (
+    INSERT INTO session_metrics AS m (bucket, region, channel, sessions, converted_sessions,
+        orders, page_views)
+    SELECT * FROM UNNEST($11::timestamptz[], $12::text[], $13::text[], $14::int8[], $15::int8[],
+        $16::int8[], $17::int8[])
+    ON CONFLICT (bucket, region, channel) DO UPDATE SET
+        sessions = m.sessions + EXCLUDED.sessions,
+        converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
+        orders = m.orders + EXCLUDED.orders,
+        page_views = m.page_views + EXCLUDED.page_views
+),
+cust AS (
+    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
+        orders, completed_orders, units, total_spent)
+    SELECT id, r, co, f, l, s, o, cp, u, sp / 100.0
+    FROM UNNEST($18::text[], $19::text[], $20::text[], $21::timestamptz[], $22::timestamptz[],
+        $23::int8[], $24::int8[], $25::int8[], $26::int8[], $27::int8[])
+        AS t(id, r, co, f, l, s, o, cp, u, sp)
+    ON CONFLICT (customer_id) DO UPDATE SET
+        first_seen = least(c.first_seen, EXCLUDED.first_seen),
+        last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
+        sessions = c.sessions + EXCLUDED.sessions,
+        orders = c.orders + EXCLUDED.orders,
+        completed_orders = c.completed_orders + EXCLUDED.completed_orders,
+        units = c.units + EXCLUDED.units,
+        total_spent = c.total_spent + EXCLUDED.total_spent
+),
+prod AS (
+    INSERT INTO products AS p (product_id, name, category, list_price, first_seen, last_seen,
+        orders, units, revenue)
+    SELECT id, n, c, pr / 100.0, f, l, o, u, rev / 100.0
+    FROM UNNEST($28::text[], $29::text[], $30::text[], $31::int8[], $32::timestamptz[],
+        $33::timestamptz[], $34::int8[], $35::int8[], $36::int8[])
+        AS t(id, n, c, pr, f, l, o, u, rev)
+    ON CONFLICT (product_id) DO UPDATE SET
+        name = EXCLUDED.name,
+        list_price = EXCLUDED.list_price,
+        first_seen = least(p.first_seen, EXCLUDED.first_seen),
+        last_seen = greatest(p.last_seen, EXCLUDED.last_seen),
+        orders = p.orders + EXCLUDED.orders,
+        units = p.units + EXCLUDED.units,
+        revenue = p.revenue + EXCLUDED.revenue
+)
+INSERT INTO ingest_offsets AS o (consumer_group, topic, partition, next_offset, updated_at)
+SELECT $37, $38, p, n, now() FROM UNNEST($39::int4[], $40::int8[]) AS t(p, n)
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
+    next_offset = greatest(o.next_offset, EXCLUDED.next_offset),
+    updated_at = now()
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes() {
+        let mut b = Vec::new();
+        text(&mut b, "a\tb\\c\nd\re");
+        assert_eq!(b, b"a\\tb\\\\c\\nd\\re");
+        let mut b = Vec::new();
+        money(&mut b, 123_405);
+        b.push(b' ');
+        money(&mut b, 7);
+        assert_eq!(b, b"1234.05 0.07");
+    }
+
+    #[test]
+    fn minute_truncation() {
+        let t = DateTime::from_timestamp(1_700_000_059, 999).unwrap();
+        assert_eq!(minute(t).timestamp(), 1_700_000_040);
+    }
+}

@@ -1,0 +1,173 @@
+//! The `salespulse` binary end to end.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use salespulse::event::Event;
+
+fn salespulse(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_salespulse"));
+    c.args(args)
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("DATABASE_URL")
+        .env_remove("SALESPULSE_CONFIG")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run salespulse")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn generate_is_deterministic_and_valid_in_both_formats() {
+    let args = [
+        "generate",
+        "--count",
+        "300",
+        "--seed",
+        "3",
+        "--start",
+        "2026-01-01T00:00:00Z",
+    ];
+    let a = salespulse(&args, &[]);
+    let b = salespulse(&args, &[]);
+    assert!(a.status.success(), "{}", text(&a));
+    assert_eq!(a.stdout, b.stdout);
+    let now = chrono::Utc::now();
+    let lines: Vec<&[u8]> = a
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 300);
+    for l in lines {
+        assert_eq!(Event::decode(l, now).map(|_| ()), Ok(()));
+    }
+    let csv = salespulse(&["generate", "--count", "50", "--format", "csv"], &[]);
+    assert!(csv.status.success());
+    let out = String::from_utf8(csv.stdout).unwrap();
+    let mut rows = out.lines();
+    assert!(rows
+        .next()
+        .unwrap()
+        .starts_with("type,transaction_id,occurred_at"));
+    assert_eq!(rows.count(), 50);
+    let bad = salespulse(&["generate", "--count", "5", "--format", "xml"], &[]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("xml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_events_exits_after_committing_them_all() {
+    let db = TestDb::new("clirun").await;
+    let out = tokio::task::spawn_blocking({
+        let url = db.url.clone();
+        move || {
+            salespulse(
+                &["run", "--events", "3000", "--seed", "8"],
+                &[("DATABASE_URL", &url)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("produced 3000 events and committed them all"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("events/s"));
+    let rows = count(
+        &db.store,
+        "SELECT (SELECT count(*) FROM transactions) + (SELECT count(*) FROM sessions)",
+    )
+    .await;
+    assert_eq!(rows, 3000);
+    assert_consistent(&db.store).await;
+    db.drop().await;
+}
+
+#[test]
+fn bad_configuration_is_reported_clearly_and_secrets_stay_hidden() {
+    let o = salespulse(&["doctor"], &[("SALESPULSE_PARTITIONS", "many")]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("SALESPULSE_PARTITIONS"), "{}", text(&o));
+
+    let port = free_port();
+    let url = format!("postgres://alice:supersecret@127.0.0.1:{port}/x");
+    let o = salespulse(&["run", "--events", "10"], &[("DATABASE_URL", &url)]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("alice:***@127.0.0.1"), "{t}");
+    assert!(!t.contains("supersecret"), "password leaked: {t}");
+
+    let o = salespulse(&["ingest"], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("KAFKA_BROKERS"), "{}", text(&o));
+}
+
+#[test]
+fn doctor_names_what_is_broken_and_how_to_fix_it() {
+    let dead = free_port();
+    let o = salespulse(
+        &["doctor"],
+        &[
+            ("KAFKA_BROKERS", &format!("127.0.0.1:{dead}")),
+            ("DATABASE_URL", &pg_server_url()),
+            ("REDIS_URL", &redis_url()),
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("[FAIL] kafka"), "{t}");
+    assert!(t.contains("fix:"), "{t}");
+    assert!(t.contains("[ok  ] postgres"), "{t}");
+    assert!(t.contains("[ok  ] redis"), "{t}");
+}
+
+#[test]
+fn embedded_defaults_start_a_private_postgres_cluster() {
+    // No DATABASE_URL, no KAFKA_BROKERS: the mock broker and a private
+    // PostgreSQL cluster made with initdb in a fresh data directory.
+    let dir = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    {
+        // As root the cluster runs as the postgres user, who must reach it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let port = free_port().to_string();
+    let data = dir.path().to_string_lossy().into_owned();
+    let env = [
+        ("SALESPULSE_DATA_DIR", data.as_str()),
+        ("SALESPULSE_PG_PORT", port.as_str()),
+    ];
+    let o = salespulse(&["run", "--events", "2000"], &env);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("produced 2000 events and committed them all"),
+        "{t}"
+    );
+    assert!(dir.path().join("postgres/PG_VERSION").is_file());
+    // A second run reuses the running cluster and adds to it.
+    let o = salespulse(&["run", "--events", "1000"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let pg = salespulse::store::EmbeddedPostgres {
+        url: String::new(),
+        data_dir: dir.path().join("postgres"),
+        port: 0,
+    };
+    pg.stop().unwrap();
+}

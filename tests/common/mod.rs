@@ -1,0 +1,352 @@
+//! Shared helpers for the integration tests: real PostgreSQL databases (one
+//! per test), the in-process mock broker, an out-of-process tansu broker, and
+//! a consistency check that recomputes every derived table from raw rows.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use salespulse::bus::{EventProducer, ProducerConfig};
+use salespulse::config::Config;
+use salespulse::event::Event;
+use salespulse::generator::{Clock, Generator, GeneratorParams};
+use salespulse::pipeline::produce_loop;
+use salespulse::store::{self, Store};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// The server tests create their databases on (`TEST_DATABASE_URL`).
+pub fn pg_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub store: Store,
+}
+
+impl TestDb {
+    pub async fn new(tag: &str) -> Self {
+        let name = format!(
+            "sp_test_{tag}_{}",
+            &Uuid::new_v4().simple().to_string()[..10]
+        );
+        store::create_database_if_missing(&pg_server_url(), &name)
+            .await
+            .expect("create test database (is PostgreSQL running? see README)");
+        let url = store::with_database(&pg_server_url(), &name).unwrap();
+        let store = Store::connect(&url, 8, Duration::from_secs(30))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Self { name, url, store }
+    }
+
+    pub async fn drop(self) {
+        self.store.pool().close().await;
+        store::drop_database(&pg_server_url(), &self.name)
+            .await
+            .unwrap();
+    }
+}
+
+/// Config for a test: the given database and broker, small fast batches.
+pub fn test_config(database_url: &str, brokers: Option<&str>) -> Config {
+    Config {
+        database_url: Some(database_url.to_owned()),
+        kafka_brokers: brokers.map(str::to_owned),
+        batch_size: 1_000,
+        batch_timeout_ms: 100,
+        kafka_session_timeout_ms: 3_000,
+        redis_url: redis_url(),
+        ..Config::default()
+    }
+}
+
+pub fn sim_generator(seed: u64) -> Generator {
+    let start = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
+    Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start)).unwrap()
+}
+
+/// What `n` events of `seed` contain.
+pub struct Expected {
+    pub sales: i64,
+    pub sessions: i64,
+    pub transaction_ids: HashSet<Uuid>,
+}
+
+pub fn expected(seed: u64, n: u64) -> Expected {
+    let mut g = sim_generator(seed);
+    let mut e = Expected {
+        sales: 0,
+        sessions: 0,
+        transaction_ids: HashSet::new(),
+    };
+    for _ in 0..n {
+        match g.next_event() {
+            Event::Sale(s) => {
+                e.sales += 1;
+                e.transaction_ids.insert(s.transaction_id);
+            }
+            Event::Session(_) => e.sessions += 1,
+        }
+    }
+    e
+}
+
+/// Produces `n` seeded events; returns the end offsets (partition, next).
+pub fn produce(brokers: &str, topic: &str, seed: u64, n: u64) -> Vec<(i32, i64)> {
+    let cfg = ProducerConfig {
+        brokers: brokers.to_owned(),
+        linger_ms: 5,
+        idempotence: true,
+        message_timeout_ms: 60_000,
+        max_attempts: 5,
+    };
+    let p = EventProducer::new(&cfg, topic).unwrap();
+    let mut g = sim_generator(seed);
+    produce_loop(&mut g, &p, Some(n), None, &AtomicBool::new(false), None).unwrap();
+    p.stats().delivered_end_offsets()
+}
+
+/// Sum of the stored next offsets of a group and topic.
+pub async fn stored_total(store: &Store, group: &str, topic: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(next_offset)::int8 FROM ingest_offsets WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+pub async fn count(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// Asserts every derived table equals the same aggregates recomputed from the
+/// raw `transactions` and `sessions` rows (both directions of EXCEPT).
+pub async fn assert_consistent(store: &Store) {
+    let checks: [(&str, &str, &str); 4] = [
+        (
+            "sales_metrics",
+            "SELECT date_trunc('minute', occurred_at), category, payment_method, status, region, channel,
+                    count(*), sum(quantity), sum(total_amount), sum(discount)
+             FROM transactions GROUP BY 1, 2, 3, 4, 5, 6",
+            "SELECT bucket, category, payment_method, status, region, channel, orders, units, revenue, discount
+             FROM sales_metrics",
+        ),
+        (
+            "session_metrics",
+            "SELECT date_trunc('minute', started_at), region, channel, count(*),
+                    count(*) FILTER (WHERE orders > 0), sum(orders), sum(page_views)
+             FROM sessions GROUP BY 1, 2, 3",
+            "SELECT bucket, region, channel, sessions, converted_sessions, orders, page_views FROM session_metrics",
+        ),
+        (
+            "customers",
+            "WITH t AS (SELECT customer_id, min(region) r, min(country) c, min(occurred_at) f, max(occurred_at) l,
+                           count(*) o, count(*) FILTER (WHERE status = 'completed') co, sum(quantity) u,
+                           coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0) s
+                        FROM transactions GROUP BY 1),
+                  s AS (SELECT customer_id, min(region) r, min(country) c, min(started_at) f, max(ended_at) l,
+                           count(*) n FROM sessions GROUP BY 1)
+             SELECT customer_id, coalesce(t.r, s.r), coalesce(t.c, s.c), least(t.f, s.f), greatest(t.l, s.l),
+                    coalesce(s.n, 0), coalesce(t.o, 0), coalesce(t.co, 0), coalesce(t.u, 0), coalesce(t.s, 0)
+             FROM t FULL JOIN s USING (customer_id)",
+            "SELECT customer_id, region, country, first_seen, last_seen, sessions, orders, completed_orders,
+                    units, total_spent FROM customers",
+        ),
+        (
+            "products",
+            "SELECT product_id, min(category), max(unit_price), min(occurred_at), max(occurred_at), count(*),
+                    sum(quantity), coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
+             FROM transactions GROUP BY 1",
+            "SELECT product_id, category, list_price, first_seen, last_seen, orders, units, revenue FROM products",
+        ),
+    ];
+    for (table, recomputed, stored) in checks {
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM (({recomputed}) EXCEPT ALL ({stored})) a),
+                    (SELECT count(*) FROM (({stored}) EXCEPT ALL ({recomputed})) b)"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let (missing, extra): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "{table}: {missing} recomputed rows missing from the table, {extra} table rows not recomputed"
+        );
+    }
+}
+
+/// Asserts the database holds exactly the `n` events of `seed`, once each.
+pub async fn assert_exactly(store: &Store, seed: u64, n: u64) {
+    let e = expected(seed, n);
+    let tx = count(store, "SELECT count(*) FROM transactions").await;
+    let tx_distinct = count(
+        store,
+        "SELECT count(DISTINCT transaction_id) FROM transactions",
+    )
+    .await;
+    let sessions = count(store, "SELECT count(*) FROM sessions").await;
+    let sessions_distinct = count(store, "SELECT count(DISTINCT session_id) FROM sessions").await;
+    assert_eq!(
+        (tx, tx_distinct),
+        (e.sales, e.sales),
+        "transactions: count, distinct vs generated"
+    );
+    assert_eq!(
+        (sessions, sessions_distinct),
+        (e.sessions, e.sessions),
+        "sessions: count, distinct vs generated"
+    );
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM transactions")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let ids: HashSet<Uuid> = ids.into_iter().collect();
+    assert!(
+        ids == e.transaction_ids,
+        "stored transaction ids differ from the generated ones"
+    );
+    assert_consistent(store).await;
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `f` returns true, or panics after `timeout` naming `what`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An out-of-process tansu broker on a free loopback port, with durable
+/// SQLite storage in `dir`. Killed (SIGKILL) on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+pub fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cargo_bin = home.join(".cargo/bin/tansu");
+    if cargo_bin.is_file() {
+        return cargo_bin;
+    }
+    PathBuf::from("tansu")
+}
+
+impl Tansu {
+    pub fn start(dir: &Path) -> Self {
+        let mut t = Self {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+        };
+        t.restart();
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and storage.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(
+            self.dir
+                .join(format!("tansu-{}.log", Uuid::new_v4().simple())),
+        )
+        .unwrap();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // tansu resolves absolute sqlite paths wrongly: run it in its
+            // directory with a relative path.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}): {e}. Install it with .ci/run or \
+                     `cargo install tansu --locked --features dynostore,postgres,libsql`",
+                    tansu_bin().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while salespulse::bus::ping(&self.brokers(), Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not come up on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no clean shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

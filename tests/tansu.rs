@@ -1,0 +1,117 @@
+//! The pipeline against tansu, an independent Kafka-compatible broker running
+//! as a separate process with durable SQLite storage.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use salespulse::bus::{self, EventProducer, ProducerConfig};
+use salespulse::generator::Clock;
+use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_an_out_of_process_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    let db = TestDb::new("tansu").await;
+    let mut cfg = test_config(&db.url, Some(&tansu.brokers()));
+    cfg.partitions = 3;
+    // Topics are created through the admin API (tansu does not auto-create).
+    let opts = RunOptions {
+        events: Some(4_000),
+        rate: None,
+        seed: 61,
+        workers: 1,
+        clock: Clock::Simulated(
+            chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 0, 0, 0).unwrap(),
+        ),
+        params: Default::default(),
+    };
+    let report = pipeline::run(&cfg, opts).await.unwrap();
+    assert_eq!(report.produced, 4_000);
+    assert_eq!(report.sales + report.sessions, 4_000);
+    assert_exactly(&db.store, 61, 4_000).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tansu = Tansu::start(dir.path());
+    let brokers = tansu.brokers();
+    let db = TestDb::new("tansukill").await;
+    let cfg = test_config(&db.url, Some(&brokers));
+    bus::ensure_topics(
+        &brokers,
+        &[(cfg.topic.as_str(), 3), (cfg.dlq_topic.as_str(), 3)],
+        1,
+    )
+    .await
+    .unwrap();
+
+    let settings = IngestSettings::from_config(&cfg, &brokers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(IngestStats::default());
+    let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats);
+
+    // Produce at a steady rate on a thread while the broker dies and returns.
+    let n = 6_000;
+    let producer = Arc::new(
+        EventProducer::new(
+            &ProducerConfig {
+                brokers: brokers.clone(),
+                linger_ms: 5,
+                idempotence: true,
+                message_timeout_ms: 60_000,
+                max_attempts: 5,
+            },
+            &cfg.topic,
+        )
+        .unwrap(),
+    );
+    let p = Arc::clone(&producer);
+    let producing = tokio::task::spawn_blocking(move || {
+        let mut g = sim_generator(71);
+        pipeline::produce_loop(
+            &mut g,
+            &p,
+            Some(n),
+            Some(2_000.0),
+            &AtomicBool::new(false),
+            None,
+        )
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "some ingest before the crash",
+        || async { stored_total(&db.store, &cfg.group_id, &cfg.topic).await > 500 },
+    )
+    .await;
+    tansu.kill(); // SIGKILL, mid-stream
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tansu.restart();
+    let produced = producing
+        .await
+        .unwrap()
+        .expect("every event delivered despite the crash");
+    assert_eq!(produced, n);
+    let targets = producer.stats().delivered_end_offsets();
+    pipeline::wait_for_offsets(
+        &db.store,
+        &cfg.group_id,
+        &cfg.topic,
+        &targets,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Release);
+    pipeline::join_workers(workers).await.unwrap();
+
+    assert_eq!(stats.offsets_skipped.load(Ordering::Relaxed), 0);
+    assert_exactly(&db.store, 71, n).await;
+    db.drop().await;
+}
