@@ -49,6 +49,8 @@ pub struct Config {
     pub batch_size: usize,
     /// Longest a batch waits to fill, in ms.
     pub batch_timeout_ms: u64,
+    /// Parallel write lanes in each ingest worker (partitions are spread over them).
+    pub ingest_lanes: usize,
     /// Consumer group session timeout, in ms: how soon a dead worker's
     /// partitions move to the others.
     pub kafka_session_timeout_ms: u32,
@@ -80,6 +82,7 @@ impl Default for Config {
             group_id: "salespulse-ingest".into(),
             batch_size: 5_000,
             batch_timeout_ms: 250,
+            ingest_lanes: 2,
             kafka_session_timeout_ms: 10_000,
             kafka_linger_ms: 5,
             kafka_idempotence: true,
@@ -176,6 +179,7 @@ impl Config {
         env!("SALESPULSE_GROUP_ID" => group_id);
         env!("SALESPULSE_BATCH_SIZE" => batch_size);
         env!("SALESPULSE_BATCH_TIMEOUT_MS" => batch_timeout_ms);
+        env!("SALESPULSE_INGEST_LANES" => ingest_lanes);
         env!("SALESPULSE_KAFKA_SESSION_TIMEOUT_MS" => kafka_session_timeout_ms);
         env!("SALESPULSE_KAFKA_LINGER_MS" => kafka_linger_ms);
         env!("SALESPULSE_KAFKA_IDEMPOTENCE" => kafka_idempotence);
@@ -199,6 +203,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.batch_size) {
             return bad(format!("batch_size = {} (1..=100000)", self.batch_size));
+        }
+        if !(1..=64).contains(&self.ingest_lanes) {
+            return bad(format!("ingest_lanes = {} (1..=64)", self.ingest_lanes));
         }
         if self.batch_timeout_ms == 0 {
             return bad("batch_timeout_ms = 0".into());

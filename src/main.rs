@@ -110,7 +110,9 @@ enum BenchCommand {
     Ingest {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, default_value_t = 2)]
+        /// Ingest workers (consumer-group members); each has
+        /// `ingest_lanes` parallel write lanes.
+        #[arg(long, default_value_t = 1)]
         workers: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,

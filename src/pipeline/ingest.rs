@@ -39,6 +39,8 @@ pub struct IngestSettings {
     pub dlq_topic: String,
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    /// Parallel write lanes per worker.
+    pub lanes: usize,
     pub session_timeout_ms: u32,
     pub dlq_producer: ProducerConfig,
 }
@@ -52,6 +54,7 @@ impl IngestSettings {
             dlq_topic: cfg.dlq_topic.clone(),
             batch_size: cfg.batch_size,
             batch_timeout: Duration::from_millis(cfg.batch_timeout_ms),
+            lanes: cfg.ingest_lanes,
             session_timeout_ms: cfg.kafka_session_timeout_ms,
             dlq_producer: ProducerConfig::from_config(cfg, brokers),
         }
@@ -275,13 +278,24 @@ fn finish_in_flight(
     Ok(())
 }
 
+/// One write lane: the partitions `p` with `p % lanes == lane index`, their
+/// buffered batch and at most one batch being written.
+#[derive(Default)]
+struct Lane {
+    pending: Pending,
+    deadline: Option<Instant>,
+    in_flight: Option<InFlight>,
+}
+
 /// Runs one worker until `stop` is set; then writes what it holds and leaves
 /// the group. Blocking: call it on a dedicated thread, with a handle to the
 /// runtime the store lives on.
 ///
-/// Decoding overlaps writing: while one batch is written on a blocking task,
-/// the next is polled and decoded. At most one batch is in flight, so each
-/// partition's offsets are committed in order.
+/// Partitions are spread over `lanes` write lanes. Each lane buffers its own
+/// batch and has at most one batch being written (on a blocking task), so a
+/// partition's offsets are committed in order while decoding overlaps writing
+/// and lanes write in parallel. Lanes never share customers (they are keyed by
+/// partition) and take shared rollup rows in the same sorted order.
 pub fn run_worker(
     settings: &IngestSettings,
     store: Store,
@@ -308,33 +322,40 @@ pub fn run_worker(
         rt: rt.clone(),
         stats: Arc::clone(&stats),
     });
-    let mut in_flight: Option<InFlight> = None;
-    let mut pending = Pending::default();
+    let mut lanes: Vec<Lane> = (0..settings.lanes.max(1))
+        .map(|_| Lane::default())
+        .collect();
     let mut generation = consumer.context().generation();
     let mut expected = consumer.context().assigned_starts();
-    let mut deadline: Option<Instant> = None;
+    let topic = settings.topic.as_str();
 
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if !stopping {
-            let wait = deadline
-                .map_or(Duration::from_millis(200), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
+            let now = Instant::now();
+            let wait = lanes
+                .iter()
+                .filter_map(|l| l.deadline)
+                .map(|d| d.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
             let polled = consumer.poll(wait);
             let g = consumer.context().generation();
             if g != generation {
-                if !pending.is_empty() {
+                let buffered: usize = lanes.iter().map(|l| l.pending.records).sum();
+                if buffered > 0 {
                     tracing::info!(
-                        records = pending.records,
+                        records = buffered,
                         "assignment changed: dropping buffered records, they are re-read from stored offsets"
                     );
                     stats
                         .dropped_on_rebalance
-                        .fetch_add(pending.records as u64, Ordering::Relaxed);
-                    pending = Pending::default();
-                    deadline = None;
+                        .fetch_add(buffered as u64, Ordering::Relaxed);
+                    for l in &mut lanes {
+                        l.pending = Pending::default();
+                        l.deadline = None;
+                    }
                 }
                 generation = g;
                 expected = consumer.context().assigned_starts();
@@ -354,30 +375,36 @@ pub fn run_worker(
                             .offsets_skipped
                             .fetch_add(gap as u64, Ordering::Relaxed);
                     }
-                    pending.add(p, o, m.key(), m.payload());
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + settings.batch_timeout);
+                    let n = lanes.len();
+                    let lane = &mut lanes[p.rem_euclid(n as i32) as usize];
+                    lane.pending.add(p, o, m.key(), m.payload());
+                    if lane.deadline.is_none() {
+                        lane.deadline = Some(Instant::now() + settings.batch_timeout);
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
         }
-        let due = deadline.is_some_and(|d| Instant::now() >= d);
-        let full = pending.records >= settings.batch_size;
-        if !pending.is_empty() && (full || due || stopping) {
-            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
-            let batch = std::mem::take(&mut pending);
-            let w = Arc::clone(&writer);
-            in_flight = Some(rt.spawn_blocking(move || w.write(batch)));
-            deadline = None;
+        let now = Instant::now();
+        for lane in &mut lanes {
+            let due = lane.deadline.is_some_and(|d| now >= d);
+            let full = lane.pending.records >= settings.batch_size;
+            if !lane.pending.is_empty() && (full || due || stopping) {
+                finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
+                let batch = std::mem::take(&mut lane.pending);
+                let w = Arc::clone(&writer);
+                lane.in_flight = Some(rt.spawn_blocking(move || w.write(batch)));
+                lane.deadline = None;
+            } else if stopping || lane.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+                finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
+            }
         }
         if stopping {
-            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
+            for lane in &mut lanes {
+                finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
+            }
             break;
-        }
-        if in_flight.as_ref().is_some_and(|h| h.is_finished()) {
-            finish_in_flight(&rt, &consumer, &settings.topic, &mut in_flight)?;
         }
     }
     consumer.unsubscribe();

@@ -1,16 +1,16 @@
 //! The exactly-once batch write.
 //!
 //! One transaction:
-//! 1. look up which of the batch's transaction and session ids already exist
-//!    (one indexed probe) and drop those, and in-batch repeats;
+//! 1. drop in-batch repeats and, on a retry, the ids that already exist (one
+//!    indexed probe; the first attempt is optimistic, see [`write_batch`]);
 //! 2. `COPY` the new rows into `transactions` and `sessions` (multi-row
 //!    inserts, as fast as a bulk load);
 //! 3. fold *exactly those new rows* into the rollups, customers and products,
 //!    aggregated here, and advance the partition offsets, in one statement.
 //!
-//! If another writer inserts one of the same ids between steps 1 and 2, the
-//! `COPY` fails on the primary key, the transaction rolls back, and the retry's
-//! probe sees the rows. A replayed batch therefore adds nothing, and a crash
+//! If a row exists already (redelivery) or another writer inserts one of the
+//! same ids concurrently, the `COPY` fails on the primary key, the transaction
+//! rolls back, and the retry's probe sees the rows. A replayed batch therefore adds nothing, and a crash
 //! at any point commits all of the batch or none of it.
 
 use std::collections::{BTreeMap, HashSet};
@@ -44,6 +44,10 @@ const UNIQUE_VIOLATION: &str = "23505";
 const RACE_RETRIES: u32 = 5;
 
 /// Writes `batch` exactly once; see the module docs.
+///
+/// The first attempt is optimistic: it skips the existence probe, since
+/// duplicates only arise on redelivery. If the primary key rejects a row, the
+/// transaction rolls back and the batch is retried with the probe.
 pub async fn write_batch(
     pool: &sqlx::PgPool,
     group: &str,
@@ -53,7 +57,7 @@ pub async fn write_batch(
     let mut attempt = 0;
     loop {
         let mut tx = pool.begin().await?;
-        match write_in(&mut tx, group, topic, batch).await {
+        match write_in(&mut tx, group, topic, batch, attempt > 0).await {
             Ok(out) => {
                 tx.commit().await?;
                 return Ok(out);
@@ -61,9 +65,13 @@ pub async fn write_batch(
             Err(StoreError::Sql(sqlx::Error::Database(e)))
                 if e.code().as_deref() == Some(UNIQUE_VIOLATION) && attempt < RACE_RETRIES =>
             {
-                // Another writer inserted some of these rows concurrently.
+                // Some rows exist already (redelivery, or another writer
+                // inserted them concurrently): retry, skipping them.
                 attempt += 1;
-                tracing::debug!(attempt, "duplicate inserted concurrently; retrying batch");
+                tracing::debug!(
+                    attempt,
+                    "batch holds rows that exist already; retrying with a probe"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -75,10 +83,13 @@ async fn write_in(
     group: &str,
     topic: &str,
     batch: &Batch,
+    probe: bool,
 ) -> Result<WriteOutcome, StoreError> {
-    let t0 = std::time::Instant::now();
-    let (existing_tx, existing_sessions) = existing_ids(tx, batch).await?;
-    let t_probe = t0.elapsed();
+    let (existing_tx, existing_sessions) = if probe {
+        existing_ids(tx, batch).await?
+    } else {
+        Default::default()
+    };
     let mut seen_tx: HashSet<Uuid> = existing_tx;
     let sales: Vec<&(SaleEvent, i32, i64)> = batch
         .sales
@@ -92,23 +103,14 @@ async fn write_in(
         .filter(|(s, _, _)| seen_sessions.insert(s.session_id.as_str()))
         .collect();
 
-    let t0 = std::time::Instant::now();
     if !sales.is_empty() {
         copy_in(tx, COPY_TRANSACTIONS, &encode_sales(&sales)).await?;
     }
-    let t_copy_tx = t0.elapsed();
-    let t0 = std::time::Instant::now();
     if !sessions.is_empty() {
         copy_in(tx, COPY_SESSIONS, &encode_sessions(&sessions)).await?;
     }
-    let t_copy_s = t0.elapsed();
-    let t0 = std::time::Instant::now();
     let agg = Aggregates::of(&sales, &sessions);
-    let t_agg = t0.elapsed();
-    let t0 = std::time::Instant::now();
     agg.upsert(tx, group, topic, &batch.offsets).await?;
-    tracing::debug!(probe = ?t_probe, copy_tx = ?t_copy_tx, copy_sessions = ?t_copy_s, agg = ?t_agg, upsert = ?t0.elapsed(),
-        sales_groups = agg.sales.len(), session_groups = agg.sessions.len(), customers = agg.customers.len(), products = agg.products.len(), "write steps");
     Ok(WriteOutcome {
         sales: sales.len() as u64,
         sessions: sessions.len() as u64,
