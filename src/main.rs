@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -129,7 +128,9 @@ fn init_logging(filter: Option<&str>) {
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info,rdkafka=warn,sqlx=warn".into());
+        // librdkafka's own warnings include every refused lag-only offset
+        // commit during a rebalance; its errors are still shown.
+        .unwrap_or_else(|| "info,librdkafka=error,rdkafka=warn,sqlx=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -222,11 +223,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             tracing::info!(workers, group = %cfg.group_id, topic = %cfg.topic, "ingest running; Ctrl-C to stop");
             tokio::select! {
                 _ = pipeline::shutdown_signal() => {}
-                _ = async {
-                    while !handles.iter().any(|h| h.is_finished()) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                } => tracing::error!("an ingest worker stopped"),
+                _ = pipeline::any_finished(&handles) => tracing::error!("an ingest worker stopped"),
             }
             stop.store(true, Ordering::Release);
             pipeline::join_workers(handles).await?;

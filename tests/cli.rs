@@ -171,3 +171,105 @@ fn embedded_defaults_start_a_private_postgres_cluster() {
     };
     pg.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_flushes_the_producer_and_commits_the_last_batch() {
+    let db = TestDb::new("ctrlc").await;
+    let child = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args(["run", "--rate", "3000", "--seed", "4"])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("SALESPULSE_CONFIG")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "rows to land",
+        || async { count(&db.store, "SELECT count(*) FROM sessions").await > 1_000 },
+    )
+    .await;
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", text(&out));
+    // "produced N events and committed them all": N must be what is stored.
+    let produced: i64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout:?}"));
+    let rows = count(
+        &db.store,
+        "SELECT (SELECT count(*) FROM transactions) + (SELECT count(*) FROM sessions)",
+    )
+    .await;
+    assert_eq!(rows, produced, "{stdout}");
+    assert_consistent(&db.store).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_broker_serves_other_processes_on_a_fixed_port() {
+    let db = TestDb::new("brokercmd").await;
+    let port = free_port().to_string();
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args(["broker", "--port", &port])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let brokers = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while salespulse::bus::ping(&brokers, std::time::Duration::from_secs(1)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A separate ingest process and a separate producer process.
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .arg("ingest")
+        .env("KAFKA_BROKERS", &brokers)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = db.url.clone();
+    let b = brokers.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        salespulse(
+            &["run", "--events", "4000", "--seed", "6"],
+            &[("KAFKA_BROKERS", &b), ("DATABASE_URL", &url)],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = count(
+        &db.store,
+        "SELECT (SELECT count(*) FROM transactions) + (SELECT count(*) FROM sessions)",
+    )
+    .await;
+    assert_eq!(rows, 4_000);
+    assert_consistent(&db.store).await;
+    // SAFETY: plain signals to our own children.
+    unsafe { libc::kill(ingest.id() as i32, libc::SIGTERM) };
+    assert!(
+        ingest.wait().unwrap().success(),
+        "ingest exits cleanly on SIGTERM"
+    );
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    db.drop().await;
+}

@@ -370,3 +370,34 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     assert_exactly(&db.store, 41, 5_000).await;
     db.drop().await;
 }
+
+#[test]
+fn undeliverable_messages_are_retried_counted_and_reported() {
+    let dead = free_port();
+    let cfg = ProducerConfig {
+        brokers: format!("127.0.0.1:{dead}"),
+        linger_ms: 1,
+        idempotence: true,
+        message_timeout_ms: 300,
+        max_attempts: 2,
+    };
+    let p = EventProducer::new(&cfg, "sales-events").unwrap();
+    for i in 0..10 {
+        p.send(format!("c{i}").as_bytes(), b"{}").unwrap();
+    }
+    let err = p.flush(Duration::from_secs(30)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("10 message(s) could not be delivered"),
+        "{err}"
+    );
+    let s = p.stats();
+    assert_eq!(s.failed.load(Ordering::Relaxed), 10);
+    assert_eq!(
+        s.retried.load(Ordering::Relaxed),
+        10,
+        "each message retried once with backoff"
+    );
+    assert_eq!(s.delivered.load(Ordering::Relaxed), 0);
+    assert!(s.last_error().is_some());
+}

@@ -214,6 +214,13 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// Resolves when any of the worker threads has ended (normally only on error).
+pub async fn any_finished<T>(workers: &[std::thread::JoinHandle<T>]) {
+    while !workers.iter().any(|w| w.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Joins worker threads without blocking the runtime they depend on.
 pub async fn join_workers(
     workers: Vec<std::thread::JoinHandle<Result<(), ingest::IngestError>>>,
@@ -349,6 +356,7 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     let caught_up = tokio::select! {
         r = wait_for_offsets(&store, &cfg.group_id, &cfg.topic, &targets, Duration::from_secs(3600)) => r,
         _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted while draining")),
+        _ = any_finished(&workers) => Err(anyhow::anyhow!("an ingest worker stopped before everything was committed")),
     };
     let elapsed = started.elapsed();
     progress.abort();
