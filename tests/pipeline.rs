@@ -18,14 +18,7 @@ use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
 use salespulse::store::Batch;
 
 fn producer(brokers: &str, topic: &str) -> EventProducer {
-    let cfg = ProducerConfig {
-        brokers: brokers.to_owned(),
-        linger_ms: 1,
-        idempotence: true,
-        message_timeout_ms: 30_000,
-        max_attempts: 3,
-    };
-    EventProducer::new(&cfg, topic).unwrap()
+    EventProducer::new(&producer_config(brokers), topic).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use salespulse::bus::{self, EventProducer, ProducerConfig};
+use salespulse::bus::{self, EventProducer};
 use salespulse::generator::Clock;
 use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
 
@@ -59,19 +59,7 @@ async fn broker_killed_mid_stream_loses_nothing() {
 
     // Produce at a steady rate on a thread while the broker dies and returns.
     let n = 6_000;
-    let producer = Arc::new(
-        EventProducer::new(
-            &ProducerConfig {
-                brokers: brokers.clone(),
-                linger_ms: 5,
-                idempotence: true,
-                message_timeout_ms: 60_000,
-                max_attempts: 5,
-            },
-            &cfg.topic,
-        )
-        .unwrap(),
-    );
+    let producer = Arc::new(EventProducer::new(&producer_config(&brokers), &cfg.topic).unwrap());
     let p = Arc::clone(&producer);
     let producing = tokio::task::spawn_blocking(move || {
         let mut g = sim_generator(71);

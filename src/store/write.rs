@@ -163,12 +163,49 @@ async fn copy_in(conn: &mut PgConnection, statement: &str, data: &[u8]) -> Resul
     Ok(())
 }
 
-const COPY_TRANSACTIONS: &str = "COPY transactions (transaction_id, occurred_at, customer_id, \
-    session_id, product_id, category, quantity, unit_price, discount, total_amount, currency, \
-    payment_method, status, region, country, channel, kafka_partition, kafka_offset) FROM STDIN";
+macro_rules! transaction_columns {
+    () => {
+        "transaction_id, occurred_at, customer_id, session_id, product_id, category, quantity, \
+         unit_price, discount, total_amount, currency, payment_method, status, region, country, \
+         channel, kafka_partition, kafka_offset"
+    };
+}
 
-const COPY_SESSIONS: &str = "COPY sessions (session_id, customer_id, started_at, ended_at, \
-    region, country, channel, page_views, orders, kafka_partition, kafka_offset) FROM STDIN";
+macro_rules! session_columns {
+    () => {
+        "session_id, customer_id, started_at, ended_at, region, country, channel, page_views, \
+         orders, kafka_partition, kafka_offset"
+    };
+}
+
+/// Columns of [`CopyRows::transactions`], in order.
+pub const TRANSACTION_COLUMNS: &str = transaction_columns!();
+/// Columns of [`CopyRows::sessions`], in order.
+pub const SESSION_COLUMNS: &str = session_columns!();
+
+const COPY_TRANSACTIONS: &str = concat!(
+    "COPY transactions (",
+    transaction_columns!(),
+    ") FROM STDIN"
+);
+const COPY_SESSIONS: &str = concat!("COPY sessions (", session_columns!(), ") FROM STDIN");
+
+/// A batch as `COPY ... FROM STDIN` text-format data, exactly as ingest sends it.
+pub struct CopyRows {
+    pub transactions: Vec<u8>,
+    pub sessions: Vec<u8>,
+}
+
+impl CopyRows {
+    pub fn of(batch: &Batch) -> Self {
+        let sales: Vec<_> = batch.sales.iter().collect();
+        let sessions: Vec<_> = batch.sessions.iter().collect();
+        Self {
+            transactions: encode_sales(&sales),
+            sessions: encode_sessions(&sessions),
+        }
+    }
+}
 
 /// Appends a COPY text-format field (escaping backslash, tab, newline, CR).
 fn text(buf: &mut Vec<u8>, s: &str) {

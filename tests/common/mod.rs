@@ -106,16 +106,19 @@ pub fn expected(seed: u64, n: u64) -> Expected {
     e
 }
 
-/// Produces `n` seeded events; returns the end offsets (partition, next).
-pub fn produce(brokers: &str, topic: &str, seed: u64, n: u64) -> Vec<(i32, i64)> {
-    let cfg = ProducerConfig {
+pub fn producer_config(brokers: &str) -> ProducerConfig {
+    ProducerConfig {
         brokers: brokers.to_owned(),
         linger_ms: 5,
         idempotence: true,
         message_timeout_ms: 60_000,
         max_attempts: 5,
-    };
-    let p = EventProducer::new(&cfg, topic).unwrap();
+    }
+}
+
+/// Produces `n` seeded events; returns the end offsets (partition, next).
+pub fn produce(brokers: &str, topic: &str, seed: u64, n: u64) -> Vec<(i32, i64)> {
+    let p = EventProducer::new(&producer_config(brokers), topic).unwrap();
     let mut g = sim_generator(seed);
     produce_loop(&mut g, &p, Some(n), None, &AtomicBool::new(false), None).unwrap();
     p.stats().delivered_end_offsets()
