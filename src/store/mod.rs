@@ -92,6 +92,9 @@ impl Store {
         statement_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let opts = connect_options(url, statement_timeout)?;
+        // One direct attempt first: a dead or misconfigured server is reported
+        // at once, instead of after the pool's acquire timeout of retries.
+        PgConnection::connect_with(&opts).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(10))
