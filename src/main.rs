@@ -219,7 +219,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             let settings = IngestSettings::from_config(cfg, &services.brokers);
             let stop = Arc::new(AtomicBool::new(false));
             let stats = Arc::new(IngestStats::default());
-            let handles = pipeline::spawn_workers(workers, &settings, &store, &stop, &stats);
+            let handles = pipeline::spawn_workers(workers, &settings, &store, &stop, &stats)
+                .context("starting ingest workers")?;
             tracing::info!(workers, group = %cfg.group_id, topic = %cfg.topic, "ingest running; Ctrl-C to stop");
             tokio::select! {
                 _ = pipeline::shutdown_signal() => {}

@@ -122,7 +122,7 @@ async fn invalid_records_go_to_the_dlq_with_reasons_and_neighbours_land() {
     let settings = IngestSettings::from_config(&cfg, &brokers);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
-    let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats);
+    let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats).unwrap();
     pipeline::wait_for_offsets(
         &db.store,
         &cfg.group_id,
@@ -280,14 +280,14 @@ async fn several_workers_in_one_group_survive_rebalances_exactly_once() {
     let settings = IngestSettings::from_config(&cfg, &brokers);
     let stats = Arc::new(IngestStats::default());
     let stop_first = Arc::new(AtomicBool::new(false));
-    let first = pipeline::spawn_workers(1, &settings, &db.store, &stop_first, &stats);
+    let first = pipeline::spawn_workers(1, &settings, &db.store, &stop_first, &stats).unwrap();
     wait_until(Duration::from_secs(30), "first progress", || async {
         stored_total(&db.store, &cfg.group_id, &cfg.topic).await > 2_000
     })
     .await;
     // Two more members join: the group rebalances mid-stream.
     let stop_rest = Arc::new(AtomicBool::new(false));
-    let rest = pipeline::spawn_workers(2, &settings, &db.store, &stop_rest, &stats);
+    let rest = pipeline::spawn_workers(2, &settings, &db.store, &stop_rest, &stats).unwrap();
     let progress = stored_total(&db.store, &cfg.group_id, &cfg.topic).await;
     wait_until(
         Duration::from_secs(60),
@@ -340,7 +340,7 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     let store = salespulse::store::Store::connect(&db.url, 3, Duration::from_millis(300))
         .await
         .unwrap();
-    let workers = pipeline::spawn_workers(1, &settings, &store, &stop, &stats);
+    let workers = pipeline::spawn_workers(1, &settings, &store, &stop, &stats).unwrap();
     wait_until(
         Duration::from_secs(30),
         "a failed write attempt",

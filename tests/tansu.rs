@@ -55,7 +55,7 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let settings = IngestSettings::from_config(&cfg, &brokers);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
-    let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats);
+    let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats).unwrap();
 
     // Produce at a steady rate on a thread while the broker dies and returns.
     let n = 6_000;

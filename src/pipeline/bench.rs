@@ -161,7 +161,7 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
     let t = Instant::now();
-    let workers = spawn_workers(opts.workers, &settings, &store, &stop, &stats);
+    let workers = spawn_workers(opts.workers, &settings, &store, &stop, &stats)?;
     let caught_up = wait_for_offsets(
         &store,
         &cfg.group_id,

@@ -196,7 +196,7 @@ pub fn spawn_workers(
     store: &Store,
     stop: &Arc<AtomicBool>,
     stats: &Arc<IngestStats>,
-) -> Vec<std::thread::JoinHandle<Result<(), ingest::IngestError>>> {
+) -> std::io::Result<Vec<std::thread::JoinHandle<Result<(), ingest::IngestError>>>> {
     (0..n.max(1))
         .map(|i| {
             let (settings, store, stop, stats) = (
@@ -209,7 +209,6 @@ pub fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("ingest-{i}"))
                 .spawn(move || run_worker(&settings, store, rt, stop, stats))
-                .expect("spawning a thread")
         })
         .collect()
 }
@@ -294,7 +293,8 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     let settings = IngestSettings::from_config(cfg, &services.brokers);
     let stop_ingest = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
-    let workers = spawn_workers(opts.workers, &settings, &store, &stop_ingest, &stats);
+    let workers = spawn_workers(opts.workers, &settings, &store, &stop_ingest, &stats)
+        .context("starting ingest workers")?;
 
     let producer = Arc::new(
         EventProducer::new(
