@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use salespulse::bus::EmbeddedBroker;
 
 const EVENTS: u64 = 60_000;
 const MIN_KILLS: usize = 5;
@@ -38,11 +37,8 @@ fn spawn_ingest(brokers: &str, db_url: &str, log: &std::path::Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_ingest_neither_loses_nor_double_counts() {
     let db = TestDb::new("kill").await;
-    let broker = EmbeddedBroker::start(1).unwrap();
+    let (broker, cfg) = mock_broker(&db.url, 6);
     let brokers = broker.bootstrap_servers().to_owned();
-    let cfg = test_config(&db.url, Some(&brokers));
-    broker.create_topic(&cfg.topic, 6).unwrap();
-    broker.create_topic(&cfg.dlq_topic, 6).unwrap();
     let seed = 77;
     let targets = produce(&brokers, &cfg.topic, seed, EVENTS);
     let total: i64 = targets.iter().map(|t| t.1).sum();

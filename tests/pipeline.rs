@@ -11,7 +11,7 @@ use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use salespulse::bus::{EmbeddedBroker, EventProducer, ProducerConfig};
+use salespulse::bus::{EventProducer, ProducerConfig};
 use salespulse::event::{Event, Status};
 use salespulse::generator::Clock;
 use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
@@ -57,11 +57,8 @@ async fn run_ingests_everything_exactly_once_with_exact_rollups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_records_go_to_the_dlq_with_reasons_and_neighbours_land() {
     let db = TestDb::new("dlq").await;
-    let broker = EmbeddedBroker::start(1).unwrap();
+    let (broker, cfg) = mock_broker(&db.url, 2);
     let brokers = broker.bootstrap_servers().to_owned();
-    let cfg = test_config(&db.url, Some(&brokers));
-    broker.create_topic(&cfg.topic, 2).unwrap();
-    broker.create_topic(&cfg.dlq_topic, 2).unwrap();
 
     let mut g = sim_generator(5);
     let mut valid = Vec::new();
@@ -123,17 +120,7 @@ async fn invalid_records_go_to_the_dlq_with_reasons_and_neighbours_land() {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
     let workers = pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats).unwrap();
-    pipeline::wait_for_offsets(
-        &db.store,
-        &cfg.group_id,
-        &cfg.topic,
-        &targets,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Release);
-    pipeline::join_workers(workers).await.unwrap();
+    drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
 
     assert_eq!(
         stats.dead_lettered.load(Ordering::Relaxed),
@@ -269,11 +256,8 @@ async fn replayed_and_overlapping_batches_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_in_one_group_survive_rebalances_exactly_once() {
     let db = TestDb::new("group").await;
-    let broker = EmbeddedBroker::start(1).unwrap();
+    let (broker, cfg) = mock_broker(&db.url, 6);
     let brokers = broker.bootstrap_servers().to_owned();
-    let cfg = test_config(&db.url, Some(&brokers));
-    broker.create_topic(&cfg.topic, 6).unwrap();
-    broker.create_topic(&cfg.dlq_topic, 6).unwrap();
     let n = 40_000;
     let targets = produce(&brokers, &cfg.topic, 31, n);
 
@@ -298,17 +282,7 @@ async fn several_workers_in_one_group_survive_rebalances_exactly_once() {
     // The first member leaves: another rebalance.
     stop_first.store(true, Ordering::Release);
     pipeline::join_workers(first).await.unwrap();
-    pipeline::wait_for_offsets(
-        &db.store,
-        &cfg.group_id,
-        &cfg.topic,
-        &targets,
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
-    stop_rest.store(true, Ordering::Release);
-    pipeline::join_workers(rest).await.unwrap();
+    drain_and_stop(&db.store, &cfg, &targets, &stop_rest, rest).await;
 
     assert_eq!(stats.offsets_skipped.load(Ordering::Relaxed), 0);
     assert_exactly(&db.store, 31, n).await;
@@ -321,11 +295,8 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     // worker retries with backoff, commits nothing, and lands everything once
     // the lock is released.
     let db = TestDb::new("pgdown").await;
-    let broker = EmbeddedBroker::start(1).unwrap();
+    let (broker, cfg) = mock_broker(&db.url, 3);
     let brokers = broker.bootstrap_servers().to_owned();
-    let cfg = test_config(&db.url, Some(&brokers));
-    broker.create_topic(&cfg.topic, 3).unwrap();
-    broker.create_topic(&cfg.dlq_topic, 3).unwrap();
     let targets = produce(&brokers, &cfg.topic, 41, 5_000);
 
     // Lock the transactions table so every write blocks, then times out.
@@ -349,17 +320,7 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     .await;
     assert_eq!(stored_total(&db.store, &cfg.group_id, &cfg.topic).await, 0);
     locker.rollback().await.unwrap();
-    pipeline::wait_for_offsets(
-        &db.store,
-        &cfg.group_id,
-        &cfg.topic,
-        &targets,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Release);
-    pipeline::join_workers(workers).await.unwrap();
+    drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
     assert_exactly(&db.store, 41, 5_000).await;
     db.drop().await;
 }

@@ -87,17 +87,7 @@ async fn broker_killed_mid_stream_loses_nothing() {
         .expect("every event delivered despite the crash");
     assert_eq!(produced, n);
     let targets = producer.stats().delivered_end_offsets();
-    pipeline::wait_for_offsets(
-        &db.store,
-        &cfg.group_id,
-        &cfg.topic,
-        &targets,
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Release);
-    pipeline::join_workers(workers).await.unwrap();
+    drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
 
     assert_eq!(stats.offsets_skipped.load(Ordering::Relaxed), 0);
     assert_exactly(&db.store, 71, n).await;

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use salespulse::bus::{EventProducer, ProducerConfig};
+use salespulse::bus::{EmbeddedBroker, EventProducer, ProducerConfig};
 use salespulse::config::Config;
 use salespulse::event::Event;
 use salespulse::generator::{Clock, Generator, GeneratorParams};
@@ -73,6 +73,36 @@ pub fn test_config(database_url: &str, brokers: Option<&str>) -> Config {
         redis_url: redis_url(),
         ..Config::default()
     }
+}
+
+/// An in-process mock broker with the config's topics created (`partitions` each).
+pub fn mock_broker(db_url: &str, partitions: i32) -> (EmbeddedBroker, Config) {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let cfg = test_config(db_url, Some(broker.bootstrap_servers()));
+    broker.create_topic(&cfg.topic, partitions).unwrap();
+    broker.create_topic(&cfg.dlq_topic, partitions).unwrap();
+    (broker, cfg)
+}
+
+/// Waits until ingest has stored `targets`, then stops and joins the workers.
+pub async fn drain_and_stop(
+    store: &Store,
+    cfg: &Config,
+    targets: &[(i32, i64)],
+    stop: &std::sync::atomic::AtomicBool,
+    workers: Vec<std::thread::JoinHandle<Result<(), salespulse::pipeline::ingest::IngestError>>>,
+) {
+    salespulse::pipeline::wait_for_offsets(
+        store,
+        &cfg.group_id,
+        &cfg.topic,
+        targets,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    salespulse::pipeline::join_workers(workers).await.unwrap();
 }
 
 pub fn sim_generator(seed: u64) -> Generator {
