@@ -161,9 +161,25 @@ fn embedded_defaults_start_a_private_postgres_cluster() {
         "{t}"
     );
     assert!(dir.path().join("postgres/PG_VERSION").is_file());
-    // A second run reuses the running cluster and adds to it.
+    // A second run reuses the running cluster and adds to it. Its embedded
+    // broker is new and empty: offsets stored by the first run must not make
+    // it skip or stop early.
     let o = salespulse(&["run", "--events", "1000"], &env);
     assert!(o.status.success(), "{}", text(&o));
+    let url = format!("postgres://salespulse@127.0.0.1:{port}/salespulse");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows: i64 = rt.block_on(async {
+        let store = salespulse::store::Store::connect(&url, 1, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM transactions) + (SELECT count(*) FROM sessions)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    });
+    assert_eq!(rows, 3_000, "both runs' events are all stored");
     let pg = salespulse::store::EmbeddedPostgres {
         url: String::new(),
         data_dir: dir.path().join("postgres"),

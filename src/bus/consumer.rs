@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -72,8 +73,23 @@ impl ConsumerContext for IngestContext {
                 }
                 for (topic, parts) in by_topic {
                     match self.source.stored_offsets(&topic, &parts) {
-                        Ok(stored) => {
+                        Ok(mut stored) => {
                             for p in parts {
+                                // A stored offset past the end of the log means the
+                                // topic was recreated or truncated: its records are
+                                // new ones, so read them from the start (keys make
+                                // re-reads harmless) rather than skip them.
+                                if let Some(o) = stored.get(&p).copied() {
+                                    if let Ok((_, high)) =
+                                        consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                                    {
+                                        if o > high {
+                                            tracing::error!(%topic, partition = p, stored = o, log_end = high,
+                                                "stored offset is past the end of the log (topic recreated?); reading the partition from the beginning");
+                                            stored.remove(&p);
+                                        }
+                                    }
+                                }
                                 let offset = stored
                                     .get(&p)
                                     .map_or(Offset::Beginning, |o| Offset::Offset(*o));

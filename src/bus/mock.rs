@@ -19,6 +19,9 @@ pub struct EmbeddedBroker {
     /// Owns the mock cluster; dropping it shuts the cluster down.
     client: BaseProducer,
     bootstrap: String,
+    /// Unique per start: its logs begin empty, so offsets stored against an
+    /// earlier incarnation mean nothing here.
+    incarnation: String,
     proxy: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -38,6 +41,7 @@ impl EmbeddedBroker {
         let mut this = Self {
             client,
             bootstrap: String::new(),
+            incarnation: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             proxy: None,
         };
         let cluster = this.cluster()?;
@@ -109,6 +113,11 @@ impl EmbeddedBroker {
         } else {
             Ok(p)
         }
+    }
+
+    /// Identifies this start of the broker (see the field).
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
     }
 
     /// `bootstrap.servers` for clients of this broker.

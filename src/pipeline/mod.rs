@@ -61,6 +61,18 @@ impl Services {
         })
     }
 
+    /// The config to run with: with the embedded broker, whose topics start
+    /// empty at every start, the consumer group is suffixed with the broker's
+    /// incarnation so that offsets stored by earlier runs are not applied to
+    /// a new, unrelated log.
+    pub fn scoped(&self, cfg: &Config) -> Config {
+        let mut cfg = cfg.clone();
+        if let Some(b) = &self.embedded_broker {
+            cfg.group_id = format!("{}-{}", cfg.group_id, b.incarnation());
+        }
+        cfg
+    }
+
     /// Connects and migrates the store, and creates the topics if missing.
     pub async fn prepare(&self, cfg: &Config) -> anyhow::Result<Store> {
         let store = Store::connect(
@@ -289,6 +301,7 @@ pub async fn shutdown_signal() {
 /// otherwise runs until Ctrl-C, then drains what was produced.
 pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     let services = Services::resolve(cfg).await?;
+    let cfg = &services.scoped(cfg);
     let store = services.prepare(cfg).await?;
     let settings = IngestSettings::from_config(cfg, &services.brokers);
     let stop_ingest = Arc::new(AtomicBool::new(false));
