@@ -13,8 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use salespulse::bus::{EventProducer, ProducerConfig};
 use salespulse::event::{Event, Status};
-use salespulse::generator::Clock;
-use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
+use salespulse::pipeline::{self, IngestSettings, IngestStats};
 use salespulse::store::Batch;
 
 fn producer(brokers: &str, topic: &str) -> EventProducer {
@@ -25,16 +24,7 @@ fn producer(brokers: &str, topic: &str) -> EventProducer {
 async fn run_ingests_everything_exactly_once_with_exact_rollups() {
     let db = TestDb::new("run").await;
     let cfg = test_config(&db.url, None); // embedded mock broker
-    let opts = RunOptions {
-        events: Some(20_000),
-        rate: None,
-        seed: 11,
-        workers: 1,
-        clock: Clock::Simulated(
-            chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 0, 0, 0).unwrap(),
-        ),
-        params: Default::default(),
-    };
+    let opts = run_options(20_000, 11);
     let report = pipeline::run(&cfg, opts).await.unwrap();
     assert_eq!(report.produced, 20_000);
     assert_eq!(report.sales + report.sessions, 20_000);

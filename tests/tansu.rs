@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use salespulse::bus::{self, EventProducer};
-use salespulse::generator::Clock;
-use salespulse::pipeline::{self, IngestSettings, IngestStats, RunOptions};
+use salespulse::pipeline::{self, IngestSettings, IngestStats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_against_an_out_of_process_broker() {
@@ -20,16 +19,7 @@ async fn run_against_an_out_of_process_broker() {
     let mut cfg = test_config(&db.url, Some(&tansu.brokers()));
     cfg.partitions = 3;
     // Topics are created through the admin API (tansu does not auto-create).
-    let opts = RunOptions {
-        events: Some(4_000),
-        rate: None,
-        seed: 61,
-        workers: 1,
-        clock: Clock::Simulated(
-            chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 0, 0, 0).unwrap(),
-        ),
-        params: Default::default(),
-    };
+    let opts = run_options(4_000, 61);
     let report = pipeline::run(&cfg, opts).await.unwrap();
     assert_eq!(report.produced, 4_000);
     assert_eq!(report.sales + report.sessions, 4_000);

@@ -105,9 +105,30 @@ pub async fn drain_and_stop(
     salespulse::pipeline::join_workers(workers).await.unwrap();
 }
 
+/// `run` options for `events` seeded events on the tests' simulated clock
+/// (the same events [`expected`] and [`assert_exactly`] describe).
+pub fn run_options(events: u64, seed: u64) -> salespulse::pipeline::RunOptions {
+    salespulse::pipeline::RunOptions {
+        events: Some(events),
+        rate: None,
+        seed,
+        workers: 1,
+        clock: Clock::Simulated(sim_start()),
+        params: GeneratorParams::default(),
+    }
+}
+
+fn sim_start() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap()
+}
+
 pub fn sim_generator(seed: u64) -> Generator {
-    let start = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
-    Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start)).unwrap()
+    Generator::new(
+        GeneratorParams::default(),
+        seed,
+        Clock::Simulated(sim_start()),
+    )
+    .unwrap()
 }
 
 /// What `n` events of `seed` contain.
