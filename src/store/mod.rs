@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 
 pub use embedded::{find_pg_bin_dir, EmbeddedPostgres};
-pub use write::{Batch, CopyRows, WriteOutcome, SESSION_COLUMNS, TRANSACTION_COLUMNS};
+pub use write::{Batch, CopyRows, WriteOutcome, GRAINS, SESSION_COLUMNS, TRANSACTION_COLUMNS};
 
 use crate::config::redact_url;
 

@@ -323,10 +323,14 @@ fn encode_sessions(rows: &[&(SessionEvent, i32, i64)]) -> Vec<u8> {
     b
 }
 
-/// Truncates to the minute (what `date_trunc('minute', t)` gives in UTC).
-fn minute(t: DateTime<Utc>) -> DateTime<Utc> {
+/// The rollup grains and their bucket widths in seconds. Every row is folded
+/// into one bucket of each grain (UTC, what `date_trunc(grain, t, 'UTC')` gives).
+pub const GRAINS: [(&str, i64); 3] = [("minute", 60), ("hour", 3_600), ("day", 86_400)];
+
+/// Truncates to a multiple of `width` seconds since the epoch.
+fn truncate(t: DateTime<Utc>, width: i64) -> DateTime<Utc> {
     let s = t.timestamp();
-    DateTime::from_timestamp(s - s.rem_euclid(60), 0).unwrap_or(t)
+    DateTime::from_timestamp(s - s.rem_euclid(width), 0).unwrap_or(t)
 }
 
 #[derive(Default)]
@@ -368,14 +372,31 @@ struct ProductCell<'a> {
     revenue: i64,
 }
 
-type SalesKey<'a> = (DateTime<Utc>, &'a str, &'a str, &'a str, &'a str, &'a str);
+type SalesKey<'a> = (
+    &'static str,
+    DateTime<Utc>,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+type SessionKey<'a> = (&'static str, DateTime<Utc>, &'a str, &'a str);
+
+/// Per partition: the oldest and newest bucket time of the rows inserted.
+#[derive(Clone, Copy)]
+struct Span {
+    min: DateTime<Utc>,
+    max: DateTime<Utc>,
+}
 
 /// The new rows, folded into what the upserts need. Sorted maps give every
 /// writer the same lock order.
 #[derive(Default)]
 struct Aggregates<'a> {
     sales: BTreeMap<SalesKey<'a>, SalesCell>,
-    sessions: BTreeMap<(DateTime<Utc>, &'a str, &'a str), SessionCell>,
+    sessions: BTreeMap<SessionKey<'a>, SessionCell>,
+    spans: BTreeMap<i32, Span>,
     customers: BTreeMap<&'a str, CustomerCell<'a>>,
     products: BTreeMap<&'a str, ProductCell<'a>>,
 }
@@ -383,22 +404,26 @@ struct Aggregates<'a> {
 impl<'a> Aggregates<'a> {
     fn of(sales: &[&'a (SaleEvent, i32, i64)], sessions: &[&'a (SessionEvent, i32, i64)]) -> Self {
         let mut a = Aggregates::default();
-        for (s, _, _) in sales.iter().copied() {
+        for (s, p, _) in sales.iter().copied() {
             let completed = s.status == Status::Completed;
             let total = to_cents(s.total_amount);
-            let key = (
-                minute(s.occurred_at),
-                s.category.as_str(),
-                s.payment_method.as_str(),
-                s.status.as_str(),
-                s.region.as_str(),
-                s.channel.as_str(),
-            );
-            let c = a.sales.entry(key).or_default();
-            c.orders += 1;
-            c.units += i64::from(s.quantity);
-            c.revenue += total;
-            c.discount += to_cents(s.discount);
+            a.span(*p, s.occurred_at);
+            for (grain, width) in GRAINS {
+                let key = (
+                    grain,
+                    truncate(s.occurred_at, width),
+                    s.category.as_str(),
+                    s.payment_method.as_str(),
+                    s.status.as_str(),
+                    s.region.as_str(),
+                    s.channel.as_str(),
+                );
+                let c = a.sales.entry(key).or_default();
+                c.orders += 1;
+                c.units += i64::from(s.quantity);
+                c.revenue += total;
+                c.discount += to_cents(s.discount);
+            }
 
             let cu = a.customer(
                 &s.customer_id,
@@ -437,15 +462,21 @@ impl<'a> Aggregates<'a> {
                 p.revenue += total;
             }
         }
-        for (s, _, _) in sessions.iter().copied() {
-            let c = a
-                .sessions
-                .entry((minute(s.started_at), s.region.as_str(), s.channel.as_str()))
-                .or_default();
-            c.sessions += 1;
-            c.converted += i64::from(s.orders > 0);
-            c.orders += i64::from(s.orders);
-            c.page_views += i64::from(s.page_views);
+        for (s, p, _) in sessions.iter().copied() {
+            a.span(*p, s.started_at);
+            for (grain, width) in GRAINS {
+                let key = (
+                    grain,
+                    truncate(s.started_at, width),
+                    s.region.as_str(),
+                    s.channel.as_str(),
+                );
+                let c = a.sessions.entry(key).or_default();
+                c.sessions += 1;
+                c.converted += i64::from(s.orders > 0);
+                c.orders += i64::from(s.orders);
+                c.page_views += i64::from(s.page_views);
+            }
             let cu = a.customer(
                 &s.customer_id,
                 &s.region,
@@ -456,6 +487,15 @@ impl<'a> Aggregates<'a> {
             cu.sessions += 1;
         }
         a
+    }
+
+    fn span(&mut self, partition: i32, t: DateTime<Utc>) {
+        let sp = self
+            .spans
+            .entry(partition)
+            .or_insert(Span { min: t, max: t });
+        sp.min = sp.min.min(t);
+        sp.max = sp.max.max(t);
     }
 
     fn customer(
@@ -504,6 +544,7 @@ impl<'a> Aggregates<'a> {
             |(k, _)| k.3,
             |(k, _)| k.4,
             |(k, _)| k.5,
+            |(k, _)| k.6,
             |(_, v)| v.orders,
             |(_, v)| v.units,
             |(_, v)| v.revenue,
@@ -514,6 +555,7 @@ impl<'a> Aggregates<'a> {
             |(k, _)| k.0,
             |(k, _)| k.1,
             |(k, _)| k.2,
+            |(k, _)| k.3,
             |(_, v)| v.sessions,
             |(_, v)| v.converted,
             |(_, v)| v.orders,
@@ -545,6 +587,7 @@ impl<'a> Aggregates<'a> {
             |(_, v)| v.revenue
         );
         let (parts, next): (Vec<i32>, Vec<i64>) = offsets.iter().copied().unzip();
+        let w = cols!(self.spans, |(k, _)| *k, |(_, v)| v.min, |(_, v)| v.max);
         sqlx::query(UPSERT_AGGREGATES)
             .bind(s.0)
             .bind(s.1)
@@ -556,6 +599,7 @@ impl<'a> Aggregates<'a> {
             .bind(s.7)
             .bind(s.8)
             .bind(s.9)
+            .bind(s.10)
             .bind(m.0)
             .bind(m.1)
             .bind(m.2)
@@ -563,6 +607,7 @@ impl<'a> Aggregates<'a> {
             .bind(m.4)
             .bind(m.5)
             .bind(m.6)
+            .bind(m.7)
             .bind(c.0)
             .bind(c.1)
             .bind(c.2)
@@ -586,6 +631,9 @@ impl<'a> Aggregates<'a> {
             .bind(topic)
             .bind(parts)
             .bind(next)
+            .bind(w.0)
+            .bind(w.1)
+            .bind(w.2)
             .execute(&mut *conn)
             .await?;
         Ok(())
@@ -595,23 +643,24 @@ impl<'a> Aggregates<'a> {
 /// Money arrives in cents and is stored as numeric (cents / 100.0, exact).
 const UPSERT_AGGREGATES: &str = r#"
 WITH sales_rollup AS (
-    INSERT INTO sales_metrics AS m (bucket, category, payment_method, status, region, channel,
-        orders, units, revenue, discount)
-    SELECT b, c, pm, st, r, ch, o, u, rev / 100.0, d / 100.0
-    FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::int8[], $8::int8[], $9::int8[], $10::int8[]) AS t(b, c, pm, st, r, ch, o, u, rev, d)
-    ON CONFLICT (bucket, category, payment_method, status, region, channel) DO UPDATE SET
+    INSERT INTO sales_metrics AS m (grain, bucket, category, payment_method, status, region,
+        channel, orders, units, revenue, discount)
+    SELECT g, b, c, pm, st, r, ch, o, u, rev / 100.0, d / 100.0
+    FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
+        AS t(g, b, c, pm, st, r, ch, o, u, rev, d)
+    ON CONFLICT (grain, bucket, category, payment_method, status, region, channel) DO UPDATE SET
         orders = m.orders + EXCLUDED.orders,
         units = m.units + EXCLUDED.units,
         revenue = m.revenue + EXCLUDED.revenue,
         discount = m.discount + EXCLUDED.discount
 ),
 session_rollup AS (
-    INSERT INTO session_metrics AS m (bucket, region, channel, sessions, converted_sessions,
-        orders, page_views)
-    SELECT * FROM UNNEST($11::timestamptz[], $12::text[], $13::text[], $14::int8[], $15::int8[],
-        $16::int8[], $17::int8[])
-    ON CONFLICT (bucket, region, channel) DO UPDATE SET
+    INSERT INTO session_metrics AS m (grain, bucket, region, channel, sessions,
+        converted_sessions, orders, page_views)
+    SELECT * FROM UNNEST($12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::int8[],
+        $17::int8[], $18::int8[], $19::int8[])
+    ON CONFLICT (grain, bucket, region, channel) DO UPDATE SET
         sessions = m.sessions + EXCLUDED.sessions,
         converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
         orders = m.orders + EXCLUDED.orders,
@@ -621,8 +670,8 @@ cust AS (
     INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
         orders, completed_orders, units, total_spent)
     SELECT id, r, co, f, l, s, o, cp, u, sp / 100.0
-    FROM UNNEST($18::text[], $19::text[], $20::text[], $21::timestamptz[], $22::timestamptz[],
-        $23::int8[], $24::int8[], $25::int8[], $26::int8[], $27::int8[])
+    FROM UNNEST($20::text[], $21::text[], $22::text[], $23::timestamptz[], $24::timestamptz[],
+        $25::int8[], $26::int8[], $27::int8[], $28::int8[], $29::int8[])
         AS t(id, r, co, f, l, s, o, cp, u, sp)
     ON CONFLICT (customer_id) DO UPDATE SET
         first_seen = least(c.first_seen, EXCLUDED.first_seen),
@@ -637,8 +686,8 @@ prod AS (
     INSERT INTO products AS p (product_id, name, category, list_price, first_seen, last_seen,
         orders, units, revenue)
     SELECT id, n, c, pr / 100.0, f, l, o, u, rev / 100.0
-    FROM UNNEST($28::text[], $29::text[], $30::text[], $31::int8[], $32::timestamptz[],
-        $33::timestamptz[], $34::int8[], $35::int8[], $36::int8[])
+    FROM UNNEST($30::text[], $31::text[], $32::text[], $33::int8[], $34::timestamptz[],
+        $35::timestamptz[], $36::int8[], $37::int8[], $38::int8[])
         AS t(id, n, c, pr, f, l, o, u, rev)
     ON CONFLICT (product_id) DO UPDATE SET
         name = EXCLUDED.name,
@@ -648,9 +697,22 @@ prod AS (
         orders = p.orders + EXCLUDED.orders,
         units = p.units + EXCLUDED.units,
         revenue = p.revenue + EXCLUDED.revenue
+),
+watermarks AS (
+    INSERT INTO ingest_watermarks AS w (topic, partition, commits, late_commits, max_event_at,
+        last_min_at, updated_at)
+    SELECT $40, p, 1, 1, mx, mn, now()
+    FROM UNNEST($43::int4[], $44::timestamptz[], $45::timestamptz[]) AS t(p, mn, mx)
+    ON CONFLICT (topic, partition) DO UPDATE SET
+        commits = w.commits + 1,
+        late_commits = w.late_commits
+            + CASE WHEN EXCLUDED.last_min_at < w.max_event_at - interval '1 hour' THEN 1 ELSE 0 END,
+        max_event_at = greatest(w.max_event_at, EXCLUDED.max_event_at),
+        last_min_at = EXCLUDED.last_min_at,
+        updated_at = now()
 )
 INSERT INTO ingest_offsets AS o (consumer_group, topic, partition, next_offset, updated_at)
-SELECT $37, $38, p, n, now() FROM UNNEST($39::int4[], $40::int8[]) AS t(p, n)
+SELECT $39, $40, p, n, now() FROM UNNEST($41::int4[], $42::int8[]) AS t(p, n)
 ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
     next_offset = greatest(o.next_offset, EXCLUDED.next_offset),
     updated_at = now()
@@ -673,8 +735,10 @@ mod tests {
     }
 
     #[test]
-    fn minute_truncation() {
+    fn bucket_truncation() {
         let t = DateTime::from_timestamp(1_700_000_059, 999).unwrap();
-        assert_eq!(minute(t).timestamp(), 1_700_000_040);
+        assert_eq!(truncate(t, 60).timestamp(), 1_700_000_040);
+        assert_eq!(truncate(t, 3_600).timestamp(), 1_699_999_200);
+        assert_eq!(truncate(t, 86_400).timestamp(), 1_699_920_000);
     }
 }
