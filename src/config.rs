@@ -67,6 +67,8 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Port of the embedded PostgreSQL cluster.
     pub embedded_pg_port: u16,
+    /// Analytics frames are cached in Redis this long, in seconds (0 = no cache).
+    pub cache_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             http_bind: "127.0.0.1:8080".into(),
             data_dir: None,
             embedded_pg_port: 54329,
+            cache_ttl_secs: 3_600,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Config {
         env!("SALESPULSE_HTTP_BIND" => http_bind);
         env!("SALESPULSE_DATA_DIR" => Some data_dir);
         env!("SALESPULSE_PG_PORT" => embedded_pg_port);
+        env!("SALESPULSE_CACHE_TTL_SECS" => cache_ttl_secs);
         Ok(())
     }
 

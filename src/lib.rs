@@ -1,13 +1,16 @@
 //! salespulse: a real-time sales analytics workbench.
 //!
 //! Data flows one way through the layers:
-//! `generator` → `bus` (Kafka) → `pipeline::ingest` → `store` (PostgreSQL),
-//! with `api` serving the generator over HTTP and `pipeline` wiring it all.
+//! `generator` → `bus` (Kafka) → `pipeline::ingest` → `store` (PostgreSQL)
+//! → `analytics` (Polars views, cached by `cache` in Redis), with `api`
+//! serving the generator and metrics over HTTP and `pipeline` wiring it all.
 //! Library modules report errors with `thiserror` types; the binary uses
 //! `anyhow` at the edge.
 
+pub mod analytics;
 pub mod api;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod event;
 pub mod generator;

@@ -8,7 +8,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use salespulse::api::{self, ApiState, HealthTargets};
+use salespulse::analytics::{export, AnalyticsError, ViewKind, ViewRequest};
+use salespulse::api::{self, ApiState, HealthTargets, Telemetry};
 use salespulse::bus::EmbeddedBroker;
 use salespulse::config::Config;
 use salespulse::generator::{self, Clock, Generator, GeneratorParams, OutputFormat};
@@ -58,6 +59,41 @@ enum Command {
         /// Partitions of the topic if it is created (overrides config).
         #[arg(long)]
         partitions: Option<i32>,
+        /// Also serve the HTTP API, with this run's /metrics, on this address
+        /// (e.g. 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Prints a view (kpis, revenue_trend, category_performance, payment_mix,
+    /// status_breakdown, region_breakdown, top_products, top_customers,
+    /// weekday_hour, transactions).
+    Query {
+        view: String,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Compute from PostgreSQL without the Redis cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Writes a view to a CSV or Parquet file (all matching rows for
+    /// `transactions` unless --limit is given).
+    Export {
+        view: String,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// csv or parquet (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The Redis frame cache.
+    Cache {
+        #[command(subcommand)]
+        which: CacheCommand,
     },
     /// Writes generated events to stdout.
     Generate {
@@ -103,6 +139,76 @@ enum Command {
     },
 }
 
+/// View filters; lists take commas or repeated flags.
+#[derive(clap::Args, Debug, Default)]
+struct FilterArgs {
+    /// Relative range ending at the newest event: 15m, 1h, 24h, 7d, all.
+    #[arg(long)]
+    last: Option<String>,
+    /// Range start (RFC 3339 or YYYY-MM-DD, UTC), with --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Range end, exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long)]
+    category: Vec<String>,
+    #[arg(long)]
+    payment_method: Vec<String>,
+    #[arg(long)]
+    region: Vec<String>,
+    #[arg(long)]
+    channel: Vec<String>,
+    #[arg(long)]
+    status: Vec<String>,
+    /// revenue_trend bucket: auto, minute, 5m, 15m, hour, day, week.
+    #[arg(long)]
+    granularity: Option<String>,
+    /// Rows (top_products, top_customers, transactions).
+    #[arg(long)]
+    limit: Option<String>,
+    /// Rows to skip (transactions).
+    #[arg(long)]
+    offset: Option<String>,
+}
+
+impl FilterArgs {
+    fn request(&self, view: &str) -> Result<ViewRequest, AnalyticsError> {
+        let kind: ViewKind = view.parse()?;
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in [
+            ("last", &self.last),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("granularity", &self.granularity),
+            ("limit", &self.limit),
+            ("offset", &self.offset),
+        ] {
+            if let Some(v) = v {
+                pairs.push((k, v));
+            }
+        }
+        for (k, vs) in [
+            ("category", &self.category),
+            ("payment_method", &self.payment_method),
+            ("region", &self.region),
+            ("channel", &self.channel),
+            ("status", &self.status),
+        ] {
+            pairs.extend(vs.iter().map(|v| (k, v.as_str())));
+        }
+        ViewRequest::parse(kind, pairs)
+    }
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Deletes every cached frame.
+    Clear,
+    /// Shows whether Redis answers and the cache settings.
+    Status,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Pipeline ingest rate against a raw COPY of the same events.
@@ -119,6 +225,29 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dashboard refresh (cold and warm) over N transactions against plain
+    /// GROUP BY, and the two loaders. Loads the data once into its own
+    /// database and reuses it on later runs with the same N and seed.
+    Analytics {
+        #[arg(long, default_value_t = 10_000_000)]
+        transactions: u64,
+        /// Days of history the transactions span.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Timed repetitions of each measurement.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Reload the data even if the bench database has it.
+        #[arg(long)]
+        reload: bool,
+        /// Database to load into (default salespulse_analytics_bench).
+        #[arg(long)]
+        database: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +286,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             workers,
             backfill_from,
             partitions,
+            http,
         } => {
             if let Some(p) = partitions {
                 cfg.partitions = p;
@@ -174,6 +304,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 workers,
                 clock: backfill_from.map_or(Clock::Wall, Clock::Simulated),
                 params: GeneratorParams::default(),
+                http,
             };
             let report = pipeline::run(cfg, opts).await?;
             println!(
@@ -243,15 +374,115 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 database_url: Some(services.database_url.clone()),
                 redis_url: Some(cfg.redis_url.clone()),
             };
-            let state = Arc::new(ApiState::new(
-                GeneratorParams::default(),
-                seed.unwrap_or_else(rand::random),
-                health,
-            )?);
+            let store = services.prepare(cfg).await?;
+            let telemetry = Telemetry {
+                analytics: Some(pipeline::analytics(cfg, &store)?),
+                lag: Some(api::LagSource {
+                    brokers: services.brokers.clone(),
+                    topic: cfg.topic.clone(),
+                    group: cfg.group_id.clone(),
+                    store: store.clone(),
+                }),
+                ..Telemetry::default()
+            };
+            let state = Arc::new(
+                ApiState::new(
+                    GeneratorParams::default(),
+                    seed.unwrap_or_else(rand::random),
+                    health,
+                )?
+                .with_telemetry(telemetry),
+            );
             let bind = bind.unwrap_or_else(|| cfg.http_bind.clone());
             api::serve(&bind, state, pipeline::shutdown_signal())
                 .await
                 .with_context(|| format!("serving on {bind}"))?;
+        }
+        Command::Query {
+            view,
+            filters,
+            format,
+            no_cache,
+        } => {
+            let req = filters.request(&view)?;
+            let (store, _pg) = pipeline::open_store(cfg).await?;
+            let analytics = pipeline::analytics(cfg, &store)?;
+            let mut frame = if no_cache {
+                let v = analytics.versions().await?;
+                let (span, g) = salespulse::analytics::Analytics::resolve(&req, &v);
+                analytics.compute(&req, span, g).await?
+            } else {
+                let r = analytics.view(&req).await?;
+                tracing::debug!(outcome = ?r.outcome, elapsed = ?r.elapsed, "view answered");
+                if let Some(e) = analytics.cache().status().error {
+                    tracing::warn!("cache bypassed: {e}");
+                }
+                r.frame
+            };
+            let stdout = std::io::stdout().lock();
+            match format.as_str() {
+                "table" => print_table(&frame),
+                "csv" => export::write_csv(&mut frame, stdout)?,
+                "json" => {
+                    export::write_json(&mut frame, stdout)?;
+                    println!();
+                }
+                f => anyhow::bail!("--format {f:?} is not table, csv or json"),
+            }
+        }
+        Command::Export {
+            view,
+            filters,
+            format,
+            out,
+        } => {
+            let req = filters.request(&view)?;
+            let format: export::ExportFormat = match format {
+                Some(f) => f.parse().map_err(anyhow::Error::msg)?,
+                None => export::ExportFormat::from_path(&out).context(
+                    "cannot tell the format from the file name: give --format csv or parquet",
+                )?,
+            };
+            let (store, _pg) = pipeline::open_store(cfg).await?;
+            let analytics = pipeline::analytics(cfg, &store)?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {wide_bar} {human_pos}/{human_len} rows ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = export::export_view(&analytics, &req, &out, format, |done, total| {
+                if let Some(t) = total {
+                    bar.set_length(t);
+                }
+                bar.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            let report = report?;
+            println!(
+                "wrote {} rows ({} bytes) to {}",
+                report.rows,
+                report.bytes,
+                report.path.display()
+            );
+        }
+        Command::Cache { which } => {
+            let cache = salespulse::cache::FrameCache::new(
+                &cfg.redis_url,
+                std::time::Duration::from_secs(cfg.cache_ttl_secs.max(1)),
+            )?;
+            match which {
+                CacheCommand::Clear => {
+                    let n = cache.clear().await?;
+                    println!("deleted {n} cached frames");
+                }
+                CacheCommand::Status => {
+                    let status = cache.probe().await;
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                }
+            }
         }
         Command::Broker { port } => {
             let broker = EmbeddedBroker::start_on_port(port).await?;
@@ -275,6 +506,36 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             print!("{}", doctor::render(&checks));
             if checks.iter().any(|c| !c.ok) {
                 anyhow::bail!("some dependencies are not available");
+            }
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Analytics {
+                    transactions,
+                    days,
+                    seed,
+                    repeat,
+                    reload,
+                    database,
+                    json,
+                },
+        } => {
+            let report = pipeline::analytics_bench::run(
+                cfg,
+                &pipeline::analytics_bench::AnalyticsBenchOptions {
+                    transactions,
+                    days,
+                    seed,
+                    repeat: repeat.max(1),
+                    reload,
+                    database,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
             }
         }
         Command::Bench {
@@ -305,4 +566,24 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a frame as a table, all rows and columns.
+fn print_table(df: &polars::prelude::DataFrame) {
+    // Polars reads its table settings from the environment.
+    for (k, v) in [
+        ("POLARS_FMT_MAX_ROWS", "-1"),
+        ("POLARS_FMT_MAX_COLS", "-1"),
+        ("POLARS_FMT_STR_LEN", "64"),
+        ("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1"),
+        ("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            // SAFETY: called before any other thread reads the environment
+            // for these keys (the runtime's workers never do).
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    println!("{df}");
+    println!("{} rows", df.height());
 }

@@ -1,4 +1,6 @@
-//! The generator over HTTP: `GET /event`, `GET /stream`, `GET /health`.
+//! The HTTP API: the generator (`GET /event`, `GET /stream`), `GET /health`,
+//! `GET /metrics` (Prometheus) and `GET /view/{name}?filters` (a view as JSON
+//! rows; same parameters as `salespulse query`).
 //!
 //! Bad parameters get `400` with a JSON body `{"error": "..."}`; unknown
 //! paths get `404` the same way.
@@ -16,6 +18,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+mod metrics;
+
+pub use metrics::{LagSource, Telemetry};
+
+use crate::analytics::{ViewKind, ViewRequest};
 use crate::generator::{Clock, Generator, GeneratorParams, ParamsError};
 use crate::pipeline::doctor::{check_kafka, check_postgres, check_redis, Check};
 use crate::pipeline::Pacer;
@@ -41,6 +48,7 @@ pub struct ApiState {
     base_seed: u64,
     streams: AtomicU64,
     health: HealthTargets,
+    telemetry: Telemetry,
 }
 
 impl ApiState {
@@ -55,7 +63,14 @@ impl ApiState {
             base_seed: seed,
             streams: AtomicU64::new(0),
             health,
+            telemetry: Telemetry::default(),
         })
+    }
+
+    /// Adds what `/metrics` reports and `/view` answers from.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 }
 
@@ -64,10 +79,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/event", get(event))
         .route("/stream", get(stream))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/view/{name}", get(view))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; try /event, /stream, /health",
+                "no such endpoint; try /event, /stream, /health, /metrics, /view/{name}",
             )
         })
         .with_state(state)
@@ -245,6 +262,64 @@ async fn health(State(s): State<Arc<ApiState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.telemetry.render().await,
+    )
+        .into_response()
+}
+
+async fn view(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(analytics) = &s.telemetry.analytics else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no database configured for views",
+        );
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed query: {e}")),
+    };
+    let req = name
+        .parse::<ViewKind>()
+        .and_then(|k| ViewRequest::parse(k, q.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match analytics.view(&req).await {
+        Ok(r) => {
+            let mut buf = Vec::new();
+            let mut frame = r.frame;
+            if let Err(e) = crate::analytics::export::write_json(&mut frame, &mut buf) {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(
+                    "x-salespulse-cache",
+                    format!("{:?}", r.outcome).to_lowercase(),
+                )
+                .header(
+                    "x-salespulse-elapsed-ms",
+                    format!("{:.3}", r.elapsed.as_secs_f64() * 1e3),
+                )
+                .body(Body::from(buf))
+                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+        Err(e) if e.is_bad_request() => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// Serves the API on `bind` until `shutdown` resolves.

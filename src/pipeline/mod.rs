@@ -1,6 +1,7 @@
 //! Wires the layers together: resolves services (embedded or configured),
 //! runs generator → producer and ingest workers, and reports.
 
+pub mod analytics_bench;
 pub mod bench;
 pub mod doctor;
 pub mod ingest;
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::runtime::Handle;
 
+use crate::analytics::{Analytics, LoadMode};
+use crate::api::{self, ApiState, HealthTargets, LagSource, Telemetry};
 use crate::bus::{self, EmbeddedBroker, EventProducer, ProducerConfig};
+use crate::cache::FrameCache;
 use crate::config::{redact_url, Config};
 use crate::generator::{Clock, Generator, GeneratorParams};
 use crate::store::{EmbeddedPostgres, Store};
@@ -106,6 +110,46 @@ impl Services {
     }
 }
 
+/// Connects to `DATABASE_URL` (or the embedded PostgreSQL, started if
+/// needed) and applies migrations. Keep the returned handle alive as long as
+/// the store is used.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<(Store, Option<EmbeddedPostgres>)> {
+    let (url, embedded) = database_url(cfg).await?;
+    let store = Store::connect(
+        &url,
+        cfg.pg_pool_size,
+        Duration::from_millis(cfg.pg_statement_timeout_ms),
+    )
+    .await
+    .with_context(|| format!("connecting to {}", redact_url(&url)))?;
+    store.migrate().await.context("applying migrations")?;
+    Ok((store, embedded))
+}
+
+/// `DATABASE_URL`, or the embedded PostgreSQL's (started if needed).
+pub async fn database_url(cfg: &Config) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    Ok(match &cfg.database_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let pg = EmbeddedPostgres::ensure(cfg.data_dir.as_deref(), cfg.embedded_pg_port)
+                .await
+                .context("starting the embedded PostgreSQL")?;
+            (pg.url.clone(), Some(pg))
+        }
+    })
+}
+
+/// The analytics layer over `store`, cached in the configured Redis.
+pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
+    let cache = FrameCache::new(&cfg.redis_url, Duration::from_secs(cfg.cache_ttl_secs))
+        .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?;
+    Ok(Analytics::new(
+        store.pool().clone(),
+        Arc::new(cache),
+        LoadMode::default(),
+    ))
+}
+
 /// Keeps a loop at `rate` iterations per second (no limit when `None`).
 pub struct Pacer {
     start: Instant,
@@ -182,6 +226,8 @@ pub struct RunOptions {
     pub workers: usize,
     pub clock: Clock,
     pub params: GeneratorParams,
+    /// Serve the HTTP API (with this run's `/metrics`) on this address.
+    pub http: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -316,6 +362,37 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         )
         .context("creating the producer")?,
     );
+    let http = match &opts.http {
+        Some(bind) => {
+            let telemetry = Telemetry {
+                producer: Some(Arc::clone(producer.stats())),
+                ingest: Some(Arc::clone(&stats)),
+                analytics: Some(analytics(cfg, &store)?),
+                lag: Some(LagSource {
+                    brokers: services.brokers.clone(),
+                    topic: cfg.topic.clone(),
+                    group: cfg.group_id.clone(),
+                    store: store.clone(),
+                }),
+            };
+            let health = HealthTargets {
+                kafka_brokers: Some(services.brokers.clone()),
+                database_url: Some(services.database_url.clone()),
+                redis_url: Some(cfg.redis_url.clone()),
+            };
+            let state =
+                ApiState::new(opts.params.clone(), opts.seed, health)?.with_telemetry(telemetry);
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("binding the HTTP API to {bind}"))?;
+            Some(tokio::spawn(api::serve_on(
+                listener,
+                Arc::new(state),
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     let mut generator = Generator::new(opts.params.clone(), opts.seed, opts.clock)?;
     let stop_producing = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -373,6 +450,9 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     };
     let elapsed = started.elapsed();
     progress.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     stop_ingest.store(true, Ordering::Release);
     join_workers(workers).await?;
     caught_up?;

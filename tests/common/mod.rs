@@ -115,6 +115,7 @@ pub fn run_options(events: u64, seed: u64) -> salespulse::pipeline::RunOptions {
         workers: 1,
         clock: Clock::Simulated(sim_start()),
         params: GeneratorParams::default(),
+        http: None,
     }
 }
 
@@ -201,18 +202,18 @@ pub async fn assert_consistent(store: &Store) {
     let checks: [(&str, &str, &str); 4] = [
         (
             "sales_metrics",
-            "SELECT date_trunc('minute', occurred_at), category, payment_method, status, region, channel,
+            "SELECT g, date_trunc(g, occurred_at, 'UTC'), category, payment_method, status, region, channel,
                     count(*), sum(quantity), sum(total_amount), sum(discount)
-             FROM transactions GROUP BY 1, 2, 3, 4, 5, 6",
-            "SELECT bucket, category, payment_method, status, region, channel, orders, units, revenue, discount
+             FROM transactions, unnest(ARRAY['minute', 'hour', 'day']) g GROUP BY 1, 2, 3, 4, 5, 6, 7",
+            "SELECT grain, bucket, category, payment_method, status, region, channel, orders, units, revenue, discount
              FROM sales_metrics",
         ),
         (
             "session_metrics",
-            "SELECT date_trunc('minute', started_at), region, channel, count(*),
+            "SELECT g, date_trunc(g, started_at, 'UTC'), region, channel, count(*),
                     count(*) FILTER (WHERE orders > 0), sum(orders), sum(page_views)
-             FROM sessions GROUP BY 1, 2, 3",
-            "SELECT bucket, region, channel, sessions, converted_sessions, orders, page_views FROM session_metrics",
+             FROM sessions, unnest(ARRAY['minute', 'hour', 'day']) g GROUP BY 1, 2, 3, 4",
+            "SELECT grain, bucket, region, channel, sessions, converted_sessions, orders, page_views FROM session_metrics",
         ),
         (
             "customers",
@@ -403,4 +404,50 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes events straight into the store (no broker) as ingest would, in
+/// batches of `batch`, spread over 3 partitions by customer. `offsets` keeps
+/// each partition's next offset across calls.
+pub async fn write_events(
+    store: &Store,
+    events: Vec<Event>,
+    batch: usize,
+    offsets: &mut std::collections::HashMap<i32, i64>,
+) {
+    let partition = |id: &str| {
+        (id.bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 3) as i32
+    };
+    for chunk in events.chunks(batch.max(1)) {
+        let mut b = store::Batch::default();
+        for e in chunk {
+            let p = partition(match e {
+                Event::Sale(s) => &s.customer_id,
+                Event::Session(s) => &s.customer_id,
+            });
+            let o = offsets.entry(p).or_insert(0);
+            match e {
+                Event::Sale(s) => b.sales.push((s.clone(), p, *o)),
+                Event::Session(s) => b.sessions.push((s.clone(), p, *o)),
+            }
+            *o += 1;
+        }
+        b.offsets = offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        b.offsets.sort_unstable();
+        store
+            .write_batch("test-group", "test-topic", &b)
+            .await
+            .unwrap();
+    }
+}
+
+/// A generator on the tests' simulated clock with `sessions_per_hour`.
+pub fn sparse_generator(seed: u64, sessions_per_hour: f64) -> Generator {
+    let params = GeneratorParams {
+        sessions_per_hour,
+        ..GeneratorParams::default()
+    };
+    Generator::new(params, seed, Clock::Simulated(sim_start())).unwrap()
 }

@@ -1,0 +1,278 @@
+//! Frames to CSV or Parquet files.
+//!
+//! Types in the files:
+//! - timestamps: Parquet `TIMESTAMP(MICROS, isAdjustedToUTC=true)` (pyarrow
+//!   `timestamp[us, tz=UTC]`, DuckDB `TIMESTAMP WITH TIME ZONE`); CSV RFC 3339
+//!   with offset, `2026-11-24T10:00:00.000000+00:00`;
+//! - money and rates: 64-bit floats (Parquet `DOUBLE`), in the shop's currency,
+//!   summed exactly in PostgreSQL (numeric) and rounded to the float nearest
+//!   the exact value — exact to the cent below 2^53 cents;
+//! - counts: 64-bit integers; text: UTF-8 strings.
+//!
+//! A file is written next to its destination and renamed into place when
+//! complete, so a failed export never leaves a truncated file behind.
+//! `transactions` without an explicit limit exports every matching row,
+//! streamed in pages (keyset paging), so memory stays flat.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use sqlx::Row;
+
+use super::{sql, Analytics, AnalyticsError, DataVersions, ViewKind, ViewRequest};
+
+/// Rows per page when streaming `transactions`.
+pub const PAGE_ROWS: u64 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Ok(ExportFormat::Csv),
+            "parquet" | "pq" => Ok(ExportFormat::Parquet),
+            _ => Err(format!("format {s:?} is not csv or parquet")),
+        }
+    }
+}
+
+impl ExportFormat {
+    /// Guesses the format from a file name's extension.
+    pub fn from_path(p: &Path) -> Option<Self> {
+        p.extension()?.to_str()?.parse().ok()
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Writes batches of one schema to a file, then moves it into place.
+pub struct FrameSink {
+    tmp: PathBuf,
+    dest: PathBuf,
+    writer: Option<SinkWriter>,
+    rows: u64,
+    done: bool,
+}
+
+enum SinkWriter {
+    Csv(polars::io::csv::write::BatchedWriter<BufWriter<File>>),
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<BufWriter<File>>>),
+}
+
+fn tmp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// CSV timestamps: RFC 3339 with microseconds and offset.
+const CSV_DATETIME: &str = "%Y-%m-%dT%H:%M:%S%.6f%:z";
+
+impl FrameSink {
+    pub fn create(
+        dest: &Path,
+        format: ExportFormat,
+        schema: &Schema,
+    ) -> Result<Self, AnalyticsError> {
+        let tmp = tmp_path(dest);
+        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let writer = match format {
+            ExportFormat::Csv => SinkWriter::Csv(
+                CsvWriter::new(file)
+                    .include_header(true)
+                    .with_datetime_format(Some(CSV_DATETIME.into()))
+                    .batched(schema)?,
+            ),
+            ExportFormat::Parquet => SinkWriter::Parquet(Box::new(
+                ParquetWriter::new(file)
+                    .with_compression(ParquetCompression::Zstd(None))
+                    .batched(schema)?,
+            )),
+        };
+        Ok(Self {
+            tmp,
+            dest: dest.to_owned(),
+            writer: Some(writer),
+            rows: 0,
+            done: false,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn write(&mut self, df: &DataFrame) -> Result<(), AnalyticsError> {
+        match &mut self.writer {
+            Some(SinkWriter::Csv(w)) => w.write_batch(df)?,
+            Some(SinkWriter::Parquet(w)) => w.write_batch(df)?,
+            None => {}
+        }
+        self.rows += df.height() as u64;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<ExportReport, AnalyticsError> {
+        match self.writer.take() {
+            Some(SinkWriter::Csv(mut w)) => w.finish()?,
+            Some(SinkWriter::Parquet(w)) => {
+                w.finish()?;
+            }
+            None => {}
+        }
+        // The writer (and its file) is closed here: move it into place.
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.done = true;
+        let bytes = std::fs::metadata(&self.dest)?.len();
+        Ok(ExportReport {
+            path: self.dest.clone(),
+            rows: self.rows,
+            bytes,
+        })
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer.take();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes one frame to `dest`.
+pub fn write_frame(
+    df: &DataFrame,
+    dest: &Path,
+    format: ExportFormat,
+) -> Result<ExportReport, AnalyticsError> {
+    let mut sink = FrameSink::create(dest, format, df.schema())?;
+    sink.write(df)?;
+    sink.finish()
+}
+
+/// Exports a view. `progress(done, total)` is called as rows are written
+/// (`total` is known for `transactions`).
+pub async fn export_view(
+    analytics: &Analytics,
+    req: &ViewRequest,
+    dest: &Path,
+    format: ExportFormat,
+    progress: impl FnMut(u64, Option<u64>),
+) -> Result<ExportReport, AnalyticsError> {
+    export_view_paged(analytics, req, dest, format, PAGE_ROWS, progress).await
+}
+
+/// [`export_view`] with `page_rows` rows per page of `transactions`.
+pub async fn export_view_paged(
+    analytics: &Analytics,
+    req: &ViewRequest,
+    dest: &Path,
+    format: ExportFormat,
+    page_rows: u64,
+    mut progress: impl FnMut(u64, Option<u64>),
+) -> Result<ExportReport, AnalyticsError> {
+    let page_rows = page_rows.max(1);
+    let mut req = req.clone();
+    req.check()?;
+    if req.view != ViewKind::Transactions || req.limit.is_some() {
+        let r = analytics.view(&req).await?;
+        progress(0, Some(r.frame.height() as u64));
+        let report = write_frame(&r.frame, dest, format)?;
+        progress(report.rows, Some(report.rows));
+        return Ok(report);
+    }
+    // Every matching transaction, page by page.
+    let versions: DataVersions = analytics.versions().await?;
+    let (span, _) = Analytics::resolve(&req, &versions);
+    let count_sql = sql::transactions(&req.filters, span, u64::MAX >> 2, 0, None)
+        .sql
+        .replace(
+            "ORDER BY transactions.occurred_at DESC, transaction_id DESC",
+            "",
+        );
+    let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM ({count_sql}) x"
+    )))
+    .fetch_one(analytics.pool())
+    .await?
+    .try_get(0)?;
+    let total = total.max(0) as u64;
+    progress(0, Some(total));
+    let first = sql::transactions(&req.filters, span, page_rows, 0, None);
+    let schema: Schema = first
+        .columns
+        .iter()
+        .map(|c| Field::new(c.name.into(), super::load::dtype(c.ty)))
+        .collect();
+    let mut sink = FrameSink::create(dest, format, &schema)?;
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let q = sql::transactions(
+            &req.filters,
+            span,
+            page_rows,
+            0,
+            after.as_ref().map(|(t, id)| (*t, id.as_str())),
+        );
+        let page =
+            super::load::load(analytics.pool(), &q.sql, &q.columns, analytics.load_mode()).await?;
+        if page.height() == 0 {
+            break;
+        }
+        sink.write(&page)?;
+        progress(sink.rows(), Some(total));
+        let last = page.height() - 1;
+        let t = page
+            .column("occurred_at")?
+            .cast(&DataType::Int64)?
+            .i64()?
+            .get(last);
+        let id = page
+            .column("transaction_id")?
+            .str()?
+            .get(last)
+            .map(str::to_owned);
+        match (t, id) {
+            (Some(t), Some(id)) => after = Some((t, id)),
+            _ => break,
+        }
+        if (page.height() as u64) < page_rows {
+            break;
+        }
+    }
+    sink.finish()
+}
+
+/// Writes `df` as CSV to `out` (for `query --format csv`).
+pub fn write_csv(df: &mut DataFrame, out: impl Write) -> Result<(), AnalyticsError> {
+    CsvWriter::new(out)
+        .include_header(true)
+        .with_datetime_format(Some(CSV_DATETIME.into()))
+        .finish(df)?;
+    Ok(())
+}
+
+/// Writes `df` as a JSON array of row objects (for `query --format json`).
+pub fn write_json(df: &mut DataFrame, out: impl Write) -> Result<(), AnalyticsError> {
+    JsonWriter::new(out)
+        .with_json_format(JsonFormat::Json)
+        .finish(df)?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Views as Polars DataFrames, cached in Redis.
+//!
+//! [`Analytics::view`] is the one entry point the CLI, the HTTP server, the
+//! desktop app and scripts use. A request is resolved (relative ranges end at
+//! the newest ingested event, rounded to whole minutes), keyed, and answered
+//! from the frame cache or computed from PostgreSQL (see `sql` for the SQL,
+//! `load` for how rows become columns).
+//!
+//! ## Cache keys and invalidation
+//! Ingest keeps per-partition watermarks in the same transaction as the rows
+//! (`ingest_watermarks`). From them:
+//! - `commits`: changes with every commit — the *data version*;
+//! - `late`: changes only when a commit wrote rows older than its partition's
+//!   newest event minus one hour (or a new partition appeared);
+//! - `closed_until`: the oldest partition's newest event minus one hour. No
+//!   on-time row can land before it.
+//!
+//! A frame whose range ends at or before `closed_until` is keyed on `late`
+//! only, so it survives new data; any other frame is keyed on `commits` too
+//! and is recomputed after the next commit. The versions are read before the
+//! query, so a cached frame is never older than its key says.
+
+pub mod export;
+pub mod load;
+pub mod request;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use polars::prelude::{DataFrame, PolarsError};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::cache::{frame_key, FrameCache, Outcome};
+pub use load::LoadMode;
+pub use request::{Filters, Granularity, TimeRange, ViewKind, ViewRequest};
+pub use sql::Span;
+
+/// Bumped when a view's definition or columns change (part of every key).
+pub const VIEW_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("dataframe: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Shared(Arc<AnalyticsError>),
+}
+
+impl AnalyticsError {
+    /// Whether the caller's input was at fault (HTTP 400, exit code 2).
+    pub fn is_bad_request(&self) -> bool {
+        match self {
+            AnalyticsError::BadRequest(_) => true,
+            AnalyticsError::Shared(e) => e.is_bad_request(),
+            _ => false,
+        }
+    }
+}
+
+/// The state of the data, read before every keyed request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DataVersions {
+    /// The database's identity (several may share one Redis).
+    pub database: String,
+    pub commits: i64,
+    pub late: i64,
+    pub closed_until: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// A view's frame and how it was obtained.
+#[derive(Clone, Debug)]
+pub struct ViewResult {
+    pub view: ViewKind,
+    pub frame: DataFrame,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+    /// The resolved range (`None` = all data).
+    pub span: Option<Span>,
+    /// The granularity used (`revenue_trend`).
+    pub granularity: Option<Granularity>,
+}
+
+/// Latency histogram bucket bounds, seconds (Prometheus style).
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ViewTimings {
+    /// Computations against PostgreSQL.
+    pub computations: u64,
+    /// Requests answered, by how many fell into each [`LATENCY_BUCKETS`] bound.
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_secs: f64,
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Timings(Mutex<BTreeMap<&'static str, ViewTimings>>);
+
+impl Timings {
+    fn with(&self, view: ViewKind, f: impl FnOnce(&mut ViewTimings)) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry(view.as_str()).or_default());
+    }
+}
+
+#[derive(Clone)]
+pub struct Analytics {
+    pool: PgPool,
+    cache: Arc<FrameCache>,
+    mode: LoadMode,
+    timings: Arc<Timings>,
+}
+
+impl Analytics {
+    pub fn new(pool: PgPool, cache: Arc<FrameCache>, mode: LoadMode) -> Self {
+        Self {
+            pool,
+            cache,
+            mode,
+            timings: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn cache(&self) -> &Arc<FrameCache> {
+        &self.cache
+    }
+
+    pub fn load_mode(&self) -> LoadMode {
+        self.mode
+    }
+
+    pub fn with_load_mode(mut self, mode: LoadMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Per-view computation counts and latencies.
+    pub fn timings(&self) -> BTreeMap<&'static str, ViewTimings> {
+        self.timings
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the data versions (one small query).
+    pub async fn versions(&self) -> Result<DataVersions, AnalyticsError> {
+        let row = sqlx::query(
+            "SELECT coalesce(sum(commits), 0)::int8, coalesce(sum(late_commits), 0)::int8,
+                    min(max_event_at) FILTER (WHERE partition >= 0) - interval '1 hour',
+                    max(max_event_at),
+                    (SELECT min(id::text) FROM database_identity)
+             FROM ingest_watermarks",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(DataVersions {
+            commits: row.try_get(0)?,
+            late: row.try_get(1)?,
+            closed_until: row.try_get(2)?,
+            newest: row.try_get(3)?,
+            database: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+        })
+    }
+
+    /// The range and granularity `req` means given the data's state.
+    pub fn resolve(req: &ViewRequest, v: &DataVersions) -> (Option<Span>, Granularity) {
+        let span = match &req.filters.range {
+            TimeRange::All => None,
+            TimeRange::Between { from, to } => Some(sql::minute_span(*from, *to)),
+            TimeRange::Last { minutes } => {
+                let anchor = v.newest.unwrap_or_else(Utc::now);
+                let to = sql::minute_span(anchor, anchor).from + chrono::Duration::minutes(1);
+                Some(Span {
+                    from: to - chrono::Duration::minutes(*minutes),
+                    to,
+                })
+            }
+        };
+        let g = req
+            .granularity
+            .unwrap_or_else(|| Granularity::auto(span.map(|s| s.len())));
+        (span, g)
+    }
+
+    /// What identifies a frame: the request as resolved, the schema, and the
+    /// data version that can change it.
+    fn key_material(
+        req: &ViewRequest,
+        span: Option<Span>,
+        g: Granularity,
+        v: &DataVersions,
+    ) -> String {
+        let closed = matches!((span, v.closed_until), (Some(s), Some(c)) if s.to <= c);
+        let version = if closed {
+            serde_json::json!({ "late": v.late })
+        } else {
+            serde_json::json!({ "late": v.late, "commits": v.commits })
+        };
+        let schema = crate::store::MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        serde_json::json!({
+            "database": v.database,
+            "schema": schema,
+            "views": VIEW_VERSION,
+            "view": req.view,
+            "filters": {
+                "categories": req.filters.categories,
+                "payment_methods": req.filters.payment_methods,
+                "regions": req.filters.regions,
+                "channels": req.filters.channels,
+                "statuses": req.filters.statuses,
+            },
+            "span": span.map(|s| (s.from.timestamp(), s.to.timestamp())),
+            "granularity": (req.view == ViewKind::RevenueTrend).then_some(g),
+            "limit": req.effective_limit(),
+            "offset": req.offset,
+            "version": version,
+        })
+        .to_string()
+    }
+
+    /// A view, from the cache when it holds it.
+    pub async fn view(&self, req: &ViewRequest) -> Result<ViewResult, AnalyticsError> {
+        let v = self.versions().await?;
+        self.view_at(req, &v).await
+    }
+
+    /// A view under versions already read (one read serves a whole dashboard).
+    pub async fn view_at(
+        &self,
+        req: &ViewRequest,
+        v: &DataVersions,
+    ) -> Result<ViewResult, AnalyticsError> {
+        let started = Instant::now();
+        let mut req = req.clone();
+        req.check()?;
+        let (span, g) = Self::resolve(&req, v);
+        let key = frame_key(req.view.as_str(), &Self::key_material(&req, span, g, v));
+        let this = self.clone();
+        let creq = req.clone();
+        let result = self
+            .cache
+            .get_or_compute(req.view.as_str(), &key, move || async move {
+                this.compute(&creq, span, g).await.map_err(Arc::new)
+            })
+            .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok((frame, outcome)) => {
+                self.timings.with(req.view, |t| {
+                    t.count += 1;
+                    t.sum_secs += elapsed.as_secs_f64();
+                    let secs = elapsed.as_secs_f64();
+                    for (b, bound) in t.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+                        if secs <= bound {
+                            *b += 1;
+                        }
+                    }
+                });
+                Ok(ViewResult {
+                    view: req.view,
+                    frame,
+                    outcome,
+                    elapsed,
+                    span,
+                    granularity: (req.view == ViewKind::RevenueTrend).then_some(g),
+                })
+            }
+            Err(e) => {
+                self.timings.with(req.view, |t| t.errors += 1);
+                Err(match Arc::try_unwrap(e) {
+                    Ok(e) => e,
+                    Err(shared) => AnalyticsError::Shared(shared),
+                })
+            }
+        }
+    }
+
+    /// Computes a view from PostgreSQL, bypassing the cache.
+    pub async fn compute(
+        &self,
+        req: &ViewRequest,
+        span: Option<Span>,
+        g: Granularity,
+    ) -> Result<DataFrame, AnalyticsError> {
+        self.timings.with(req.view, |t| t.computations += 1);
+        let q = sql::view_query(
+            req.view,
+            &req.filters,
+            span,
+            g,
+            req.effective_limit(),
+            req.offset,
+        );
+        load::load(&self.pool, &q.sql, &q.columns, self.mode).await
+    }
+
+    /// The five views of a dashboard refresh, concurrently, under one read of
+    /// the versions.
+    pub async fn dashboard(&self, filters: &Filters) -> Result<Vec<ViewResult>, AnalyticsError> {
+        let v = self.versions().await?;
+        let reqs: Vec<ViewRequest> = ViewKind::DASHBOARD
+            .iter()
+            .map(|&k| ViewRequest::new(k).with_filters(filters.clone()))
+            .collect();
+        futures::future::try_join_all(reqs.iter().map(|r| self.view_at(r, &v))).await
+    }
+}

@@ -1,0 +1,688 @@
+//! The SQL of each view.
+//!
+//! Filters arrive as checked values and are written into the statement as
+//! escaped literals (`E'...'`, valid whatever `standard_conforming_strings`
+//! says), so that the same text can run as a plain query or inside
+//! `COPY (...) TO STDOUT`, which takes no bind parameters.
+//!
+//! Rollup views read `sales_metrics` / `session_metrics` at the coarsest grain
+//! that fits: a range is cut into whole days (day grain), whole hours at its
+//! edges (hour grain) and whole minutes at the outer edges (minute grain). A
+//! range is therefore exact to the minute and reads at most a few thousand
+//! rows per day of data, however many events there were.
+//!
+//! Every column is cast to one of the loader's types (text, int8, float8, or a
+//! timestamp sent as int8 microseconds since the epoch).
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use super::load::{ColType, Column};
+use super::request::{Filters, Granularity, ViewKind};
+
+/// A resolved, minute-aligned `[from, to)`, or everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl Span {
+    pub fn len(&self) -> Duration {
+        self.to - self.from
+    }
+
+    /// The period of equal length just before this one.
+    pub fn previous(&self) -> Span {
+        Span {
+            from: self.from - self.len(),
+            to: self.from,
+        }
+    }
+}
+
+/// The rollup grains, finest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grain {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Grain {
+    fn name(self) -> &'static str {
+        match self {
+            Grain::Minute => "minute",
+            Grain::Hour => "hour",
+            Grain::Day => "day",
+        }
+    }
+
+    fn seconds(self) -> i64 {
+        match self {
+            Grain::Minute => 60,
+            Grain::Hour => 3_600,
+            Grain::Day => 86_400,
+        }
+    }
+
+    /// The coarsest grain whose buckets nest in buckets of `g`.
+    pub fn for_granularity(g: Granularity) -> Grain {
+        match g {
+            Granularity::Minute | Granularity::FiveMinutes | Granularity::FifteenMinutes => {
+                Grain::Minute
+            }
+            Granularity::Hour => Grain::Hour,
+            Granularity::Day | Granularity::Week => Grain::Day,
+        }
+    }
+}
+
+fn floor_to(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    let s = t.timestamp();
+    DateTime::from_timestamp(s - s.rem_euclid(secs), 0).unwrap_or(t)
+}
+
+fn ceil_to(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    let f = floor_to(t, secs);
+    if f == t && t.timestamp_subsec_nanos() == 0 {
+        f
+    } else {
+        f + Duration::seconds(secs)
+    }
+}
+
+/// Rounds `from` down and `to` up to whole minutes.
+pub fn minute_span(from: DateTime<Utc>, to: DateTime<Utc>) -> Span {
+    Span {
+        from: floor_to(from, 60),
+        to: ceil_to(to, 60),
+    }
+}
+
+/// Cuts `span` into pieces of the coarsest grains up to `max`.
+pub fn tiers(span: Span, max: Grain) -> Vec<(Grain, Span)> {
+    fn cut(span: Span, grain: Grain, max: Grain, out: &mut Vec<(Grain, Span)>) {
+        if span.from >= span.to {
+            return;
+        }
+        let coarser = match grain {
+            Grain::Minute => Grain::Hour,
+            Grain::Hour => Grain::Day,
+            Grain::Day => {
+                out.push((grain, span));
+                return;
+            }
+        };
+        if coarser > max {
+            out.push((grain, span));
+            return;
+        }
+        let inner = Span {
+            from: ceil_to(span.from, coarser.seconds()),
+            to: floor_to(span.to, coarser.seconds()),
+        };
+        if inner.from >= inner.to {
+            out.push((grain, span));
+            return;
+        }
+        for edge in [
+            Span {
+                from: span.from,
+                to: inner.from,
+            },
+            Span {
+                from: inner.to,
+                to: span.to,
+            },
+        ] {
+            if edge.from < edge.to {
+                out.push((grain, edge));
+            }
+        }
+        cut(inner, coarser, max, out);
+    }
+    let mut out = Vec::new();
+    cut(span, Grain::Minute, max, &mut out);
+    out
+}
+
+/// An escaped string literal.
+pub fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    format!(
+        "'{}'::timestamptz",
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    )
+}
+
+fn epoch_us(expr: &str) -> String {
+    format!("(extract(epoch FROM {expr}) * 1000000)::int8")
+}
+
+/// `AND col IN (...)` for each non-empty filter list; sessions only have
+/// region and channel.
+fn dims(f: &Filters, sessions: bool) -> String {
+    let mut out = String::new();
+    let mut add = |col: &str, vals: &[String]| {
+        if !vals.is_empty() {
+            let list: Vec<String> = vals.iter().map(|v| text(v)).collect();
+            out.push_str(&format!(" AND {col} IN ({})", list.join(", ")));
+        }
+    };
+    if !sessions {
+        add("category", &f.categories);
+        add("payment_method", &f.payment_methods);
+        add("status", &f.statuses);
+    }
+    add("region", &f.regions);
+    add("channel", &f.channels);
+    out
+}
+
+/// The rollup rows of `span` (or all of grain `max`), as a WHERE condition.
+fn rollup_time(span: Option<Span>, max: Grain) -> String {
+    match span {
+        None => format!("grain = '{}'", max.name()),
+        Some(span) => {
+            let parts: Vec<String> = tiers(span, max)
+                .into_iter()
+                .map(|(g, s)| {
+                    format!(
+                        "(grain = '{}' AND bucket >= {} AND bucket < {})",
+                        g.name(),
+                        ts(s.from),
+                        ts(s.to)
+                    )
+                })
+                .collect();
+            if parts.is_empty() {
+                "FALSE".into()
+            } else {
+                format!("({})", parts.join(" OR "))
+            }
+        }
+    }
+}
+
+fn raw_time(span: Option<Span>, col: &str) -> String {
+    match span {
+        None => "TRUE".into(),
+        Some(s) => format!("{col} >= {} AND {col} < {}", ts(s.from), ts(s.to)),
+    }
+}
+
+const COMPLETED: &str = "FILTER (WHERE status = 'completed')";
+
+/// A statement and the columns it returns.
+pub struct Query {
+    pub sql: String,
+    pub columns: Vec<Column>,
+}
+
+fn cols(spec: &[(&'static str, ColType)]) -> Vec<Column> {
+    spec.iter().map(|&(name, ty)| Column { name, ty }).collect()
+}
+
+use ColType::{Float as F, Int as I, Text as T, Time as TS};
+
+pub fn kpis(f: &Filters, span: Option<Span>, customers_from_table: bool) -> Query {
+    let period = |label: &str, span: Option<Span>| {
+        let customers = if customers_from_table {
+            "(SELECT count(*) FROM customers WHERE orders > 0)".to_owned()
+        } else {
+            format!(
+                "(SELECT count(DISTINCT customer_id) FROM transactions WHERE {}{})",
+                raw_time(span, "occurred_at"),
+                dims(f, false)
+            )
+        };
+        let (lo, hi) = match span {
+            Some(s) => (epoch_us(&ts(s.from)), epoch_us(&ts(s.to))),
+            None => ("NULL::int8".into(), "NULL::int8".into()),
+        };
+        let t = rollup_time(span, Grain::Day);
+        format!(
+            "SELECT {label} AS period, {lo} AS range_from, {hi} AS range_to,
+                coalesce(s.revenue, 0)::float8 AS revenue,
+                coalesce(s.orders, 0)::int8 AS orders,
+                coalesce(s.completed, 0)::int8 AS completed_orders,
+                coalesce(s.units, 0)::int8 AS units,
+                (s.revenue / nullif(s.completed, 0))::float8 AS avg_order_value,
+                coalesce(v.sessions, 0)::int8 AS sessions,
+                (coalesce(s.orders, 0)::numeric / nullif(v.sessions, 0))::float8 AS conversion_rate,
+                coalesce(s.refunded, 0)::int8 AS refunded_orders,
+                (coalesce(s.refunded, 0)::numeric / nullif(s.orders, 0))::float8 AS refund_rate,
+                {customers}::int8 AS customers
+            FROM (SELECT sum(revenue) {COMPLETED} AS revenue, sum(orders) AS orders,
+                         sum(orders) {COMPLETED} AS completed, sum(units) {COMPLETED} AS units,
+                         sum(orders) FILTER (WHERE status = 'refunded') AS refunded
+                  FROM sales_metrics WHERE {t}{sd}) s,
+                 (SELECT sum(sessions) AS sessions FROM session_metrics WHERE {t}{vd}) v",
+            label = text(label),
+            sd = dims(f, false),
+            vd = dims(f, true),
+        )
+    };
+    let current = period("current", span);
+    let previous = match span {
+        Some(s) => period("previous", Some(s.previous())),
+        None => "SELECT E'previous', NULL::int8, NULL::int8, NULL::float8, NULL::int8, \
+                 NULL::int8, NULL::int8, NULL::float8, NULL::int8, NULL::float8, NULL::int8, \
+                 NULL::float8, NULL::int8"
+            .into(),
+    };
+    Query {
+        sql: format!("{current}\nUNION ALL\n{previous}"),
+        columns: cols(&[
+            ("period", T),
+            ("range_from", TS),
+            ("range_to", TS),
+            ("revenue", F),
+            ("orders", I),
+            ("completed_orders", I),
+            ("units", I),
+            ("avg_order_value", F),
+            ("sessions", I),
+            ("conversion_rate", F),
+            ("refunded_orders", I),
+            ("refund_rate", F),
+            ("customers", I),
+        ]),
+    }
+}
+
+fn bucket_expr(g: Granularity, x: &str) -> String {
+    match g {
+        Granularity::FiveMinutes => {
+            format!("date_bin('5 minutes', {x}, TIMESTAMPTZ '2000-01-01 00:00:00+00')")
+        }
+        Granularity::FifteenMinutes => {
+            format!("date_bin('15 minutes', {x}, TIMESTAMPTZ '2000-01-01 00:00:00+00')")
+        }
+        Granularity::Minute => format!("date_trunc('minute', {x}, 'UTC')"),
+        Granularity::Hour => format!("date_trunc('hour', {x}, 'UTC')"),
+        Granularity::Day => format!("date_trunc('day', {x}, 'UTC')"),
+        Granularity::Week => format!("date_trunc('week', {x}, 'UTC')"),
+    }
+}
+
+pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
+    let grain = Grain::for_granularity(g);
+    let b = bucket_expr(g, "bucket");
+    let (lo, hi) = match span {
+        Some(s) => (
+            bucket_expr(g, &ts(s.from)),
+            bucket_expr(g, &format!("({} - interval '1 microsecond')", ts(s.to))),
+        ),
+        None => (
+            "least((SELECT min(b) FROM s), (SELECT min(b) FROM v))".into(),
+            "greatest((SELECT max(b) FROM s), (SELECT max(b) FROM v))".into(),
+        ),
+    };
+    let sql = format!(
+        "WITH s AS (
+            SELECT {b} AS b, sum(revenue) {COMPLETED} AS revenue, sum(orders) AS orders,
+                   sum(orders) {COMPLETED} AS completed, sum(units) {COMPLETED} AS units
+            FROM sales_metrics WHERE {st}{sd} GROUP BY 1),
+        v AS (
+            SELECT {b} AS b, sum(sessions) AS sessions
+            FROM session_metrics WHERE {st}{vd} GROUP BY 1),
+        series AS (
+            SELECT generate_series({lo}, {hi}, interval '{step} seconds') AS b)
+        SELECT {bucket} AS bucket,
+            coalesce(s.revenue, 0)::float8 AS revenue,
+            coalesce(s.orders, 0)::int8 AS orders,
+            coalesce(s.completed, 0)::int8 AS completed_orders,
+            coalesce(s.units, 0)::int8 AS units,
+            (s.revenue / nullif(s.completed, 0))::float8 AS avg_order_value,
+            coalesce(v.sessions, 0)::int8 AS sessions,
+            (coalesce(s.orders, 0)::numeric / nullif(v.sessions, 0))::float8 AS conversion_rate
+        FROM series LEFT JOIN s USING (b) LEFT JOIN v USING (b)
+        ORDER BY 1",
+        st = rollup_time(span, grain),
+        sd = dims(f, false),
+        vd = dims(f, true),
+        step = g.seconds(),
+        bucket = epoch_us("b"),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("bucket", TS),
+            ("revenue", F),
+            ("orders", I),
+            ("completed_orders", I),
+            ("units", I),
+            ("avg_order_value", F),
+            ("sessions", I),
+            ("conversion_rate", F),
+        ]),
+    }
+}
+
+pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
+    let sql = format!(
+        "SELECT category, coalesce(rev, 0)::float8 AS revenue, o::int8 AS orders,
+            coalesce(c, 0)::int8 AS completed_orders, coalesce(u, 0)::int8 AS units,
+            (rev / nullif(c, 0))::float8 AS avg_order_value,
+            (rev / nullif(sum(rev) OVER (), 0))::float8 AS revenue_share
+        FROM (SELECT category, sum(revenue) {COMPLETED} AS rev, sum(orders) AS o,
+                     sum(orders) {COMPLETED} AS c, sum(units) {COMPLETED} AS u
+              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+        ORDER BY 2 DESC, 1",
+        rollup_time(span, Grain::Day),
+        dims(f, false),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("category", T),
+            ("revenue", F),
+            ("orders", I),
+            ("completed_orders", I),
+            ("units", I),
+            ("avg_order_value", F),
+            ("revenue_share", F),
+        ]),
+    }
+}
+
+pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
+    let sql = format!(
+        "SELECT payment_method, o::int8 AS orders, coalesce(c, 0)::int8 AS completed_orders,
+            coalesce(fl, 0)::int8 AS failed_orders, coalesce(rev, 0)::float8 AS revenue,
+            (o::numeric / nullif(sum(o) OVER (), 0))::float8 AS order_share,
+            (rev / nullif(sum(rev) OVER (), 0))::float8 AS revenue_share,
+            (coalesce(fl, 0)::numeric / nullif(o, 0))::float8 AS failure_rate
+        FROM (SELECT payment_method, sum(orders) AS o, sum(orders) {COMPLETED} AS c,
+                     sum(orders) FILTER (WHERE status = 'failed') AS fl,
+                     sum(revenue) {COMPLETED} AS rev
+              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+        ORDER BY 2 DESC, 1",
+        rollup_time(span, Grain::Day),
+        dims(f, false),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("payment_method", T),
+            ("orders", I),
+            ("completed_orders", I),
+            ("failed_orders", I),
+            ("revenue", F),
+            ("order_share", F),
+            ("revenue_share", F),
+            ("failure_rate", F),
+        ]),
+    }
+}
+
+pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
+    let sql = format!(
+        "SELECT status, o::int8 AS orders, amt::float8 AS amount, u::int8 AS units,
+            (o::numeric / nullif(sum(o) OVER (), 0))::float8 AS order_share,
+            (amt / nullif(sum(amt) OVER (), 0))::float8 AS amount_share
+        FROM (SELECT status, sum(orders) AS o, sum(revenue) AS amt, sum(units) AS u
+              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+        ORDER BY 2 DESC, 1",
+        rollup_time(span, Grain::Day),
+        dims(f, false),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("status", T),
+            ("orders", I),
+            ("amount", F),
+            ("units", I),
+            ("order_share", F),
+            ("amount_share", F),
+        ]),
+    }
+}
+
+pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
+    let t = rollup_time(span, Grain::Day);
+    let sql = format!(
+        "SELECT region, coalesce(s.rev, 0)::float8 AS revenue, coalesce(s.o, 0)::int8 AS orders,
+            coalesce(s.c, 0)::int8 AS completed_orders, coalesce(v.n, 0)::int8 AS sessions,
+            (coalesce(s.o, 0)::numeric / nullif(v.n, 0))::float8 AS conversion_rate,
+            (s.rev / nullif(sum(s.rev) OVER (), 0))::float8 AS revenue_share
+        FROM (SELECT region, sum(revenue) {COMPLETED} AS rev, sum(orders) AS o,
+                     sum(orders) {COMPLETED} AS c
+              FROM sales_metrics WHERE {t}{sd} GROUP BY 1) s
+        FULL JOIN (SELECT region, sum(sessions) AS n
+              FROM session_metrics WHERE {t}{vd} GROUP BY 1) v USING (region)
+        ORDER BY 2 DESC, 1",
+        sd = dims(f, false),
+        vd = dims(f, true),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("region", T),
+            ("revenue", F),
+            ("orders", I),
+            ("completed_orders", I),
+            ("sessions", I),
+            ("conversion_rate", F),
+            ("revenue_share", F),
+        ]),
+    }
+}
+
+pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
+    let sql = if span.is_none() && f.no_dimensions() {
+        // All time, unfiltered: the running totals ingest keeps per product.
+        format!(
+            "SELECT product_id, name, category, orders::int8, units::int8, revenue::float8
+            FROM products WHERE orders > 0
+            ORDER BY revenue DESC, product_id LIMIT {limit}"
+        )
+    } else {
+        format!(
+            "SELECT t.product_id, coalesce(p.name, '') AS name, t.category, t.orders::int8,
+                t.units::int8, t.revenue::float8
+            FROM (SELECT product_id, min(category) AS category, count(*) AS orders,
+                         sum(quantity) AS units,
+                         coalesce(sum(total_amount) {COMPLETED}, 0) AS revenue
+                  FROM transactions WHERE {}{} GROUP BY 1) t
+            LEFT JOIN products p USING (product_id)
+            ORDER BY t.revenue DESC, t.product_id LIMIT {limit}",
+            raw_time(span, "occurred_at"),
+            dims(f, false),
+        )
+    };
+    Query {
+        sql,
+        columns: cols(&[
+            ("product_id", T),
+            ("name", T),
+            ("category", T),
+            ("orders", I),
+            ("units", I),
+            ("revenue", F),
+        ]),
+    }
+}
+
+pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
+    let sql = if span.is_none() && f.no_dimensions() {
+        format!(
+            "SELECT customer_id, region, orders::int8, completed_orders::int8, units::int8,
+                total_spent::float8 AS revenue
+            FROM customers WHERE orders > 0
+            ORDER BY total_spent DESC, customer_id LIMIT {limit}"
+        )
+    } else {
+        format!(
+            "SELECT customer_id, min(region) AS region, count(*)::int8 AS orders,
+                (count(*) {COMPLETED})::int8 AS completed_orders, sum(quantity)::int8 AS units,
+                coalesce(sum(total_amount) {COMPLETED}, 0)::float8 AS revenue
+            FROM transactions WHERE {}{} GROUP BY 1
+            ORDER BY 6 DESC, 1 LIMIT {limit}",
+            raw_time(span, "occurred_at"),
+            dims(f, false),
+        )
+    };
+    Query {
+        sql,
+        columns: cols(&[
+            ("customer_id", T),
+            ("region", T),
+            ("orders", I),
+            ("completed_orders", I),
+            ("units", I),
+            ("revenue", F),
+        ]),
+    }
+}
+
+pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
+    let sql = format!(
+        "WITH x AS (
+            SELECT extract(isodow FROM bucket AT TIME ZONE 'UTC')::int8 AS wd,
+                   extract(hour FROM bucket AT TIME ZONE 'UTC')::int8 AS hr,
+                   sum(orders) AS o, sum(revenue) {COMPLETED} AS rev
+            FROM sales_metrics WHERE {}{} GROUP BY 1, 2)
+        SELECT d.wd::int8 AS weekday, h.hr::int8 AS hour, coalesce(x.o, 0)::int8 AS orders,
+            coalesce(x.rev, 0)::float8 AS revenue
+        FROM generate_series(1, 7) d(wd) CROSS JOIN generate_series(0, 23) h(hr)
+        LEFT JOIN x ON x.wd = d.wd AND x.hr = h.hr
+        ORDER BY 1, 2",
+        rollup_time(span, Grain::Hour),
+        dims(f, false),
+    );
+    Query {
+        sql,
+        columns: cols(&[("weekday", I), ("hour", I), ("orders", I), ("revenue", F)]),
+    }
+}
+
+/// Raw rows, newest first. `after` = the `(occurred_at µs, id)` of the last
+/// row of the previous page, for keyset paging (exports).
+pub fn transactions(
+    f: &Filters,
+    span: Option<Span>,
+    limit: u64,
+    offset: u64,
+    after: Option<(i64, &str)>,
+) -> Query {
+    let keyset = match after {
+        Some((us, id)) => format!(
+            " AND (occurred_at, transaction_id) < \
+             ('epoch'::timestamptz + {us} * interval '1 microsecond', {}::uuid)",
+            text(id)
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT transaction_id::text, {occ} AS occurred_at, customer_id, session_id, product_id,
+            category, quantity::int8, unit_price::float8, discount::float8, total_amount::float8,
+            currency::text, payment_method, status, region, country::text, channel
+        FROM transactions WHERE {}{}{keyset}
+        ORDER BY transactions.occurred_at DESC, transaction_id DESC LIMIT {limit} OFFSET {offset}",
+        raw_time(span, "occurred_at"),
+        dims(f, false),
+        occ = epoch_us("occurred_at"),
+    );
+    Query {
+        sql,
+        columns: cols(&[
+            ("transaction_id", T),
+            ("occurred_at", TS),
+            ("customer_id", T),
+            ("session_id", T),
+            ("product_id", T),
+            ("category", T),
+            ("quantity", I),
+            ("unit_price", F),
+            ("discount", F),
+            ("total_amount", F),
+            ("currency", T),
+            ("payment_method", T),
+            ("status", T),
+            ("region", T),
+            ("country", T),
+            ("channel", T),
+        ]),
+    }
+}
+
+/// The query of a view.
+pub fn view_query(
+    view: ViewKind,
+    f: &Filters,
+    span: Option<Span>,
+    granularity: Granularity,
+    limit: Option<u64>,
+    offset: u64,
+) -> Query {
+    let limit = limit.unwrap_or(10);
+    match view {
+        ViewKind::Kpis => kpis(f, span, span.is_none() && f.no_dimensions()),
+        ViewKind::RevenueTrend => revenue_trend(f, span, granularity),
+        ViewKind::CategoryPerformance => category_performance(f, span),
+        ViewKind::PaymentMix => payment_mix(f, span),
+        ViewKind::StatusBreakdown => status_breakdown(f, span),
+        ViewKind::RegionBreakdown => region_breakdown(f, span),
+        ViewKind::TopProducts => top_products(f, span, limit),
+        ViewKind::TopCustomers => top_customers(f, span, limit),
+        ViewKind::WeekdayHour => weekday_hour(f, span),
+        ViewKind::Transactions => transactions(f, span, limit, offset, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn tiers_cover_the_span_exactly_with_coarse_middles() {
+        let span = minute_span(t("2026-11-01T22:17:30Z"), t("2026-11-04T01:02:00Z"));
+        assert_eq!(span.from, t("2026-11-01T22:17:00Z"));
+        let parts = tiers(span, Grain::Day);
+        let mut covered: Vec<Span> = parts.iter().map(|p| p.1).collect();
+        covered.sort_by_key(|s| s.from);
+        assert_eq!(covered.first().unwrap().from, span.from);
+        assert_eq!(covered.last().unwrap().to, span.to);
+        for w in covered.windows(2) {
+            assert_eq!(w[0].to, w[1].from, "gap or overlap in {parts:?}");
+        }
+        let days: Vec<_> = parts.iter().filter(|p| p.0 == Grain::Day).collect();
+        assert_eq!(days.len(), 1);
+        assert_eq!(days[0].1.len(), Duration::days(2));
+        // Nothing coarser than allowed.
+        assert!(tiers(span, Grain::Hour).iter().all(|p| p.0 <= Grain::Hour));
+        assert!(tiers(span, Grain::Minute)
+            .iter()
+            .all(|p| p.0 == Grain::Minute));
+        // A short span stays at minutes.
+        let short = minute_span(t("2026-11-01T10:05:00Z"), t("2026-11-01T10:50:00Z"));
+        assert_eq!(tiers(short, Grain::Day), vec![(Grain::Minute, short)]);
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(text("O'Brien \\ x"), "E'O\\'Brien \\\\ x'");
+        assert_eq!(text("a\0b"), "E'ab'");
+    }
+}

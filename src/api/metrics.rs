@@ -1,0 +1,316 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! Counters are this process's own (Prometheus adds them up across
+//! processes); consumer lag is read from the broker and the offsets stored in
+//! PostgreSQL, so any process can report it for the whole group.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::analytics::{Analytics, LATENCY_BUCKETS};
+use crate::bus::{self, ProducerStats};
+use crate::pipeline::IngestStats;
+use crate::store::Store;
+
+/// Where a consumer group's lag is read from.
+#[derive(Clone)]
+pub struct LagSource {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub store: Store,
+}
+
+/// What this process can report on; absent parts are left out.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub producer: Option<Arc<ProducerStats>>,
+    pub ingest: Option<Arc<IngestStats>>,
+    pub analytics: Option<Analytics>,
+    pub lag: Option<LagSource>,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Telemetry {
+    pub async fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if let Some(p) = &self.producer {
+            family(
+                &mut out,
+                "salespulse_events_produced_total",
+                "counter",
+                "Events acknowledged by the broker.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_events_produced_total {}",
+                p.delivered.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_produce_retries_total",
+                "counter",
+                "Application-level produce retries.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_produce_retries_total {}",
+                p.retried.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_produce_failures_total",
+                "counter",
+                "Events given up on after all retries.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_produce_failures_total {}",
+                p.failed.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(s) = &self.ingest {
+            family(
+                &mut out,
+                "salespulse_events_ingested_total",
+                "counter",
+                "Rows written to PostgreSQL, by kind.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_events_ingested_total{{kind=\"sale\"}} {}",
+                s.sales.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_events_ingested_total{{kind=\"session\"}} {}",
+                s.sessions.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_events_duplicate_total",
+                "counter",
+                "Redelivered events skipped as duplicates.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_events_duplicate_total {}",
+                s.duplicates.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_events_dead_lettered_total",
+                "counter",
+                "Invalid events sent to the dead-letter topic.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_events_dead_lettered_total {}",
+                s.dead_lettered.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_ingest_batches_total",
+                "counter",
+                "Batches committed.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_ingest_batches_total {}",
+                s.batches.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_ingest_write_retries_total",
+                "counter",
+                "Batch writes retried after a transient error.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_ingest_write_retries_total {}",
+                s.write_retries.load(Ordering::Relaxed)
+            );
+            family(
+                &mut out,
+                "salespulse_ingest_offsets_skipped_total",
+                "counter",
+                "Offsets the broker no longer had when ingest reached them.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_ingest_offsets_skipped_total {}",
+                s.offsets_skipped.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(lag) = &self.lag {
+            self.render_lag(&mut out, lag).await;
+        }
+        if let Some(a) = &self.analytics {
+            let pool = a.pool();
+            family(
+                &mut out,
+                "salespulse_pg_pool_connections",
+                "gauge",
+                "PostgreSQL pool connections, by state.",
+            );
+            let (size, idle) = (pool.size(), pool.num_idle() as u32);
+            let _ = writeln!(
+                out,
+                "salespulse_pg_pool_connections{{state=\"open\"}} {size}"
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_pg_pool_connections{{state=\"idle\"}} {idle}"
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_pg_pool_connections{{state=\"max\"}} {}",
+                pool.options().get_max_connections()
+            );
+
+            let cache = a.cache();
+            let status = cache.status();
+            family(
+                &mut out,
+                "salespulse_cache_up",
+                "gauge",
+                "1 when the Redis frame cache works, 0 when bypassed.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_cache_up {}",
+                u8::from(status.enabled && status.error.is_none())
+            );
+            let counters = cache.counters();
+            for (name, help, get) in [
+                (
+                    "salespulse_cache_hits_total",
+                    "Frames answered from Redis or a computation in flight.",
+                    (|c: &crate::cache::ViewCounters| c.hits)
+                        as fn(&crate::cache::ViewCounters) -> u64,
+                ),
+                (
+                    "salespulse_cache_misses_total",
+                    "Frames computed and stored.",
+                    |c| c.misses,
+                ),
+                (
+                    "salespulse_cache_bypasses_total",
+                    "Frames computed without the cache.",
+                    |c| c.bypasses,
+                ),
+                ("salespulse_cache_errors_total", "Redis errors.", |c| {
+                    c.errors
+                }),
+                (
+                    "salespulse_cache_coalesced_total",
+                    "Requests that waited for another's computation of the same frame.",
+                    |c| c.coalesced,
+                ),
+            ] {
+                family(&mut out, name, "counter", help);
+                for (view, c) in &counters {
+                    let _ = writeln!(out, "{name}{{view=\"{}\"}} {}", label(view), get(c));
+                }
+            }
+            let timings = a.timings();
+            family(
+                &mut out,
+                "salespulse_view_computations_total",
+                "counter",
+                "View computations against PostgreSQL.",
+            );
+            for (view, t) in &timings {
+                let _ = writeln!(
+                    out,
+                    "salespulse_view_computations_total{{view=\"{view}\"}} {}",
+                    t.computations
+                );
+            }
+            family(
+                &mut out,
+                "salespulse_view_seconds",
+                "histogram",
+                "View request latency, cache included.",
+            );
+            for (view, t) in &timings {
+                for (bound, n) in LATENCY_BUCKETS.iter().zip(t.buckets) {
+                    let _ = writeln!(
+                        out,
+                        "salespulse_view_seconds_bucket{{view=\"{view}\",le=\"{bound}\"}} {n}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "salespulse_view_seconds_bucket{{view=\"{view}\",le=\"+Inf\"}} {}",
+                    t.count
+                );
+                let _ = writeln!(
+                    out,
+                    "salespulse_view_seconds_sum{{view=\"{view}\"}} {}",
+                    t.sum_secs
+                );
+                let _ = writeln!(
+                    out,
+                    "salespulse_view_seconds_count{{view=\"{view}\"}} {}",
+                    t.count
+                );
+            }
+        }
+        out
+    }
+
+    async fn render_lag(&self, out: &mut String, lag: &LagSource) {
+        let (brokers, topic) = (lag.brokers.clone(), lag.topic.clone());
+        let ends = tokio::task::spawn_blocking(move || bus::end_offsets(&brokers, &topic)).await;
+        let ends = match ends {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                let _ = writeln!(out, "# consumer lag unavailable: {}", label(&e.to_string()));
+                return;
+            }
+            Err(e) => {
+                let _ = writeln!(out, "# consumer lag unavailable: {e}");
+                return;
+            }
+        };
+        let parts: Vec<i32> = ends.iter().map(|(p, _)| *p).collect();
+        let stored = match lag
+            .store
+            .stored_offsets(&lag.group, &lag.topic, &parts)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(out, "# consumer lag unavailable: {}", label(&e.to_string()));
+                return;
+            }
+        };
+        family(
+            out,
+            "salespulse_consumer_lag",
+            "gauge",
+            "Records in the topic not yet committed to PostgreSQL, per partition.",
+        );
+        for (p, end) in ends {
+            let done = stored.get(&p).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "salespulse_consumer_lag{{topic=\"{}\",group=\"{}\",partition=\"{p}\"}} {}",
+                label(&lag.topic),
+                label(&lag.group),
+                (end - done).max(0)
+            );
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! `salespulse bench analytics`: dashboard refresh over N transactions.
+//!
+//! Loads N generated transactions (default 10M over 90 days) into a database
+//! of its own with a bulk `COPY`, then builds exactly what ingest would have
+//! built from them: the rollups at three grains (SQL `GROUP BY` over the raw
+//! rows), customers, products, per-minute session rollups (aggregated while
+//! generating; the raw `sessions` rows, ~3.5 per order, are not stored), and
+//! the watermarks. The load is kept and reused by later runs with the same
+//! N, days and seed.
+//!
+//! Then, for three ranges (last 24 h, last 7 d, all):
+//! - **cold**: the Redis frame cache emptied, a full dashboard refresh
+//!   (kpis, revenue_trend, category_performance, payment_mix,
+//!   status_breakdown; concurrently, as the app does);
+//! - **warm**: the same refresh again, answered from Redis;
+//! - **GROUP BY**: the same aggregates computed by plain `GROUP BY` over
+//!   `transactions`, concurrently.
+//!
+//! And the two loaders on the same statement (100k raw transactions).
+//! PostgreSQL's own buffer cache is warm in every case (the bench cannot
+//! drop the OS page cache).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::analytics::{Analytics, Filters, LoadMode, TimeRange, ViewKind, ViewRequest};
+use crate::config::Config;
+use crate::event::{Event, SaleEvent};
+use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::store::{self, Batch, CopyRows, Store, TRANSACTION_COLUMNS};
+
+#[derive(Clone, Debug)]
+pub struct AnalyticsBenchOptions {
+    pub transactions: u64,
+    pub days: u32,
+    pub seed: u64,
+    pub repeat: usize,
+    pub reload: bool,
+    /// Database to load into (default `salespulse_analytics_bench`).
+    pub database: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Timing {
+    fn of(mut v: Vec<Duration>) -> Self {
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Timing {
+            median_ms: v.get(v.len() / 2).copied().map_or(0.0, ms),
+            max_ms: v.last().copied().map_or(0.0, ms),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RangeResult {
+    pub range: String,
+    pub cold: Timing,
+    pub warm: Timing,
+    pub group_by: Timing,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AnalyticsBenchReport {
+    pub transactions: u64,
+    pub span_from: Option<DateTime<Utc>>,
+    pub span_to: Option<DateTime<Utc>>,
+    pub load_secs: Option<f64>,
+    pub rollup_rows: i64,
+    pub ranges: Vec<RangeResult>,
+    pub loader_rows: u64,
+    pub loader_rows_mode: Timing,
+    pub loader_copy_mode: Timing,
+    pub repeat: usize,
+}
+
+impl std::fmt::Display for AnalyticsBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "data              {} transactions, {} to {}{}",
+            self.transactions,
+            self.span_from.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.span_to.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.load_secs
+                .map(|s| format!(" (loaded in {s:.0} s)"))
+                .unwrap_or_else(|| " (reused)".into())
+        )?;
+        writeln!(
+            f,
+            "rollup rows       {} (sales_metrics, all grains)",
+            self.rollup_rows
+        )?;
+        writeln!(
+            f,
+            "dashboard refresh = kpis + revenue_trend + category_performance + payment_mix + status_breakdown; median (max) of {} runs",
+            self.repeat
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:>22} {:>22} {:>22}",
+            "range", "cold (cache empty)", "warm (Redis)", "plain GROUP BY"
+        )?;
+        for r in &self.ranges {
+            let c = |t: &Timing| format!("{:.1} ms ({:.1})", t.median_ms, t.max_ms);
+            writeln!(
+                f,
+                "{:<10} {:>22} {:>22} {:>22}",
+                r.range,
+                c(&r.cold),
+                c(&r.warm),
+                c(&r.group_by)
+            )?;
+        }
+        write!(
+            f,
+            "loaders ({} raw transactions): rows {:.1} ms, COPY csv {:.1} ms (median)",
+            self.loader_rows, self.loader_rows_mode.median_ms, self.loader_copy_mode.median_ms
+        )
+    }
+}
+
+pub async fn run(
+    cfg: &Config,
+    opts: &AnalyticsBenchOptions,
+) -> anyhow::Result<AnalyticsBenchReport> {
+    let (base_url, _pg) = super::database_url(cfg).await?;
+    let db = opts
+        .database
+        .clone()
+        .unwrap_or_else(|| "salespulse_analytics_bench".into());
+    store::create_database_if_missing(&base_url, &db).await?;
+    let url = store::with_database(&base_url, &db)?;
+    let store = Store::connect(&url, cfg.pg_pool_size.max(5), Duration::from_secs(120)).await?;
+    store.migrate().await?;
+    let pool = store.pool();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_meta (transactions int8, days int4, seed int8, load_secs float8)",
+    )
+    .execute(pool)
+    .await?;
+    let meta = sqlx::query("SELECT transactions, days, seed, load_secs FROM bench_meta")
+        .fetch_optional(pool)
+        .await?;
+    let reusable = meta.as_ref().is_some_and(|r| {
+        r.try_get::<i64, _>(0).ok() == Some(opts.transactions as i64)
+            && r.try_get::<i32, _>(1).ok() == Some(opts.days as i32)
+            && r.try_get::<i64, _>(2).ok() == Some(opts.seed as i64)
+    });
+    let load_secs = if reusable && !opts.reload {
+        eprintln!("reusing the data loaded earlier in database {db}");
+        None
+    } else {
+        eprintln!(
+            "loading {} transactions into database {db} ...",
+            opts.transactions
+        );
+        let started = Instant::now();
+        load(&store, opts).await.context("loading the bench data")?;
+        let secs = started.elapsed().as_secs_f64();
+        sqlx::query("DELETE FROM bench_meta").execute(pool).await?;
+        sqlx::query("INSERT INTO bench_meta VALUES ($1, $2, $3, $4)")
+            .bind(opts.transactions as i64)
+            .bind(opts.days as i32)
+            .bind(opts.seed as i64)
+            .bind(secs)
+            .execute(pool)
+            .await?;
+        Some(secs)
+    };
+
+    let mut cache_cfg = cfg.clone();
+    if cache_cfg.cache_ttl_secs == 0 {
+        cache_cfg.cache_ttl_secs = 3_600;
+    }
+    let analytics = super::analytics(&cache_cfg, &store)?;
+    anyhow::ensure!(
+        analytics.cache().probe().await.error.is_none(),
+        "the bench needs Redis at {} for its warm figures",
+        crate::config::redact_url(&cfg.redis_url)
+    );
+    let versions = analytics.versions().await?;
+    let (span_from, span_to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        match sqlx::query("SELECT min(occurred_at), max(occurred_at) FROM transactions")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(r) => (r.try_get(0)?, r.try_get(1)?),
+            Err(e) => return Err(e.into()),
+        };
+    let rollup_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sales_metrics")
+        .fetch_one(pool)
+        .await?;
+
+    let mut ranges = Vec::new();
+    for (name, range) in [
+        ("24h", TimeRange::Last { minutes: 1_440 }),
+        ("7d", TimeRange::Last { minutes: 7 * 1_440 }),
+        ("all", TimeRange::All),
+    ] {
+        let filters = Filters {
+            range,
+            ..Filters::default()
+        };
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for _ in 0..opts.repeat {
+            analytics.cache().clear().await?;
+            let t = Instant::now();
+            let r = analytics.dashboard(&filters).await?;
+            cold.push(t.elapsed());
+            anyhow::ensure!(r.iter().all(|v| v.outcome == crate::cache::Outcome::Miss));
+            let t = Instant::now();
+            let r = analytics.dashboard(&filters).await?;
+            warm.push(t.elapsed());
+            anyhow::ensure!(r.iter().all(|v| v.outcome == crate::cache::Outcome::Hit));
+        }
+        let req = ViewRequest::new(ViewKind::Kpis).with_filters(filters.clone());
+        let (span, g) = Analytics::resolve(&req, &versions);
+        let mut group_by = Vec::new();
+        for _ in 0..opts.repeat {
+            let t = Instant::now();
+            plain_group_by(pool, span, g).await?;
+            group_by.push(t.elapsed());
+        }
+        ranges.push(RangeResult {
+            range: name.into(),
+            cold: Timing::of(cold),
+            warm: Timing::of(warm),
+            group_by: Timing::of(group_by),
+        });
+    }
+
+    let loader_rows = opts.transactions.min(100_000);
+    let mut req = ViewRequest::new(ViewKind::Transactions);
+    req.limit = Some(loader_rows.max(1));
+    let mut by_mode = Vec::new();
+    for mode in [LoadMode::Rows, LoadMode::Copy] {
+        let a = analytics.clone().with_load_mode(mode);
+        let mut times = Vec::new();
+        for _ in 0..opts.repeat {
+            let t = Instant::now();
+            let df = a
+                .compute(&req, None, crate::analytics::Granularity::Day)
+                .await?;
+            times.push(t.elapsed());
+            anyhow::ensure!(df.height() as u64 == loader_rows.max(1).min(opts.transactions));
+        }
+        by_mode.push(Timing::of(times));
+    }
+    let loader_copy_mode = by_mode.pop().context("copy timing")?;
+    let loader_rows_mode = by_mode.pop().context("rows timing")?;
+    Ok(AnalyticsBenchReport {
+        transactions: opts.transactions,
+        span_from,
+        span_to,
+        load_secs,
+        rollup_rows,
+        ranges,
+        loader_rows,
+        loader_rows_mode,
+        loader_copy_mode,
+        repeat: opts.repeat,
+    })
+}
+
+/// The dashboard's aggregates straight from `transactions`, concurrently.
+async fn plain_group_by(
+    pool: &sqlx::PgPool,
+    span: Option<crate::analytics::Span>,
+    g: crate::analytics::Granularity,
+) -> anyhow::Result<()> {
+    let w = match span {
+        Some(s) => format!(
+            "occurred_at >= {} AND occurred_at < {}",
+            crate::analytics::sql::ts(s.from),
+            crate::analytics::sql::ts(s.to)
+        ),
+        None => "TRUE".into(),
+    };
+    let trunc = match g {
+        crate::analytics::Granularity::Week => "week",
+        crate::analytics::Granularity::Day => "day",
+        crate::analytics::Granularity::Hour => "hour",
+        _ => "minute",
+    };
+    let c = "FILTER (WHERE status = 'completed')";
+    let queries = [
+        format!(
+            "SELECT sum(total_amount) {c}, count(*), count(*) {c}, sum(quantity) {c},
+                    count(*) FILTER (WHERE status = 'refunded'), count(DISTINCT customer_id)
+             FROM transactions WHERE {w}"
+        ),
+        format!(
+            "SELECT date_trunc('{trunc}', occurred_at, 'UTC'), sum(total_amount) {c}, count(*),
+                    count(*) {c}, sum(quantity) {c}
+             FROM transactions WHERE {w} GROUP BY 1 ORDER BY 1"
+        ),
+        format!(
+            "SELECT category, sum(total_amount) {c}, count(*), count(*) {c}, sum(quantity) {c}
+             FROM transactions WHERE {w} GROUP BY 1"
+        ),
+        format!(
+            "SELECT payment_method, count(*), count(*) {c},
+                    count(*) FILTER (WHERE status = 'failed'), sum(total_amount) {c}
+             FROM transactions WHERE {w} GROUP BY 1"
+        ),
+        format!(
+            "SELECT status, count(*), sum(total_amount), sum(quantity)
+             FROM transactions WHERE {w} GROUP BY 1"
+        ),
+    ];
+    futures::future::try_join_all(
+        queries
+            .iter()
+            .map(|q| sqlx::query(sqlx::AssertSqlSafe(q.clone())).fetch_all(pool)),
+    )
+    .await?;
+    Ok(())
+}
+
+type SessionKey = (&'static str, i64, String, String);
+
+/// Generates and bulk-loads the data set; see the module docs.
+async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()> {
+    let pool = store.pool();
+    for t in [
+        "transactions",
+        "sessions",
+        "customers",
+        "products",
+        "sales_metrics",
+        "session_metrics",
+        "ingest_offsets",
+        "ingest_watermarks",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {t}")))
+            .execute(pool)
+            .await?;
+    }
+    // Bulk load without the secondary indexes and the key; rebuilt after.
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'transactions' \
+         AND indexname <> 'transactions_pkey'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (name, _) in &indexes {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
+            .execute(pool)
+            .await?;
+    }
+    sqlx::query("ALTER TABLE transactions DROP CONSTRAINT transactions_pkey")
+        .execute(pool)
+        .await?;
+
+    // Sessions per hour so that N sales span `days` (about 0.28 orders per session).
+    let params = GeneratorParams {
+        sessions_per_hour: (opts.transactions as f64 / 0.28 / (f64::from(opts.days.max(1)) * 24.0))
+            .max(1.0),
+        ..GeneratorParams::default()
+    };
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
+        .single()
+        .context("start time")?;
+    let mut generator = Generator::new(params, opts.seed, Clock::Simulated(start))?;
+    let target = opts.transactions;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut sessions: HashMap<SessionKey, [i64; 4]> = HashMap::new();
+        let mut customer_sessions: HashMap<String, i64> = HashMap::new();
+        let mut product_names: HashMap<String, String> = HashMap::new();
+        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
+        let mut made = 0u64;
+        let mut chunk: Vec<(SaleEvent, i32, i64)> = Vec::with_capacity(50_000);
+        while made < target {
+            match generator.next_event() {
+                Event::Sale(s) => {
+                    made += 1;
+                    let t = s.occurred_at.timestamp();
+                    min_t = min_t.min(t);
+                    max_t = max_t.max(t);
+                    if !product_names.contains_key(&s.product_id) {
+                        product_names.insert(s.product_id.clone(), s.product_name.clone());
+                    }
+                    chunk.push((s, 0, 0));
+                    if chunk.len() == chunk.capacity() {
+                        let batch = Batch {
+                            sales: std::mem::take(&mut chunk),
+                            ..Batch::default()
+                        };
+                        chunk.reserve(50_000);
+                        if tx.blocking_send(CopyRows::of(&batch).transactions).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Event::Session(s) => {
+                    let t = s.started_at.timestamp();
+                    for (grain, width) in store::GRAINS {
+                        let k = (
+                            grain,
+                            t - t.rem_euclid(width),
+                            s.region.clone(),
+                            s.channel.as_str().to_owned(),
+                        );
+                        let e = sessions.entry(k).or_default();
+                        e[0] += 1;
+                        e[1] += i64::from(s.orders > 0);
+                        e[2] += i64::from(s.orders);
+                        e[3] += i64::from(s.page_views);
+                    }
+                    *customer_sessions.entry(s.customer_id).or_default() += 1;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let batch = Batch {
+                sales: chunk,
+                ..Batch::default()
+            };
+            let _ = tx.blocking_send(CopyRows::of(&batch).transactions);
+        }
+        (sessions, customer_sessions, product_names, min_t, max_t)
+    });
+
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY transactions ({TRANSACTION_COLUMNS}) FROM STDIN"
+        ))
+        .await?;
+    while let Some(buf) = rx.recv().await {
+        copy.send(buf).await?;
+    }
+    copy.finish().await?;
+    drop(conn);
+    let (sessions, customer_sessions, product_names, min_t, max_t) = producer.await?;
+    anyhow::ensure!(min_t <= max_t, "no transactions generated");
+
+    sqlx::query("ALTER TABLE transactions ADD PRIMARY KEY (transaction_id)")
+        .execute(pool)
+        .await?;
+    for (_, def) in &indexes {
+        sqlx::query(sqlx::AssertSqlSafe(def.clone()))
+            .execute(pool)
+            .await?;
+    }
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET work_mem = '512MB'")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO sales_metrics (grain, bucket, category, payment_method, status, region,
+             channel, orders, units, revenue, discount)
+         SELECT g, date_trunc(g, occurred_at, 'UTC'), category, payment_method, status, region,
+             channel, count(*), sum(quantity), sum(total_amount), sum(discount)
+         FROM transactions CROSS JOIN unnest(ARRAY['minute', 'hour', 'day']) g
+         GROUP BY 1, 2, 3, 4, 5, 6, 7",
+    )
+    .execute(&mut *conn)
+    .await?;
+    drop(conn);
+
+    // Sessions rollups, customers and products from the generation pass.
+    let ts = |t: i64| DateTime::from_timestamp(t, 0).unwrap_or_default();
+    let (mut grains, mut buckets, mut regions, mut channels) = (vec![], vec![], vec![], vec![]);
+    let mut counts: [Vec<i64>; 4] = Default::default();
+    for ((g, b, r, ch), v) in sessions {
+        grains.push(g);
+        buckets.push(ts(b));
+        regions.push(r);
+        channels.push(ch);
+        for (col, x) in counts.iter_mut().zip(v) {
+            col.push(x);
+        }
+    }
+    let [a, b, c, d] = counts;
+    sqlx::query(
+        "INSERT INTO session_metrics (grain, bucket, region, channel, sessions, converted_sessions,
+             orders, page_views)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[],
+             $6::int8[], $7::int8[], $8::int8[])",
+    )
+    .bind(grains)
+    .bind(buckets)
+    .bind(regions)
+    .bind(channels)
+    .bind(a)
+    .bind(b)
+    .bind(c)
+    .bind(d)
+    .execute(pool)
+    .await?;
+
+    // Customers and products as ingest keeps them, from the loaded rows.
+    let (ids, counts): (Vec<String>, Vec<i64>) = customer_sessions.into_iter().unzip();
+    let names: (Vec<String>, Vec<String>) = product_names.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO customers (customer_id, region, country, first_seen, last_seen, sessions,
+             orders, completed_orders, units, total_spent)
+         SELECT customer_id, min(region), min(country), min(occurred_at), max(occurred_at),
+             coalesce(min(s.n), 0), count(*), count(*) FILTER (WHERE status = 'completed'),
+             sum(quantity), coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
+         FROM transactions
+         LEFT JOIN UNNEST($1::text[], $2::int8[]) AS s(id, n) ON s.id = customer_id
+         GROUP BY customer_id",
+    )
+    .bind(ids)
+    .bind(counts)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO products (product_id, name, category, list_price, first_seen, last_seen,
+             orders, units, revenue)
+         SELECT product_id, coalesce(min(p.name), ''), min(category), max(unit_price),
+             min(occurred_at), max(occurred_at), count(*), sum(quantity),
+             coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
+         FROM transactions
+         LEFT JOIN UNNEST($1::text[], $2::text[]) AS p(id, name) ON p.id = product_id
+         GROUP BY product_id",
+    )
+    .bind(names.0)
+    .bind(names.1)
+    .execute(pool)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO ingest_watermarks (topic, partition, commits, late_commits, max_event_at,
+             last_min_at)
+         VALUES ('bench', 0, 1, 1, $1, $2)",
+    )
+    .bind(ts(max_t))
+    .bind(ts(min_t))
+    .execute(pool)
+    .await?;
+    for t in [
+        "transactions",
+        "sales_metrics",
+        "session_metrics",
+        "customers",
+        "products",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {t}")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,710 @@
+//! The analytics layer against a real PostgreSQL and Redis.
+//!
+//! Every view is compared with an independent SQL computation over the raw
+//! `transactions` and `sessions` rows (never the rollups the views read), on
+//! ~3 days of seeded data, for a range that cuts across minute, hour and day
+//! grains, for all data, and with dimension filters.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use polars::prelude::{AnyValue, DataFrame};
+use salespulse::analytics::{
+    Analytics, Filters, Granularity, LoadMode, TimeRange, ViewKind, ViewRequest,
+};
+use salespulse::cache::{FrameCache, Outcome};
+use salespulse::event::Event;
+use salespulse::store::Store;
+
+use common::*;
+
+type Rows = Vec<Vec<Option<String>>>;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// ~12k events: ~2.8 days from 2026-03-02 00:00 UTC.
+async fn seeded(tag: &str) -> (TestDb, HashMap<i32, i64>, salespulse::generator::Generator) {
+    let db = TestDb::new(tag).await;
+    let mut g = sparse_generator(7, 150.0);
+    let events: Vec<Event> = (0..12_000).map(|_| g.next_event()).collect();
+    let mut offsets = HashMap::new();
+    write_events(&db.store, events, 1_500, &mut offsets).await;
+    (db, offsets, g)
+}
+
+fn analytics(store: &Store, cache: FrameCache) -> Analytics {
+    Analytics::new(store.pool().clone(), Arc::new(cache), LoadMode::Rows)
+}
+
+fn no_cache(store: &Store) -> Analytics {
+    analytics(store, FrameCache::disabled())
+}
+
+fn cell(v: AnyValue) -> Option<String> {
+    match v {
+        AnyValue::Null => None,
+        AnyValue::Int64(i) => Some(i.to_string()),
+        AnyValue::Float64(f) => Some(format!("{f:.4}")),
+        AnyValue::String(s) => Some(s.to_owned()),
+        AnyValue::StringOwned(s) => Some(s.to_string()),
+        AnyValue::Datetime(us, _, _) | AnyValue::DatetimeOwned(us, _, _) => Some(us.to_string()),
+        other => panic!("unexpected value {other:?}"),
+    }
+}
+
+fn frame_rows(df: &DataFrame) -> Rows {
+    (0..df.height())
+        .map(|i| {
+            df.columns()
+                .iter()
+                .map(|c| cell(c.get(i).unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+async fn reference(store: &Store, sql: &str) -> Rows {
+    use sqlx::Row;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("reference query failed: {e}\n{sql}"));
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// The WHERE fragments of a range and filters, over the raw tables.
+struct Where {
+    tx: String,
+    sessions: String,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+fn lit(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn where_of(f: &Filters, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Where {
+    let mut tx = String::from("TRUE");
+    let mut sessions = String::from("TRUE");
+    if let (Some(a), Some(b)) = (from, to) {
+        tx += &format!(
+            " AND occurred_at >= '{}' AND occurred_at < '{}'",
+            a.to_rfc3339(),
+            b.to_rfc3339()
+        );
+        sessions += &format!(
+            " AND started_at >= '{}' AND started_at < '{}'",
+            a.to_rfc3339(),
+            b.to_rfc3339()
+        );
+    }
+    for (col, v, both) in [
+        ("category", &f.categories, false),
+        ("payment_method", &f.payment_methods, false),
+        ("status", &f.statuses, false),
+        ("region", &f.regions, true),
+        ("channel", &f.channels, true),
+    ] {
+        if !v.is_empty() {
+            tx += &format!(" AND {col} IN ({})", lit(v));
+            if both {
+                sessions += &format!(" AND {col} IN ({})", lit(v));
+            }
+        }
+    }
+    Where {
+        tx,
+        sessions,
+        from,
+        to,
+    }
+}
+
+const C: &str = "FILTER (WHERE status = 'completed')";
+
+fn us(t: Option<DateTime<Utc>>) -> String {
+    match t {
+        Some(t) => format!("'{}'", t.timestamp_micros()),
+        None => "NULL".into(),
+    }
+}
+
+fn kpis_sql(w: &Where, label: &str) -> String {
+    format!(
+        "SELECT '{label}', {f}, {to},
+            round(coalesce(sum(total_amount) {C}, 0), 4)::text, count(*)::text,
+            (count(*) {C})::text, coalesce(sum(quantity) {C}, 0)::text,
+            round(sum(total_amount) {C} / nullif(count(*) {C}, 0), 4)::text,
+            (SELECT count(*) FROM sessions WHERE {s})::text,
+            round(count(*)::numeric / nullif((SELECT count(*) FROM sessions WHERE {s}), 0), 4)::text,
+            (count(*) FILTER (WHERE status = 'refunded'))::text,
+            round((count(*) FILTER (WHERE status = 'refunded'))::numeric / nullif(count(*), 0), 4)::text,
+            count(DISTINCT customer_id)::text
+         FROM transactions WHERE {tx}",
+        f = us(w.from),
+        to = us(w.to),
+        s = w.sessions,
+        tx = w.tx,
+    )
+}
+
+fn trend_sql(w: &Where, g: &str, step: &str) -> String {
+    let b = |col: &str| {
+        if g.ends_with("minutes") {
+            format!("date_bin('{g}', {col}, TIMESTAMPTZ '2000-01-01 00:00:00+00')")
+        } else {
+            format!("date_trunc('{g}', {col}, 'UTC')")
+        }
+    };
+    format!(
+        "WITH s AS (SELECT {bt} b, sum(total_amount) {C} rev, count(*) o, count(*) {C} c,
+                           sum(quantity) {C} u
+                    FROM transactions WHERE {tx} GROUP BY 1),
+              v AS (SELECT {bs} b, count(*) n FROM sessions WHERE {s} GROUP BY 1)
+         SELECT (extract(epoch FROM g.b) * 1000000)::int8::text, round(coalesce(s.rev, 0), 4)::text,
+            coalesce(s.o, 0)::text, coalesce(s.c, 0)::text, coalesce(s.u, 0)::text,
+            round(s.rev / nullif(s.c, 0), 4)::text, coalesce(v.n, 0)::text,
+            round(coalesce(s.o, 0)::numeric / nullif(v.n, 0), 4)::text
+         FROM generate_series({lo}, {hi}, interval '{step}') g(b)
+         LEFT JOIN s ON s.b = g.b LEFT JOIN v ON v.b = g.b ORDER BY g.b",
+        bt = b("occurred_at"),
+        bs = b("started_at"),
+        tx = w.tx,
+        s = w.sessions,
+        lo = b(&format!("'{}'::timestamptz", w.from.unwrap().to_rfc3339())),
+        hi = b(&format!(
+            "('{}'::timestamptz - interval '1 microsecond')",
+            w.to.unwrap().to_rfc3339()
+        )),
+    )
+}
+
+fn reference_sql(view: ViewKind, w: &Where, limit: u64) -> String {
+    let tx = &w.tx;
+    match view {
+        ViewKind::Kpis => unreachable!(),
+        ViewKind::RevenueTrend => unreachable!(),
+        ViewKind::CategoryPerformance => format!(
+            "SELECT category, round(coalesce(rev, 0), 4)::text, o::text, coalesce(c, 0)::text,
+                coalesce(u, 0)::text, round(rev / nullif(c, 0), 4)::text,
+                round(rev / nullif(sum(rev) OVER (), 0), 4)::text
+             FROM (SELECT category, sum(total_amount) {C} rev, count(*) o, count(*) {C} c,
+                          sum(quantity) {C} u FROM transactions WHERE {tx} GROUP BY 1) x
+             ORDER BY coalesce(rev, 0) DESC, category"
+        ),
+        ViewKind::PaymentMix => format!(
+            "SELECT payment_method, o::text, c::text, fl::text, round(coalesce(rev, 0), 4)::text,
+                round(o::numeric / sum(o) OVER (), 4)::text,
+                round(rev / nullif(sum(rev) OVER (), 0), 4)::text,
+                round(fl::numeric / o, 4)::text
+             FROM (SELECT payment_method, count(*) o, count(*) {C} c,
+                          count(*) FILTER (WHERE status = 'failed') fl, sum(total_amount) {C} rev
+                   FROM transactions WHERE {tx} GROUP BY 1) x
+             ORDER BY x.o DESC, payment_method"
+        ),
+        ViewKind::StatusBreakdown => format!(
+            "SELECT status, o::text, round(a, 4)::text, u::text,
+                round(o::numeric / sum(o) OVER (), 4)::text,
+                round(a / nullif(sum(a) OVER (), 0), 4)::text
+             FROM (SELECT status, count(*) o, sum(total_amount) a, sum(quantity) u
+                   FROM transactions WHERE {tx} GROUP BY 1) x
+             ORDER BY x.o DESC, status"
+        ),
+        ViewKind::RegionBreakdown => format!(
+            "SELECT region, round(coalesce(s.rev, 0), 4)::text, coalesce(s.o, 0)::text,
+                coalesce(s.c, 0)::text, coalesce(v.n, 0)::text,
+                round(coalesce(s.o, 0)::numeric / nullif(v.n, 0), 4)::text,
+                round(s.rev / nullif(sum(s.rev) OVER (), 0), 4)::text
+             FROM (SELECT region, sum(total_amount) {C} rev, count(*) o, count(*) {C} c
+                   FROM transactions WHERE {tx} GROUP BY 1) s
+             FULL JOIN (SELECT region, count(*) n FROM sessions WHERE {s} GROUP BY 1) v USING (region)
+             ORDER BY coalesce(s.rev, 0) DESC, region",
+            s = w.sessions
+        ),
+        ViewKind::TopProducts => format!(
+            "SELECT t.product_id, p.name, t.category, t.o::text, t.u::text, round(t.rev, 4)::text
+             FROM (SELECT product_id, min(category) category, count(*) o, sum(quantity) u,
+                          coalesce(sum(total_amount) {C}, 0) rev
+                   FROM transactions WHERE {tx} GROUP BY 1) t JOIN products p USING (product_id)
+             ORDER BY t.rev DESC, t.product_id LIMIT {limit}"
+        ),
+        ViewKind::TopCustomers => format!(
+            "SELECT customer_id, min(region), count(*)::text, (count(*) {C})::text,
+                sum(quantity)::text, round(coalesce(sum(total_amount) {C}, 0), 4)::text
+             FROM transactions WHERE {tx} GROUP BY 1
+             ORDER BY coalesce(sum(total_amount) {C}, 0) DESC, customer_id LIMIT {limit}"
+        ),
+        ViewKind::WeekdayHour => format!(
+            "WITH x AS (SELECT extract(isodow FROM occurred_at AT TIME ZONE 'UTC') wd,
+                               extract(hour FROM occurred_at AT TIME ZONE 'UTC') hr,
+                               count(*) o, sum(total_amount) {C} rev
+                        FROM transactions WHERE {tx} GROUP BY 1, 2)
+             SELECT d::text, h::text, coalesce(o, 0)::text, round(coalesce(rev, 0), 4)::text
+             FROM generate_series(1, 7) d CROSS JOIN generate_series(0, 23) h
+             LEFT JOIN x ON x.wd = d AND x.hr = h ORDER BY d.d, h.h"
+        ),
+        ViewKind::Transactions => format!(
+            "SELECT transaction_id::text, (extract(epoch FROM occurred_at) * 1000000)::int8::text,
+                customer_id, session_id, product_id, category, quantity::text,
+                round(unit_price, 4)::text, round(discount, 4)::text, round(total_amount, 4)::text,
+                currency::text, payment_method, status, region, country::text, channel
+             FROM transactions WHERE {tx}
+             ORDER BY occurred_at DESC, transaction_id DESC LIMIT {limit} OFFSET 10"
+        ),
+    }
+}
+
+async fn assert_view(a: &Analytics, store: &Store, req: ViewRequest, expected_sql: &str) {
+    let got = a.view(&req).await.unwrap();
+    let want = reference(store, expected_sql).await;
+    let have = frame_rows(&got.frame);
+    assert!(!want.is_empty(), "{}: reference has no rows", req.view);
+    assert_eq!(
+        have.len(),
+        want.len(),
+        "{} row count, request {req:?}",
+        req.view
+    );
+    for (i, (h, w)) in have.iter().zip(&want).enumerate() {
+        assert!(
+            same_row(h, w),
+            "{} row {i} differs, request {req:?}\n  view: {h:?}\n   sql: {w:?}",
+            req.view
+        );
+    }
+}
+
+/// Cells are equal as text, or both numbers within the 4-decimal rounding
+/// of each side (a float64 ratio and a numeric one can round a final 5
+/// differently).
+fn same_row(h: &[Option<String>], w: &[Option<String>]) -> bool {
+    h.len() == w.len()
+        && h.iter().zip(w).all(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) if a != b => match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) => (x - y).abs() <= 1.5e-4,
+                _ => false,
+            },
+            _ => a == b,
+        })
+}
+
+async fn all_views_match(a: &Analytics, store: &Store, f: Filters) {
+    let (from, to) = match &f.range {
+        TimeRange::Between { from, to } => (Some(*from), Some(*to)),
+        _ => (None, None),
+    };
+    let w = where_of(&f, from, to);
+    let req = |v: ViewKind| ViewRequest::new(v).with_filters(f.clone());
+
+    // kpis: current and previous period (or no previous for all data).
+    let prev = match (from, to) {
+        (Some(a), Some(b)) => kpis_sql(&where_of(&f, Some(a - (b - a)), Some(a)), "previous"),
+        _ => "SELECT 'previous', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+              NULL, NULL"
+            .into(),
+    };
+    assert_view(
+        a,
+        store,
+        req(ViewKind::Kpis),
+        &format!("{} UNION ALL {prev}", kpis_sql(&w, "current")),
+    )
+    .await;
+
+    if from.is_some() {
+        for (g, name, step) in [
+            (Granularity::Hour, "hour", "1 hour"),
+            (Granularity::FifteenMinutes, "15 minutes", "15 minutes"),
+            (Granularity::Day, "day", "1 day"),
+        ] {
+            let mut r = req(ViewKind::RevenueTrend);
+            r.granularity = Some(g);
+            assert_view(a, store, r, &trend_sql(&w, name, step)).await;
+        }
+    }
+    for v in [
+        ViewKind::CategoryPerformance,
+        ViewKind::PaymentMix,
+        ViewKind::StatusBreakdown,
+        ViewKind::RegionBreakdown,
+        ViewKind::TopProducts,
+        ViewKind::TopCustomers,
+        ViewKind::WeekdayHour,
+    ] {
+        assert_view(a, store, req(v), &reference_sql(v, &w, 10)).await;
+    }
+    let mut r = req(ViewKind::Transactions);
+    r.limit = Some(50);
+    r.offset = 10;
+    assert_view(a, store, r, &reference_sql(ViewKind::Transactions, &w, 50)).await;
+}
+
+fn cross_grain_range() -> TimeRange {
+    // Minute edges, hour edges and one whole day in the middle.
+    TimeRange::Between {
+        from: t("2026-03-02T10:13:00Z"),
+        to: t("2026-03-04T15:47:00Z"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_matches_sql_over_raw_rows() {
+    let (db, _, _) = seeded("views").await;
+    let a = no_cache(&db.store);
+    all_views_match(
+        &a,
+        &db.store,
+        Filters {
+            range: cross_grain_range(),
+            ..Filters::default()
+        },
+    )
+    .await;
+    all_views_match(&a, &db.store, Filters::default()).await;
+    // Dimension filters (two values for some, one for others).
+    let cats: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT category FROM transactions ORDER BY 1 LIMIT 2")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    let region: String = sqlx::query_scalar("SELECT min(region) FROM transactions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    let f = Filters {
+        range: cross_grain_range(),
+        categories: cats,
+        statuses: vec!["completed".into(), "refunded".into()],
+        channels: vec!["web".into(), "mobile".into()],
+        regions: vec![region],
+        payment_methods: vec![],
+    };
+    all_views_match(&a, &db.store, f).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_loaders_give_the_same_frames() {
+    let (db, _, _) = seeded("loaders").await;
+    let rows = no_cache(&db.store);
+    let copy = no_cache(&db.store).with_load_mode(LoadMode::Copy);
+    for v in ViewKind::ALL {
+        for range in [TimeRange::All, cross_grain_range()] {
+            let mut req = ViewRequest::new(v).with_range(range);
+            if v == ViewKind::Transactions {
+                req.limit = Some(5_000);
+            }
+            let a = rows.view(&req).await.unwrap().frame;
+            let b = copy.view(&req).await.unwrap().frame;
+            assert_eq!(a.schema(), b.schema(), "{v}");
+            assert!(
+                a.equals_missing(&b),
+                "{v}: rows and COPY loaders differ\n{a}\n{b}"
+            );
+            assert!(a.height() > 0, "{v}");
+        }
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_ranges_end_at_the_newest_event() {
+    let (db, _, _) = seeded("relative").await;
+    let a = no_cache(&db.store);
+    let newest: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT greatest((SELECT max(occurred_at) FROM transactions), (SELECT max(started_at) FROM sessions))",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    let r = a
+        .view(&ViewRequest::new(ViewKind::RevenueTrend).with_range(TimeRange::Last { minutes: 60 }))
+        .await
+        .unwrap();
+    let span = r.span.unwrap();
+    assert!(
+        span.from <= newest && newest < span.to,
+        "{span:?} vs {newest}"
+    );
+    assert_eq!(span.len(), chrono::Duration::minutes(60));
+    assert_eq!(r.granularity, Some(Granularity::Minute));
+    assert_eq!(r.frame.height(), 60);
+    db.drop().await;
+}
+
+// ---- cache -------------------------------------------------------------
+
+fn redis_cache(ttl: Duration) -> FrameCache {
+    FrameCache::new(&redis_url(), ttl).unwrap()
+}
+
+fn orders(df: &DataFrame) -> i64 {
+    df.column("orders").unwrap().i64().unwrap().get(0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_misses_and_expires() {
+    let (db, _, _) = seeded("cachettl").await;
+    let a = analytics(&db.store, redis_cache(Duration::from_millis(1_500)));
+    let req = ViewRequest::new(ViewKind::CategoryPerformance).with_range(cross_grain_range());
+    let first = a.view(&req).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Miss);
+    let second = a.view(&req).await.unwrap();
+    assert_eq!(second.outcome, Outcome::Hit);
+    assert!(first.frame.equals_missing(&second.frame));
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(
+        a.view(&req).await.unwrap().outcome,
+        Outcome::Miss,
+        "TTL passed"
+    );
+    let c = a.cache().counters()["category_performance"].clone();
+    assert_eq!((c.hits, c.misses, c.errors), (1, 2, 0));
+    assert_eq!(a.timings()["category_performance"].computations, 2);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_data_invalidates_the_open_bucket_only() {
+    let (db, mut offsets, mut g) = seeded("cacheinval").await;
+    let a = analytics(&db.store, redis_cache(Duration::from_secs(600)));
+    let fresh = no_cache(&db.store);
+    // A fixed range that reaches past the newest event: the open bucket.
+    let open = ViewRequest::new(ViewKind::Kpis).with_range(TimeRange::Between {
+        from: t("2026-03-04T12:00:00Z"),
+        to: t("2026-03-06T00:00:00Z"),
+    });
+    let closed = ViewRequest::new(ViewKind::Kpis).with_range(cross_grain_range());
+    let v = a.versions().await.unwrap();
+    assert!(
+        v.closed_until.unwrap() >= t("2026-03-04T15:47:00Z"),
+        "{v:?}"
+    );
+
+    let open1 = a.view(&open).await.unwrap();
+    let closed1 = a.view(&closed).await.unwrap();
+    assert_eq!(
+        (open1.outcome, closed1.outcome),
+        (Outcome::Miss, Outcome::Miss)
+    );
+    assert_eq!(a.view(&open).await.unwrap().outcome, Outcome::Hit);
+
+    // New, on-time events: the open frame is recomputed, the closed one kept.
+    let more: Vec<Event> = (0..600).map(|_| g.next_event()).collect();
+    let new_sales = more.iter().filter(|e| matches!(e, Event::Sale(_))).count();
+    assert!(new_sales > 0);
+    write_events(&db.store, more, 600, &mut offsets).await;
+    let open2 = a.view(&open).await.unwrap();
+    assert_eq!(
+        open2.outcome,
+        Outcome::Miss,
+        "open bucket must be invalidated"
+    );
+    let want = fresh.view(&open).await.unwrap().frame;
+    assert!(open2.frame.equals_missing(&want));
+    assert_ne!(orders(&open2.frame), orders(&open1.frame));
+    let closed2 = a.view(&closed).await.unwrap();
+    assert_eq!(
+        closed2.outcome,
+        Outcome::Hit,
+        "closed buckets must stay cached"
+    );
+    assert!(closed2
+        .frame
+        .equals_missing(&fresh.view(&closed).await.unwrap().frame));
+
+    // A late event inside the closed range: that frame is recomputed too.
+    let Event::Sale(mut late) = (0..)
+        .map(|_| g.next_event())
+        .find(|e| matches!(e, Event::Sale(_)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    late.transaction_id = uuid::Uuid::new_v4();
+    late.occurred_at = t("2026-03-03T12:00:00Z");
+    write_events(&db.store, vec![Event::Sale(late)], 1, &mut offsets).await;
+    let closed3 = a.view(&closed).await.unwrap();
+    assert_eq!(
+        closed3.outcome,
+        Outcome::Miss,
+        "a late write must invalidate closed frames"
+    );
+    assert_eq!(orders(&closed3.frame), orders(&closed1.frame) + 1);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_requests_compute_once_across_processes() {
+    let (db, _, _) = seeded("cacheflight").await;
+    // Two caches = two processes: they share only Redis.
+    let a = analytics(&db.store, redis_cache(Duration::from_secs(600)));
+    let b = analytics(&db.store, redis_cache(Duration::from_secs(600)));
+    let req = ViewRequest::new(ViewKind::TopCustomers).with_range(cross_grain_range());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (x, req) = (if i % 2 == 0 { a.clone() } else { b.clone() }, req.clone());
+            tokio::spawn(async move { x.view(&req).await.unwrap() })
+        })
+        .collect();
+    let results: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let computations =
+        a.timings()["top_customers"].computations + b.timings()["top_customers"].computations;
+    assert_eq!(computations, 1, "50 concurrent requests must compute once");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Miss)
+            .count(),
+        1
+    );
+    for r in &results {
+        assert!(r.frame.equals_missing(&results[0].frame));
+    }
+    db.drop().await;
+}
+
+/// A private redis-server on a free port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_bypass_with_correct_answers() {
+    let (db, _, _) = seeded("cachedown").await;
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let a = analytics(
+        &db.store,
+        FrameCache::new(&redis.url(), Duration::from_secs(600)).unwrap(),
+    );
+    let fresh = no_cache(&db.store);
+    let req = ViewRequest::new(ViewKind::PaymentMix).with_range(cross_grain_range());
+    let want = fresh.view(&req).await.unwrap().frame;
+    assert_eq!(a.view(&req).await.unwrap().outcome, Outcome::Miss);
+    assert_eq!(a.view(&req).await.unwrap().outcome, Outcome::Hit);
+    assert!(a.cache().status().error.is_none());
+
+    drop(redis); // Redis stops.
+    for _ in 0..3 {
+        let r = a.view(&req).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Bypass);
+        assert!(r.frame.equals_missing(&want), "answers must stay correct");
+        assert!(
+            r.elapsed < Duration::from_secs(3),
+            "bypass took {:?}",
+            r.elapsed
+        );
+    }
+    let status = a.cache().status();
+    assert!(
+        status.error.is_some(),
+        "status must say Redis is down: {status:?}"
+    );
+    assert!(a.cache().counters()["payment_mix"].errors >= 1);
+
+    // Redis comes back (empty): after the back-off the cache works again.
+    let _redis = PrivateRedis::start(port);
+    wait_until(Duration::from_secs(15), "the cache to recover", || async {
+        a.view(&req).await.unwrap().outcome != Outcome::Bypass
+    })
+    .await;
+    assert_eq!(a.view(&req).await.unwrap().outcome, Outcome::Hit);
+    assert!(a.cache().status().error.is_none());
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_sharing_one_redis_do_not_share_frames() {
+    let (db1, _, _) = seeded("cacheshare1").await;
+    let db2 = TestDb::new("cacheshare2").await;
+    let a = analytics(&db1.store, redis_cache(Duration::from_secs(600)));
+    let b = analytics(&db2.store, redis_cache(Duration::from_secs(600)));
+    let req = ViewRequest::new(ViewKind::Kpis);
+    assert!(orders(&a.view(&req).await.unwrap().frame) > 0);
+    let r = b.view(&req).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Miss);
+    assert_eq!(orders(&r.frame), 0);
+    db1.drop().await;
+    db2.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_rejected_before_the_database() {
+    let db = TestDb::new("badreq").await;
+    let a = no_cache(&db.store);
+    let mut req = ViewRequest::new(ViewKind::Kpis);
+    req.filters.statuses = vec!["stolen".into()];
+    let e = a.view(&req).await.unwrap_err();
+    assert!(
+        e.is_bad_request() && e.to_string().contains("stolen"),
+        "{e}"
+    );
+    let mut req = ViewRequest::new(ViewKind::TopProducts);
+    req.limit = Some(0);
+    assert!(a.view(&req).await.unwrap_err().is_bad_request());
+    // Quotes and backslashes in a filter are data, not SQL.
+    let mut req = ViewRequest::new(ViewKind::CategoryPerformance);
+    req.filters.categories = vec!["x') OR TRUE --".into(), "a\\'b".into()];
+    assert_eq!(a.view(&req).await.unwrap().frame.height(), 0);
+    db.drop().await;
+}

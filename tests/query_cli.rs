@@ -1,0 +1,292 @@
+//! `salespulse query`, `export`, `cache` and `bench analytics` end to end,
+//! and `run --http` serving `/metrics` and `/view` from a live pipeline.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+
+use common::*;
+use salespulse::event::Event;
+
+fn salespulse(args: &[&str], db_url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args(args)
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("SALESPULSE_CONFIG")
+        .env("DATABASE_URL", db_url)
+        .env("REDIS_URL", redis_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run salespulse")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn seeded(tag: &str) -> TestDb {
+    let db = TestDb::new(tag).await;
+    let mut g = sparse_generator(5, 300.0);
+    let events: Vec<Event> = (0..6_000).map(|_| g.next_event()).collect();
+    write_events(&db.store, events, 2_000, &mut HashMap::new()).await;
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_prints_views_in_three_formats() {
+    let db = seeded("cliquery").await;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+
+    let json = salespulse(&["query", "kpis", "--format", "json"], &db.url);
+    assert!(json.status.success(), "{}", text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["period"], "current");
+    assert_eq!(v[0]["orders"], orders);
+    assert!(
+        v[1]["orders"].is_null(),
+        "no previous period for all data: {v}"
+    );
+
+    let csv = salespulse(
+        &[
+            "query",
+            "category-performance",
+            "--last",
+            "24h",
+            "--format",
+            "csv",
+            "--status",
+            "completed",
+        ],
+        &db.url,
+    );
+    assert!(csv.status.success(), "{}", text(&csv));
+    let out = String::from_utf8(csv.stdout).unwrap();
+    assert!(out.starts_with("category,revenue,orders,"), "{out}");
+    assert!(out.lines().count() > 2);
+
+    let table = salespulse(
+        &[
+            "query",
+            "revenue_trend",
+            "--from",
+            "2026-03-02",
+            "--to",
+            "2026-03-03",
+            "--granularity",
+            "hour",
+        ],
+        &db.url,
+    );
+    assert!(table.status.success(), "{}", text(&table));
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("24 rows"),
+        "{}",
+        text(&table)
+    );
+
+    // Bad input: a clear error naming the parameter, non-zero exit.
+    for (args, needle) in [
+        (vec!["query", "kpis", "--status", "lost"], "status=\"lost\""),
+        (vec!["query", "kpis", "--last", "soon"], "last="),
+        (vec!["query", "nope"], "unknown view"),
+        (vec!["query", "kpis", "--format", "xml"], "--format"),
+    ] {
+        let o = salespulse(&args, &db.url);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_files_and_cache_clear_empties_the_cache() {
+    let db = seeded("cliexport").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("tx.parquet");
+    let o = salespulse(
+        &["export", "transactions", "--out", pq.to_str().unwrap()],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        text(&o).contains(&format!("wrote {n} rows")),
+        "{}",
+        text(&o)
+    );
+    assert!(pq.metadata().unwrap().len() > 0);
+    let csv = dir.path().join("mix.csv");
+    let o = salespulse(
+        &["export", "payment_mix", "--out", csv.to_str().unwrap()],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read_to_string(&csv)
+        .unwrap()
+        .starts_with("payment_method,"));
+    let o = salespulse(
+        &[
+            "export",
+            "kpis",
+            "--out",
+            dir.path().join("k.txt").to_str().unwrap(),
+        ],
+        &db.url,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("--format"),
+        "{}",
+        text(&o)
+    );
+
+    let o = salespulse(&["cache", "clear"], &db.url);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = salespulse(&["cache", "status"], &db.url);
+    assert!(
+        o.status.success() && text(&o).contains("\"error\": null"),
+        "{}",
+        text(&o)
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_analytics_runs_small() {
+    let db = TestDb::new("clibench").await;
+    let bench_db = format!("{}_bench", db.name);
+    let o = salespulse(
+        &[
+            "bench",
+            "analytics",
+            "--transactions",
+            "20000",
+            "--days",
+            "10",
+            "--repeat",
+            "1",
+            "--database",
+            &bench_db,
+            "--json",
+        ],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["transactions"], 20000);
+    assert_eq!(v["ranges"].as_array().unwrap().len(), 3);
+    for r in v["ranges"].as_array().unwrap() {
+        assert!(r["cold"]["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The loaded data is consistent with the raw rows.
+    let url = salespulse::store::with_database(&pg_server_url(), &bench_db).unwrap();
+    let store = salespulse::store::Store::connect(&url, 2, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (a, b): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM transactions), (SELECT sum(orders)::int8 FROM sales_metrics WHERE grain = 'day')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((a, b), (20_000, 20_000));
+    store.pool().close().await;
+    salespulse::store::drop_database(&pg_server_url(), &bench_db)
+        .await
+        .unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_metrics_and_views() {
+    let db = TestDb::new("climetrics").await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args([
+            "run",
+            "--rate",
+            "400",
+            "--seed",
+            "9",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("SALESPULSE_CONFIG")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "events ingested in /metrics",
+        || {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let Ok(r) = client.get(format!("{base}/metrics")).send().await else {
+                    return false;
+                };
+                let m = r.text().await.unwrap_or_default();
+                m.lines()
+                    .find(|l| l.starts_with("salespulse_events_ingested_total{kind=\"session\"}"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .is_some_and(|n| n > 50)
+            }
+        },
+    )
+    .await;
+    let r = client
+        .get(format!("{base}/view/kpis?last=1h"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-salespulse-cache"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v[0]["sessions"].as_i64().unwrap() > 0, "{v}");
+    let r = client
+        .get(format!("{base}/view/kpis?last=1h&status=lost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("status"));
+    let m = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "salespulse_events_produced_total",
+        "salespulse_events_dead_lettered_total",
+        "salespulse_consumer_lag{",
+        "salespulse_pg_pool_connections{state=\"idle\"}",
+        "salespulse_cache_hits_total",
+        "salespulse_cache_misses_total{view=\"kpis\"} 1",
+        "salespulse_view_seconds_bucket{view=\"kpis\",le=\"+Inf\"} 1",
+        "salespulse_view_seconds_count{view=\"kpis\"}",
+    ] {
+        assert!(m.contains(family), "missing {family} in\n{m}");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "run exited with {status}");
+    db.drop().await;
+}
