@@ -1,7 +1,7 @@
 -- salespulse schema v2.
 --
--- 1. The rollups are kept at three grains (minute, hour, day), all written by
---    ingest in the same transaction as the raw rows. A query over a long range
+-- 1. The rollups are kept at three grains (minute, hour, day), one partition
+--    each, all written by ingest in the same transaction as the raw rows. A query over a long range
 --    reads whole days from the day grain and only its ragged edges from the
 --    finer ones, so a dashboard over months reads thousands of rows, not
 --    millions. Buckets are UTC.
@@ -11,34 +11,66 @@
 --    versions from this table, read in the same database as the data, so a
 --    cached frame can never outlive the commit that changed it.
 
-ALTER TABLE sales_metrics ADD COLUMN grain text NOT NULL DEFAULT 'minute'
-    CHECK (grain IN ('minute', 'hour', 'day'));
-ALTER TABLE sales_metrics DROP CONSTRAINT sales_metrics_pkey;
-ALTER TABLE sales_metrics
-    ADD PRIMARY KEY (grain, bucket, category, payment_method, status, region, channel);
-ALTER TABLE sales_metrics ALTER COLUMN grain DROP DEFAULT;
+-- The rollups become tables partitioned by grain: a query of one grain reads
+-- only that grain's rows (a seq scan of the day partition, not of everything).
+ALTER TABLE sales_metrics RENAME TO sales_metrics_v1;
+ALTER TABLE sales_metrics_v1 RENAME CONSTRAINT sales_metrics_pkey TO sales_metrics_v1_pkey;
+CREATE TABLE sales_metrics (
+    grain          text          NOT NULL CHECK (grain IN ('minute', 'hour', 'day')),
+    bucket         timestamptz   NOT NULL,
+    category       text          NOT NULL,
+    payment_method text          NOT NULL,
+    status         text          NOT NULL,
+    region         text          NOT NULL,
+    channel        text          NOT NULL,
+    orders         bigint        NOT NULL,
+    units          bigint        NOT NULL,
+    revenue        numeric(18,2) NOT NULL,
+    discount       numeric(18,2) NOT NULL,
+    PRIMARY KEY (grain, bucket, category, payment_method, status, region, channel)
+) PARTITION BY LIST (grain);
+CREATE TABLE sales_metrics_minute PARTITION OF sales_metrics FOR VALUES IN ('minute')
+    WITH (fillfactor = 80);
+CREATE TABLE sales_metrics_hour PARTITION OF sales_metrics FOR VALUES IN ('hour')
+    WITH (fillfactor = 80);
+CREATE TABLE sales_metrics_day PARTITION OF sales_metrics FOR VALUES IN ('day')
+    WITH (fillfactor = 80);
 
 INSERT INTO sales_metrics (grain, bucket, category, payment_method, status, region, channel,
     orders, units, revenue, discount)
 SELECT g.grain, date_trunc(g.grain, m.bucket, 'UTC'), category, payment_method, status, region,
     channel, sum(orders), sum(units), sum(revenue), sum(discount)
-FROM sales_metrics m CROSS JOIN (VALUES ('hour'), ('day')) AS g(grain)
-WHERE m.grain = 'minute'
+FROM sales_metrics_v1 m CROSS JOIN (VALUES ('minute'), ('hour'), ('day')) AS g(grain)
 GROUP BY 1, 2, 3, 4, 5, 6, 7;
+DROP TABLE sales_metrics_v1;
 
-ALTER TABLE session_metrics ADD COLUMN grain text NOT NULL DEFAULT 'minute'
-    CHECK (grain IN ('minute', 'hour', 'day'));
-ALTER TABLE session_metrics DROP CONSTRAINT session_metrics_pkey;
-ALTER TABLE session_metrics ADD PRIMARY KEY (grain, bucket, region, channel);
-ALTER TABLE session_metrics ALTER COLUMN grain DROP DEFAULT;
+ALTER TABLE session_metrics RENAME TO session_metrics_v1;
+ALTER TABLE session_metrics_v1 RENAME CONSTRAINT session_metrics_pkey TO session_metrics_v1_pkey;
+CREATE TABLE session_metrics (
+    grain              text        NOT NULL CHECK (grain IN ('minute', 'hour', 'day')),
+    bucket             timestamptz NOT NULL,
+    region             text        NOT NULL,
+    channel            text        NOT NULL,
+    sessions           bigint      NOT NULL,
+    converted_sessions bigint      NOT NULL,
+    orders             bigint      NOT NULL,
+    page_views         bigint      NOT NULL,
+    PRIMARY KEY (grain, bucket, region, channel)
+) PARTITION BY LIST (grain);
+CREATE TABLE session_metrics_minute PARTITION OF session_metrics FOR VALUES IN ('minute')
+    WITH (fillfactor = 80);
+CREATE TABLE session_metrics_hour PARTITION OF session_metrics FOR VALUES IN ('hour')
+    WITH (fillfactor = 80);
+CREATE TABLE session_metrics_day PARTITION OF session_metrics FOR VALUES IN ('day')
+    WITH (fillfactor = 80);
 
 INSERT INTO session_metrics (grain, bucket, region, channel, sessions, converted_sessions,
     orders, page_views)
 SELECT g.grain, date_trunc(g.grain, m.bucket, 'UTC'), region, channel, sum(sessions),
     sum(converted_sessions), sum(orders), sum(page_views)
-FROM session_metrics m CROSS JOIN (VALUES ('hour'), ('day')) AS g(grain)
-WHERE m.grain = 'minute'
+FROM session_metrics_v1 m CROSS JOIN (VALUES ('minute'), ('hour'), ('day')) AS g(grain)
 GROUP BY 1, 2, 3, 4;
+DROP TABLE session_metrics_v1;
 
 CREATE TABLE ingest_watermarks (
     topic          text        NOT NULL,
