@@ -35,6 +35,14 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A counter family: one sample per `(labels, value)`, labels as `{k="v"}` or "".
+fn counter(out: &mut String, name: &str, help: &str, samples: &[(&str, u64)]) {
+    family(out, name, "counter", help);
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -45,112 +53,66 @@ impl Telemetry {
     pub async fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         if let Some(p) = &self.producer {
-            family(
-                &mut out,
-                "salespulse_events_produced_total",
-                "counter",
-                "Events acknowledged by the broker.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_events_produced_total {}",
-                p.delivered.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_produce_retries_total",
-                "counter",
-                "Application-level produce retries.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_produce_retries_total {}",
-                p.retried.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_produce_failures_total",
-                "counter",
-                "Events given up on after all retries.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_produce_failures_total {}",
-                p.failed.load(Ordering::Relaxed)
-            );
+            for (name, help, v) in [
+                (
+                    "salespulse_events_produced_total",
+                    "Events acknowledged by the broker.",
+                    &p.delivered,
+                ),
+                (
+                    "salespulse_produce_retries_total",
+                    "Application-level produce retries.",
+                    &p.retried,
+                ),
+                (
+                    "salespulse_produce_failures_total",
+                    "Events given up on after all retries.",
+                    &p.failed,
+                ),
+            ] {
+                counter(&mut out, name, help, &[("", v.load(Ordering::Relaxed))]);
+            }
         }
         if let Some(s) = &self.ingest {
-            family(
+            let ingested = [
+                ("{kind=\"sale\"}", s.sales.load(Ordering::Relaxed)),
+                ("{kind=\"session\"}", s.sessions.load(Ordering::Relaxed)),
+            ];
+            counter(
                 &mut out,
                 "salespulse_events_ingested_total",
-                "counter",
                 "Rows written to PostgreSQL, by kind.",
+                &ingested,
             );
-            let _ = writeln!(
-                out,
-                "salespulse_events_ingested_total{{kind=\"sale\"}} {}",
-                s.sales.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_events_ingested_total{{kind=\"session\"}} {}",
-                s.sessions.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_events_duplicate_total",
-                "counter",
-                "Redelivered events skipped as duplicates.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_events_duplicate_total {}",
-                s.duplicates.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_events_dead_lettered_total",
-                "counter",
-                "Invalid events sent to the dead-letter topic.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_events_dead_lettered_total {}",
-                s.dead_lettered.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_ingest_batches_total",
-                "counter",
-                "Batches committed.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_ingest_batches_total {}",
-                s.batches.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_ingest_write_retries_total",
-                "counter",
-                "Batch writes retried after a transient error.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_ingest_write_retries_total {}",
-                s.write_retries.load(Ordering::Relaxed)
-            );
-            family(
-                &mut out,
-                "salespulse_ingest_offsets_skipped_total",
-                "counter",
-                "Offsets the broker no longer had when ingest reached them.",
-            );
-            let _ = writeln!(
-                out,
-                "salespulse_ingest_offsets_skipped_total {}",
-                s.offsets_skipped.load(Ordering::Relaxed)
-            );
+            for (name, help, v) in [
+                (
+                    "salespulse_events_duplicate_total",
+                    "Redelivered events skipped as duplicates.",
+                    &s.duplicates,
+                ),
+                (
+                    "salespulse_events_dead_lettered_total",
+                    "Invalid events sent to the dead-letter topic.",
+                    &s.dead_lettered,
+                ),
+                (
+                    "salespulse_ingest_batches_total",
+                    "Batches committed.",
+                    &s.batches,
+                ),
+                (
+                    "salespulse_ingest_write_retries_total",
+                    "Batch writes retried after a transient error.",
+                    &s.write_retries,
+                ),
+                (
+                    "salespulse_ingest_offsets_skipped_total",
+                    "Offsets the broker no longer had when ingest reached them.",
+                    &s.offsets_skipped,
+                ),
+            ] {
+                counter(&mut out, name, help, &[("", v.load(Ordering::Relaxed))]);
+            }
         }
         if let Some(lag) = &self.lag {
             self.render_lag(&mut out, lag).await;
