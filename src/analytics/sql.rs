@@ -193,29 +193,122 @@ fn dims(f: &Filters, sessions: bool) -> String {
     out
 }
 
+/// The rollup pieces of `span`: each grain's part of it, or all of grain
+/// `max` when there is no span.
+fn pieces(span: Option<Span>, max: Grain) -> Vec<(Grain, Option<Span>)> {
+    match span {
+        None => vec![(max, None)],
+        Some(span) => tiers(span, max)
+            .into_iter()
+            .map(|(g, s)| (g, Some(s)))
+            .collect(),
+    }
+}
+
+/// A WHERE condition selecting `pieces`.
+fn piece_condition(pieces: &[(Grain, Option<Span>)]) -> String {
+    let parts: Vec<String> = pieces
+        .iter()
+        .map(|(g, s)| match s {
+            None => format!("(grain = '{}')", g.name()),
+            Some(s) => format!(
+                "(grain = '{}' AND bucket >= {} AND bucket < {})",
+                g.name(),
+                ts(s.from),
+                ts(s.to)
+            ),
+        })
+        .collect();
+    if parts.is_empty() {
+        "FALSE".into()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
+}
+
 /// The rollup rows of `span` (or all of grain `max`), as a WHERE condition.
 fn rollup_time(span: Option<Span>, max: Grain) -> String {
-    match span {
-        None => format!("grain = '{}'", max.name()),
-        Some(span) => {
-            let parts: Vec<String> = tiers(span, max)
-                .into_iter()
-                .map(|(g, s)| {
-                    format!(
-                        "(grain = '{}' AND bucket >= {} AND bucket < {})",
-                        g.name(),
-                        ts(s.from),
-                        ts(s.to)
-                    )
-                })
-                .collect();
-            if parts.is_empty() {
-                "FALSE".into()
-            } else {
-                format!("({})", parts.join(" OR "))
-            }
-        }
+    piece_condition(&pieces(span, max))
+}
+
+/// The filtered rows of the sales rollups covering `span` (or all of grain
+/// `max`), as a statement with the columns grain, bucket, category,
+/// payment_method, status, orders, units, revenue and discount. Whole hours
+/// and days come from `sales_metrics_lite` unless region or channel is
+/// filtered on; minutes, and everything under such a filter, from
+/// `sales_metrics`.
+fn sales_rows(f: &Filters, span: Option<Span>, max: Grain) -> String {
+    const COLS: &str =
+        "grain, bucket, category, payment_method, status, orders, units, revenue, discount";
+    let d = dims(f, false);
+    let all = pieces(span, max);
+    if !(f.regions.is_empty() && f.channels.is_empty()) {
+        return format!(
+            "SELECT {COLS} FROM sales_metrics WHERE {}{d}",
+            piece_condition(&all)
+        );
     }
+    let (full, lite): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| p.0 == Grain::Minute);
+    let mut parts = Vec::new();
+    if !full.is_empty() {
+        parts.push(format!(
+            "SELECT {COLS} FROM sales_metrics WHERE {}{d}",
+            piece_condition(&full)
+        ));
+    }
+    if !lite.is_empty() {
+        parts.push(format!(
+            "SELECT {COLS} FROM sales_metrics_lite WHERE {}{d}",
+            piece_condition(&lite)
+        ));
+    }
+    if parts.is_empty() {
+        format!("SELECT {COLS} FROM sales_metrics WHERE FALSE")
+    } else {
+        parts.join(" UNION ALL ")
+    }
+}
+
+/// Distinct customers with a sale in `span` (or ever) matching `f`, as a
+/// scalar subquery. Without dimension filters, whole UTC days are read from
+/// `customer_days` and only the ragged edges from `transactions`.
+fn distinct_customers(f: &Filters, span: Option<Span>) -> String {
+    let raw = |cond: String| {
+        // GROUP BY hashes; count(DISTINCT) sorts (4x slower at 100k rows).
+        format!(
+            "(SELECT count(*) FROM (SELECT customer_id FROM transactions WHERE {cond}{} \
+             GROUP BY 1) c)",
+            dims(f, false)
+        )
+    };
+    let Some(s) = span else {
+        return if f.no_dimensions() {
+            "(SELECT count(*) FROM customers WHERE orders > 0)".into()
+        } else {
+            raw("TRUE".into())
+        };
+    };
+    let days = Span {
+        from: ceil_to(s.from, Grain::Day.seconds()),
+        to: floor_to(s.to, Grain::Day.seconds()),
+    };
+    if !f.no_dimensions() || days.from >= days.to {
+        return raw(raw_time(Some(s), "occurred_at"));
+    }
+    format!(
+        "(SELECT count(*) FROM (
+            SELECT customer_id FROM customer_days WHERE day >= {} AND day < {}
+            UNION
+            SELECT customer_id FROM transactions
+            WHERE (occurred_at >= {} AND occurred_at < {})
+               OR (occurred_at >= {} AND occurred_at < {})) c)",
+        ts(days.from),
+        ts(days.to),
+        ts(s.from),
+        ts(days.from),
+        ts(days.to),
+        ts(s.to),
+    )
 }
 
 fn raw_time(span: Option<Span>, col: &str) -> String {
@@ -231,6 +324,9 @@ const COMPLETED: &str = "FILTER (WHERE status = 'completed')";
 pub struct Query {
     pub sql: String,
     pub columns: Vec<Column>,
+    /// When not empty: statements whose rows, in this order, are the rows of
+    /// `sql` (its `UNION ALL` parts), to be run concurrently.
+    pub parts: Vec<String>,
 }
 
 fn cols(spec: &[(&'static str, ColType)]) -> Vec<Column> {
@@ -239,19 +335,9 @@ fn cols(spec: &[(&'static str, ColType)]) -> Vec<Column> {
 
 use ColType::{Float as F, Int as I, Text as T, Time as TS};
 
-pub fn kpis(f: &Filters, span: Option<Span>, customers_from_table: bool) -> Query {
+pub fn kpis(f: &Filters, span: Option<Span>) -> Query {
     let period = |label: &str, span: Option<Span>| {
-        let customers = if customers_from_table {
-            "(SELECT count(*) FROM customers WHERE orders > 0)".to_owned()
-        } else {
-            // GROUP BY hashes; count(DISTINCT) sorts (4x slower at 100k rows).
-            format!(
-                "(SELECT count(*) FROM (SELECT customer_id FROM transactions WHERE {}{} \
-                 GROUP BY 1) c)",
-                raw_time(span, "occurred_at"),
-                dims(f, false)
-            )
-        };
+        let customers = distinct_customers(f, span);
         let (lo, hi) = match span {
             Some(s) => (epoch_us(&ts(s.from)), epoch_us(&ts(s.to))),
             None => ("NULL::int8".into(), "NULL::int8".into()),
@@ -272,10 +358,10 @@ pub fn kpis(f: &Filters, span: Option<Span>, customers_from_table: bool) -> Quer
             FROM (SELECT sum(revenue) {COMPLETED} AS revenue, sum(orders) AS orders,
                          sum(orders) {COMPLETED} AS completed, sum(units) {COMPLETED} AS units,
                          sum(orders) FILTER (WHERE status = 'refunded') AS refunded
-                  FROM sales_metrics WHERE {t}{sd}) s,
+                  FROM ({rows}) m) s,
                  (SELECT sum(sessions) AS sessions FROM session_metrics WHERE {t}{vd}) v",
             label = text(label),
-            sd = dims(f, false),
+            rows = sales_rows(f, span, Grain::Day),
             vd = dims(f, true),
         )
     };
@@ -289,6 +375,7 @@ pub fn kpis(f: &Filters, span: Option<Span>, customers_from_table: bool) -> Quer
     };
     Query {
         sql: format!("{current}\nUNION ALL\n{previous}"),
+        parts: vec![current, previous],
         columns: cols(&[
             ("period", T),
             ("range_from", TS),
@@ -339,7 +426,7 @@ pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
         "WITH s AS (
             SELECT {b} AS b, sum(revenue) {COMPLETED} AS revenue, sum(orders) AS orders,
                    sum(orders) {COMPLETED} AS completed, sum(units) {COMPLETED} AS units
-            FROM sales_metrics WHERE {st}{sd} GROUP BY 1),
+            FROM ({rows}) m GROUP BY 1),
         v AS (
             SELECT {b} AS b, sum(sessions) AS sessions
             FROM session_metrics WHERE {st}{vd} GROUP BY 1),
@@ -356,13 +443,14 @@ pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
         FROM series LEFT JOIN s USING (b) LEFT JOIN v USING (b)
         ORDER BY 1",
         st = rollup_time(span, grain),
-        sd = dims(f, false),
+        rows = sales_rows(f, span, grain),
         vd = dims(f, true),
         step = g.seconds(),
         bucket = epoch_us("b"),
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("bucket", TS),
             ("revenue", F),
@@ -384,13 +472,13 @@ pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
             (rev / nullif(sum(rev) OVER (), 0))::float8 AS revenue_share
         FROM (SELECT category, sum(revenue) {COMPLETED} AS rev, sum(orders) AS o,
                      sum(orders) {COMPLETED} AS c, sum(units) {COMPLETED} AS u
-              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+              FROM ({}) m GROUP BY 1) x
         ORDER BY 2 DESC, 1",
-        rollup_time(span, Grain::Day),
-        dims(f, false),
+        sales_rows(f, span, Grain::Day),
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("category", T),
             ("revenue", F),
@@ -413,13 +501,13 @@ pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
         FROM (SELECT payment_method, sum(orders) AS o, sum(orders) {COMPLETED} AS c,
                      sum(orders) FILTER (WHERE status = 'failed') AS fl,
                      sum(revenue) {COMPLETED} AS rev
-              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+              FROM ({}) m GROUP BY 1) x
         ORDER BY 2 DESC, 1",
-        rollup_time(span, Grain::Day),
-        dims(f, false),
+        sales_rows(f, span, Grain::Day),
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("payment_method", T),
             ("orders", I),
@@ -439,13 +527,13 @@ pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
             (o::numeric / nullif(sum(o) OVER (), 0))::float8 AS order_share,
             (amt / nullif(sum(amt) OVER (), 0))::float8 AS amount_share
         FROM (SELECT status, sum(orders) AS o, sum(revenue) AS amt, sum(units) AS u
-              FROM sales_metrics WHERE {}{} GROUP BY 1) x
+              FROM ({}) m GROUP BY 1) x
         ORDER BY 2 DESC, 1",
-        rollup_time(span, Grain::Day),
-        dims(f, false),
+        sales_rows(f, span, Grain::Day),
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("status", T),
             ("orders", I),
@@ -475,6 +563,7 @@ pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("region", T),
             ("revenue", F),
@@ -511,6 +600,7 @@ pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     };
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("product_id", T),
             ("name", T),
@@ -543,6 +633,7 @@ pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     };
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("customer_id", T),
             ("region", T),
@@ -560,17 +651,17 @@ pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
             SELECT extract(isodow FROM bucket AT TIME ZONE 'UTC')::int8 AS wd,
                    extract(hour FROM bucket AT TIME ZONE 'UTC')::int8 AS hr,
                    sum(orders) AS o, sum(revenue) {COMPLETED} AS rev
-            FROM sales_metrics WHERE {}{} GROUP BY 1, 2)
+            FROM ({}) m GROUP BY 1, 2)
         SELECT d.wd::int8 AS weekday, h.hr::int8 AS hour, coalesce(x.o, 0)::int8 AS orders,
             coalesce(x.rev, 0)::float8 AS revenue
         FROM generate_series(1, 7) d(wd) CROSS JOIN generate_series(0, 23) h(hr)
         LEFT JOIN x ON x.wd = d.wd AND x.hr = h.hr
         ORDER BY 1, 2",
-        rollup_time(span, Grain::Hour),
-        dims(f, false),
+        sales_rows(f, span, Grain::Hour),
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[("weekday", I), ("hour", I), ("orders", I), ("revenue", F)]),
     }
 }
@@ -604,6 +695,7 @@ pub fn transactions(
     );
     Query {
         sql,
+        parts: Vec::new(),
         columns: cols(&[
             ("transaction_id", T),
             ("occurred_at", TS),
@@ -636,7 +728,7 @@ pub fn view_query(
 ) -> Query {
     let limit = limit.unwrap_or(10);
     match view {
-        ViewKind::Kpis => kpis(f, span, span.is_none() && f.no_dimensions()),
+        ViewKind::Kpis => kpis(f, span),
         ViewKind::RevenueTrend => revenue_trend(f, span, granularity),
         ViewKind::CategoryPerformance => category_performance(f, span),
         ViewKind::PaymentMix => payment_mix(f, span),

@@ -341,6 +341,8 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
         "customers",
         "products",
         "sales_metrics",
+        "sales_metrics_lite",
+        "customer_days",
         "session_metrics",
         "ingest_offsets",
         "ingest_watermarks",
@@ -485,6 +487,21 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
         .execute(&mut *conn)
         .await?;
     }
+    sqlx::query(
+        "INSERT INTO sales_metrics_lite (grain, bucket, category, payment_method, status, orders,
+             units, revenue, discount)
+         SELECT grain, bucket, category, payment_method, status, sum(orders), sum(units),
+             sum(revenue), sum(discount)
+         FROM sales_metrics WHERE grain IN ('hour', 'day') GROUP BY 1, 2, 3, 4, 5",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO customer_days (day, customer_id)
+         SELECT date_trunc('day', occurred_at, 'UTC'), customer_id FROM transactions GROUP BY 1, 2",
+    )
+    .execute(&mut *conn)
+    .await?;
     drop(conn);
 
     // Sessions rollups, customers and products from the generation pass.
@@ -562,6 +579,8 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
     for t in [
         "transactions",
         "sales_metrics",
+        "sales_metrics_lite",
+        "customer_days",
         "session_metrics",
         "customers",
         "products",

@@ -84,6 +84,9 @@ pub fn connect_options(
                 format!("{}", statement_timeout.as_millis()),
             ),
             ("jit", "off".to_owned()),
+            // Distinct-customer counts hash a few hundred thousand ids; with
+            // the default 4 MB they sort on disk instead (2x slower).
+            ("work_mem", "64MB".to_owned()),
         ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))

@@ -13,7 +13,7 @@
 //! rolls back, and the retry's probe sees the rows. A replayed batch therefore adds nothing, and a crash
 //! at any point commits all of the batch or none of it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
@@ -382,6 +382,8 @@ type SalesKey<'a> = (
     &'a str,
 );
 type SessionKey<'a> = (&'static str, DateTime<Utc>, &'a str, &'a str);
+/// `sales_metrics_lite`: grain, bucket, category, payment method, status.
+type LiteKey<'a> = (&'static str, DateTime<Utc>, &'a str, &'a str, &'a str);
 
 /// Per partition: the oldest and newest bucket time of the rows inserted.
 #[derive(Clone, Copy)]
@@ -395,6 +397,9 @@ struct Span {
 #[derive(Default)]
 struct Aggregates<'a> {
     sales: BTreeMap<SalesKey<'a>, SalesCell>,
+    lite: BTreeMap<LiteKey<'a>, SalesCell>,
+    /// (UTC day, customer) of every sale.
+    customer_days: BTreeSet<(DateTime<Utc>, &'a str)>,
     sessions: BTreeMap<SessionKey<'a>, SessionCell>,
     spans: BTreeMap<i32, Span>,
     customers: BTreeMap<&'a str, CustomerCell<'a>>,
@@ -418,12 +423,23 @@ impl<'a> Aggregates<'a> {
                     s.region.as_str(),
                     s.channel.as_str(),
                 );
-                let c = a.sales.entry(key).or_default();
-                c.orders += 1;
-                c.units += i64::from(s.quantity);
-                c.revenue += total;
-                c.discount += to_cents(s.discount);
+                let cells = [
+                    Some(a.sales.entry(key).or_default()),
+                    (grain != "minute").then(|| {
+                        a.lite
+                            .entry((key.0, key.1, key.2, key.3, key.4))
+                            .or_default()
+                    }),
+                ];
+                for c in cells.into_iter().flatten() {
+                    c.orders += 1;
+                    c.units += i64::from(s.quantity);
+                    c.revenue += total;
+                    c.discount += to_cents(s.discount);
+                }
             }
+            a.customer_days
+                .insert((truncate(s.occurred_at, 86_400), s.customer_id.as_str()));
 
             let cu = a.customer(
                 &s.customer_id,
@@ -586,6 +602,20 @@ impl<'a> Aggregates<'a> {
             |(_, v)| v.units,
             |(_, v)| v.revenue
         );
+        let l = cols!(
+            self.lite,
+            |(k, _)| k.0,
+            |(k, _)| k.1,
+            |(k, _)| k.2,
+            |(k, _)| k.3,
+            |(k, _)| k.4,
+            |(_, v)| v.orders,
+            |(_, v)| v.units,
+            |(_, v)| v.revenue,
+            |(_, v)| v.discount
+        );
+        let (days, day_customers): (Vec<DateTime<Utc>>, Vec<&str>) =
+            self.customer_days.iter().copied().unzip();
         let (parts, next): (Vec<i32>, Vec<i64>) = offsets.iter().copied().unzip();
         let w = cols!(self.spans, |(k, _)| *k, |(_, v)| v.min, |(_, v)| v.max);
         sqlx::query(UPSERT_AGGREGATES)
@@ -634,6 +664,17 @@ impl<'a> Aggregates<'a> {
             .bind(w.0)
             .bind(w.1)
             .bind(w.2)
+            .bind(l.0)
+            .bind(l.1)
+            .bind(l.2)
+            .bind(l.3)
+            .bind(l.4)
+            .bind(l.5)
+            .bind(l.6)
+            .bind(l.7)
+            .bind(l.8)
+            .bind(days)
+            .bind(day_customers)
             .execute(&mut *conn)
             .await?;
         Ok(())
@@ -654,6 +695,23 @@ WITH sales_rollup AS (
         units = m.units + EXCLUDED.units,
         revenue = m.revenue + EXCLUDED.revenue,
         discount = m.discount + EXCLUDED.discount
+),
+lite_rollup AS (
+    INSERT INTO sales_metrics_lite AS m (grain, bucket, category, payment_method, status,
+        orders, units, revenue, discount)
+    SELECT g, b, c, pm, st, o, u, rev / 100.0, d / 100.0
+    FROM UNNEST($46::text[], $47::timestamptz[], $48::text[], $49::text[], $50::text[],
+        $51::int8[], $52::int8[], $53::int8[], $54::int8[]) AS t(g, b, c, pm, st, o, u, rev, d)
+    ON CONFLICT (grain, bucket, category, payment_method, status) DO UPDATE SET
+        orders = m.orders + EXCLUDED.orders,
+        units = m.units + EXCLUDED.units,
+        revenue = m.revenue + EXCLUDED.revenue,
+        discount = m.discount + EXCLUDED.discount
+),
+days AS (
+    INSERT INTO customer_days (day, customer_id)
+    SELECT * FROM UNNEST($55::timestamptz[], $56::text[])
+    ON CONFLICT DO NOTHING
 ),
 session_rollup AS (
     INSERT INTO session_metrics AS m (grain, bucket, region, channel, sessions,

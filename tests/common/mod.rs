@@ -199,7 +199,20 @@ pub async fn count(store: &Store, sql: &'static str) -> i64 {
 /// Asserts every derived table equals the same aggregates recomputed from the
 /// raw `transactions` and `sessions` rows (both directions of EXCEPT).
 pub async fn assert_consistent(store: &Store) {
-    let checks: [(&str, &str, &str); 4] = [
+    let checks: [(&str, &str, &str); 6] = [
+        (
+            "sales_metrics_lite",
+            "SELECT g, date_trunc(g, occurred_at, 'UTC'), category, payment_method, status,
+                    count(*), sum(quantity), sum(total_amount), sum(discount)
+             FROM transactions, unnest(ARRAY['hour', 'day']) g GROUP BY 1, 2, 3, 4, 5",
+            "SELECT grain, bucket, category, payment_method, status, orders, units, revenue, discount
+             FROM sales_metrics_lite",
+        ),
+        (
+            "customer_days",
+            "SELECT DISTINCT date_trunc('day', occurred_at, 'UTC'), customer_id FROM transactions",
+            "SELECT day, customer_id FROM customer_days",
+        ),
         (
             "sales_metrics",
             "SELECT g, date_trunc(g, occurred_at, 'UTC'), category, payment_method, status, region, channel,
