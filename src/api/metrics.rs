@@ -9,18 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::analytics::{Analytics, LATENCY_BUCKETS};
-use crate::bus::{self, ProducerStats};
+use crate::bus::ProducerStats;
+pub use crate::pipeline::lag::LagSource;
 use crate::pipeline::IngestStats;
-use crate::store::Store;
-
-/// Where a consumer group's lag is read from.
-#[derive(Clone)]
-pub struct LagSource {
-    pub brokers: String,
-    pub topic: String,
-    pub group: String,
-    pub store: Store,
-}
 
 /// What this process can report on; absent parts are left out.
 #[derive(Clone, Default)]
@@ -233,28 +224,10 @@ impl Telemetry {
     }
 
     async fn render_lag(&self, out: &mut String, lag: &LagSource) {
-        let (brokers, topic) = (lag.brokers.clone(), lag.topic.clone());
-        let ends = tokio::task::spawn_blocking(move || bus::end_offsets(&brokers, &topic)).await;
-        let ends = match ends {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                let _ = writeln!(out, "# consumer lag unavailable: {}", label(&e.to_string()));
-                return;
-            }
+        let lags = match lag.read().await {
+            Ok(l) => l,
             Err(e) => {
-                let _ = writeln!(out, "# consumer lag unavailable: {e}");
-                return;
-            }
-        };
-        let parts: Vec<i32> = ends.iter().map(|(p, _)| *p).collect();
-        let stored = match lag
-            .store
-            .stored_offsets(&lag.group, &lag.topic, &parts)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = writeln!(out, "# consumer lag unavailable: {}", label(&e.to_string()));
+                let _ = writeln!(out, "# consumer lag unavailable: {}", label(&e));
                 return;
             }
         };
@@ -264,14 +237,12 @@ impl Telemetry {
             "gauge",
             "Records in the topic not yet committed to PostgreSQL, per partition.",
         );
-        for (p, end) in ends {
-            let done = stored.get(&p).copied().unwrap_or(0);
+        for (p, n) in lags {
             let _ = writeln!(
                 out,
-                "salespulse_consumer_lag{{topic=\"{}\",group=\"{}\",partition=\"{p}\"}} {}",
+                "salespulse_consumer_lag{{topic=\"{}\",group=\"{}\",partition=\"{p}\"}} {n}",
                 label(&lag.topic),
                 label(&lag.group),
-                (end - done).max(0)
             );
         }
     }

@@ -129,20 +129,36 @@ pub fn ping(brokers: &str, timeout: Duration) -> Result<usize, BusError> {
 
 /// High watermark (next offset to be written) of every partition of a topic.
 pub fn end_offsets(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
-    let probe: BaseProducer = base_config(brokers).create()?;
-    let md = probe
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut out = Vec::new();
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            let (_, high) =
-                probe
-                    .client()
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            out.push((p.id(), high));
-        }
+    OffsetProbe::new(brokers)?.end_offsets(topic)
+}
+
+/// A long-lived client for reading high watermarks (consumer lag), so that a
+/// dashboard polling every second does not open a connection each time.
+pub struct OffsetProbe {
+    client: BaseProducer,
+}
+
+impl OffsetProbe {
+    pub fn new(brokers: &str) -> Result<Self, BusError> {
+        Ok(Self {
+            client: base_config(brokers)
+                .set("socket.connection.setup.timeout.ms", "3000")
+                .create()?,
+        })
     }
-    out.sort_unstable();
-    Ok(out)
+
+    /// High watermark of every partition of `topic`, by partition.
+    pub fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
+        let client = self.client.client();
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut out = Vec::new();
+        for t in md.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let (_, high) = client.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                out.push((p.id(), high));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
 }

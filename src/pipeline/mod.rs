@@ -5,6 +5,8 @@ pub mod analytics_bench;
 pub mod bench;
 pub mod doctor;
 pub mod ingest;
+pub mod lag;
+pub mod live;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -198,17 +200,63 @@ pub fn produce_loop(
     stop: &AtomicBool,
     backpressure: Option<&Backpressure>,
 ) -> Result<u64, bus::BusError> {
-    let pacer = Pacer::new(rate);
+    let never = AtomicBool::new(false);
+    produce_paced(
+        generator,
+        producer,
+        limit,
+        stop,
+        &never,
+        &|| rate,
+        backpressure,
+        0,
+    )
+}
+
+/// [`produce_loop`] with a pause switch and a rate read before each event
+/// (a change of rate, or a resume, restarts the pacing from that moment).
+/// `committed_base` is what `backpressure`'s counter stood at when this loop
+/// began.
+#[allow(clippy::too_many_arguments)]
+pub fn produce_paced(
+    generator: &mut Generator,
+    producer: &EventProducer,
+    limit: Option<u64>,
+    stop: &AtomicBool,
+    paused: &AtomicBool,
+    rate: &dyn Fn() -> Option<f64>,
+    backpressure: Option<&Backpressure>,
+    committed_base: u64,
+) -> Result<u64, bus::BusError> {
+    let mut current = rate();
+    let mut pacer = Pacer::new(current);
+    let mut paced_from = 0u64;
     let mut n = 0u64;
     while limit.is_none_or(|l| n < l) && !stop.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            paced_from = n;
+            pacer = Pacer::new(current);
+            continue;
+        }
+        let r = rate();
+        if r != current {
+            current = r;
+            paced_from = n;
+            pacer = Pacer::new(r);
+        }
         if let Some(bp) = backpressure {
-            while n.saturating_sub(bp.stats.committed()) > bp.max && !stop.load(Ordering::Relaxed) {
+            while n.saturating_sub(bp.stats.committed().saturating_sub(committed_base)) > bp.max
+                && !stop.load(Ordering::Relaxed)
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let wait = pacer.delay_for(n);
+        let wait = pacer.delay_for(n - paced_from);
         if wait > Duration::from_millis(1) {
-            std::thread::sleep(wait);
+            // Sleep in short steps so that stop, pause and rate changes act quickly.
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+            continue;
         }
         let e = generator.next_event();
         producer.send(e.customer_id().as_bytes(), &e.to_json())?;
