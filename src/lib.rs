@@ -16,3 +16,4 @@ pub mod event;
 pub mod generator;
 pub mod pipeline;
 pub mod store;
+pub mod ui;

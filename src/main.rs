@@ -16,6 +16,7 @@ use salespulse::generator::{self, Clock, Generator, GeneratorParams, OutputForma
 use salespulse::pipeline::{
     self, bench, doctor, IngestSettings, IngestStats, RunOptions, Services,
 };
+use salespulse::ui::{self, log::LogBuffer};
 
 #[derive(Parser)]
 #[command(
@@ -30,12 +31,15 @@ struct Cli {
     /// Log filter, e.g. `info` or `salespulse=debug` (default: $RUST_LOG, else info).
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Without a command, the desktop workbench opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// The desktop workbench (the default): dashboard, pipeline, explorer.
+    App,
     /// Generator + producer + ingest, headless. Uses embedded Kafka and
     /// PostgreSQL unless KAFKA_BROKERS / DATABASE_URL are set.
     Run {
@@ -228,6 +232,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// App frame time (layout + tessellation) on each panel at several
+    /// window sizes and scales, and resident memory, against DATABASE_URL
+    /// (default: the analytics bench's database).
+    Ui {
+        /// Timed frames per case.
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        /// Dashboard range: 15m, 1h, 24h, 7d or all.
+        #[arg(long, default_value = "7d")]
+        last: String,
+        /// Database on the DATABASE_URL server (default salespulse_analytics_bench).
+        #[arg(long, default_value = "salespulse_analytics_bench")]
+        database: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dashboard refresh (cold and warm) over N transactions against plain
     /// GROUP BY, and the two loaders. Loads the data once into its own
     /// database and reuses it on later runs with the same N and seed.
@@ -253,32 +273,77 @@ enum BenchCommand {
     },
 }
 
-fn init_logging(filter: Option<&str>) {
+/// Logs to stderr, and into `app_log` (the app's log view) when given.
+fn init_logging(filter: Option<&str>, app_log: Option<&LogBuffer>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         // librdkafka's own warnings include every refused lag-only offset
         // commit during a rebalance; its errors are still shown.
-        .unwrap_or_else(|| "info,librdkafka=error,rdkafka=warn,sqlx=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .unwrap_or_else(|| {
+            "info,librdkafka=error,rdkafka=warn,sqlx=warn,winit=error,eframe=warn".into()
+        });
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(app_log.map(LogBuffer::layer))
         .try_init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    let command = cli.command.unwrap_or(Command::App);
+    let app_log = matches!(command, Command::App).then(LogBuffer::default);
+    init_logging(cli.log.as_deref(), app_log.as_ref());
     let mut cfg = Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(dispatch(cli.command, &mut cfg))
+    if let Command::Bench {
+        which:
+            BenchCommand::Ui {
+                frames,
+                last,
+                database,
+                json,
+            },
+    } = &command
+    {
+        // This thread plays the UI thread; the app's backend uses the runtime.
+        let (base, _pg) = rt.block_on(pipeline::database_url(&cfg))?;
+        cfg.database_url = Some(salespulse::store::with_database(&base, database)?);
+        let opts = ui::bench::UiBenchOptions {
+            frames: *frames,
+            range: salespulse::analytics::TimeRange::parse_last(last)?,
+        };
+        let report = ui::bench::run(rt.handle().clone(), cfg, &opts)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(());
+    }
+    match app_log {
+        // The window runs on this (main) thread; the pipeline on the runtime.
+        Some(log) => {
+            let r = ui::run(rt.handle().clone(), cfg, log);
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            r
+        }
+        None => rt.block_on(dispatch(command, &mut cfg)),
+    }
 }
 
 async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
     match command {
+        Command::App
+        | Command::Bench {
+            which: BenchCommand::Ui { .. },
+        } => anyhow::bail!("this command runs on the main thread, not here"),
         Command::Run {
             events,
             rate,

@@ -1,0 +1,421 @@
+//! The dashboard: range and filters, KPI tiles, trend, breakdowns, top tables.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use egui::{RichText, Ui};
+
+use super::model::{count, delta, money, percent, Dashboard, Kpis, Part};
+use super::widgets::{self, Better};
+use super::App;
+use crate::analytics::TimeRange;
+
+/// The range presets: label and minutes (`None` = all data).
+pub const RANGES: [(&str, Option<i64>); 5] = [
+    ("15 min", Some(15)),
+    ("1 h", Some(60)),
+    ("24 h", Some(1_440)),
+    ("7 d", Some(10_080)),
+    ("All", None),
+];
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        })
+}
+
+impl App {
+    fn range_bar_ui(&mut self, ui: &mut Ui) {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Range");
+            let mut changed = false;
+            for (label, minutes) in RANGES {
+                let selected = match (&self.settings.filters.range, minutes) {
+                    (TimeRange::All, None) => true,
+                    (TimeRange::Last { minutes: m }, Some(x)) => *m == x,
+                    _ => false,
+                };
+                if ui.selectable_label(selected, label).clicked() && !selected {
+                    self.settings.filters.range = match minutes {
+                        Some(m) => TimeRange::Last { minutes: m },
+                        None => TimeRange::All,
+                    };
+                    changed = true;
+                }
+            }
+            let custom = matches!(self.settings.filters.range, TimeRange::Between { .. });
+            let id = ui.make_persistent_id("custom_open");
+            let mut open = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(custom);
+            if ui.selectable_label(custom || open, "Custom").clicked() {
+                open = !open;
+                if open && self.custom_from.is_empty() {
+                    if let Some(s) = self.dashboard.as_ref().and_then(|d| d.span) {
+                        self.custom_from = s.from.format("%Y-%m-%d %H:%M").to_string();
+                        self.custom_to = s.to.format("%Y-%m-%d %H:%M").to_string();
+                    }
+                }
+            }
+            ui.data_mut(|d| d.insert_temp(id, open));
+            if open {
+                ui.label("from");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.custom_from)
+                        .hint_text("YYYY-MM-DD HH:MM")
+                        .desired_width(130.0),
+                );
+                ui.label("to");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.custom_to)
+                        .hint_text("YYYY-MM-DD HH:MM")
+                        .desired_width(130.0),
+                );
+                let parsed = (parse_time(&self.custom_from), parse_time(&self.custom_to));
+                let valid = matches!(parsed, (Some(f), Some(t)) if f < t);
+                if ui
+                    .add_enabled(valid, egui::Button::new("Apply range"))
+                    .clicked()
+                {
+                    if let (Some(from), Some(to)) = parsed {
+                        self.settings.filters.range = TimeRange::Between { from, to };
+                        changed = true;
+                    }
+                }
+                let untouched = self.custom_from.is_empty() && self.custom_to.is_empty();
+                if !(valid || untouched) {
+                    ui.label(
+                        RichText::new("times as YYYY-MM-DD [HH:MM] UTC, from before to")
+                            .small()
+                            .weak(),
+                    );
+                }
+            }
+            ui.separator();
+            ui.checkbox(&mut self.settings.auto_refresh, "Auto-refresh");
+            ui.add(
+                egui::DragValue::new(&mut self.settings.refresh_secs)
+                    .range(1.0..=3600.0)
+                    .speed(0.5)
+                    .suffix(" s"),
+            );
+            if ui.button("Refresh now").clicked() {
+                changed = true;
+            }
+            if self.pending_refresh.is_some() {
+                ui.spinner();
+            }
+            if changed {
+                self.request_refresh();
+            }
+        });
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Filters");
+            let dims = self.dims.clone();
+            let f = &mut self.settings.filters;
+            let mut changed = false;
+            for (name, values, chosen) in [
+                ("Category", &dims.categories, &mut f.categories),
+                ("Payment", &dims.payment_methods, &mut f.payment_methods),
+                ("Region", &dims.regions, &mut f.regions),
+                ("Channel", &dims.channels, &mut f.channels),
+                ("Status", &dims.statuses, &mut f.statuses),
+            ] {
+                changed |= multi_select_ui(ui, name, values, chosen);
+            }
+            let any = !f.no_dimensions();
+            if ui
+                .add_enabled(any, egui::Button::new("Clear filters"))
+                .clicked()
+            {
+                f.categories.clear();
+                f.payment_methods.clear();
+                f.regions.clear();
+                f.channels.clear();
+                f.statuses.clear();
+                changed = true;
+            }
+            if changed {
+                self.request_refresh();
+            }
+        });
+    }
+
+    pub(super) fn dashboard_ui(&mut self, ui: &mut Ui) {
+        self.range_bar_ui(ui);
+        ui.separator();
+        if let Some(e) = &self.dashboard_error {
+            ui.colored_label(
+                egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
+                format!("refresh failed: {e}"),
+            );
+        }
+        let Some(d) = self.dashboard.clone() else {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("loading the dashboard…");
+            });
+            return;
+        };
+        egui::ScrollArea::vertical()
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                span_line_ui(ui, &d);
+                kpis_ui(ui, &d.current, d.previous.as_ref());
+                ui.add_space(8.0);
+                trend_ui(ui, &d);
+                ui.add_space(8.0);
+                let wide = ui.available_width() >= 1100.0;
+                let breakdown = |ui: &mut Ui, which: usize| match which {
+                    0 => section_ui(ui, "Revenue by category", |ui| {
+                        bars_ui(ui, &d.categories, true)
+                    }),
+                    1 => section_ui(ui, "Payment methods (orders)", |ui| {
+                        widgets::donut_ui(ui, &d.payments, 150.0)
+                    }),
+                    _ => section_ui(ui, "Order status", |ui| bars_ui(ui, &d.statuses, false)),
+                };
+                if wide {
+                    ui.columns(3, |c| {
+                        for (i, col) in c.iter_mut().enumerate() {
+                            breakdown(col, i);
+                        }
+                    });
+                } else {
+                    for i in 0..3 {
+                        breakdown(ui, i);
+                    }
+                }
+                ui.add_space(8.0);
+                let tables = |ui: &mut Ui, which: usize| {
+                    let (title, t) = if which == 0 {
+                        ("Top products", &d.top_products)
+                    } else {
+                        ("Top customers", &d.top_customers)
+                    };
+                    section_ui(ui, title, |ui| {
+                        widgets::table_ui(ui, title, t, None, None, 300.0);
+                    });
+                };
+                if wide {
+                    ui.columns(2, |c| {
+                        for (i, col) in c.iter_mut().enumerate() {
+                            tables(col, i);
+                        }
+                    });
+                } else {
+                    for i in 0..2 {
+                        tables(ui, i);
+                    }
+                }
+            });
+    }
+}
+
+/// A dropdown of checkboxes; returns true when the selection changed.
+fn multi_select_ui(ui: &mut Ui, name: &str, values: &[String], chosen: &mut Vec<String>) -> bool {
+    let mut changed = false;
+    let text = match chosen.len() {
+        0 => format!("{name}: any"),
+        1 => format!("{name}: {}", chosen[0]),
+        n => format!("{name}: {n} selected"),
+    };
+    egui::ComboBox::from_id_salt(("filter", name))
+        .selected_text(text)
+        .close_behavior(egui::PopupCloseBehavior::CloseOnClickOutside)
+        .show_ui(ui, |ui| {
+            if values.is_empty() {
+                ui.label(RichText::new("no data yet").weak());
+            }
+            for v in values {
+                let mut on = chosen.contains(v);
+                if ui.checkbox(&mut on, v).changed() {
+                    if on {
+                        chosen.push(v.clone());
+                        chosen.sort();
+                    } else {
+                        chosen.retain(|c| c != v);
+                    }
+                    changed = true;
+                }
+            }
+        });
+    changed
+}
+
+fn section_ui(ui: &mut Ui, title: &str, body: impl FnOnce(&mut Ui)) {
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.set_width(ui.available_width());
+        ui.label(RichText::new(title).strong());
+        ui.add_space(4.0);
+        body(ui);
+    });
+}
+
+fn span_line_ui(ui: &mut Ui, d: &Dashboard) {
+    let span = match d.span {
+        Some(s) => format!(
+            "{} – {} UTC",
+            s.from.format("%Y-%m-%d %H:%M"),
+            s.to.format("%Y-%m-%d %H:%M")
+        ),
+        None => "all data".into(),
+    };
+    ui.label(
+        RichText::new(format!(
+            "{span} · refreshed in {:.0} ms · {}/{} views from cache",
+            d.elapsed.as_secs_f64() * 1e3,
+            d.cached,
+            d.views
+        ))
+        .small()
+        .weak(),
+    );
+}
+
+fn kpis_ui(ui: &mut Ui, now: &Kpis, before: Option<&Kpis>) {
+    let d =
+        |f: fn(&Kpis) -> Option<f64>| before.and_then(|b| Some(delta(f(now)?, f(b)?)).flatten());
+    let opt = |v: Option<f64>, fmt: fn(f64) -> String| v.map_or("—".to_owned(), fmt);
+    let tiles: [(&str, String, Option<f64>, Better); 6] = [
+        (
+            "Revenue",
+            money(now.revenue),
+            d(|k| Some(k.revenue)),
+            Better::Up,
+        ),
+        (
+            "Orders",
+            count(now.orders),
+            d(|k| Some(k.orders)),
+            Better::Up,
+        ),
+        (
+            "Average order value",
+            opt(now.avg_order_value, money),
+            d(|k| k.avg_order_value),
+            Better::Up,
+        ),
+        (
+            "Conversion rate",
+            opt(now.conversion_rate, percent),
+            d(|k| k.conversion_rate),
+            Better::Up,
+        ),
+        (
+            "Refund rate",
+            opt(now.refund_rate, percent),
+            d(|k| k.refund_rate),
+            Better::Down,
+        ),
+        (
+            "Customers",
+            count(now.customers),
+            d(|k| Some(k.customers)),
+            Better::Up,
+        ),
+    ];
+    let spacing = ui.spacing().item_spacing.x;
+    let avail = ui.available_width();
+    // As many per row as fit at >= 150 points, up to all six.
+    let per_row = ((avail + spacing) / (150.0 + 24.0 + spacing))
+        .floor()
+        .clamp(1.0, 6.0);
+    let width = (avail - (per_row - 1.0) * spacing) / per_row - 24.0;
+    ui.horizontal_wrapped(|ui| {
+        for (title, value, delta, better) in tiles {
+            widgets::kpi_card_ui(ui, width, title, &value, delta, better);
+        }
+    });
+}
+
+fn trend_ui(ui: &mut Ui, d: &Dashboard) {
+    let g = d.granularity.map_or("auto", |g| g.as_str());
+    section_ui(ui, &format!("Revenue trend (per {g})"), |ui| {
+        let fmt_time = |x: f64| {
+            DateTime::from_timestamp(x as i64, 0)
+                .map(|t| t.format("%m-%d %H:%M").to_string())
+                .unwrap_or_default()
+        };
+        egui_plot::Plot::new("revenue_trend")
+            .height(240.0)
+            .legend(egui_plot::Legend::default())
+            .x_axis_formatter(move |m, _| fmt_time(m.value))
+            .y_axis_formatter(|m, _| money(m.value))
+            .label_formatter(|hover| {
+                let p = match hover {
+                    egui_plot::HoverPosition::NearDataPoint { position, .. } => position,
+                    egui_plot::HoverPosition::Elsewhere { position } => position,
+                };
+                let t = DateTime::from_timestamp(p.x as i64, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default();
+                Some(format!("{t} UTC\n{}", money(p.y)))
+            })
+            .include_y(0.0)
+            .show(ui, |p| {
+                p.line(
+                    egui_plot::Line::new("revenue", d.trend_revenue.clone())
+                        .color(widgets::color(0))
+                        .fill(0.0),
+                );
+            });
+    });
+}
+
+/// Horizontal bars with labels and values.
+fn bars_ui(ui: &mut Ui, parts: &[Part], as_money: bool) {
+    if parts.is_empty() {
+        ui.label(RichText::new("no data in this range").weak());
+        return;
+    }
+    let max = parts.iter().map(|p| p.value).fold(0.0, f64::max).max(1e-9);
+    let label_w = 110.0;
+    for (i, p) in parts.iter().enumerate() {
+        ui.horizontal(|ui| {
+            ui.add_sized([label_w, 18.0], egui::Label::new(&p.label).truncate());
+            let avail = (ui.available_width() - 150.0).max(40.0);
+            let w = (p.value / max) as f32 * avail;
+            let (rect, resp) =
+                ui.allocate_exact_size(egui::vec2(avail, 14.0), egui::Sense::hover());
+            let bar = egui::Rect::from_min_size(rect.min, egui::vec2(w.max(1.0), rect.height()));
+            ui.painter().rect_filled(bar, 2.0, widgets::color(i));
+            let value = if as_money {
+                money(p.value)
+            } else {
+                count(p.value)
+            };
+            resp.on_hover_text(format!("{}: {value} ({})", p.label, percent(p.share)));
+            ui.label(format!("{value} · {}", percent(p.share)));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_times_parse_in_three_forms() {
+        let t = |s| parse_time(s).map(|t| t.to_rfc3339());
+        assert_eq!(t("2026-11-01"), Some("2026-11-01T00:00:00+00:00".into()));
+        assert_eq!(
+            t("2026-11-01 13:05"),
+            Some("2026-11-01T13:05:00+00:00".into())
+        );
+        assert_eq!(
+            t("2026-11-01T13:05:00Z"),
+            Some("2026-11-01T13:05:00+00:00".into())
+        );
+        assert_eq!(t("yesterday"), None);
+    }
+}

@@ -1,0 +1,697 @@
+//! The desktop workbench (egui/eframe).
+//!
+//! Immediate mode over a store: every frame reads what the backend last sent
+//! (dashboard, telemetry, explorer table, log) and paints it; nothing is
+//! computed or fetched on the UI thread. The backend ([`backend`]) runs on
+//! the tokio runtime and wakes the UI when something arrives, so an idle
+//! window does no work between refreshes.
+
+pub mod backend;
+pub mod bench;
+mod dashboard;
+mod explorer;
+pub mod log;
+pub mod model;
+mod pipeline;
+pub mod settings;
+pub mod widgets;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+
+use crate::analytics::export::ExportFormat;
+use crate::analytics::{Dimensions, ViewKind};
+use crate::config::Config;
+use backend::{BackendHandle, Command, ServiceState, Telemetry, Update};
+use log::LogBuffer;
+use model::{Dashboard, RateHistory, Sample, TableData};
+use settings::{Settings, Theme};
+use widgets::SortBy;
+
+/// The panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Tab {
+    Dashboard,
+    Pipeline,
+    Explorer,
+    Settings,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 4] = [Tab::Dashboard, Tab::Pipeline, Tab::Explorer, Tab::Settings];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Dashboard => "Dashboard",
+            Tab::Pipeline => "Pipeline",
+            Tab::Explorer => "Explorer",
+            Tab::Settings => "Settings",
+        }
+    }
+}
+
+/// A short message in the corner.
+#[derive(Clone, Debug)]
+pub struct Toast {
+    pub text: String,
+    pub level: tracing::Level,
+    pub until: Instant,
+}
+
+/// What the explorer shows and does.
+#[derive(Default)]
+pub struct ExplorerState {
+    pub view: Option<ViewKind>,
+    pub limit: u64,
+    pub table: Option<Arc<TableData>>,
+    pub order: Option<Vec<usize>>,
+    pub sort: Option<SortBy>,
+    pub pending: Option<u64>,
+    pub error: Option<String>,
+    pub export_path: String,
+    pub export_format: Option<ExportFormat>,
+    pub export_all: bool,
+    pub export_progress: Option<(u64, Option<u64>)>,
+    pub export_result: Option<Result<String, String>>,
+}
+
+/// Per-frame timing for the debug overlay.
+#[derive(Default)]
+pub struct FrameStats {
+    recent: VecDeque<f32>,
+}
+
+impl FrameStats {
+    fn push(&mut self, ms: f32) {
+        self.recent.push_back(ms);
+        if self.recent.len() > 120 {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Mean and max of the recent frames, ms.
+    pub fn summary(&self) -> (f32, f32) {
+        let n = self.recent.len().max(1) as f32;
+        let mean = self.recent.iter().sum::<f32>() / n;
+        let max = self.recent.iter().copied().fold(0.0, f32::max);
+        (mean, max)
+    }
+}
+
+/// The application state.
+pub struct App {
+    rt: Handle,
+    base_config: Config,
+    backend: Option<BackendHandle>,
+    /// What is in effect (persisted).
+    pub settings: Settings,
+    /// What the settings panel edits.
+    draft: Settings,
+    pub tab: Tab,
+    pub services: ServiceState,
+    dims: Dimensions,
+    // Dashboard.
+    dashboard: Option<Arc<Dashboard>>,
+    dashboard_error: Option<String>,
+    /// Dashboards received so far.
+    dashboards: u64,
+    next_seq: u64,
+    pending_refresh: Option<u64>,
+    last_refresh: Option<Instant>,
+    refresh_wanted: bool,
+    custom_from: String,
+    custom_to: String,
+    // Pipeline.
+    telemetry: Option<Box<Telemetry>>,
+    history: RateHistory,
+    rate_input: f64,
+    // Explorer.
+    pub explorer: ExplorerState,
+    /// Load the explorer's view once the services are up.
+    explorer_autoload: bool,
+    // Log and toasts.
+    logs: LogBuffer,
+    log_seen: u64,
+    toasts: Vec<Toast>,
+    frames: FrameStats,
+}
+
+impl App {
+    /// An app over `cfg` (services) with `settings` (persisted choices);
+    /// the backend starts on the first frame, on `rt`.
+    pub fn new(rt: Handle, base_config: Config, settings: Settings, logs: LogBuffer) -> Self {
+        let rate_input = settings.rate;
+        Self {
+            rt,
+            base_config,
+            backend: None,
+            draft: settings.clone(),
+            settings,
+            tab: Tab::Dashboard,
+            services: ServiceState::Opening,
+            dims: Dimensions::default(),
+            dashboard: None,
+            dashboard_error: None,
+            dashboards: 0,
+            next_seq: 1,
+            pending_refresh: None,
+            last_refresh: None,
+            refresh_wanted: true,
+            custom_from: String::new(),
+            custom_to: String::new(),
+            telemetry: None,
+            history: RateHistory::default(),
+            rate_input,
+            explorer: ExplorerState {
+                limit: 1_000,
+                export_all: true,
+                ..ExplorerState::default()
+            },
+            explorer_autoload: false,
+            logs,
+            log_seen: 0,
+            toasts: Vec::new(),
+            frames: FrameStats::default(),
+        }
+    }
+
+    /// The dashboard last received.
+    pub fn dashboard(&self) -> Option<&Dashboard> {
+        self.dashboard.as_deref()
+    }
+
+    /// How many dashboards have arrived (each refresh adds one).
+    pub fn dashboards_received(&self) -> u64 {
+        self.dashboards
+    }
+
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_deref()
+    }
+
+    pub fn frame_stats(&self) -> &FrameStats {
+        &self.frames
+    }
+
+    fn send(&mut self, c: Command) {
+        if let Some(b) = &self.backend {
+            if !b.send(c) {
+                self.toast(
+                    tracing::Level::ERROR,
+                    "the background worker has stopped".into(),
+                );
+            }
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn toast(&mut self, level: tracing::Level, text: String) {
+        self.toasts.push(Toast {
+            text,
+            level,
+            until: Instant::now() + Duration::from_secs(6),
+        });
+        while self.toasts.len() > 5 {
+            self.toasts.remove(0);
+        }
+    }
+
+    /// The service config these settings mean.
+    fn config(&self) -> Result<Config, String> {
+        self.settings.apply_to(&self.base_config)
+    }
+
+    fn start_backend(&mut self, ctx: &egui::Context) {
+        self.logs.attach(ctx);
+        match self.config() {
+            Ok(cfg) => {
+                let autostart = self
+                    .settings
+                    .autostart
+                    .then_some(Some(self.settings.rate).filter(|r| *r > 0.0));
+                self.backend = Some(BackendHandle::spawn(&self.rt, cfg, ctx.clone(), autostart));
+                self.services = ServiceState::Opening;
+            }
+            Err(e) => {
+                self.services = ServiceState::Failed(format!("invalid settings: {e}"));
+            }
+        }
+    }
+
+    /// Ends the backend (stopping the pipeline) and starts a new one with the
+    /// current settings.
+    pub fn reconnect(&mut self, ctx: &egui::Context) {
+        if let Some(b) = self.backend.take() {
+            // Stopping happens in the background; the old services go with it.
+            let (done, _wait) = std::sync::mpsc::channel();
+            b.send(Command::Shutdown { done });
+        }
+        self.telemetry = None;
+        self.dashboard = None;
+        self.pending_refresh = None;
+        self.refresh_wanted = true;
+        self.start_backend(ctx);
+    }
+
+    /// Stops the pipeline (waiting up to `timeout`), for app exit.
+    pub fn shutdown(&mut self, timeout: Duration) {
+        if let Some(b) = self.backend.take() {
+            b.shutdown(timeout);
+        }
+    }
+
+    /// Applies what the backend sent since the last frame.
+    fn drain_updates(&mut self) {
+        let Some(b) = &self.backend else { return };
+        let mut updates = Vec::new();
+        while let Some(u) = b.poll() {
+            updates.push(u);
+        }
+        for u in updates {
+            match u {
+                Update::Services(s) => {
+                    if let ServiceState::Failed(e) = &s {
+                        self.toast(tracing::Level::ERROR, format!("services unavailable: {e}"));
+                    }
+                    if matches!(s, ServiceState::Ready { .. }) {
+                        self.refresh_wanted = true;
+                        if std::mem::take(&mut self.explorer_autoload) {
+                            self.services = s;
+                            self.load_explorer();
+                            continue;
+                        }
+                    }
+                    self.services = s;
+                }
+                Update::Dashboard { seq, result } => {
+                    if self.pending_refresh == Some(seq) {
+                        self.pending_refresh = None;
+                    }
+                    match result {
+                        Ok(d) => {
+                            self.dashboards += 1;
+                            self.dashboard = Some(d);
+                            self.dashboard_error = None;
+                        }
+                        Err(e) => self.dashboard_error = Some(e),
+                    }
+                }
+                Update::Explore { seq, result } => {
+                    if self.explorer.pending == Some(seq) {
+                        self.explorer.pending = None;
+                        match result {
+                            Ok(t) => {
+                                self.explorer.order = self
+                                    .explorer
+                                    .sort
+                                    .filter(|s| s.column < t.columns.len())
+                                    .map(|s| t.sorted_order(s.column, s.descending));
+                                self.explorer.table = Some(t);
+                                self.explorer.error = None;
+                            }
+                            Err(e) => self.explorer.error = Some(e),
+                        }
+                    }
+                }
+                Update::Telemetry(t) => {
+                    self.history.push(Sample {
+                        t: t.at,
+                        produced: t.counters.produced,
+                        ingested: t.counters.ingested,
+                        dead_lettered: t.counters.dead_lettered,
+                    });
+                    self.telemetry = Some(t);
+                }
+                Update::Dimensions(d) => self.dims = d,
+                Update::ExportProgress { done, total } => {
+                    self.explorer.export_progress = Some((done, total));
+                }
+                Update::ExportDone(r) => {
+                    self.explorer.export_progress = None;
+                    let r = r.map(|rep| {
+                        format!(
+                            "wrote {} rows ({} bytes) to {}",
+                            rep.rows,
+                            rep.bytes,
+                            rep.path.display()
+                        )
+                    });
+                    match &r {
+                        Ok(m) => self.toast(tracing::Level::INFO, m.clone()),
+                        Err(e) => self.toast(tracing::Level::ERROR, format!("export failed: {e}")),
+                    }
+                    self.explorer.export_result = Some(r);
+                }
+                Update::ExportPath(p) => {
+                    if let Some(p) = p {
+                        self.explorer.export_path = p.display().to_string();
+                    }
+                }
+                Update::Error(e) => self.toast(tracing::Level::ERROR, e),
+            }
+        }
+    }
+
+    /// New warnings and errors from the log become toasts.
+    fn drain_log(&mut self) {
+        let new = self.logs.since(self.log_seen);
+        for l in new {
+            self.log_seen = l.seq + 1;
+            if l.level <= tracing::Level::WARN {
+                self.toast(l.level, l.text);
+            }
+        }
+    }
+
+    /// Sends a dashboard refresh when one is due; returns how long until the
+    /// next one is due (for the repaint timer).
+    fn schedule_refresh(&mut self) -> Option<Duration> {
+        if !matches!(self.services, ServiceState::Ready { .. }) {
+            return None;
+        }
+        let interval = Duration::from_secs_f64(self.settings.refresh_secs.max(1.0));
+        let due = self.refresh_wanted
+            || (self.settings.auto_refresh
+                && self.last_refresh.is_none_or(|t| t.elapsed() >= interval));
+        if due && self.pending_refresh.is_none() {
+            let seq = self.seq();
+            let filters = self.settings.filters.clone();
+            self.send(Command::Refresh { seq, filters });
+            self.pending_refresh = Some(seq);
+            self.last_refresh = Some(Instant::now());
+            self.refresh_wanted = false;
+        }
+        self.settings.auto_refresh.then(|| {
+            interval.saturating_sub(self.last_refresh.map_or(Duration::ZERO, |t| t.elapsed()))
+        })
+    }
+
+    /// Asks for a refresh now (filters changed, or the user asked).
+    pub fn request_refresh(&mut self) {
+        self.refresh_wanted = true;
+    }
+
+    fn apply_theme(&self, ctx: &egui::Context) {
+        ctx.set_theme(match self.settings.theme {
+            Theme::Dark => egui::Theme::Dark,
+            Theme::Light => egui::Theme::Light,
+        });
+    }
+
+    /// One frame of the whole app.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        let started = Instant::now();
+        let ctx = ui.ctx().clone();
+        if self.backend.is_none() && !matches!(self.services, ServiceState::Failed(_)) {
+            self.apply_theme(&ctx);
+            self.start_backend(&ctx);
+        }
+        self.drain_updates();
+        self.drain_log();
+        let next_refresh = self.schedule_refresh();
+
+        egui::Panel::top("top_bar").show(ui, |ui| self.top_bar_ui(ui));
+        egui::Panel::bottom("status_bar").show(ui, |ui| self.status_bar_ui(ui));
+        egui::CentralPanel::default_margins().show(ui, |ui| match self.tab {
+            Tab::Dashboard => self.dashboard_ui(ui),
+            Tab::Pipeline => self.pipeline_ui(ui),
+            Tab::Explorer => self.explorer_ui(ui),
+            Tab::Settings => {
+                let current = self.settings.clone();
+                if settings::settings_ui(ui, &mut self.draft, &current) {
+                    let reconnect = self.draft.services_differ(&current);
+                    self.settings = self.draft.clone();
+                    self.apply_theme(&ctx);
+                    if reconnect {
+                        self.reconnect(&ctx);
+                    } else {
+                        self.request_refresh();
+                    }
+                }
+            }
+        });
+        self.toasts_ui(&ctx);
+        if self.settings.debug_overlay {
+            self.debug_overlay_ui(&ctx);
+        }
+
+        // Wake for the next auto-refresh and for toasts to expire; otherwise
+        // only when the backend sends something.
+        let now = Instant::now();
+        self.toasts.retain(|t| t.until > now);
+        let toast_wait = self.toasts.iter().map(|t| t.until - now).min();
+        if let Some(d) = [next_refresh, toast_wait].into_iter().flatten().min() {
+            ctx.request_repaint_after(d.max(Duration::from_millis(50)));
+        }
+        self.frames.push(started.elapsed().as_secs_f32() * 1e3);
+    }
+
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("salespulse");
+            ui.separator();
+            for t in Tab::ALL {
+                if ui.selectable_label(self.tab == t, t.label()).clicked() {
+                    self.tab = t;
+                    if t == Tab::Settings {
+                        self.draft = self.settings.clone();
+                    }
+                }
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                let (text, color) = match self.telemetry.as_ref().map(|t| &t.state) {
+                    Some(s) => (
+                        format!("pipeline {}", s.label()),
+                        match s {
+                            crate::pipeline::live::RunState::Running => {
+                                egui::Color32::from_rgb(0x3c, 0xb0, 0x5a)
+                            }
+                            crate::pipeline::live::RunState::Failed(_) => {
+                                egui::Color32::from_rgb(0xe0, 0x4f, 0x4f)
+                            }
+                            _ => ui.visuals().weak_text_color(),
+                        },
+                    ),
+                    None => ("pipeline —".to_owned(), ui.visuals().weak_text_color()),
+                };
+                ui.label(egui::RichText::new(text).color(color));
+            });
+        });
+    }
+
+    fn status_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            match &self.services {
+                ServiceState::Opening => {
+                    ui.spinner();
+                    ui.label("starting services…");
+                }
+                ServiceState::Ready {
+                    brokers,
+                    database,
+                    embedded_broker,
+                    ..
+                } => {
+                    ui.label(format!(
+                        "Kafka {}{} · PostgreSQL {}",
+                        brokers,
+                        if *embedded_broker { " (embedded)" } else { "" },
+                        database
+                    ));
+                }
+                ServiceState::Failed(e) => {
+                    ui.colored_label(
+                        egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
+                        format!("services unavailable: {e}"),
+                    );
+                    if ui.button("Retry").clicked() {
+                        let ctx = ui.ctx().clone();
+                        self.reconnect(&ctx);
+                    }
+                }
+            }
+            if let Some(t) = &self.telemetry {
+                ui.separator();
+                let total = t.cache_hits + t.cache_misses;
+                if total > 0 {
+                    ui.label(format!(
+                        "cache hit rate {}",
+                        model::percent(t.cache_hits as f64 / total as f64)
+                    ));
+                }
+            }
+        });
+    }
+
+    fn toasts_ui(&mut self, ctx: &egui::Context) {
+        if self.toasts.is_empty() {
+            return;
+        }
+        egui::Area::new(egui::Id::unique("toasts"))
+            .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -36.0))
+            .order(egui::Order::Foreground)
+            .interactable(true)
+            .show(ctx, |ui| {
+                ui.set_max_width(420.0);
+                let mut dismiss = None;
+                for (i, t) in self.toasts.iter().enumerate() {
+                    let color = match t.level {
+                        tracing::Level::ERROR => egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
+                        tracing::Level::WARN => egui::Color32::from_rgb(0xed, 0xa2, 0x2b),
+                        _ => egui::Color32::from_rgb(0x4e, 0x79, 0xa7),
+                    };
+                    egui::Frame::popup(ui.style())
+                        .stroke(egui::Stroke::new(1.0, color))
+                        .show(ui, |ui| {
+                            ui.horizontal(|ui| {
+                                ui.colored_label(color, t.level.as_str());
+                                ui.label(&t.text);
+                                if ui.small_button("×").on_hover_text("Dismiss").clicked() {
+                                    dismiss = Some(i);
+                                }
+                            });
+                        });
+                }
+                if let Some(i) = dismiss {
+                    self.toasts.remove(i);
+                }
+            });
+    }
+
+    fn debug_overlay_ui(&mut self, ctx: &egui::Context) {
+        let (mean, max) = self.frames.summary();
+        egui::Area::new(egui::Id::unique("frame_time"))
+            .anchor(egui::Align2::RIGHT_TOP, egui::vec2(-8.0, 40.0))
+            .order(egui::Order::Foreground)
+            .show(ctx, |ui| {
+                egui::Frame::popup(ui.style()).show(ui, |ui| {
+                    ui.monospace(format!("frame {mean:.2} ms (max {max:.2})"));
+                });
+            });
+    }
+
+    /// `SALESPULSE_TAB` (dashboard, pipeline, explorer, settings) opens a
+    /// panel, `SALESPULSE_EXPLORE` (a view name) loads it in the explorer,
+    /// `SALESPULSE_LAST` (15m, 1h, 24h, 7d, all) sets the range and
+    /// `SALESPULSE_RATE` the generation rate and `SALESPULSE_AUTOSTART=0`
+    /// keeps the generator off: for demos, measurements and the screenshot
+    /// script.
+    pub fn apply_startup_env(&mut self) {
+        if let Ok(v) = std::env::var("SALESPULSE_AUTOSTART") {
+            self.settings.autostart = !matches!(v.trim(), "0" | "false" | "no");
+        }
+        if let Ok(v) = std::env::var("SALESPULSE_LAST") {
+            match crate::analytics::TimeRange::parse_last(&v) {
+                Ok(r) => self.settings.filters.range = r,
+                Err(e) => tracing::warn!("SALESPULSE_LAST: {e}"),
+            }
+        }
+        if let Ok(v) = std::env::var("SALESPULSE_RATE") {
+            match v.trim().parse::<f64>() {
+                Ok(r) if r >= 0.0 => {
+                    self.settings.rate = r;
+                    self.rate_input = r;
+                }
+                _ => tracing::warn!("SALESPULSE_RATE={v:?} is not a rate"),
+            }
+        }
+        if let Ok(t) = std::env::var("SALESPULSE_TAB") {
+            match Tab::ALL
+                .into_iter()
+                .find(|x| x.label().eq_ignore_ascii_case(t.trim()))
+            {
+                Some(tab) => self.tab = tab,
+                None => tracing::warn!("SALESPULSE_TAB={t:?} is not a panel"),
+            }
+        }
+        if let Ok(v) = std::env::var("SALESPULSE_EXPLORE") {
+            match v.parse::<ViewKind>() {
+                Ok(v) => {
+                    self.explorer.view = Some(v);
+                    self.explorer_autoload = true;
+                }
+                Err(e) => tracing::warn!("SALESPULSE_EXPLORE: {e}"),
+            }
+        }
+    }
+
+    /// Where the export of the explorer goes by default.
+    fn default_export_path(&self, format: ExportFormat) -> PathBuf {
+        let view = self.explorer.view.map_or("transactions", |v| v.as_str());
+        let ext = match format {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Parquet => "parquet",
+        };
+        dirs_home().join(format!("salespulse-{view}.{ext}"))
+    }
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The eframe shell around [`App`]: persistence and exit.
+pub struct Workbench {
+    pub app: App,
+}
+
+impl eframe::App for Workbench {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.app.ui(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, settings::STORAGE_KEY, &self.app.settings);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.app.shutdown(Duration::from_secs(8));
+    }
+}
+
+/// Opens the window and runs until it is closed.
+pub fn run(rt: Handle, base_config: Config, logs: LogBuffer) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("salespulse")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([1024.0, 640.0]),
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "salespulse",
+        options,
+        Box::new(move |cc| {
+            let mut settings = cc
+                .storage
+                .and_then(|s| eframe::get_value::<Settings>(s, settings::STORAGE_KEY))
+                .unwrap_or_else(|| Settings::from_config(&base_config));
+            // Services named in the environment win over saved settings.
+            for (var, field) in [
+                ("KAFKA_BROKERS", &mut settings.kafka_brokers),
+                ("DATABASE_URL", &mut settings.database_url),
+                ("REDIS_URL", &mut settings.redis_url),
+            ] {
+                if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+                    *field = v;
+                }
+            }
+            let mut app = App::new(rt, base_config, settings, logs);
+            app.apply_startup_env();
+            Ok(Box::new(Workbench { app }))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+}

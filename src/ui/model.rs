@@ -1,0 +1,420 @@
+//! What the UI draws, prepared off the UI thread from the analytics frames:
+//! plain vectors and strings, so a frame only paints.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use polars::prelude::{DataFrame, DataType};
+
+use crate::analytics::{Granularity, Span, ViewKind, ViewResult};
+use crate::cache::Outcome;
+
+/// A column of a frame as floats (nulls as `None`).
+fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, String> {
+    let c = df
+        .column(name)
+        .map_err(|e| format!("column {name}: {e}"))?
+        .cast(&DataType::Float64)
+        .map_err(|e| format!("column {name}: {e}"))?;
+    let ca = c.f64().map_err(|e| format!("column {name}: {e}"))?;
+    Ok(ca.iter().collect())
+}
+
+fn texts(df: &DataFrame, name: &str) -> Result<Vec<String>, String> {
+    let c = df
+        .column(name)
+        .map_err(|e| format!("column {name}: {e}"))?
+        .cast(&DataType::String)
+        .map_err(|e| format!("column {name}: {e}"))?;
+    let ca = c.str().map_err(|e| format!("column {name}: {e}"))?;
+    Ok(ca.iter().map(|s| s.unwrap_or("").to_owned()).collect())
+}
+
+/// The KPI tiles of one period.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Kpis {
+    pub revenue: f64,
+    pub orders: f64,
+    pub avg_order_value: Option<f64>,
+    pub conversion_rate: Option<f64>,
+    pub refund_rate: Option<f64>,
+    pub customers: f64,
+}
+
+/// One labelled part of a whole (a bar, a slice of a donut).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub label: String,
+    pub value: f64,
+    pub orders: f64,
+    /// Share of the whole, 0..=1.
+    pub share: f64,
+}
+
+/// A table of formatted cells, with sort keys for numeric columns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableData {
+    pub columns: Vec<String>,
+    /// Row-major formatted cells.
+    pub rows: Vec<Vec<String>>,
+    /// Per column: the numeric value of each row, when the column is numeric.
+    pub numeric: Vec<Option<Vec<f64>>>,
+}
+
+impl TableData {
+    /// Formats every cell of `df` (money and rates with two decimals,
+    /// timestamps as UTC).
+    pub fn from_frame(df: &DataFrame) -> Result<Self, String> {
+        let height = df.height();
+        let mut columns = Vec::with_capacity(df.width());
+        let mut cells: Vec<Vec<String>> = Vec::with_capacity(df.width());
+        let mut numeric = Vec::with_capacity(df.width());
+        for col in df.columns() {
+            let name = col.name().to_string();
+            let dtype = col.dtype().clone();
+            let (formatted, keys) = match dtype {
+                DataType::Float64 | DataType::Float32 => {
+                    let v = floats(df, &name)?;
+                    let f = v
+                        .iter()
+                        .map(|x| x.map(|x| format!("{x:.2}")).unwrap_or_default())
+                        .collect();
+                    (f, Some(v.iter().map(|x| x.unwrap_or(f64::NAN)).collect()))
+                }
+                d if d.is_integer() => {
+                    let v = floats(df, &name)?;
+                    let f = v
+                        .iter()
+                        .map(|x| x.map(|x| format!("{x:.0}")).unwrap_or_default())
+                        .collect();
+                    (f, Some(v.iter().map(|x| x.unwrap_or(f64::NAN)).collect()))
+                }
+                DataType::Datetime(_, _) => {
+                    let us = col
+                        .cast(&DataType::Int64)
+                        .map_err(|e| format!("column {name}: {e}"))?;
+                    let ca = us.i64().map_err(|e| format!("column {name}: {e}"))?;
+                    let mut f = Vec::with_capacity(height);
+                    let mut k = Vec::with_capacity(height);
+                    for v in ca.iter() {
+                        let t = v.and_then(chrono::DateTime::from_timestamp_micros);
+                        f.push(
+                            t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                                .unwrap_or_default(),
+                        );
+                        k.push(v.map_or(f64::NAN, |v| v as f64));
+                    }
+                    (f, Some(k))
+                }
+                _ => (texts(df, &name)?, None),
+            };
+            columns.push(name);
+            cells.push(formatted);
+            numeric.push(keys);
+        }
+        let rows = (0..height)
+            .map(|r| cells.iter().map(|c| c[r].clone()).collect())
+            .collect();
+        Ok(Self {
+            columns,
+            rows,
+            numeric,
+        })
+    }
+
+    /// Row order for sorting by column `col` (numbers numerically, text
+    /// lexically; ties keep their order).
+    pub fn sorted_order(&self, col: usize, descending: bool) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        match self.numeric.get(col).and_then(|k| k.as_ref()) {
+            Some(keys) => order.sort_by(|&a, &b| {
+                let o = keys[a].total_cmp(&keys[b]);
+                if descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }),
+            None => order.sort_by(|&a, &b| {
+                let o = self.rows[a][col].cmp(&self.rows[b][col]);
+                if descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }),
+        }
+        order
+    }
+}
+
+/// Everything the dashboard shows, from one refresh.
+#[derive(Clone, Debug, Default)]
+pub struct Dashboard {
+    pub current: Kpis,
+    pub previous: Option<Kpis>,
+    /// `[unix seconds, revenue]` per bucket.
+    pub trend_revenue: Vec<[f64; 2]>,
+    /// `[unix seconds, orders]` per bucket.
+    pub trend_orders: Vec<[f64; 2]>,
+    pub granularity: Option<Granularity>,
+    pub categories: Vec<Part>,
+    pub payments: Vec<Part>,
+    pub statuses: Vec<Part>,
+    pub top_products: TableData,
+    pub top_customers: TableData,
+    pub span: Option<Span>,
+    /// Wall time of the whole refresh.
+    pub elapsed: Duration,
+    /// Views answered from the cache, of all views.
+    pub cached: usize,
+    pub views: usize,
+}
+
+/// The views of a dashboard refresh.
+pub const DASHBOARD_VIEWS: [ViewKind; 7] = [
+    ViewKind::Kpis,
+    ViewKind::RevenueTrend,
+    ViewKind::CategoryPerformance,
+    ViewKind::PaymentMix,
+    ViewKind::StatusBreakdown,
+    ViewKind::TopProducts,
+    ViewKind::TopCustomers,
+];
+
+fn kpis_row(df: &DataFrame, row: usize) -> Result<Option<Kpis>, String> {
+    let get = |name: &str| -> Result<Option<f64>, String> {
+        Ok(floats(df, name)?.get(row).copied().flatten())
+    };
+    // A previous period of "all data" is all nulls.
+    let Some(revenue) = get("revenue")? else {
+        return Ok(None);
+    };
+    Ok(Some(Kpis {
+        revenue,
+        orders: get("orders")?.unwrap_or(0.0),
+        avg_order_value: get("avg_order_value")?,
+        conversion_rate: get("conversion_rate")?,
+        refund_rate: get("refund_rate")?,
+        customers: get("customers")?.unwrap_or(0.0),
+    }))
+}
+
+fn parts(df: &DataFrame, label: &str, value: &str, share: &str) -> Result<Vec<Part>, String> {
+    let labels = texts(df, label)?;
+    let values = floats(df, value)?;
+    let orders = floats(df, "orders")?;
+    let shares = floats(df, share)?;
+    Ok(labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, label)| Part {
+            label,
+            value: values[i].unwrap_or(0.0),
+            orders: orders[i].unwrap_or(0.0),
+            share: shares[i].unwrap_or(0.0),
+        })
+        .collect())
+}
+
+fn series(df: &DataFrame, y: &str) -> Result<Vec<[f64; 2]>, String> {
+    let x = floats(df, "bucket")?;
+    let y = floats(df, y)?;
+    Ok(x.iter()
+        .zip(&y)
+        .filter_map(|(x, y)| Some([(*x)? / 1e6, y.unwrap_or(0.0)]))
+        .collect())
+}
+
+impl Dashboard {
+    /// Builds the dashboard from the results of [`DASHBOARD_VIEWS`].
+    pub fn from_results(results: &[ViewResult], elapsed: Duration) -> Result<Self, String> {
+        let mut d = Dashboard {
+            elapsed,
+            views: results.len(),
+            cached: results.iter().filter(|r| r.outcome == Outcome::Hit).count(),
+            ..Dashboard::default()
+        };
+        for r in results {
+            let df = &r.frame;
+            match r.view {
+                ViewKind::Kpis => {
+                    d.span = r.span;
+                    d.current = kpis_row(df, 0)?.unwrap_or_default();
+                    d.previous = kpis_row(df, 1)?;
+                }
+                ViewKind::RevenueTrend => {
+                    d.granularity = r.granularity;
+                    d.trend_revenue = series(df, "revenue")?;
+                    d.trend_orders = series(df, "orders")?;
+                }
+                ViewKind::CategoryPerformance => {
+                    d.categories = parts(df, "category", "revenue", "revenue_share")?;
+                }
+                ViewKind::PaymentMix => {
+                    d.payments = parts(df, "payment_method", "orders", "order_share")?;
+                }
+                ViewKind::StatusBreakdown => {
+                    d.statuses = parts(df, "status", "orders", "order_share")?;
+                }
+                ViewKind::TopProducts => d.top_products = TableData::from_frame(df)?,
+                ViewKind::TopCustomers => d.top_customers = TableData::from_frame(df)?,
+                _ => {}
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// One sample of the pipeline's counters, for rates and sparklines.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Seconds since the app started.
+    pub t: f64,
+    pub produced: u64,
+    pub ingested: u64,
+    pub dead_lettered: u64,
+}
+
+/// Rates over the last few minutes, from counter samples.
+#[derive(Clone, Debug, Default)]
+pub struct RateHistory {
+    samples: VecDeque<Sample>,
+}
+
+/// Samples kept: 5 minutes at one per second.
+pub const HISTORY_SAMPLES: usize = 300;
+
+impl RateHistory {
+    pub fn push(&mut self, s: Sample) {
+        if self.samples.back().is_some_and(|b| s.t <= b.t) {
+            return;
+        }
+        self.samples.push_back(s);
+        while self.samples.len() > HISTORY_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// `[t, per second]` points of one counter.
+    pub fn rates(&self, get: impl Fn(&Sample) -> u64) -> Vec<[f64; 2]> {
+        self.samples
+            .iter()
+            .zip(self.samples.iter().skip(1))
+            .map(|(a, b)| {
+                let dt = (b.t - a.t).max(1e-6);
+                [b.t, get(b).saturating_sub(get(a)) as f64 / dt]
+            })
+            .collect()
+    }
+
+    /// The latest rate of one counter, averaged over up to `window` seconds.
+    pub fn latest_rate(&self, window: f64, get: impl Fn(&Sample) -> u64) -> Option<f64> {
+        let last = self.samples.back()?;
+        let first = self
+            .samples
+            .iter()
+            .find(|s| last.t - s.t <= window)
+            .filter(|s| s.t < last.t)?;
+        Some(get(last).saturating_sub(get(first)) as f64 / (last.t - first.t))
+    }
+}
+
+/// Formats money with thousands separators.
+pub fn money(v: f64) -> String {
+    let neg = v < 0.0;
+    let cents = (v.abs() * 100.0).round() as u128;
+    let (whole, frac) = (cents / 100, cents % 100);
+    format!(
+        "{}${}.{frac:02}",
+        if neg { "-" } else { "" },
+        thousands(whole)
+    )
+}
+
+/// An integer with thousands separators.
+pub fn count(v: f64) -> String {
+    let s = thousands(v.abs().round() as u128);
+    if v < 0.0 {
+        format!("-{s}")
+    } else {
+        s
+    }
+}
+
+fn thousands(n: u128) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn percent(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+/// Relative change of `now` against `before`, when `before` is not zero.
+pub fn delta(now: f64, before: f64) -> Option<f64> {
+    (before.abs() > f64::EPSILON).then(|| (now - before) / before.abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers_for_people() {
+        assert_eq!(money(1234567.891), "$1,234,567.89");
+        assert_eq!(money(-5.0), "-$5.00");
+        assert_eq!(money(0.0), "$0.00");
+        assert_eq!(count(999.0), "999");
+        assert_eq!(count(1000.0), "1,000");
+        assert_eq!(count(-12345.0), "-12,345");
+        assert_eq!(percent(0.1234), "12.3%");
+        assert_eq!(delta(110.0, 100.0), Some(0.1));
+        assert_eq!(delta(5.0, 0.0), None);
+    }
+
+    #[test]
+    fn rates_come_from_counter_differences() {
+        let mut h = RateHistory::default();
+        for i in 0..5u64 {
+            h.push(Sample {
+                t: i as f64,
+                produced: i * 100,
+                ingested: i * 50,
+                dead_lettered: 0,
+            });
+        }
+        // Out-of-order samples are ignored.
+        h.push(Sample {
+            t: 1.0,
+            produced: 0,
+            ingested: 0,
+            dead_lettered: 0,
+        });
+        let r = h.rates(|s| s.produced);
+        assert_eq!(r.len(), 4);
+        assert!(r.iter().all(|p| (p[1] - 100.0).abs() < 1e-9));
+        assert_eq!(h.latest_rate(2.0, |s| s.ingested), Some(50.0));
+    }
+
+    #[test]
+    fn tables_sort_numbers_numerically() {
+        let df = polars::df! {
+            "name" => ["b", "a", "c"],
+            "n" => [10i64, 9, 100],
+        }
+        .unwrap();
+        let t = TableData::from_frame(&df).unwrap();
+        assert_eq!(t.rows[0], vec!["b".to_string(), "10".to_string()]);
+        assert_eq!(t.sorted_order(1, false), vec![1, 0, 2]);
+        assert_eq!(t.sorted_order(1, true), vec![2, 0, 1]);
+        assert_eq!(t.sorted_order(0, false), vec![1, 0, 2]);
+    }
+}

@@ -1,0 +1,271 @@
+//! The pipeline panel: controls, live rates, lag, pool, cache, services, log.
+
+use egui::{Color32, RichText, Ui};
+
+use super::backend::Command;
+use super::model::{count, percent};
+use super::widgets;
+use super::App;
+use crate::pipeline::live::RunState;
+
+const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
+const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
+const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
+
+impl App {
+    fn controls_ui(&mut self, ui: &mut Ui) {
+        let state = self.telemetry.as_ref().map(|t| t.state.clone());
+        ui.horizontal_wrapped(|ui| {
+            let running = matches!(state, Some(RunState::Running | RunState::Paused));
+            let rate = Some(self.rate_input).filter(|r| *r > 0.0);
+            if ui
+                .add_enabled(!running && state.is_some(), egui::Button::new("Start"))
+                .clicked()
+            {
+                self.settings.rate = self.rate_input;
+                self.send(Command::Start { rate });
+            }
+            match state {
+                Some(RunState::Paused) => {
+                    if ui.button("Resume").clicked() {
+                        self.send(Command::SetPaused(false));
+                    }
+                }
+                _ => {
+                    if ui
+                        .add_enabled(state == Some(RunState::Running), egui::Button::new("Pause"))
+                        .clicked()
+                    {
+                        self.send(Command::SetPaused(true));
+                    }
+                }
+            }
+            if ui
+                .add_enabled(
+                    running || matches!(state, Some(RunState::Failed(_))),
+                    egui::Button::new("Stop"),
+                )
+                .clicked()
+            {
+                self.send(Command::Stop);
+            }
+            ui.separator();
+            ui.label("Rate (events/s, 0 = max)");
+            let r = ui.add(
+                egui::DragValue::new(&mut self.rate_input)
+                    .range(0.0..=1_000_000.0)
+                    .speed(10.0),
+            );
+            for preset in [50.0, 500.0, 5_000.0] {
+                if ui.small_button(format!("{preset:.0}")).clicked() {
+                    self.rate_input = preset;
+                    self.send(Command::SetRate(Some(preset)));
+                    self.settings.rate = preset;
+                }
+            }
+            if r.changed() {
+                self.settings.rate = self.rate_input;
+                self.send(Command::SetRate(Some(self.rate_input).filter(|r| *r > 0.0)));
+            }
+        });
+        if let Some(RunState::Failed(e)) = &state {
+            ui.colored_label(RED, format!("pipeline failed: {e}"));
+        }
+    }
+
+    pub(super) fn pipeline_ui(&mut self, ui: &mut Ui) {
+        ui.heading("Pipeline");
+        self.controls_ui(ui);
+        ui.separator();
+        let Some(t) = self.telemetry.clone() else {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("waiting for the services…");
+            });
+            return;
+        };
+        egui::ScrollArea::vertical()
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                ui.horizontal_wrapped(|ui| {
+                    let c = &t.counters;
+                    ui.label(format!("state: {}", t.state.label()));
+                    ui.separator();
+                    ui.label(format!(
+                        "rate setting: {}",
+                        match t.rate {
+                            Some(Some(r)) => format!("{r:.0}/s"),
+                            Some(None) => "max".into(),
+                            None => "—".into(),
+                        }
+                    ));
+                    ui.separator();
+                    ui.label(format!("produced {}", count(c.produced as f64)));
+                    ui.label(format!("ingested {}", count(c.ingested as f64)));
+                    ui.label(format!("dead-lettered {}", count(c.dead_lettered as f64)));
+                    ui.label(format!("duplicates {}", count(c.duplicates as f64)));
+                    if c.produce_failed > 0 {
+                        ui.colored_label(RED, format!("failed {}", count(c.produce_failed as f64)));
+                    }
+                });
+                ui.add_space(6.0);
+                ui.horizontal_wrapped(|ui| {
+                    widgets::sparkline_ui(
+                        ui,
+                        "spark_produced",
+                        "produced",
+                        &self.history.rates(|s| s.produced),
+                        widgets::color(0),
+                    );
+                    widgets::sparkline_ui(
+                        ui,
+                        "spark_ingested",
+                        "ingested",
+                        &self.history.rates(|s| s.ingested),
+                        widgets::color(4),
+                    );
+                    widgets::sparkline_ui(
+                        ui,
+                        "spark_dlq",
+                        "dead-lettered",
+                        &self.history.rates(|s| s.dead_lettered),
+                        widgets::color(2),
+                    );
+                });
+                ui.add_space(6.0);
+                ui.columns(2, |c| {
+                    lag_ui(&mut c[0], &t.lag);
+                    resources_ui(&mut c[1], &t);
+                });
+                ui.add_space(6.0);
+                services_ui(ui, &t);
+                ui.add_space(6.0);
+                self.log_ui(ui);
+            });
+    }
+
+    fn log_ui(&mut self, ui: &mut Ui) {
+        ui.label(RichText::new("Log").strong());
+        let id = ui.make_persistent_id("log_level");
+        let mut warn_only = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(false);
+        ui.checkbox(&mut warn_only, "warnings and errors only");
+        ui.data_mut(|d| d.insert_temp(id, warn_only));
+        let lines: Vec<_> = self.logs.with_lines(|l| {
+            l.iter()
+                .filter(|l| !warn_only || l.level <= tracing::Level::WARN)
+                .cloned()
+                .collect()
+        });
+        let row_h = ui.text_style_height(&egui::TextStyle::Monospace);
+        egui::ScrollArea::vertical()
+            .id_salt("log_scroll")
+            .max_height(220.0)
+            .stick_to_bottom(true)
+            .auto_shrink([false, true])
+            .show_rows(ui, row_h, lines.len(), |ui, range| {
+                for l in &lines[range] {
+                    let c = match l.level {
+                        tracing::Level::ERROR => RED,
+                        tracing::Level::WARN => AMBER,
+                        _ => ui.visuals().text_color(),
+                    };
+                    ui.label(
+                        RichText::new(format!(
+                            "{} {:5} {}",
+                            l.time.format("%H:%M:%S"),
+                            l.level.as_str(),
+                            l.text
+                        ))
+                        .monospace()
+                        .color(c),
+                    );
+                }
+            });
+    }
+}
+
+fn lag_ui(ui: &mut Ui, lag: &Result<Vec<(i32, i64)>, String>) {
+    ui.label(RichText::new("Consumer lag").strong());
+    match lag {
+        Err(e) => {
+            ui.colored_label(AMBER, format!("unavailable: {e}"));
+        }
+        Ok(parts) => {
+            let total: i64 = parts.iter().map(|p| p.1).sum();
+            ui.label(format!("{} records behind in total", count(total as f64)));
+            egui::Grid::new("lag_grid").striped(true).show(ui, |ui| {
+                ui.label("partition");
+                ui.label("lag");
+                ui.end_row();
+                for (p, n) in parts {
+                    ui.label(p.to_string());
+                    ui.label(count(*n as f64));
+                    ui.end_row();
+                }
+            });
+        }
+    }
+}
+
+fn resources_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
+    ui.label(RichText::new("PostgreSQL pool and cache").strong());
+    let used = t.pool_open.saturating_sub(t.pool_idle);
+    ui.label(format!(
+        "pool: {used} in use, {} idle, {} open of {} max",
+        t.pool_idle, t.pool_open, t.pool_max
+    ));
+    let frac = if t.pool_max > 0 {
+        used as f32 / t.pool_max as f32
+    } else {
+        0.0
+    };
+    ui.add(
+        egui::ProgressBar::new(frac)
+            .desired_width(220.0)
+            .text(format!("{used}/{}", t.pool_max)),
+    );
+    let total = t.cache_hits + t.cache_misses;
+    let rate = if total > 0 {
+        percent(t.cache_hits as f64 / total as f64)
+    } else {
+        "—".into()
+    };
+    match (&t.cache.error, t.cache.enabled) {
+        (None, true) => ui.label(format!(
+            "cache: up, hit rate {rate} ({} hits, {} misses), TTL {} s",
+            t.cache_hits, t.cache_misses, t.cache.ttl_secs
+        )),
+        (Some(e), _) => ui.colored_label(
+            AMBER,
+            format!("cache bypassed (Redis: {e}); hit rate {rate}"),
+        ),
+        (None, false) => ui.label("cache: off"),
+    };
+}
+
+fn services_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
+    ui.label(RichText::new("Services").strong());
+    let Some(h) = &t.health else {
+        ui.label(RichText::new("checking…").weak());
+        return;
+    };
+    egui::Grid::new("services_grid")
+        .striped(true)
+        .show(ui, |ui| {
+            for c in &h.checks {
+                let (mark, color) = if c.ok { ("up", GREEN) } else { ("down", RED) };
+                ui.colored_label(color, mark);
+                ui.label(c.name);
+                ui.label(&c.detail);
+                if let Some(e) = &c.error {
+                    ui.colored_label(RED, e);
+                }
+                ui.end_row();
+            }
+        });
+    ui.label(
+        RichText::new(format!("checked {}", h.checked_at.format("%H:%M:%S UTC")))
+            .small()
+            .weak(),
+    );
+}

@@ -1,0 +1,210 @@
+//! Settings the app keeps between runs (eframe persistence), and their panel.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytics::Filters;
+use crate::config::{redact_url, Config};
+
+/// Key of the settings in eframe's storage.
+pub const STORAGE_KEY: &str = "salespulse.settings";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Theme {
+    Dark,
+    Light,
+}
+
+/// What the user chose; persisted as a whole.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Empty = embedded.
+    pub kafka_brokers: String,
+    /// Empty = embedded.
+    pub database_url: String,
+    pub redis_url: String,
+    pub partitions: i32,
+    pub batch_size: usize,
+    pub cache_ttl_secs: u64,
+    /// Dashboard auto-refresh interval, seconds.
+    pub refresh_secs: f64,
+    pub auto_refresh: bool,
+    pub theme: Theme,
+    /// Generation rate when started from the app, events/s (0 = as fast as possible).
+    pub rate: f64,
+    /// The dashboard's filters.
+    pub filters: Filters,
+    /// Start generating when the app opens.
+    pub autostart: bool,
+    pub debug_overlay: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            kafka_brokers: cfg.kafka_brokers.clone().unwrap_or_default(),
+            database_url: cfg.database_url.clone().unwrap_or_default(),
+            redis_url: cfg.redis_url.clone(),
+            partitions: cfg.partitions,
+            batch_size: cfg.batch_size,
+            cache_ttl_secs: cfg.cache_ttl_secs,
+            refresh_secs: 5.0,
+            auto_refresh: true,
+            theme: Theme::Dark,
+            rate: 200.0,
+            filters: Filters {
+                range: crate::analytics::TimeRange::Last { minutes: 60 },
+                ..Filters::default()
+            },
+            autostart: true,
+            debug_overlay: false,
+        }
+    }
+
+    /// `base` with the service settings of these settings applied.
+    pub fn apply_to(&self, base: &Config) -> Result<Config, String> {
+        let mut cfg = base.clone();
+        let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+        cfg.kafka_brokers = opt(&self.kafka_brokers);
+        cfg.database_url = opt(&self.database_url);
+        cfg.redis_url = self.redis_url.trim().to_owned();
+        cfg.partitions = self.partitions;
+        cfg.batch_size = self.batch_size;
+        cfg.cache_ttl_secs = self.cache_ttl_secs;
+        cfg.check().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    /// True when applying `other` needs the services reopened.
+    pub fn services_differ(&self, other: &Settings) -> bool {
+        self.kafka_brokers != other.kafka_brokers
+            || self.database_url != other.database_url
+            || self.redis_url != other.redis_url
+            || self.partitions != other.partitions
+            || self.batch_size != other.batch_size
+            || self.cache_ttl_secs != other.cache_ttl_secs
+    }
+}
+
+/// A URL field that shows the password masked unless being edited.
+fn url_field_ui(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) {
+    ui.label(label);
+    let id = ui.make_persistent_id(("url", label));
+    let editing = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(false);
+    if editing {
+        let r = ui.add(
+            egui::TextEdit::singleline(value)
+                .hint_text(hint)
+                .desired_width(f32::INFINITY),
+        );
+        if r.lost_focus() {
+            ui.data_mut(|d| d.insert_temp(id, false));
+        }
+    } else {
+        let shown = if value.is_empty() {
+            hint.to_owned()
+        } else {
+            redact_url(value)
+        };
+        ui.horizontal(|ui| {
+            ui.monospace(shown);
+            if ui.small_button("Edit").clicked() {
+                ui.data_mut(|d| d.insert_temp(id, true));
+            }
+        });
+    }
+    ui.end_row();
+}
+
+/// The settings panel; edits `draft` and returns true when the user applies it.
+pub fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Settings) -> bool {
+    let mut apply = false;
+    ui.heading("Settings");
+    ui.add_space(4.0);
+    egui::Grid::new("settings_grid")
+        .num_columns(2)
+        .spacing([16.0, 8.0])
+        .striped(true)
+        .show(ui, |ui| {
+            url_field_ui(
+                ui,
+                "Kafka brokers",
+                &mut draft.kafka_brokers,
+                "embedded (in-process mock cluster)",
+            );
+            url_field_ui(
+                ui,
+                "PostgreSQL URL",
+                &mut draft.database_url,
+                "embedded (private local cluster)",
+            );
+            url_field_ui(
+                ui,
+                "Redis URL",
+                &mut draft.redis_url,
+                "redis://127.0.0.1:6379",
+            );
+            ui.label("Partitions (new topics)");
+            ui.add(egui::DragValue::new(&mut draft.partitions).range(1..=1024));
+            ui.end_row();
+            ui.label("Ingest batch size");
+            ui.add(egui::DragValue::new(&mut draft.batch_size).range(1..=100_000));
+            ui.end_row();
+            ui.label("Cache TTL (s)");
+            ui.add(egui::DragValue::new(&mut draft.cache_ttl_secs).range(0..=86_400));
+            ui.end_row();
+            ui.label("Refresh interval (s)");
+            ui.add(
+                egui::DragValue::new(&mut draft.refresh_secs)
+                    .range(1.0..=3600.0)
+                    .speed(0.5),
+            );
+            ui.end_row();
+            ui.label("Theme");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut draft.theme, Theme::Dark, "Dark");
+                ui.selectable_value(&mut draft.theme, Theme::Light, "Light");
+            });
+            ui.end_row();
+            ui.label("Behaviour");
+            ui.vertical(|ui| {
+                ui.checkbox(&mut draft.autostart, "Start generating on open");
+                ui.checkbox(&mut draft.debug_overlay, "Frame-time overlay");
+            });
+            ui.end_row();
+        });
+    ui.add_space(8.0);
+    let changed = draft != current;
+    ui.horizontal(|ui| {
+        let label = if draft.services_differ(current) {
+            "Apply and reconnect"
+        } else {
+            "Apply"
+        };
+        if ui.add_enabled(changed, egui::Button::new(label)).clicked() {
+            apply = true;
+        }
+        if ui
+            .add_enabled(changed, egui::Button::new("Revert"))
+            .clicked()
+        {
+            *draft = current.clone();
+        }
+        if ui.button("Defaults").clicked() {
+            *draft = Settings::default();
+        }
+    });
+    ui.label(
+        egui::RichText::new(
+            "Settings are saved between runs. Empty service URLs use the embedded services.",
+        )
+        .weak(),
+    );
+    apply
+}
