@@ -39,10 +39,38 @@ fn settings(db_url: &str) -> Settings {
     }
 }
 
-fn harness(app: App) -> Harness<'static, App> {
-    Harness::builder()
-        .with_size([1280.0, 800.0])
-        .build_ui_state(|ui, app: &mut App| app.ui(ui), app)
+/// The app over a fresh database, at the smallest supported window size
+/// and up (1280×800), autostarting the pipeline.
+fn open_app(rt: &tokio::runtime::Runtime, tag: &str) -> (TestDb, Harness<'static, App>) {
+    open_app_with(rt, tag, [1280.0, 800.0], 1.0, settings)
+}
+
+fn open_app_with(
+    rt: &tokio::runtime::Runtime,
+    tag: &str,
+    size: [f32; 2],
+    scale: f32,
+    settings: impl Fn(&str) -> Settings,
+) -> (TestDb, Harness<'static, App>) {
+    let db = rt.block_on(TestDb::new(tag));
+    let app = App::new(
+        rt.handle().clone(),
+        common::test_config(&db.url, None),
+        settings(&db.url),
+        LogBuffer::default(),
+    );
+    let h = Harness::builder()
+        .with_size(size)
+        .with_pixels_per_point(scale)
+        .build_ui_state(|ui, app: &mut App| app.ui(ui), app);
+    (db, h)
+}
+
+/// Stops the app's pipeline and drops the database.
+fn close_app(rt: &tokio::runtime::Runtime, db: TestDb, h: Harness<'static, App>) {
+    let mut app = h.into_state();
+    app.shutdown(Duration::from_secs(20));
+    rt.block_on(db.drop());
 }
 
 /// Steps frames in real time until `cond` holds.
@@ -98,14 +126,7 @@ async fn sql_revenue(db: &TestDb, span: Span, category: Option<&str>) -> f64 {
 #[test]
 fn dashboard_follows_the_live_pipeline_range_and_filters() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::new("app_dash"));
-    let app = App::new(
-        rt.handle().clone(),
-        common::test_config(&db.url, None),
-        settings(&db.url),
-        LogBuffer::default(),
-    );
-    let mut h = harness(app);
+    let (db, mut h) = open_app(&rt, "app_dash");
 
     // The pipeline starts by itself and data reaches the dashboard.
     wait_for(&mut h, "the pipeline to run", 60, |h| {
@@ -207,22 +228,13 @@ fn dashboard_follows_the_live_pipeline_range_and_filters() {
             .is_some_and(|t| t.counters.ingested > ingested)
     });
 
-    let mut app = h.into_state();
-    app.shutdown(Duration::from_secs(20));
-    rt.block_on(db.drop());
+    close_app(&rt, db, h);
 }
 
 #[test]
 fn explorer_loads_sorts_and_exports_and_settings_persist_choices() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::new("app_explore"));
-    let app = App::new(
-        rt.handle().clone(),
-        common::test_config(&db.url, None),
-        settings(&db.url),
-        LogBuffer::default(),
-    );
-    let mut h = harness(app);
+    let (db, mut h) = open_app(&rt, "app_explore");
     wait_for(&mut h, "ingested rows", 60, |h| {
         h.state()
             .telemetry()
@@ -316,7 +328,48 @@ fn explorer_loads_sorts_and_exports_and_settings_persist_choices() {
     let back: Settings = serde_json::from_str(&saved).unwrap();
     assert_eq!(back, h.state().settings);
 
-    let mut app = h.into_state();
-    app.shutdown(Duration::from_secs(20));
-    rt.block_on(db.drop());
+    close_app(&rt, db, h);
+}
+
+#[test]
+fn the_smallest_window_shows_every_tile_and_panel_at_1x_and_2x() {
+    let rt = runtime();
+    for scale in [1.0, 2.0] {
+        // 1024x640 points: the minimum window (2048x1280 pixels at 2x).
+        let (db, mut h) = open_app_with(&rt, "app_small", [1024.0, 640.0], scale, |url| Settings {
+            autostart: false,
+            ..settings(url)
+        });
+        wait_for(&mut h, "a dashboard", 60, |h| {
+            h.state().dashboard().is_some()
+        });
+        for tile in [
+            "Revenue",
+            "Orders",
+            "Average order value",
+            "Conversion rate",
+            "Refund rate",
+            "Customers",
+        ] {
+            let r = h.get_by_label(tile).rect();
+            assert!(
+                r.max.x <= 1024.0 && r.min.x >= 0.0,
+                "{tile} at {r:?} is outside a 1024-point window at {scale}x"
+            );
+        }
+        for (tab, shows) in [
+            ("Pipeline", "Rate (events/s, 0 = max)"),
+            ("Explorer", "choose a view to load it"),
+            ("Settings", "Apply"),
+        ] {
+            h.get_by_label(tab).click();
+            h.run_steps(2);
+            let r = h.get_by_label(shows).rect();
+            assert!(
+                r.max.x <= 1024.0 && r.max.y <= 640.0,
+                "{shows} at {r:?} ({scale}x)"
+            );
+        }
+        close_app(&rt, db, h);
+    }
 }

@@ -326,16 +326,23 @@ fn kpis_ui(ui: &mut Ui, now: &Kpis, before: Option<&Kpis>) {
     ];
     let spacing = ui.spacing().item_spacing.x;
     let avail = ui.available_width();
-    // As many per row as fit at >= 150 points, up to all six.
-    let per_row = ((avail + spacing) / (150.0 + 24.0 + spacing))
-        .floor()
-        .clamp(1.0, 6.0);
+    // Six, three, two or one per row (balanced rows), each >= 180 points
+    // wide (a revenue in the millions at 22 points needs about 170).
+    let fits = |n: f32| n * (180.0 + 24.0) + (n - 1.0) * spacing <= avail;
+    let per_row = [6.0, 3.0, 2.0, 1.0]
+        .into_iter()
+        .find(|&n| fits(n))
+        .unwrap_or(1.0);
     let width = (avail - (per_row - 1.0) * spacing) / per_row - 24.0;
-    ui.horizontal_wrapped(|ui| {
-        for (title, value, delta, better) in tiles {
-            widgets::kpi_card_ui(ui, width, title, &value, delta, better);
-        }
-    });
+    // Rows laid out explicitly: a wrapping layout cannot wrap a frame whose
+    // size is only known after its contents.
+    for row in tiles.chunks(per_row as usize) {
+        ui.horizontal(|ui| {
+            for (title, value, delta, better) in row {
+                widgets::kpi_card_ui(ui, width, title, value, *delta, *better);
+            }
+        });
+    }
 }
 
 fn trend_ui(ui: &mut Ui, d: &Dashboard) {

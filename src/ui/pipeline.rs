@@ -110,27 +110,16 @@ impl App {
                 });
                 ui.add_space(6.0);
                 ui.horizontal_wrapped(|ui| {
-                    widgets::sparkline_ui(
-                        ui,
-                        "spark_produced",
-                        "produced",
-                        &self.history.rates(|s| s.produced),
-                        widgets::color(0),
-                    );
-                    widgets::sparkline_ui(
-                        ui,
-                        "spark_ingested",
-                        "ingested",
-                        &self.history.rates(|s| s.ingested),
-                        widgets::color(4),
-                    );
-                    widgets::sparkline_ui(
-                        ui,
-                        "spark_dlq",
-                        "dead-lettered",
-                        &self.history.rates(|s| s.dead_lettered),
-                        widgets::color(2),
-                    );
+                    type Get = fn(&super::model::Sample) -> u64;
+                    let series: [(&str, &str, Get, usize); 3] = [
+                        ("spark_produced", "produced", |s| s.produced, 0),
+                        ("spark_ingested", "ingested", |s| s.ingested, 4),
+                        ("spark_dlq", "dead-lettered", |s| s.dead_lettered, 2),
+                    ];
+                    for (id, title, get, color) in series {
+                        let points = self.history.rates(get);
+                        widgets::sparkline_ui(ui, id, title, &points, widgets::color(color));
+                    }
                 });
                 ui.add_space(6.0);
                 ui.columns(2, |c| {

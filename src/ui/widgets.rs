@@ -44,7 +44,7 @@ pub fn kpi_card_ui(
             ui.set_width(width);
             ui.vertical(|ui| {
                 ui.label(RichText::new(title).small().weak());
-                ui.label(RichText::new(value).size(22.0).strong());
+                ui.add(egui::Label::new(RichText::new(value).size(22.0).strong()).truncate());
                 match delta {
                     Some(d) => {
                         let good = (d >= 0.0) == (better == Better::Up);
