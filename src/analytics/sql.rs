@@ -333,6 +333,17 @@ fn cols(spec: &[(&'static str, ColType)]) -> Vec<Column> {
     spec.iter().map(|&(name, ty)| Column { name, ty }).collect()
 }
 
+impl Query {
+    /// One statement returning the columns of `spec`.
+    fn new(sql: String, spec: &[(&'static str, ColType)]) -> Self {
+        Query {
+            sql,
+            columns: cols(spec),
+            parts: Vec::new(),
+        }
+    }
+}
+
 use ColType::{Float as F, Int as I, Text as T, Time as TS};
 
 pub fn kpis(f: &Filters, span: Option<Span>) -> Query {
@@ -448,10 +459,9 @@ pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
         step = g.seconds(),
         bucket = epoch_us("b"),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("bucket", TS),
             ("revenue", F),
             ("orders", I),
@@ -460,8 +470,8 @@ pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
             ("avg_order_value", F),
             ("sessions", I),
             ("conversion_rate", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
@@ -476,10 +486,9 @@ pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
         ORDER BY 2 DESC, 1",
         sales_rows(f, span, Grain::Day),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("category", T),
             ("revenue", F),
             ("orders", I),
@@ -487,8 +496,8 @@ pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
             ("units", I),
             ("avg_order_value", F),
             ("revenue_share", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
@@ -505,10 +514,9 @@ pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
         ORDER BY 2 DESC, 1",
         sales_rows(f, span, Grain::Day),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("payment_method", T),
             ("orders", I),
             ("completed_orders", I),
@@ -517,8 +525,8 @@ pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
             ("order_share", F),
             ("revenue_share", F),
             ("failure_rate", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
@@ -531,18 +539,17 @@ pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
         ORDER BY 2 DESC, 1",
         sales_rows(f, span, Grain::Day),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("status", T),
             ("orders", I),
             ("amount", F),
             ("units", I),
             ("order_share", F),
             ("amount_share", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
@@ -561,10 +568,9 @@ pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
         sd = dims(f, false),
         vd = dims(f, true),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("region", T),
             ("revenue", F),
             ("orders", I),
@@ -572,8 +578,8 @@ pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
             ("sessions", I),
             ("conversion_rate", F),
             ("revenue_share", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
@@ -598,18 +604,17 @@ pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
             dims(f, false),
         )
     };
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("product_id", T),
             ("name", T),
             ("category", T),
             ("orders", I),
             ("units", I),
             ("revenue", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
@@ -631,18 +636,17 @@ pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
             dims(f, false),
         )
     };
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("customer_id", T),
             ("region", T),
             ("orders", I),
             ("completed_orders", I),
             ("units", I),
             ("revenue", F),
-        ]),
-    }
+        ],
+    )
 }
 
 pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
@@ -659,11 +663,10 @@ pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
         ORDER BY 1, 2",
         sales_rows(f, span, Grain::Hour),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[("weekday", I), ("hour", I), ("orders", I), ("revenue", F)]),
-    }
+        &[("weekday", I), ("hour", I), ("orders", I), ("revenue", F)],
+    )
 }
 
 /// Raw rows, newest first. `after` = the `(occurred_at µs, id)` of the last
@@ -693,10 +696,9 @@ pub fn transactions(
         dims(f, false),
         occ = epoch_us("occurred_at"),
     );
-    Query {
+    Query::new(
         sql,
-        parts: Vec::new(),
-        columns: cols(&[
+        &[
             ("transaction_id", T),
             ("occurred_at", TS),
             ("customer_id", T),
@@ -713,8 +715,8 @@ pub fn transactions(
             ("region", T),
             ("country", T),
             ("channel", T),
-        ]),
-    }
+        ],
+    )
 }
 
 /// The query of a view.
