@@ -1,6 +1,6 @@
 //! `salespulse bench ui`: CPU time of an app frame (layout + tessellation,
 //! everything but the GPU upload) on each panel, at several window sizes and
-//! scales (sizes in physical pixels), against a database of the user's choice (the analytics bench's
+//! scales (sizes in physical pixels), with a full log, against a database of the user's choice (the analytics bench's
 //! 10M transactions by default), and the process's resident memory.
 
 use std::time::{Duration, Instant};
@@ -129,7 +129,17 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         })?
     };
     let ctx = egui::Context::default();
-    let mut app = App::new(rt, cfg, settings, LogBuffer::default());
+    // A full log, as after a long session (the pipeline panel shows it).
+    let logs = LogBuffer::default();
+    for i in 0..super::log::LOG_LINES {
+        let level = if i % 10 == 0 {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::INFO
+        };
+        logs.push(level, "bench", format!("log line {i} of a long session"));
+    }
+    let mut app = App::new(rt, cfg, settings, logs);
     let started = Instant::now();
     let mut t = 0.0;
     let frame = |app: &mut App, size: [f32; 2], scale: f32, t: f64| -> Duration {

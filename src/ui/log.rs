@@ -67,7 +67,9 @@ impl LogBuffer {
     /// Lines with `seq >= from`.
     pub fn since(&self, from: u64) -> Vec<LogLine> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.lines.iter().filter(|l| l.seq >= from).cloned().collect()
+        // Lines are in seq order: skip straight to the first new one.
+        let start = g.lines.partition_point(|l| l.seq < from);
+        g.lines.range(start..).cloned().collect()
     }
 
     /// Calls `f` with every line kept (under the lock: keep `f` short).

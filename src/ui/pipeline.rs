@@ -139,20 +139,25 @@ impl App {
         let mut warn_only = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(false);
         ui.checkbox(&mut warn_only, "warnings and errors only");
         ui.data_mut(|d| d.insert_temp(id, warn_only));
-        let lines: Vec<_> = self.logs.with_lines(|l| {
-            l.iter()
-                .filter(|l| !warn_only || l.level <= tracing::Level::WARN)
-                .cloned()
-                .collect()
-        });
+        let shown = |l: &&super::log::LogLine| !warn_only || l.level <= tracing::Level::WARN;
+        // Only the visible rows are copied out of the buffer, not all 2,000.
+        let n = self.logs.with_lines(|l| l.iter().filter(shown).count());
         let row_h = ui.text_style_height(&egui::TextStyle::Monospace);
         egui::ScrollArea::vertical()
             .id_salt("log_scroll")
             .max_height(220.0)
             .stick_to_bottom(true)
             .auto_shrink([false, true])
-            .show_rows(ui, row_h, lines.len(), |ui, range| {
-                for l in &lines[range] {
+            .show_rows(ui, row_h, n, |ui, range| {
+                let rows: Vec<_> = self.logs.with_lines(|l| {
+                    l.iter()
+                        .filter(shown)
+                        .skip(range.start)
+                        .take(range.len())
+                        .cloned()
+                        .collect()
+                });
+                for l in &rows {
                     let c = match l.level {
                         tracing::Level::ERROR => RED,
                         tracing::Level::WARN => AMBER,
