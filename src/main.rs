@@ -248,6 +248,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// CPU and frames of an idle app (pipeline stopped, auto-refresh on) on
+    /// the dashboard and the pipeline panel, against DATABASE_URL (default:
+    /// the analytics bench's database).
+    Idle {
+        /// Measured seconds per panel.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds each panel settles before it is measured.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+        /// Dashboard auto-refresh interval, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        refresh: f64,
+        /// Database on the DATABASE_URL server (default salespulse_analytics_bench).
+        #[arg(long, default_value = "salespulse_analytics_bench")]
+        database: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dashboard refresh (cold and warm) over N transactions against plain
     /// GROUP BY, and the two loaders. Loads the data once into its own
     /// database and reuses it on later runs with the same N and seed.
@@ -295,7 +314,14 @@ fn init_logging(filter: Option<&str>, app_log: Option<&LogBuffer>) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::App);
-    let app_log = matches!(command, Command::App).then(LogBuffer::default);
+    let app_log = matches!(
+        command,
+        Command::App
+            | Command::Bench {
+                which: BenchCommand::Idle { .. }
+            }
+    )
+    .then(LogBuffer::default);
     init_logging(cli.log.as_deref(), app_log.as_ref());
     let mut cfg = Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -327,6 +353,33 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Bench {
+        which:
+            BenchCommand::Idle {
+                seconds,
+                settle,
+                refresh,
+                database,
+                json,
+            },
+    } = &command
+    {
+        let (base, _pg) = rt.block_on(pipeline::database_url(&cfg))?;
+        cfg.database_url = Some(salespulse::store::with_database(&base, database)?);
+        let opts = ui::bench::IdleBenchOptions {
+            seconds: *seconds,
+            settle: *settle,
+            refresh_secs: *refresh,
+        };
+        let logs = app_log.unwrap_or_default();
+        let report = ui::bench::idle(rt.handle().clone(), cfg, logs, &opts)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(());
+    }
     match app_log {
         // The window runs on this (main) thread; the pipeline on the runtime.
         Some(log) => {
@@ -342,7 +395,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
     match command {
         Command::App
         | Command::Bench {
-            which: BenchCommand::Ui { .. },
+            which: BenchCommand::Ui { .. } | BenchCommand::Idle { .. },
         } => anyhow::bail!("this command runs on the main thread, not here"),
         Command::Run {
             events,

@@ -52,12 +52,23 @@ fn open_app_with(
     scale: f32,
     settings: impl Fn(&str) -> Settings,
 ) -> (TestDb, Harness<'static, App>) {
+    open_app_logged(rt, tag, size, scale, settings, LogBuffer::default())
+}
+
+fn open_app_logged(
+    rt: &tokio::runtime::Runtime,
+    tag: &str,
+    size: [f32; 2],
+    scale: f32,
+    settings: impl Fn(&str) -> Settings,
+    logs: LogBuffer,
+) -> (TestDb, Harness<'static, App>) {
     let db = rt.block_on(TestDb::new(tag));
     let app = App::new(
         rt.handle().clone(),
         common::test_config(&db.url, None),
         settings(&db.url),
-        LogBuffer::default(),
+        logs,
     );
     let h = Harness::builder()
         .with_size(size)
@@ -101,6 +112,24 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(30));
     }
+}
+
+/// eframe's storage interface kept in memory (eframe's own file storage is
+/// not public); values go through eframe's RON encoding either way.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+    fn flush(&mut self) {}
 }
 
 fn has_label(h: &Harness<'_, App>, label: &str) -> bool {
@@ -324,9 +353,22 @@ fn explorer_loads_sorts_and_exports_and_settings_persist_choices() {
         salespulse::ui::settings::Theme::Light
     );
     assert_eq!(h.ctx.theme(), egui::Theme::Light);
-    let saved = serde_json::to_string(&h.state().settings).unwrap();
-    let back: Settings = serde_json::from_str(&saved).unwrap();
+    // Saved through eframe's storage API and loaded as the next start does.
+    let mut storage = MemoryStorage::default();
+    salespulse::ui::settings::save(&mut storage, &h.state().settings);
+    let base = common::test_config(&db.url, None);
+    let back = salespulse::ui::settings::load(Some(&storage), &base, |_| None);
     assert_eq!(back, h.state().settings);
+    assert_eq!(back.theme, salespulse::ui::settings::Theme::Light);
+    // A service named in the environment wins over the saved one.
+    let env = salespulse::ui::settings::load(Some(&storage), &base, |v| {
+        (v == "REDIS_URL").then(|| "redis://10.0.0.9:6379".to_owned())
+    });
+    assert_eq!(env.redis_url, "redis://10.0.0.9:6379");
+    assert_eq!(env.theme, back.theme);
+    // Nothing saved: the config's defaults.
+    let fresh = salespulse::ui::settings::load(None, &base, |_| None);
+    assert_eq!(fresh, Settings::from_config(&base));
 
     close_app(&rt, db, h);
 }
@@ -372,4 +414,155 @@ fn the_smallest_window_shows_every_tile_and_panel_at_1x_and_2x() {
         }
         close_app(&rt, db, h);
     }
+}
+
+/// With the pipeline stopped, the app asks for (almost) no frames: the
+/// backend refreshes on its own and wakes the UI only when a number changed.
+/// Before, every telemetry sample and every auto-refresh woke it (≥ 2 a second here).
+#[test]
+fn an_idle_app_asks_for_almost_no_frames() {
+    let rt = runtime();
+    let db = rt.block_on(TestDb::new("app_idle"));
+    let opts = salespulse::ui::bench::IdleBenchOptions {
+        seconds: 12,
+        settle: 4,
+        refresh_secs: 1.0,
+    };
+    let cfg = common::test_config(&db.url, None);
+    let report = salespulse::ui::bench::idle(rt.handle().clone(), cfg, LogBuffer::default(), &opts)
+        .expect("idle bench");
+    assert_eq!(report.cases.len(), 2);
+    for c in &report.cases {
+        // A minute boundary inside the window may recompute the dashboard
+        // (relative ranges slide) and show new cache counters: 2 frames.
+        // Allow one more for a service check that changed.
+        assert!(c.frames <= 3, "{report}");
+    }
+    rt.block_on(db.drop());
+}
+
+/// A custom range typed by hand, then a dead Redis chosen in the settings:
+/// the app reconnects, keeps answering (without the cache), names the failed
+/// service with its error on the pipeline panel and raises a toast.
+#[test]
+fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
+    use egui::accesskit::Role;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let rt = runtime();
+    // Warnings reach the app's log, and so its toasts, as in the real app.
+    let logs = LogBuffer::default();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(
+            "warn,librdkafka=off,rdkafka=off",
+        ))
+        .with(logs.layer())
+        .try_init()
+        .unwrap();
+    let (db, mut h) = open_app_logged(
+        &rt,
+        "app_custom",
+        [1280.0, 800.0],
+        1.0,
+        |url| Settings {
+            autostart: false,
+            ..settings(url)
+        },
+        logs,
+    );
+    wait_for(&mut h, "the first dashboard", 60, |h| {
+        h.state().dashboard().is_some()
+    });
+
+    // Custom range: a reversed range is refused with a hint, a good one applies.
+    h.get_by_label("Custom").click();
+    h.step();
+    let inputs = h.get_all_by_role(Role::TextInput).count();
+    assert_eq!(inputs, 2, "from and to");
+    let set = |h: &mut Harness<'_, App>, i: usize, text: &str| {
+        h.get_all_by_role(Role::TextInput)
+            .nth(i)
+            .unwrap()
+            .set_text_value_accesskit(text);
+        h.step();
+        h.step();
+    };
+    set(&mut h, 0, "2026-03-02 00:00");
+    set(&mut h, 1, "2026-03-01 00:00");
+    assert!(has_label(
+        &h,
+        "times as YYYY-MM-DD [HH:MM] UTC, from before to"
+    ));
+    h.get_by_label("Apply range").click();
+    h.step();
+    assert!(!matches!(
+        h.state().settings.filters.range,
+        salespulse::analytics::TimeRange::Between { .. }
+    ));
+    set(&mut h, 1, "2026-03-03 12:00");
+    assert!(!has_label(
+        &h,
+        "times as YYYY-MM-DD [HH:MM] UTC, from before to"
+    ));
+    h.get_by_label("Apply range").click();
+    let from = chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z").unwrap();
+    let to = chrono::DateTime::parse_from_rfc3339("2026-03-03T12:00:00Z").unwrap();
+    wait_for(&mut h, "the custom range", 30, |h| {
+        h.state()
+            .dashboard()
+            .and_then(|d| d.span)
+            .is_some_and(|s| s.from == from && s.to == to)
+    });
+    assert!(h
+        .query_by_label_contains("2026-03-02 00:00 – 2026-03-03 12:00 UTC")
+        .is_some());
+
+    // Settings: point Redis at a closed port and reconnect.
+    h.get_by_label("Settings").click();
+    h.step();
+    h.get_all_by_label("Edit")
+        .nth(2)
+        .expect("the Redis URL")
+        .click();
+    h.step();
+    h.get_by_role(Role::TextInput)
+        .set_text_value_accesskit("redis://127.0.0.1:1");
+    h.step();
+    h.get_by_label("Apply and reconnect").click();
+    h.step();
+    assert_eq!(h.state().settings.redis_url, "redis://127.0.0.1:1");
+    // The dashboard still loads (the cache is bypassed) ...
+    h.get_by_label("Dashboard").click();
+    wait_for(&mut h, "a dashboard without the cache", 60, |h| {
+        h.state().dashboard().is_some()
+    });
+    // ... a toast says why ...
+    wait_for(&mut h, "a toast about the cache", 30, |h| {
+        h.query_by_label_contains("frame cache bypassed")
+            .is_some()
+    });
+    // ... and the pipeline panel names the failed service with its error.
+    h.get_by_label("Pipeline").click();
+    wait_for(&mut h, "the failed Redis check", 30, |h| {
+        h.state()
+            .telemetry()
+            .and_then(|t| t.health.as_ref())
+            .is_some_and(|hl| hl.checks.iter().any(|c| c.name == "redis" && !c.ok))
+    });
+    let check = h
+        .state()
+        .telemetry()
+        .and_then(|t| t.health.clone())
+        .unwrap()
+        .checks
+        .into_iter()
+        .find(|c| c.name == "redis")
+        .unwrap();
+    let err = check.error.expect("an error text");
+    assert!(
+        h.query_by_label_contains(&err).is_some(),
+        "the panel shows {err:?}"
+    );
+    close_app(&rt, db, h);
 }

@@ -31,6 +31,9 @@ const BACKOFF: Duration = Duration::from_secs(5);
 /// Longest one Redis command may take before the cache is bypassed.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Failed commands in a row tolerated while another process holds the lock.
+const WAIT_RETRIES: u32 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("redis: {0}")]
@@ -68,7 +71,7 @@ pub struct ViewCounters {
 }
 
 /// What the UI and `/metrics` show about the cache.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CacheStatus {
     pub enabled: bool,
     /// `None` = working; else the last error.
@@ -284,36 +287,49 @@ impl FrameCache {
         let lock_key = format!("{key}:lock");
         let token = format!("{:032x}", rand::random::<u128>());
         let deadline = Instant::now() + self.lock_ttl;
+        // Once another process is known to hold the lock, a slow or failed
+        // command (a loaded Redis) is retried a few times before bypassing:
+        // bypassing there means computing the same frame twice.
+        let mut waiting = false;
+        let mut strikes = 0;
         loop {
-            match self.try_get(conn.clone(), key).await {
+            let got = match self.try_get(conn.clone(), key).await {
                 Ok(Some(df)) => {
                     self.note_ok();
                     self.count(view, |c| c.hits += 1);
                     return Ok((df, Outcome::Hit));
                 }
-                Ok(None) => {}
-                Err(e) => return self.bypass(view, &e, compute).await,
-            }
-            let mut c = conn.clone();
-            let took: Result<Option<String>, CacheError> = timeout(
-                redis::cmd("SET")
-                    .arg(&lock_key)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.lock_ttl.as_millis() as u64)
-                    .query_async(&mut c),
-            )
-            .await;
-            match took {
+                Ok(None) => {
+                    let mut c = conn.clone();
+                    timeout(
+                        redis::cmd("SET")
+                            .arg(&lock_key)
+                            .arg(&token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(self.lock_ttl.as_millis() as u64)
+                            .query_async::<Option<String>>(&mut c),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match got {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => {
                     // Another process is computing it: wait for its value.
+                    waiting = true;
+                    strikes = 0;
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
                 Ok(None) => {
                     let e = CacheError::Timeout(self.lock_ttl);
                     return self.bypass(view, &e, compute).await;
+                }
+                Err(e) if waiting && strikes < WAIT_RETRIES && Instant::now() < deadline => {
+                    strikes += 1;
+                    tracing::debug!("retrying while another process computes {key}: {e}");
+                    tokio::time::sleep(Duration::from_millis(15)).await;
                 }
                 Err(e) => return self.bypass(view, &e, compute).await,
             }

@@ -109,7 +109,7 @@ pub struct Counters {
 }
 
 /// What the app shows about the services.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceHealth {
     pub checks: Vec<Check>,
     pub checked_at: chrono::DateTime<chrono::Utc>,

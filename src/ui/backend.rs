@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -23,11 +23,10 @@ use crate::pipeline::live::{Counters, LiveOptions, LivePipeline, RunState, Servi
 
 /// What the UI asks for.
 pub enum Command {
-    /// Recompute the dashboard; the answer carries `seq`.
-    Refresh {
-        seq: u64,
-        filters: Filters,
-    },
+    /// Show the dashboard for `filters`: computed now (the answer carries
+    /// `seq`), then, with `every`, recomputed on that interval — sent again
+    /// only when the numbers changed.
+    Watch(Watch),
     /// One view (or raw transactions) for the explorer.
     Explore {
         seq: u64,
@@ -54,6 +53,14 @@ pub enum Command {
     },
 }
 
+/// What the dashboard watches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Watch {
+    pub seq: u64,
+    pub filters: Filters,
+    pub every: Option<Duration>,
+}
+
 /// Where the services stand.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServiceState {
@@ -68,7 +75,7 @@ pub enum ServiceState {
 }
 
 /// One sample of everything the pipeline panel shows.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Telemetry {
     /// Seconds since the backend started.
     pub at: f64,
@@ -165,10 +172,12 @@ impl BackendHandle {
     }
 }
 
-/// How often the pipeline panel's numbers are sampled.
+/// How often the pipeline panel's numbers are sampled while the pipeline
+/// runs or drains, and while it is stopped.
 const TELEMETRY_EVERY: Duration = Duration::from_secs(1);
-/// Service checks and dimension values, every this many samples.
-const SLOW_EVERY: u64 = 5;
+const TELEMETRY_IDLE_EVERY: Duration = Duration::from_secs(5);
+/// Service checks and dimension values: at most this often.
+const SLOW_EVERY: Duration = Duration::from_secs(5);
 
 async fn run(
     cfg: Config,
@@ -190,8 +199,8 @@ async fn run(
                         let _ = done.send(());
                         return;
                     }
-                    Command::Refresh { seq, .. } => out.send(Update::Dashboard {
-                        seq,
+                    Command::Watch(w) => out.send(Update::Dashboard {
+                        seq: w.seq,
                         result: Err(format!("services unavailable: {msg}")),
                     }),
                     Command::Explore { seq, .. } => out.send(Update::Explore {
@@ -214,15 +223,23 @@ async fn run(
         redis: redact_url(&live.config().redis_url),
         embedded_broker: live.is_embedded_broker(),
     }));
-    send_dimensions(live.analytics(), &out);
+    let dims = Arc::new(Mutex::new(None));
+    send_dimensions(live.analytics(), &out, &dims);
     if let Some(rate) = autostart {
         start(&mut live, rate, &out);
     }
     let started = Instant::now();
-    let mut tick = tokio::time::interval(TELEMETRY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut n = 0u64;
+    let (watch_tx, watch_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(watch_dashboard(
+        live.analytics().clone(),
+        watch_rx,
+        out.clone(),
+    ));
+    let mut sent: Option<Telemetry> = None;
     let mut health: Option<ServiceHealth> = None;
+    let mut health_at: Option<Instant> = None;
+    let mut dims_at = Instant::now();
+    let mut next_sample = tokio::time::Instant::now();
     loop {
         tokio::select! {
             c = cmds.recv() => {
@@ -235,24 +252,111 @@ async fn run(
                         let _ = done.send(());
                         return;
                     }
-                    c => handle(c, &mut live, &out).await,
-                }
-            }
-            _ = tick.tick() => {
-                if n.is_multiple_of(SLOW_EVERY) {
-                    health = Some(live.health().await);
-                    if n > 0 {
-                        send_dimensions(live.analytics(), &out);
+                    Command::Watch(w) => {
+                        watch_tx.send_replace(Some(w));
+                    }
+                    c => {
+                        handle(c, &mut live, &out).await;
+                        // Show the effect of start / pause / stop at once.
+                        next_sample = tokio::time::Instant::now();
                     }
                 }
-                n += 1;
+            }
+            _ = tokio::time::sleep_until(next_sample) => {
+                if health_at.is_none_or(|t| t.elapsed() >= SLOW_EVERY) {
+                    health_at = Some(Instant::now());
+                    let h = live.health().await;
+                    // Keep the time of the first identical check: the panel
+                    // shows how long the services have been in this state.
+                    if health.as_ref().is_none_or(|old| old.checks != h.checks) {
+                        health = Some(h);
+                    }
+                }
+                if dims_at.elapsed() >= SLOW_EVERY {
+                    dims_at = Instant::now();
+                    send_dimensions(live.analytics(), &out, &dims);
+                }
                 let t = telemetry(&mut live, started, health.clone()).await;
-                out.send(Update::Telemetry(Box::new(t)));
+                let every = match t.state {
+                    RunState::Running | RunState::Paused => TELEMETRY_EVERY,
+                    RunState::Stopped | RunState::Failed(_) => TELEMETRY_IDLE_EVERY,
+                };
+                next_sample = tokio::time::Instant::now() + every;
+                // Only a change wakes the UI: an idle window stays idle.
+                if sent.as_ref().is_none_or(|s| !same_sample(s, &t)) {
+                    sent = Some(t.clone());
+                    out.send(Update::Telemetry(Box::new(t)));
+                }
             }
         }
     }
     // The UI went away without a shutdown: still stop cleanly.
     let _ = live.stop(Duration::from_secs(5)).await;
+}
+
+/// Equal but for when it was taken.
+fn same_sample(a: &Telemetry, b: &Telemetry) -> bool {
+    a == &Telemetry {
+        at: a.at,
+        ..b.clone()
+    }
+}
+
+/// Keeps the watched dashboard current: recomputes it when the data or the
+/// minute changed (relative ranges slide by whole minutes), and sends it when
+/// it was asked for anew or its numbers changed.
+async fn watch_dashboard(
+    a: Analytics,
+    mut rx: tokio::sync::watch::Receiver<Option<Watch>>,
+    out: Outbox,
+) {
+    let mut sent_seq = None;
+    let mut sent: Option<Result<Arc<Dashboard>, String>> = None;
+    let mut computed_at: Option<(crate::analytics::DataVersions, i64)> = None;
+    loop {
+        let w = rx.borrow_and_update().clone();
+        if let Some(w) = &w {
+            let fresh = sent_seq != Some(w.seq);
+            let minute = chrono::Utc::now().timestamp().div_euclid(60);
+            let result = match a.versions().await {
+                Ok(v) => {
+                    let key = (v, minute);
+                    if fresh || computed_at.as_ref() != Some(&key) {
+                        let r = refresh_at(&a, &w.filters, &key.0).await;
+                        computed_at = r.is_ok().then_some(key);
+                        Some(r)
+                    } else {
+                        None
+                    }
+                }
+                Err(e) => {
+                    computed_at = None;
+                    Some(Err(e.to_string()))
+                }
+            };
+            if let Some(result) = result {
+                if let Err(e) = &result {
+                    tracing::warn!("dashboard refresh failed: {e}");
+                }
+                let changed = match (&sent, &result) {
+                    (Some(Ok(a)), Ok(b)) => !a.same_content(b),
+                    (Some(Err(a)), Err(b)) => a != b,
+                    _ => true,
+                };
+                if fresh || changed {
+                    let result = result.map(Arc::new);
+                    sent = Some(result.clone());
+                    sent_seq = Some(w.seq);
+                    out.send(Update::Dashboard { seq: w.seq, result });
+                }
+            }
+        }
+        let every = w.and_then(|w| w.every);
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(every.unwrap_or(Duration::from_secs(3600))), if every.is_some() => {}
+        }
+    }
 }
 
 fn start(live: &mut LivePipeline, rate: Option<f64>, out: &Outbox) {
@@ -267,11 +371,18 @@ fn start(live: &mut LivePipeline, rate: Option<f64>, out: &Outbox) {
     }
 }
 
-fn send_dimensions(analytics: &Analytics, out: &Outbox) {
-    let (a, out) = (analytics.clone(), out.clone());
+/// Reads the filter values; sends them when they differ from `last`.
+fn send_dimensions(analytics: &Analytics, out: &Outbox, last: &Arc<Mutex<Option<Dimensions>>>) {
+    let (a, out, last) = (analytics.clone(), out.clone(), last.clone());
     tokio::spawn(async move {
         match a.dimensions().await {
-            Ok(d) => out.send(Update::Dimensions(d)),
+            Ok(d) => {
+                let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+                if l.as_ref() != Some(&d) {
+                    *l = Some(d.clone());
+                    out.send(Update::Dimensions(d));
+                }
+            }
             Err(e) => tracing::warn!("reading filter values: {e}"),
         }
     });
@@ -279,16 +390,6 @@ fn send_dimensions(analytics: &Analytics, out: &Outbox) {
 
 async fn handle(c: Command, live: &mut LivePipeline, out: &Outbox) {
     match c {
-        Command::Refresh { seq, filters } => {
-            let (a, out) = (live.analytics().clone(), out.clone());
-            tokio::spawn(async move {
-                let result = refresh(&a, &filters).await.map(Arc::new);
-                if let Err(e) = &result {
-                    tracing::warn!("dashboard refresh failed: {e}");
-                }
-                out.send(Update::Dashboard { seq, result });
-            });
-        }
         Command::Explore { seq, req } => {
             let (a, out) = (live.analytics().clone(), out.clone());
             tokio::spawn(async move {
@@ -336,19 +437,22 @@ async fn handle(c: Command, live: &mut LivePipeline, out: &Outbox) {
             let out = out.clone();
             tokio::spawn(async move { out.send(Update::ExportPath(f.await)) });
         }
-        Command::Shutdown { .. } => {}
+        Command::Watch(_) | Command::Shutdown { .. } => {}
     }
 }
 
 /// The dashboard's views, concurrently, under one read of the data versions.
-async fn refresh(a: &Analytics, filters: &Filters) -> Result<Dashboard, String> {
+async fn refresh_at(
+    a: &Analytics,
+    filters: &Filters,
+    v: &crate::analytics::DataVersions,
+) -> Result<Dashboard, String> {
     let t = Instant::now();
-    let v = a.versions().await.map_err(|e| e.to_string())?;
     let reqs: Vec<ViewRequest> = DASHBOARD_VIEWS
         .iter()
         .map(|&k| ViewRequest::new(k).with_filters(filters.clone()))
         .collect();
-    let results = futures::future::try_join_all(reqs.iter().map(|r| a.view_at(r, &v)))
+    let results = futures::future::try_join_all(reqs.iter().map(|r| a.view_at(r, v)))
         .await
         .map_err(|e| e.to_string())?;
     Dashboard::from_results(&results, t.elapsed())

@@ -224,3 +224,214 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         rss_mib: rss_mib(),
     })
 }
+
+/// How long to watch an idle app.
+#[derive(Clone, Debug)]
+pub struct IdleBenchOptions {
+    /// Measured seconds per panel.
+    pub seconds: u64,
+    /// Seconds to let each panel settle before measuring.
+    pub settle: u64,
+    /// Dashboard auto-refresh interval.
+    pub refresh_secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleCase {
+    pub panel: String,
+    pub seconds: f64,
+    /// Frames the app asked for (what a window would repaint).
+    pub frames: u64,
+    pub frames_per_minute: f64,
+    /// CPU time of the whole process (UI, backend, embedded broker) over the
+    /// window, as a share of one core.
+    pub cpu_percent: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleBenchReport {
+    pub refresh_secs: f64,
+    pub cases: Vec<IdleCase>,
+}
+
+impl std::fmt::Display for IdleBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "idle app (pipeline stopped, auto-refresh every {} s): frames it asked for, process CPU",
+            self.refresh_secs
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:>8} {:>8} {:>11} {:>10}",
+            "panel", "seconds", "frames", "frames/min", "CPU"
+        )?;
+        for c in &self.cases {
+            let cpu = c
+                .cpu_percent
+                .map_or("n/a".to_owned(), |p| format!("{p:.2} %"));
+            writeln!(
+                f,
+                "{:<10} {:>8.0} {:>8} {:>11.1} {:>10}",
+                c.panel, c.seconds, c.frames, c.frames_per_minute, cpu
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// User + system CPU time of this process.
+pub fn process_cpu() -> Option<Duration> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    Some(tv(u.ru_utime) + tv(u.ru_stime))
+}
+
+/// Drives an app the way a window's event loop does: a frame runs only when
+/// egui or the backend asked for one (at the time asked for).
+struct EventLoop {
+    ctx: egui::Context,
+    wake: std::sync::Arc<(std::sync::Mutex<Option<Instant>>, std::sync::Condvar)>,
+    started: Instant,
+    frames: u64,
+}
+
+impl EventLoop {
+    fn new() -> Self {
+        let ctx = egui::Context::default();
+        let wake = std::sync::Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
+        let w = wake.clone();
+        ctx.set_request_repaint_callback(move |info| {
+            let at = Instant::now() + info.delay;
+            let (lock, cv) = &*w;
+            let mut next = lock.lock().unwrap_or_else(|p| p.into_inner());
+            *next = Some(next.map_or(at, |n: Instant| n.min(at)));
+            cv.notify_one();
+        });
+        Self {
+            ctx,
+            wake,
+            started: Instant::now(),
+            frames: 0,
+        }
+    }
+
+    fn schedule(&self, at: Instant) {
+        let mut next = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        *next = Some(next.map_or(at, |n| n.min(at)));
+    }
+
+    fn frame(&mut self, app: &mut App) {
+        let t = self.started.elapsed().as_secs_f64();
+        let out = self
+            .ctx
+            .run_ui(input([1280.0, 800.0], 1.0, t), |ui| app.ui(ui));
+        let _ = self.ctx.tessellate(out.shapes, out.pixels_per_point);
+        self.frames += 1;
+        if let Some(v) = out.viewport_output.get(&egui::ViewportId::ROOT) {
+            if v.repaint_delay < Duration::from_secs(3600) {
+                self.schedule(Instant::now() + v.repaint_delay);
+            }
+        }
+    }
+
+    /// Runs the frames asked for until `until`.
+    fn run_until(&mut self, app: &mut App, until: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let due = {
+                let (lock, cv) = &*self.wake;
+                let mut next = lock.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    let now = Instant::now();
+                    match *next {
+                        Some(at) if at <= now => {
+                            *next = None;
+                            break true;
+                        }
+                        _ if now >= until => break false,
+                        Some(at) => {
+                            next = cv
+                                .wait_timeout(next, at.min(until) - now)
+                                .map(|r| r.0)
+                                .unwrap_or_else(|p| p.into_inner().0);
+                        }
+                        None => {
+                            next = cv
+                                .wait_timeout(next, until - now)
+                                .map(|r| r.0)
+                                .unwrap_or_else(|p| p.into_inner().0);
+                        }
+                    }
+                }
+            };
+            if due {
+                self.frame(app);
+            }
+        }
+    }
+}
+
+/// Runs the idle benchmark: the app with the pipeline stopped, on the
+/// dashboard and on the pipeline panel, counting the frames it asks for and
+/// the process's CPU time. Blocks the calling thread (the UI thread).
+pub fn idle(
+    rt: Handle,
+    cfg: Config,
+    logs: LogBuffer,
+    opts: &IdleBenchOptions,
+) -> anyhow::Result<IdleBenchReport> {
+    let settings = Settings {
+        autostart: false,
+        auto_refresh: true,
+        refresh_secs: opts.refresh_secs,
+        ..Settings::from_config(&cfg)
+    };
+    let mut ev = EventLoop::new();
+    logs.attach(&ev.ctx);
+    let mut app = App::new(rt, cfg, settings, logs);
+    let started = Instant::now();
+    ev.frame(&mut app);
+    while app.dashboard().is_none() || app.telemetry().is_none() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the dashboard did not load within 5 minutes ({:?})",
+            app.services
+        );
+        if let super::backend::ServiceState::Failed(e) = &app.services {
+            anyhow::bail!("services unavailable: {e}");
+        }
+        ev.run_until(&mut app, Instant::now() + Duration::from_millis(100));
+    }
+    let mut cases = Vec::new();
+    for tab in [Tab::Dashboard, Tab::Pipeline] {
+        app.tab = tab;
+        ev.frame(&mut app);
+        ev.run_until(&mut app, Instant::now() + Duration::from_secs(opts.settle));
+        let (frames0, cpu0, t0) = (ev.frames, process_cpu(), Instant::now());
+        ev.run_until(&mut app, t0 + Duration::from_secs(opts.seconds.max(1)));
+        let seconds = t0.elapsed().as_secs_f64();
+        let frames = ev.frames - frames0;
+        cases.push(IdleCase {
+            panel: tab.label().to_owned(),
+            seconds,
+            frames,
+            frames_per_minute: frames as f64 * 60.0 / seconds,
+            cpu_percent: cpu0
+                .zip(process_cpu())
+                .map(|(a, b)| (b - a).as_secs_f64() / seconds * 100.0),
+        });
+    }
+    app.shutdown(Duration::from_secs(10));
+    Ok(IdleBenchReport {
+        refresh_secs: opts.refresh_secs,
+        cases,
+    })
+}

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 use crate::analytics::export::ExportFormat;
-use crate::analytics::{Dimensions, ViewKind};
+use crate::analytics::{Dimensions, Filters, ViewKind};
 use crate::config::Config;
-use backend::{BackendHandle, Command, ServiceState, Telemetry, Update};
+use backend::{BackendHandle, Command, ServiceState, Telemetry, Update, Watch};
 use log::LogBuffer;
 use model::{Dashboard, RateHistory, Sample, TableData};
 use settings::{Settings, Theme};
@@ -120,8 +120,12 @@ pub struct App {
     /// Dashboards received so far.
     dashboards: u64,
     next_seq: u64,
+    /// The watch whose first dashboard has not arrived yet.
     pending_refresh: Option<u64>,
-    last_refresh: Option<Instant>,
+    /// What the backend was last asked to watch, and that watch's seq
+    /// (dashboards of older watches still in flight are dropped).
+    watching: Option<(Filters, Option<Duration>)>,
+    watch_seq: u64,
     refresh_wanted: bool,
     custom_from: String,
     custom_to: String,
@@ -159,7 +163,8 @@ impl App {
             dashboards: 0,
             next_seq: 1,
             pending_refresh: None,
-            last_refresh: None,
+            watching: None,
+            watch_seq: 0,
             refresh_wanted: true,
             custom_from: String::new(),
             custom_to: String::new(),
@@ -257,6 +262,7 @@ impl App {
         self.telemetry = None;
         self.dashboard = None;
         self.pending_refresh = None;
+        self.watching = None;
         self.refresh_wanted = true;
         self.start_backend(ctx);
     }
@@ -291,6 +297,7 @@ impl App {
                     }
                     self.services = s;
                 }
+                Update::Dashboard { seq, .. } if seq < self.watch_seq => {}
                 Update::Dashboard { seq, result } => {
                     if self.pending_refresh == Some(seq) {
                         self.pending_refresh = None;
@@ -371,27 +378,30 @@ impl App {
         }
     }
 
-    /// Sends a dashboard refresh when one is due; returns how long until the
-    /// next one is due (for the repaint timer).
-    fn schedule_refresh(&mut self) -> Option<Duration> {
+    /// Tells the backend what the dashboard shows when that changed or a
+    /// refresh was asked for. The backend refreshes on the interval by itself
+    /// and sends only changes, so an idle window is not woken.
+    fn sync_watch(&mut self) {
         if !matches!(self.services, ServiceState::Ready { .. }) {
-            return None;
+            return;
         }
-        let interval = Duration::from_secs_f64(self.settings.refresh_secs.max(1.0));
-        let due = self.refresh_wanted
-            || (self.settings.auto_refresh
-                && self.last_refresh.is_none_or(|t| t.elapsed() >= interval));
-        if due && self.pending_refresh.is_none() {
+        let every = self
+            .settings
+            .auto_refresh
+            .then(|| Duration::from_secs_f64(self.settings.refresh_secs.max(1.0)));
+        let want = (self.settings.filters.clone(), every);
+        if self.refresh_wanted || self.watching.as_ref() != Some(&want) {
             let seq = self.seq();
-            let filters = self.settings.filters.clone();
-            self.send(Command::Refresh { seq, filters });
+            self.send(Command::Watch(Watch {
+                seq,
+                filters: want.0.clone(),
+                every,
+            }));
             self.pending_refresh = Some(seq);
-            self.last_refresh = Some(Instant::now());
+            self.watch_seq = seq;
+            self.watching = Some(want);
             self.refresh_wanted = false;
         }
-        self.settings.auto_refresh.then(|| {
-            interval.saturating_sub(self.last_refresh.map_or(Duration::ZERO, |t| t.elapsed()))
-        })
     }
 
     /// Asks for a refresh now (filters changed, or the user asked).
@@ -416,7 +426,7 @@ impl App {
         }
         self.drain_updates();
         self.drain_log();
-        let next_refresh = self.schedule_refresh();
+        self.sync_watch();
 
         egui::Panel::top("top_bar").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status_bar").show(ui, |ui| self.status_bar_ui(ui));
@@ -443,12 +453,11 @@ impl App {
             self.debug_overlay_ui(&ctx);
         }
 
-        // Wake for the next auto-refresh and for toasts to expire; otherwise
-        // only when the backend sends something.
+        // Wake for toasts to expire; otherwise only when the backend sends
+        // something.
         let now = Instant::now();
         self.toasts.retain(|t| t.until > now);
-        let toast_wait = self.toasts.iter().map(|t| t.until - now).min();
-        if let Some(d) = [next_refresh, toast_wait].into_iter().flatten().min() {
+        if let Some(d) = self.toasts.iter().map(|t| t.until - now).min() {
             ctx.request_repaint_after(d.max(Duration::from_millis(50)));
         }
         self.frames.push(started.elapsed().as_secs_f32() * 1e3);
@@ -652,7 +661,7 @@ impl eframe::App for Workbench {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, settings::STORAGE_KEY, &self.app.settings);
+        settings::save(storage, &self.app.settings);
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
@@ -674,20 +683,7 @@ pub fn run(rt: Handle, base_config: Config, logs: LogBuffer) -> anyhow::Result<(
         "salespulse",
         options,
         Box::new(move |cc| {
-            let mut settings = cc
-                .storage
-                .and_then(|s| eframe::get_value::<Settings>(s, settings::STORAGE_KEY))
-                .unwrap_or_else(|| Settings::from_config(&base_config));
-            // Services named in the environment win over saved settings.
-            for (var, field) in [
-                ("KAFKA_BROKERS", &mut settings.kafka_brokers),
-                ("DATABASE_URL", &mut settings.database_url),
-                ("REDIS_URL", &mut settings.redis_url),
-            ] {
-                if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
-                    *field = v;
-                }
-            }
+            let settings = settings::load(cc.storage, &base_config, |var| std::env::var(var).ok());
             let mut app = App::new(rt, base_config, settings, logs);
             app.apply_startup_env();
             Ok(Box::new(Workbench { app }))

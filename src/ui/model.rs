@@ -149,7 +149,7 @@ impl TableData {
 }
 
 /// Everything the dashboard shows, from one refresh.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dashboard {
     pub current: Kpis,
     pub previous: Option<Kpis>,
@@ -227,6 +227,17 @@ fn series(df: &DataFrame, y: &str) -> Result<Vec<[f64; 2]>, String> {
 }
 
 impl Dashboard {
+    /// Whether `other` shows the same numbers (how long the refresh took and
+    /// how much came from the cache aside).
+    pub fn same_content(&self, other: &Dashboard) -> bool {
+        let strip = |d: &Dashboard| Dashboard {
+            elapsed: Duration::ZERO,
+            cached: 0,
+            ..d.clone()
+        };
+        strip(self) == strip(other)
+    }
+
     /// Builds the dashboard from the results of [`DASHBOARD_VIEWS`].
     pub fn from_results(results: &[ViewResult], elapsed: Duration) -> Result<Self, String> {
         let mut d = Dashboard {

@@ -258,8 +258,11 @@ fn services_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
             }
         });
     ui.label(
-        RichText::new(format!("checked {}", h.checked_at.format("%H:%M:%S UTC")))
-            .small()
-            .weak(),
+        RichText::new(format!(
+            "checked every 5 s · unchanged since {}",
+            h.checked_at.format("%H:%M:%S UTC")
+        ))
+        .small()
+        .weak(),
     );
 }

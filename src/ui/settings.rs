@@ -208,3 +208,31 @@ pub fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Settings) 
     );
     apply
 }
+
+/// The settings saved in eframe's storage (or the config's defaults when
+/// none were saved); services named in the environment (`env`) win over
+/// saved ones.
+pub fn load(
+    storage: Option<&dyn eframe::Storage>,
+    base: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Settings {
+    let mut settings = storage
+        .and_then(|s| eframe::get_value::<Settings>(s, STORAGE_KEY))
+        .unwrap_or_else(|| Settings::from_config(base));
+    for (var, field) in [
+        ("KAFKA_BROKERS", &mut settings.kafka_brokers),
+        ("DATABASE_URL", &mut settings.database_url),
+        ("REDIS_URL", &mut settings.redis_url),
+    ] {
+        if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
+            *field = v;
+        }
+    }
+    settings
+}
+
+/// Saves the settings into eframe's storage (written to disk by eframe).
+pub fn save(storage: &mut dyn eframe::Storage, settings: &Settings) {
+    eframe::set_value(storage, STORAGE_KEY, settings);
+}
