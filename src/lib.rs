@@ -15,5 +15,6 @@ pub mod config;
 pub mod event;
 pub mod generator;
 pub mod pipeline;
+pub mod script;
 pub mod store;
 pub mod ui;

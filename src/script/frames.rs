@@ -1,0 +1,906 @@
+//! Polars for Rhai: frames, expressions and series as script values.
+//!
+//! A [`Frame`] is a handle to a lazy Polars query: passing it around or
+//! assigning it copies nothing, and each operation only extends the plan.
+//! The plan runs when a script needs values out of it (its height, a
+//! column, a value, or the script's result), once per handle.
+//!
+//! Where frames come from is up to the caller: a run may install a
+//! [`FrameSource`] (the analytics layer's views and raw tables) with
+//! [`with_source`]; without one, only frames built in the script exist.
+//! The reference of every function is `scripts/README.md`; its examples run
+//! as tests.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use polars::prelude::*;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Position};
+
+type R<T> = Result<T, Box<EvalAltResult>>;
+
+/// A runtime error for the script (Rhai adds the position of the call).
+pub fn fail<T>(msg: impl Into<String>) -> R<T> {
+    Err(Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(msg.into()),
+        Position::NONE,
+    )))
+}
+
+fn polars_err(e: PolarsError) -> Box<EvalAltResult> {
+    // Polars appends hints and plan dumps after the first paragraph.
+    let text = e.to_string();
+    let first = text.split("\n\n").next().unwrap_or(&text).trim().to_owned();
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(first),
+        Position::NONE,
+    ))
+}
+
+/// Where a script's named frames come from.
+pub trait FrameSource: Send + Sync {
+    /// A view (`kpis`, `revenue_trend`, …) under `opts`: `key=value` pairs as
+    /// the CLI takes them, over the run's own filters.
+    fn view(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String>;
+    /// Raw rows of a table (`transactions`, `sessions`) under `opts`.
+    fn table(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String>;
+    /// The tables [`FrameSource::table`] knows (what `sql` may name).
+    fn table_names(&self) -> Vec<&'static str>;
+}
+
+#[derive(Default)]
+struct RunFrames {
+    source: Option<Arc<dyn FrameSource>>,
+    registered: HashMap<String, Frame>,
+}
+
+thread_local! {
+    static RUN: RefCell<RunFrames> = RefCell::new(RunFrames::default());
+}
+
+/// Runs `f` with `source` installed for the frame functions on this thread
+/// (frames registered with `register` live until `f` returns).
+pub fn with_source<T>(source: Option<Arc<dyn FrameSource>>, f: impl FnOnce() -> T) -> T {
+    let previous = RUN.with_borrow_mut(|r| {
+        std::mem::replace(
+            r,
+            RunFrames {
+                source,
+                registered: HashMap::new(),
+            },
+        )
+    });
+    let out = f();
+    RUN.with_borrow_mut(|r| *r = previous);
+    out
+}
+
+fn source() -> R<Arc<dyn FrameSource>> {
+    match RUN.with_borrow(|r| r.source.clone()) {
+        Some(s) => Ok(s),
+        None => fail("no data here: this run has no database (frames built with `frame` work)"),
+    }
+}
+
+/// A lazy frame handle.
+#[derive(Clone)]
+pub struct Frame {
+    lf: LazyFrame,
+    done: Arc<OnceLock<DataFrame>>,
+}
+
+impl Frame {
+    pub fn from_df(df: DataFrame) -> Self {
+        let lf = df.clone().lazy();
+        let done = OnceLock::new();
+        let _ = done.set(df);
+        Self {
+            lf,
+            done: Arc::new(done),
+        }
+    }
+
+    /// A new plan; checked now, so that a bad column name is reported at the
+    /// line that names it rather than where the frame is first read.
+    fn plan(lf: LazyFrame) -> R<Self> {
+        let mut check = lf.clone();
+        check.collect_schema().map_err(polars_err)?;
+        Ok(Self {
+            lf,
+            done: Arc::default(),
+        })
+    }
+
+    /// The frame's rows (the plan runs once per handle).
+    pub fn collect(&self) -> R<DataFrame> {
+        if let Some(df) = self.done.get() {
+            return Ok(df.clone());
+        }
+        let df = self.lf.clone().collect().map_err(polars_err)?;
+        Ok(self.done.get_or_init(|| df).clone())
+    }
+
+    fn lazy(&self) -> LazyFrame {
+        self.lf.clone()
+    }
+
+    fn schema(&self) -> R<SchemaRef> {
+        self.lf.clone().collect_schema().map_err(polars_err)
+    }
+}
+
+/// An expression (`col("x") * 2`, `col("amount").sum()`, …).
+#[derive(Clone)]
+pub struct ScriptExpr(pub Expr);
+
+/// One column of values.
+#[derive(Clone)]
+pub struct ScriptSeries(pub Series);
+
+/// A frame grouped by keys, waiting for `agg`.
+#[derive(Clone)]
+pub struct GroupBy {
+    lf: LazyFrame,
+    by: Vec<Expr>,
+}
+
+/// `when(cond).then(a)`, waiting for `otherwise`.
+#[derive(Clone)]
+pub struct WhenThen {
+    cond: Expr,
+    then: Expr,
+}
+
+/// `when(cond)`, waiting for `then`.
+#[derive(Clone)]
+pub struct When(Expr);
+
+/// A literal from a script value.
+fn lit_of(v: &Dynamic) -> R<Expr> {
+    if let Some(e) = v.read_lock::<ScriptExpr>() {
+        return Ok(e.0.clone());
+    }
+    if let Ok(i) = v.as_int() {
+        return Ok(lit(i));
+    }
+    if let Ok(f) = v.as_float() {
+        return Ok(lit(f));
+    }
+    if let Ok(b) = v.as_bool() {
+        return Ok(lit(b));
+    }
+    if v.is_string() {
+        return Ok(lit(v.to_string()));
+    }
+    if v.is_unit() {
+        return Ok(lit(Null {}));
+    }
+    fail(format!(
+        "a {} cannot be used as a value here",
+        v.type_name()
+    ))
+}
+
+/// An expression where a column name may stand for the column (`select`,
+/// `group_by`, `sort`, `agg` lists).
+fn expr_or_col(v: &Dynamic) -> R<Expr> {
+    if v.is_string() {
+        return Ok(col(v.to_string()));
+    }
+    if let Some(e) = v.read_lock::<ScriptExpr>() {
+        return Ok(e.0.clone());
+    }
+    fail(format!(
+        "expected a column name or an expression, got a {}",
+        v.type_name()
+    ))
+}
+
+/// `"x"`, `["x", "y"]`, `col("x")` or `[col("x"), "y"]` as expressions.
+fn exprs(v: &Dynamic) -> R<Vec<Expr>> {
+    match v.read_lock::<Array>() {
+        Some(a) => a.iter().map(expr_or_col).collect(),
+        None => Ok(vec![expr_or_col(v)?]),
+    }
+}
+
+fn names(v: &Dynamic) -> R<Vec<String>> {
+    let one = |x: &Dynamic| -> R<String> {
+        if x.is_string() {
+            Ok(x.to_string())
+        } else {
+            fail(format!("expected a column name, got a {}", x.type_name()))
+        }
+    };
+    match v.read_lock::<Array>() {
+        Some(a) => a.iter().map(one).collect(),
+        None => Ok(vec![one(v)?]),
+    }
+}
+
+/// A value out of a frame as a script value: integers as integers, floats
+/// as floats, times as ISO-8601 text, null as `()`.
+pub fn any_to_dynamic(v: AnyValue<'_>) -> Dynamic {
+    match v {
+        AnyValue::Null => Dynamic::UNIT,
+        AnyValue::Boolean(b) => b.into(),
+        AnyValue::String(s) => s.into(),
+        AnyValue::StringOwned(s) => s.as_str().into(),
+        AnyValue::Int8(x) => i64::from(x).into(),
+        AnyValue::Int16(x) => i64::from(x).into(),
+        AnyValue::Int32(x) => i64::from(x).into(),
+        AnyValue::Int64(x) => x.into(),
+        AnyValue::UInt8(x) => i64::from(x).into(),
+        AnyValue::UInt16(x) => i64::from(x).into(),
+        AnyValue::UInt32(x) => i64::from(x).into(),
+        AnyValue::UInt64(x) => i64::try_from(x).map_or_else(|_| (x as f64).into(), Dynamic::from),
+        AnyValue::Float32(x) => f64::from(x).into(),
+        AnyValue::Float64(x) => x.into(),
+        other => {
+            let s = other.to_string();
+            s.trim_matches('"').into()
+        }
+    }
+}
+
+fn dynamic_to_any(v: &Dynamic) -> R<AnyValue<'static>> {
+    if v.is_unit() {
+        return Ok(AnyValue::Null);
+    }
+    if let Ok(i) = v.as_int() {
+        return Ok(AnyValue::Int64(i));
+    }
+    if let Ok(f) = v.as_float() {
+        return Ok(AnyValue::Float64(f));
+    }
+    if let Ok(b) = v.as_bool() {
+        return Ok(AnyValue::Boolean(b));
+    }
+    if v.is_string() {
+        return Ok(AnyValue::StringOwned(v.to_string().into()));
+    }
+    fail(format!("a {} cannot go into a column", v.type_name()))
+}
+
+/// A series from script values (all of one kind; integers mixed with floats
+/// become floats).
+fn series_of(name: &str, items: &Array) -> R<Series> {
+    let floats = items.iter().any(|x| x.is_float());
+    let values = items
+        .iter()
+        .map(|x| match x.as_int() {
+            Ok(i) if floats => Ok(AnyValue::Float64(i as f64)),
+            _ => dynamic_to_any(x),
+        })
+        .collect::<R<Vec<_>>>()?;
+    Series::from_any_values(name.into(), &values, true).map_err(|e| {
+        Box::new(EvalAltResult::ErrorRuntime(
+            Dynamic::from(format!("column {name:?}: {e}")),
+            Position::NONE,
+        ))
+    })
+}
+
+/// `frame(#{ a: [1, 2], b: ["x", "y"] })`.
+fn frame_of(m: &Map) -> R<Frame> {
+    let cols = m
+        .iter()
+        .map(|(k, v)| match v.read_lock::<Array>() {
+            Some(a) => Ok(series_of(k, &a)?.into_column()),
+            None => fail(format!("column {k:?} must be an array of values")),
+        })
+        .collect::<R<Vec<_>>>()?;
+    DataFrame::new_infer_height(cols)
+        .map(Frame::from_df)
+        .map_err(polars_err)
+}
+
+/// Script options (`#{ last: "7d", category: ["Books", "Toys"] }`) as
+/// `key=value` pairs; lists join with commas.
+pub fn option_pairs(m: &Map) -> R<Vec<(String, String)>> {
+    let text = |v: &Dynamic| -> R<String> {
+        if v.is_string() || v.is_int() || v.is_float() || v.is_bool() {
+            Ok(v.to_string())
+        } else {
+            fail(format!("option value: a {} is not text", v.type_name()))
+        }
+    };
+    m.iter()
+        .map(|(k, v)| {
+            let value = match v.read_lock::<Array>() {
+                Some(a) => a.iter().map(text).collect::<R<Vec<_>>>()?.join(","),
+                None => text(v)?,
+            };
+            Ok((k.to_string(), value))
+        })
+        .collect()
+}
+
+fn view_fn(name: &str, opts: &Map) -> R<Frame> {
+    let pairs = option_pairs(opts)?;
+    match source()?.view(name, &pairs) {
+        Ok(df) => Ok(Frame::from_df(df)),
+        Err(e) => fail(format!("view({name:?}): {e}")),
+    }
+}
+
+fn table_fn(name: &str, opts: &Map) -> R<Frame> {
+    if let Some(f) = RUN.with_borrow(|r| r.registered.get(name).cloned()) {
+        if opts.is_empty() {
+            return Ok(f);
+        }
+    }
+    let pairs = option_pairs(opts)?;
+    match source()?.table(name, &pairs) {
+        Ok(df) => Ok(Frame::from_df(df)),
+        Err(e) => fail(format!("table({name:?}): {e}")),
+    }
+}
+
+/// Words of a SQL text (to see which tables it names).
+fn sql_words(q: &str) -> impl Iterator<Item = String> + '_ {
+    q.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+fn sql_fn(query: &str) -> R<Frame> {
+    let mut ctx = polars::sql::SQLContext::new();
+    let registered = RUN.with_borrow(|r| r.registered.clone());
+    for (name, f) in &registered {
+        ctx.register(name, f.lazy());
+    }
+    // Raw tables load only when the query names them.
+    let known = RUN
+        .with_borrow(|r| r.source.clone())
+        .map(|s| s.table_names())
+        .unwrap_or_default();
+    let mut loaded = Vec::new();
+    for w in sql_words(query) {
+        if let Some(t) = known.iter().find(|t| **t == w) {
+            if !registered.contains_key(*t) && !loaded.contains(t) {
+                loaded.push(t);
+                let f = table_fn(t, &Map::new())?;
+                ctx.register(t, f.lazy());
+            }
+        }
+    }
+    let lf = ctx.execute(query).map_err(polars_err)?;
+    Frame::plan(lf)
+}
+
+fn join_type(how: &str) -> R<JoinType> {
+    Ok(match how {
+        "inner" => JoinType::Inner,
+        "left" => JoinType::Left,
+        "right" => JoinType::Right,
+        "full" | "outer" => JoinType::Full,
+        other => {
+            return fail(format!(
+                "join how={other:?}: use inner, left, right or full"
+            ))
+        }
+    })
+}
+
+fn agg_named(e: Expr, how: &str) -> R<Expr> {
+    Ok(match how {
+        "sum" => e.sum(),
+        "mean" => e.mean(),
+        "min" => e.min(),
+        "max" => e.max(),
+        "count" => e.count(),
+        "n_unique" => e.n_unique(),
+        "median" => e.median(),
+        "first" => e.first(),
+        "last" => e.last(),
+        other => {
+            return fail(format!(
+                "aggregation {other:?}: use sum, mean, min, max, count, n_unique, median, first or last"
+            ))
+        }
+    })
+}
+
+/// Wide from long: one row per `index`, one column per value of `on`
+/// (in sorted order), cells `agg` of `values`; missing cells are null.
+fn pivot(f: &Frame, on: &str, index: &Dynamic, values: &str, agg: &str) -> R<Frame> {
+    let index = names(index)?;
+    let index_exprs: Vec<Expr> = index.iter().map(|n| col(n.as_str())).collect();
+    let mut by = index_exprs.clone();
+    by.push(col(on));
+    let long = f
+        .lazy()
+        .group_by(by)
+        .agg([agg_named(col(values), agg)?.alias("__value")]);
+    let keys = long
+        .clone()
+        .select([col(on)
+            .unique()
+            .sort(SortOptions::default())
+            .cast(DataType::String)])
+        .collect()
+        .map_err(polars_err)?;
+    let keys: Vec<String> = keys
+        .column(on)
+        .and_then(|c| {
+            c.str()
+                .map(|ca| ca.iter().map(|k| k.unwrap_or("null").to_owned()).collect())
+        })
+        .map_err(polars_err)?;
+    if keys.len() > 1_000 {
+        return fail(format!(
+            "pivot: {} has {} values; at most 1000 columns",
+            on,
+            keys.len()
+        ));
+    }
+    let sort_opts = SortMultipleOptions::default();
+    let mut wide = long
+        .clone()
+        .select(index_exprs.clone())
+        .unique_stable(None, UniqueKeepStrategy::First)
+        .sort(index.clone(), sort_opts.clone());
+    for k in &keys {
+        let part = long
+            .clone()
+            .filter(col(on).cast(DataType::String).eq(lit(k.as_str())))
+            .select(
+                index_exprs
+                    .iter()
+                    .cloned()
+                    .chain([col("__value").alias(k.as_str())])
+                    .collect::<Vec<_>>(),
+            );
+        wide = wide.join(
+            part,
+            index_exprs.clone(),
+            index_exprs.clone(),
+            JoinArgs::new(JoinType::Left),
+        );
+    }
+    Frame::plan(wide.sort(index, sort_opts))
+}
+
+fn sort_frame(f: &Frame, by: &Dynamic, descending: &Dynamic) -> R<Frame> {
+    let by = names(by)?;
+    let desc: Vec<bool> = match descending.read_lock::<Array>() {
+        Some(a) => a
+            .iter()
+            .map(|d| {
+                d.as_bool()
+                    .or_else(|_| fail("descending: true or false per column"))
+            })
+            .collect::<R<Vec<_>>>()?,
+        None => vec![
+            descending
+                .as_bool()
+                .or_else(|_| fail("descending: true or false"))?;
+            by.len()
+        ],
+    };
+    if desc.len() != by.len() {
+        return fail(format!(
+            "sort: {} columns but {} descending flags",
+            by.len(),
+            desc.len()
+        ));
+    }
+    let opts = SortMultipleOptions::default()
+        .with_order_descending_multi(desc)
+        .with_nulls_last(true)
+        .with_maintain_order(true);
+    Frame::plan(f.lazy().sort(by, opts))
+}
+
+fn column(f: &Frame, name: &str) -> R<ScriptSeries> {
+    let df = f.collect()?;
+    match df.column(name) {
+        Ok(c) => Ok(ScriptSeries(c.as_materialized_series().clone())),
+        Err(_) => fail(format!(
+            "no column {name:?}; columns: {}",
+            df.get_column_names()
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn value_at(s: &Series, i: i64) -> R<Dynamic> {
+    let n = s.len() as i64;
+    let idx = if i < 0 { n + i } else { i };
+    if !(0..n).contains(&idx) {
+        return fail(format!("row {i} is out of range (the column has {n} rows)"));
+    }
+    s.get(idx as usize).map(any_to_dynamic).map_err(polars_err)
+}
+
+fn scalar(s: &Series, what: &str) -> R<Dynamic> {
+    let r = match what {
+        "sum" => s.sum_reduce(),
+        "mean" => s.mean_reduce(),
+        "min" => s.min_reduce(),
+        "max" => s.max_reduce(),
+        "median" => s.median_reduce(),
+        _ => return fail(format!("{what}: unknown")),
+    }
+    .map_err(polars_err)?;
+    Ok(any_to_dynamic(r.value().clone()))
+}
+
+fn dtype_named(name: &str) -> R<DataType> {
+    Ok(match name {
+        "int" | "i64" => DataType::Int64,
+        "float" | "f64" => DataType::Float64,
+        "str" | "string" => DataType::String,
+        "bool" => DataType::Boolean,
+        "date" => DataType::Date,
+        other => {
+            return fail(format!(
+                "cast to {other:?}: use int, float, str, bool or date"
+            ))
+        }
+    })
+}
+
+macro_rules! binary_ops {
+    ($engine:expr, $($op:literal => $f:expr),* $(,)?) => {$(
+        $engine.register_fn($op, |a: ScriptExpr, b: ScriptExpr| ScriptExpr($f(a.0, b.0)));
+        $engine.register_fn($op, |a: ScriptExpr, b: Dynamic| -> R<ScriptExpr> {
+            Ok(ScriptExpr($f(a.0, lit_of(&b)?)))
+        });
+        $engine.register_fn($op, |a: Dynamic, b: ScriptExpr| -> R<ScriptExpr> {
+            Ok(ScriptExpr($f(lit_of(&a)?, b.0)))
+        });
+    )*};
+}
+
+macro_rules! expr_methods {
+    ($engine:expr, $($name:literal => $f:expr),* $(,)?) => {$(
+        $engine.register_fn($name, |e: ScriptExpr| ScriptExpr($f(e.0)));
+    )*};
+}
+
+/// Registers the frame types and functions on `engine`.
+pub fn register(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<Frame>("Frame")
+        .register_type_with_name::<ScriptExpr>("Expr")
+        .register_type_with_name::<ScriptSeries>("Series")
+        .register_type_with_name::<GroupBy>("GroupBy")
+        .register_type_with_name::<When>("When")
+        .register_type_with_name::<WhenThen>("WhenThen");
+
+    // Sources.
+    engine
+        .register_fn("view", |name: &str| view_fn(name, &Map::new()))
+        .register_fn("view", |name: &str, opts: Map| view_fn(name, &opts))
+        .register_fn("table", |name: &str| table_fn(name, &Map::new()))
+        .register_fn("table", |name: &str, opts: Map| table_fn(name, &opts))
+        .register_fn("transactions", || table_fn("transactions", &Map::new()))
+        .register_fn("transactions", |opts: Map| table_fn("transactions", &opts))
+        .register_fn("sessions", || table_fn("sessions", &Map::new()))
+        .register_fn("sessions", |opts: Map| table_fn("sessions", &opts))
+        .register_fn("sql", sql_fn)
+        .register_fn("register", |name: &str, f: Frame| {
+            RUN.with_borrow_mut(|r| r.registered.insert(name.to_owned(), f));
+        })
+        .register_fn("frame", |m: Map| frame_of(&m));
+
+    // Expressions.
+    engine
+        .register_fn("col", |name: &str| ScriptExpr(col(name)))
+        .register_fn("lit", |v: Dynamic| -> R<ScriptExpr> {
+            Ok(ScriptExpr(lit_of(&v)?))
+        })
+        .register_fn("len", || ScriptExpr(len()))
+        .register_fn("when", |c: ScriptExpr| When(c.0))
+        .register_fn("then", |w: When, v: Dynamic| -> R<WhenThen> {
+            Ok(WhenThen {
+                cond: w.0,
+                then: lit_of(&v)?,
+            })
+        })
+        .register_fn("otherwise", |w: WhenThen, v: Dynamic| -> R<ScriptExpr> {
+            Ok(ScriptExpr(when(w.cond).then(w.then).otherwise(lit_of(&v)?)))
+        });
+    binary_ops!(engine,
+        "+" => |a: Expr, b: Expr| a + b,
+        "-" => |a: Expr, b: Expr| a - b,
+        "*" => |a: Expr, b: Expr| a * b,
+        "/" => |a: Expr, b: Expr| a.cast(DataType::Float64) / b.cast(DataType::Float64),
+        "%" => |a: Expr, b: Expr| a % b,
+        "==" => |a: Expr, b: Expr| a.eq(b),
+        "!=" => |a: Expr, b: Expr| a.neq(b),
+        "<" => |a: Expr, b: Expr| a.lt(b),
+        "<=" => |a: Expr, b: Expr| a.lt_eq(b),
+        ">" => |a: Expr, b: Expr| a.gt(b),
+        ">=" => |a: Expr, b: Expr| a.gt_eq(b),
+        "&" => |a: Expr, b: Expr| a.and(b),
+        "|" => |a: Expr, b: Expr| a.or(b),
+    );
+    engine
+        .register_fn("-", |e: ScriptExpr| ScriptExpr(lit(0) - e.0))
+        .register_fn("!", |e: ScriptExpr| ScriptExpr(e.0.not()));
+    expr_methods!(engine,
+        "sum" => Expr::sum,
+        "mean" => Expr::mean,
+        "min" => Expr::min,
+        "max" => Expr::max,
+        "median" => Expr::median,
+        "count" => Expr::count,
+        "n_unique" => Expr::n_unique,
+        "first" => Expr::first,
+        "last" => Expr::last,
+        "abs" => Expr::abs,
+        "is_null" => Expr::is_null,
+        "is_not_null" => Expr::is_not_null,
+        "cum_sum" => |e: Expr| e.cum_sum(false),
+        "hour" => |e: Expr| e.dt().hour(),
+        "minute" => |e: Expr| e.dt().minute(),
+        "weekday" => |e: Expr| e.dt().weekday(),
+        "day" => |e: Expr| e.dt().day(),
+        "month" => |e: Expr| e.dt().month(),
+        "year" => |e: Expr| e.dt().year(),
+        "date" => |e: Expr| e.dt().date(),
+    );
+    engine
+        .register_fn("std", |e: ScriptExpr| ScriptExpr(e.0.std(1)))
+        .register_fn("alias", |e: ScriptExpr, name: &str| {
+            ScriptExpr(e.0.alias(name))
+        })
+        .register_fn("quantile", |e: ScriptExpr, q: f64| -> R<ScriptExpr> {
+            if !(0.0..=1.0).contains(&q) {
+                return fail(format!("quantile {q} is not between 0 and 1"));
+            }
+            Ok(ScriptExpr(e.0.quantile(lit(q), QuantileMethod::Linear)))
+        })
+        .register_fn("round", |e: ScriptExpr, decimals: i64| -> R<ScriptExpr> {
+            let d = u32::try_from(decimals).or_else(|_| fail("round: decimals 0 or more"))?;
+            Ok(ScriptExpr(e.0.round(d, RoundMode::HalfAwayFromZero)))
+        })
+        .register_fn("cast", |e: ScriptExpr, to: &str| -> R<ScriptExpr> {
+            Ok(ScriptExpr(e.0.cast(dtype_named(to)?)))
+        })
+        .register_fn("fill_null", |e: ScriptExpr, v: Dynamic| -> R<ScriptExpr> {
+            Ok(ScriptExpr(e.0.fill_null(lit_of(&v)?)))
+        })
+        .register_fn("is_in", |e: ScriptExpr, values: Array| -> R<ScriptExpr> {
+            let s = series_of("values", &values)?;
+            Ok(ScriptExpr(e.0.is_in(lit(s).implode(false), false)))
+        })
+        .register_fn("truncate", |e: ScriptExpr, every: &str| -> R<ScriptExpr> {
+            check_every(every)?;
+            Ok(ScriptExpr(e.0.dt().truncate(lit(every))))
+        })
+        .register_fn("over", |e: ScriptExpr, by: Dynamic| -> R<ScriptExpr> {
+            Ok(ScriptExpr(e.0.over(exprs(&by)?).map_err(polars_err)?))
+        })
+        .register_fn("to_string", |_e: &mut ScriptExpr| "Expr".to_owned());
+
+    // Frames.
+    engine
+        .register_fn("filter", |f: &mut Frame, e: ScriptExpr| {
+            Frame::plan(f.lazy().filter(e.0))
+        })
+        .register_fn("select", |f: &mut Frame, cols: Dynamic| {
+            Frame::plan(f.lazy().select(exprs(&cols)?))
+        })
+        .register_fn("with_columns", |f: &mut Frame, cols: Array| {
+            let e = cols
+                .iter()
+                .map(|c| {
+                    c.read_lock::<ScriptExpr>()
+                        .map(|e| e.0.clone())
+                        .map_or_else(|| fail("with_columns takes expressions"), Ok)
+                })
+                .collect::<R<Vec<_>>>()?;
+            Frame::plan(f.lazy().with_columns(e))
+        })
+        .register_fn("with_column", |f: &mut Frame, e: ScriptExpr| {
+            Frame::plan(f.lazy().with_column(e.0))
+        })
+        .register_fn("group_by", |f: &mut Frame, by: Dynamic| -> R<GroupBy> {
+            let by = exprs(&by)?;
+            Ok(GroupBy { lf: f.lazy(), by })
+        })
+        .register_fn("agg", |g: &mut GroupBy, aggs: Dynamic| {
+            let aggs = exprs(&aggs)?;
+            let names: Vec<String> =
+                g.by.iter()
+                    .filter_map(|e| match e {
+                        Expr::Column(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+            let grouped = g.lf.clone().group_by(g.by.clone()).agg(aggs);
+            // Groups come out in key order: results are the same every run.
+            let lf = if names.len() == g.by.len() {
+                grouped.sort(names, SortMultipleOptions::default().with_nulls_last(true))
+            } else {
+                grouped
+            };
+            Frame::plan(lf)
+        })
+        .register_fn("sort", |f: &mut Frame, by: Dynamic| {
+            sort_frame(f, &by, &Dynamic::FALSE)
+        })
+        .register_fn("sort", |f: &mut Frame, by: Dynamic, desc: Dynamic| {
+            sort_frame(f, &by, &desc)
+        })
+        .register_fn("head", |f: &mut Frame, n: i64| {
+            Frame::plan(f.lazy().limit(n.clamp(0, u32::MAX as i64) as IdxSize))
+        })
+        .register_fn("tail", |f: &mut Frame, n: i64| {
+            Frame::plan(f.lazy().tail(n.clamp(0, u32::MAX as i64) as IdxSize))
+        })
+        .register_fn("join", |f: &mut Frame, other: Frame, on: Dynamic| {
+            let on = exprs(&on)?;
+            Frame::plan(
+                f.lazy()
+                    .join(other.lazy(), on.clone(), on, JoinArgs::new(JoinType::Inner)),
+            )
+        })
+        .register_fn(
+            "join",
+            |f: &mut Frame, other: Frame, on: Dynamic, how: &str| {
+                let on = exprs(&on)?;
+                let args =
+                    JoinArgs::new(join_type(how)?).with_coalesce(JoinCoalesce::CoalesceColumns);
+                Frame::plan(f.lazy().join(other.lazy(), on.clone(), on, args))
+            },
+        )
+        .register_fn(
+            "pivot",
+            |f: &mut Frame, on: &str, index: Dynamic, values: &str, agg: &str| {
+                pivot(f, on, &index, values, agg)
+            },
+        )
+        .register_fn("unique", |f: &mut Frame| {
+            Frame::plan(f.lazy().unique_stable(None, UniqueKeepStrategy::First))
+        })
+        .register_fn("rename", |f: &mut Frame, from: &str, to: &str| {
+            Frame::plan(f.lazy().rename([from], [to], true))
+        })
+        .register_fn("drop", |f: &mut Frame, cols: Dynamic| {
+            Frame::plan(f.lazy().drop(by_name(names(&cols)?, true, false)))
+        })
+        .register_get("height", |f: &mut Frame| -> R<i64> {
+            Ok(f.collect()?.height() as i64)
+        })
+        .register_get("width", |f: &mut Frame| -> R<i64> {
+            Ok(f.schema()?.len() as i64)
+        })
+        .register_get("columns", |f: &mut Frame| -> R<Array> {
+            Ok(f.schema()?
+                .iter_names()
+                .map(|n| Dynamic::from(n.to_string()))
+                .collect())
+        })
+        .register_fn("column", |f: &mut Frame, name: &str| column(f, name))
+        .register_indexer_get(|f: &mut Frame, name: &str| column(f, name))
+        .register_fn("value", |f: &mut Frame, name: &str, row: i64| {
+            value_at(&column(f, name)?.0, row)
+        })
+        .register_fn("item", |f: &mut Frame| -> R<Dynamic> {
+            let df = f.collect()?;
+            if df.shape() != (1, 1) {
+                return fail(format!(
+                    "item() needs a 1 × 1 frame, this one is {} × {}",
+                    df.height(),
+                    df.width()
+                ));
+            }
+            value_at(df.columns()[0].as_materialized_series(), 0)
+        })
+        .register_fn("rows", |f: &mut Frame| -> R<Array> {
+            let df = f.collect()?;
+            if df.height() > 100_000 {
+                return fail(format!(
+                    "rows(): {} rows is too many to loop over; aggregate first",
+                    df.height()
+                ));
+            }
+            let names: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let mut out = Array::with_capacity(df.height());
+            for i in 0..df.height() {
+                let mut m = Map::new();
+                for (c, n) in df.columns().iter().zip(&names) {
+                    let v = c.get(i).map_err(polars_err)?;
+                    m.insert(n.as_str().into(), any_to_dynamic(v));
+                }
+                out.push(m.into());
+            }
+            Ok(out)
+        })
+        .register_fn("to_string", |f: &mut Frame| -> R<String> {
+            Ok(f.collect()?.to_string())
+        });
+
+    // Series.
+    for what in ["sum", "mean", "min", "max", "median"] {
+        engine.register_fn(what, move |s: &mut ScriptSeries| scalar(&s.0, what));
+    }
+    engine
+        .register_fn("len", |s: &mut ScriptSeries| s.0.len() as i64)
+        .register_fn("n_unique", |s: &mut ScriptSeries| -> R<i64> {
+            Ok(s.0.n_unique().map_err(polars_err)? as i64)
+        })
+        .register_fn("quantile", |s: &mut ScriptSeries, q: f64| -> R<Dynamic> {
+            if !(0.0..=1.0).contains(&q) {
+                return fail(format!("quantile {q} is not between 0 and 1"));
+            }
+            let r =
+                s.0.quantile_reduce(q, QuantileMethod::Linear)
+                    .map_err(polars_err)?;
+            Ok(any_to_dynamic(r.value().clone()))
+        })
+        .register_get("name", |s: &mut ScriptSeries| s.0.name().to_string())
+        .register_indexer_get(|s: &mut ScriptSeries, i: i64| value_at(&s.0, i))
+        .register_fn("to_array", |s: &mut ScriptSeries| -> R<Array> {
+            (0..s.0.len())
+                .map(|i| s.0.get(i).map(any_to_dynamic).map_err(polars_err))
+                .collect()
+        })
+        .register_fn("to_string", |s: &mut ScriptSeries| format!("{}", s.0));
+}
+
+/// Checks a bucket width such as `15m`, `1h`, `1d`, `1w`, `1mo`.
+fn check_every(every: &str) -> R<()> {
+    let digits = every.chars().take_while(char::is_ascii_digit).count();
+    match &every[digits..] {
+        "s" | "m" | "h" | "d" | "w" | "mo" | "y" if digits > 0 => Ok(()),
+        _ => fail(format!(
+            "bucket {every:?}: use a count and a unit, as 15m, 1h, 1d, 1w, 1mo"
+        )),
+    }
+}
+
+/// What a script gave back, as data.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Scalar(f64),
+    Series(Series),
+    Frame(DataFrame),
+}
+
+impl Value {
+    /// From a script's result.
+    pub fn from_dynamic(v: Dynamic) -> Result<Self, String> {
+        if let Ok(i) = v.as_int() {
+            return Ok(Value::Scalar(i as f64));
+        }
+        if let Ok(f) = v.as_float() {
+            return Ok(Value::Scalar(f));
+        }
+        if let Some(s) = v.read_lock::<ScriptSeries>() {
+            return Ok(Value::Series(s.0.clone()));
+        }
+        if let Some(f) = v.read_lock::<Frame>() {
+            return f.collect().map(Value::Frame).map_err(|e| e.to_string());
+        }
+        if v.is_unit() {
+            return Err("the script returned nothing: end it with the value to show".into());
+        }
+        Err(format!(
+            "the script returned a {}: return a number, a Series or a Frame",
+            v.type_name()
+        ))
+    }
+
+    /// As a frame (a scalar is a 1 × 1 frame named `value`).
+    pub fn into_frame(self) -> Result<DataFrame, PolarsError> {
+        match self {
+            Value::Scalar(x) => df!("value" => [x]),
+            Value::Series(s) => DataFrame::new_infer_height(vec![s.into_column()]),
+            Value::Frame(f) => Ok(f),
+        }
+    }
+}
