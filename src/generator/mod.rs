@@ -5,9 +5,12 @@
 //! buy) comes from the run's seed. Each step simulates one shopping session and
 //! emits its sale events followed by one session event.
 
+pub mod behaviour;
 mod params;
+pub mod scenario;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use rand::{Rng, SeedableRng};
@@ -17,8 +20,10 @@ use rand_distr::{Distribution, Exp, LogNormal, Pareto};
 use uuid::Uuid;
 
 pub use params::{
-    CategorySpec, ChannelSpec, GeneratorParams, ParamsError, RegionSpec, Share, StatusShare,
+    CategorySpec, ChannelSpec, GeneratorParams, ParamsError, RegionSpec, SegmentSpec, Share,
+    StatusShare,
 };
+pub use scenario::{Effects, Scenario, Switchboard};
 
 use crate::event::{Channel, Event, SaleEvent, SessionEvent, Status};
 
@@ -36,8 +41,10 @@ struct Customer {
     id: String,
     region: usize,
     country: usize,
-    /// Basket multiplier (Pareto): big spenders buy more units.
+    /// Basket multiplier (Pareto × segment): big spenders buy more units.
     spend: f64,
+    /// Conversion multiplier of the customer's segment.
+    conversion: f64,
 }
 
 struct Product {
@@ -55,6 +62,23 @@ struct Region {
     payment_pick: WeightedAliasIndex<f64>,
 }
 
+/// A scenario that is on, from when and (unless it runs until switched
+/// off) until when, in generator time.
+type ScenarioWindow = (Arc<Scenario>, DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// What the scenarios that are on change, folded together.
+struct Effective {
+    traffic: f64,
+    conversion: f64,
+    /// Over `products` then `launched`.
+    product_pick: WeightedAliasIndex<f64>,
+    launched: Vec<Product>,
+    /// Per category: (probability, min, max) of a scenario discount.
+    discount: Vec<Option<(f64, f64, f64)>>,
+    /// (method, failure rate, retry probability).
+    outage: Option<(String, f64, f64)>,
+}
+
 /// The generator. Not `Sync`: give each producer its own (they are cheap to
 /// clone from params) or guard one with a mutex.
 pub struct Generator {
@@ -65,8 +89,16 @@ pub struct Generator {
     customers: Vec<Customer>,
     customer_pick: WeightedAliasIndex<f64>,
     products: Vec<Product>,
-    product_pick: WeightedAliasIndex<f64>,
+    product_weights: Vec<f64>,
     categories: Vec<String>,
+    effective: Effective,
+    switch: Option<Arc<Switchboard>>,
+    switch_seen: u64,
+    shop_seen: u64,
+    /// Scenarios on, with their window in generator time.
+    scenarios: Vec<ScenarioWindow>,
+    /// When a scenario window opens or closes next.
+    next_boundary: Option<DateTime<Utc>>,
     regions: Vec<Region>,
     channel_pick: WeightedAliasIndex<f64>,
     status_pick: WeightedAliasIndex<f64>,
@@ -141,18 +173,29 @@ impl Generator {
             .map_err(|e| ParamsError(format!("activity_pareto_shape: {e}")))?;
         let spend = Pareto::new(1.0, params.spend_pareto_shape)
             .map_err(|e| ParamsError(format!("spend_pareto_shape: {e}")))?;
+        let segment_pick = if params.segments.is_empty() {
+            None
+        } else {
+            Some(alias(params.segments.iter().map(|s| s.share))?)
+        };
         let mut activity_weights = Vec::with_capacity(params.customers as usize);
         let customers = (0..params.customers)
             .map(|i| {
                 let region = region_pick.sample(&mut pop);
                 let country = regions[region].country_pick.sample(&mut pop);
+                let seg = segment_pick
+                    .as_ref()
+                    .map(|p| &params.segments[p.sample(&mut pop)]);
+                let (act, spe, conv) =
+                    seg.map_or((1.0, 1.0, 1.0), |s| (s.activity, s.spend, s.conversion));
                 // Cap the tail so one customer cannot dominate a small population.
-                activity_weights.push(activity.sample(&mut pop).min(1_000.0));
+                activity_weights.push(activity.sample(&mut pop).min(1_000.0) * act);
                 Customer {
                     id: format!("C{i:07}"),
                     region,
                     country,
-                    spend: spend.sample(&mut pop).min(8.0),
+                    spend: spend.sample(&mut pop).min(8.0) * spe,
+                    conversion: conv,
                 }
             })
             .collect::<Vec<_>>();
@@ -189,7 +232,14 @@ impl Generator {
                 product_weights.push(c.weight * zipf);
             }
         }
-        let product_pick = alias(product_weights)?;
+        let effective = Effective {
+            traffic: 1.0,
+            conversion: 1.0,
+            product_pick: alias(product_weights.iter().copied())?,
+            launched: Vec::new(),
+            discount: vec![None; params.categories.len()],
+            outage: None,
+        };
 
         let sim_now = match clock {
             Clock::Simulated(t) => t,
@@ -209,7 +259,13 @@ impl Generator {
             customers,
             customer_pick,
             products,
-            product_pick,
+            product_weights,
+            effective,
+            switch: None,
+            switch_seen: u64::MAX,
+            shop_seen: 0,
+            scenarios: Vec::new(),
+            next_boundary: None,
             regions,
             params,
             pending: VecDeque::new(),
@@ -219,6 +275,202 @@ impl Generator {
 
     pub fn params(&self) -> &GeneratorParams {
         &self.params
+    }
+
+    /// Follows the shop and scenarios of `switch` from the next session on.
+    /// The generator is taken to run the shop the switchboard holds now
+    /// (if any): only later shops rebuild it.
+    pub fn with_switch(mut self, switch: Arc<Switchboard>) -> Self {
+        self.shop_seen = switch.shop().map_or(0, |(v, _)| v);
+        self.switch = Some(switch);
+        self.switch_seen = u64::MAX;
+        self
+    }
+
+    /// Whether `s` can apply to this shop (the categories and payment method
+    /// it names exist).
+    pub fn check_scenario(&self, s: &Scenario) -> Result<(), String> {
+        check_scenario(&self.params, s)
+    }
+
+    /// Traffic multiplier of the scenarios on (a paced producer scales its
+    /// rate by it).
+    pub fn traffic(&self) -> f64 {
+        self.effective.traffic
+    }
+
+    /// Names of the scenarios in effect now.
+    pub fn scenarios_in_effect(&self) -> Vec<String> {
+        let now = self.sim_now;
+        self.scenarios
+            .iter()
+            .filter(|(_, from, until)| *from <= now && until.is_none_or(|u| now < u))
+            .map(|(s, _, _)| s.scenario.clone())
+            .collect()
+    }
+
+    /// Picks up switch changes and scenario windows opening or closing.
+    fn refresh_scenarios(&mut self, now: DateTime<Utc>) {
+        let mut changed = false;
+        if let Some(sw) = self.switch.clone() {
+            let v = sw.version();
+            if v != self.switch_seen {
+                self.switch_seen = v;
+                if let Some((version, shop)) = sw.shop().filter(|(sv, _)| *sv != self.shop_seen) {
+                    self.shop_seen = version;
+                    self.replace_shop((*shop).clone());
+                }
+                let on = sw.active();
+                let mut windows = Vec::with_capacity(on.len());
+                for a in on {
+                    if let Err(e) = check_scenario(&self.params, &a.scenario) {
+                        tracing::warn!("scenario {:?} ignored: {e}", a.scenario.scenario);
+                        continue;
+                    }
+                    // Keep the window of a scenario that stays on.
+                    let from = self
+                        .scenarios
+                        .iter()
+                        .find(|(s, _, _)| Arc::ptr_eq(s, &a.scenario))
+                        .map_or(now, |(_, f, _)| *f);
+                    let until = a
+                        .scenario
+                        .duration()
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .map(|d| from + d);
+                    windows.push((a.scenario, from, until));
+                }
+                self.scenarios = windows;
+                changed = true;
+            }
+        }
+        if changed || self.next_boundary.is_some_and(|b| now >= b) {
+            self.apply_scenarios(now);
+        }
+    }
+
+    /// Rebuilds customers and catalogue from `params`; the behaviour stream,
+    /// the clock and the scenarios go on.
+    fn replace_shop(&mut self, params: GeneratorParams) {
+        match Generator::new(params, 0, self.clock) {
+            Ok(mut fresh) => {
+                fresh.rng = self.rng.clone();
+                fresh.sim_now = self.sim_now;
+                fresh.pending = std::mem::take(&mut self.pending);
+                fresh.sessions = self.sessions;
+                fresh.switch = self.switch.take();
+                fresh.switch_seen = self.switch_seen;
+                fresh.shop_seen = self.shop_seen;
+                fresh.scenarios = std::mem::take(&mut self.scenarios);
+                *self = fresh;
+                tracing::info!("generator: new shop in effect");
+            }
+            Err(e) => tracing::warn!("generator: new shop refused, keeping the old one: {e}"),
+        }
+    }
+
+    /// Folds the scenarios whose window holds `now` into the effective tables.
+    fn apply_scenarios(&mut self, now: DateTime<Utc>) {
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut on = Vec::new();
+        for (s, from, until) in &self.scenarios {
+            for b in [Some(*from), *until].into_iter().flatten() {
+                if b > now {
+                    next = Some(next.map_or(b, |n| n.min(b)));
+                }
+            }
+            if *from <= now && until.is_none_or(|u| now < u) {
+                on.push(Arc::clone(s));
+            }
+        }
+        self.next_boundary = next;
+        let cat_index: HashMap<&str, usize> = self
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let mut e = Effective {
+            traffic: 1.0,
+            conversion: 1.0,
+            product_pick: self.effective.product_pick.clone(),
+            launched: Vec::new(),
+            discount: vec![None; self.categories.len()],
+            outage: None,
+        };
+        let mut demand = vec![1.0; self.categories.len()];
+        let mut launches = Vec::new();
+        for s in &on {
+            let fx = &s.effects;
+            e.traffic *= fx.traffic;
+            e.conversion *= fx.conversion;
+            for (c, m) in &fx.categories {
+                if let Some(&i) = cat_index.get(c.as_str()) {
+                    demand[i] *= m;
+                }
+            }
+            if let Some(d) = &fx.discount {
+                for (i, slot) in e.discount.iter_mut().enumerate() {
+                    if d.categories.is_empty() || d.categories.contains(&self.categories[i]) {
+                        *slot = Some((d.probability, d.min_fraction, d.max_fraction));
+                    }
+                }
+            }
+            if let Some(o) = &fx.payment_outage {
+                e.outage = Some((o.method.clone(), o.failure_rate, o.retry_probability));
+            }
+            if let Some(l) = &fx.launch {
+                launches.push((s.scenario.clone(), l.clone()));
+            }
+        }
+        let mut weights: Vec<f64> = self
+            .products
+            .iter()
+            .zip(&self.product_weights)
+            .map(|(p, w)| w * demand[p.category])
+            .collect();
+        let base_total: f64 = weights.iter().sum();
+        let share_total: f64 = launches.iter().map(|(_, l)| l.share).sum::<f64>().min(0.95);
+        for (li, (name, l)) in launches.iter().enumerate() {
+            let Some(&ci) = cat_index.get(l.category.as_str()) else {
+                continue;
+            };
+            // The launched products take `share` of all demand.
+            let total = if share_total > 0.0 {
+                base_total * l.share / (1.0 - share_total)
+            } else {
+                0.0
+            };
+            let tag = name
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(6)
+                .collect::<String>()
+                .to_ascii_uppercase();
+            for k in 0..l.products {
+                e.launched.push(Product {
+                    id: format!("N{li}{tag}{k:03}"),
+                    name: if l.products == 1 {
+                        l.name.clone()
+                    } else {
+                        format!("{} {}", l.name, k + 1)
+                    },
+                    category: ci,
+                    price: round2(l.price),
+                });
+                weights.push(total / f64::from(l.products));
+            }
+        }
+        if let Ok(pick) = alias(weights) {
+            e.product_pick = pick;
+        } else {
+            tracing::warn!("scenarios leave no product to sell; keeping the catalogue's demand");
+            e.launched.clear();
+            if let Ok(pick) = alias(self.product_weights.iter().copied()) {
+                e.product_pick = pick;
+            }
+        }
+        self.effective = e;
     }
 
     /// Sessions simulated so far.
@@ -248,7 +500,8 @@ impl Generator {
             Clock::Wall => Utc::now(),
             Clock::Simulated(_) => {
                 let (hour, day) = self.seasonality(self.sim_now);
-                let rate_per_sec = self.params.sessions_per_hour / 3600.0 * hour * day;
+                let rate_per_sec =
+                    self.params.sessions_per_hour / 3600.0 * hour * day * self.effective.traffic;
                 let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
                 let gap = -u.ln() / rate_per_sec.max(1e-9);
                 self.sim_now += Duration::microseconds((gap * 1e6) as i64);
@@ -259,6 +512,13 @@ impl Generator {
 
     fn simulate_session(&mut self) {
         self.sessions += 1;
+        if self.switch.is_some() || self.next_boundary.is_some() {
+            let now = match self.clock {
+                Clock::Wall => Utc::now(),
+                Clock::Simulated(_) => self.sim_now,
+            };
+            self.refresh_scenarios(now);
+        }
         let start = self.next_session_start();
         let length = self.session_len.sample(&mut self.rng).max(10.0);
         let (start, end) = match self.clock {
@@ -271,7 +531,11 @@ impl Generator {
         let channel = self.params.channels[channel_i].channel.clone();
         let (hour, _) = self.seasonality(start);
         let lift = 1.0 + self.params.seasonal_conversion_lift * (hour - 1.0);
-        let p_convert = (self.params.channels[channel_i].conversion * lift).clamp(0.0, 1.0);
+        let p_convert = (self.params.channels[channel_i].conversion
+            * lift
+            * self.customers[ci].conversion
+            * self.effective.conversion)
+            .clamp(0.0, 1.0);
         let p_more = 1.0 - 1.0 / self.params.mean_page_views;
         let mut page_views = 1;
         while page_views < 500 && self.rng.random_bool(p_more) {
@@ -279,14 +543,15 @@ impl Generator {
         }
         let session_id = format!("S{:016x}", self.rng.random::<u64>());
 
-        let mut orders = 0;
+        let mut placed = 0;
         if self.rng.random_bool(p_convert) {
-            orders = 1;
-            while orders < 5 && self.rng.random_bool(self.params.extra_order_probability) {
-                orders += 1;
+            placed = 1;
+            while placed < 5 && self.rng.random_bool(self.params.extra_order_probability) {
+                placed += 1;
             }
         }
-        for _ in 0..orders {
+        let mut orders = placed;
+        for _ in 0..placed {
             let at = match self.clock {
                 Clock::Wall => end,
                 Clock::Simulated(_) => {
@@ -295,7 +560,12 @@ impl Generator {
                 }
             };
             let sale = self.sale(ci, &session_id, channel.clone(), at);
+            let retry = self.retry_after_outage(&sale, ci);
             self.pending.push_back(Event::Sale(sale));
+            if let Some(r) = retry {
+                self.pending.push_back(Event::Sale(r));
+                orders += 1;
+            }
         }
         let c = &self.customers[ci];
         let region = &self.regions[c.region];
@@ -322,20 +592,34 @@ impl Generator {
         let rng = &mut self.rng;
         let c = &self.customers[ci];
         let region = &self.regions[c.region];
-        let p = &self.products[self.product_pick.sample(rng)];
+        let pi = self.effective.product_pick.sample(rng);
+        let p = match self.products.get(pi) {
+            Some(p) => p,
+            None => &self.effective.launched[pi - self.products.len()],
+        };
         let lambda = (self.params.mean_quantity - 1.0).max(0.0) * c.spend;
         let quantity = 1 + poisson(rng, lambda, 49) as i32;
         let gross = f64::from(quantity) * p.price;
-        let discount = if rng.random_bool(self.params.discount_probability) {
-            let max = self.params.max_discount_fraction.max(0.05);
-            round2(gross * rng.random_range(0.05..=max))
-        } else {
-            0.0
+        let discount = match self.effective.discount[p.category] {
+            Some((prob, lo, hi)) if rng.random_bool(prob) => {
+                round2(gross * rng.random_range(lo..=hi.max(lo)))
+            }
+            Some(_) => 0.0,
+            None if rng.random_bool(self.params.discount_probability) => {
+                let max = self.params.max_discount_fraction.max(0.05);
+                round2(gross * rng.random_range(0.05..=max))
+            }
+            None => 0.0,
         };
-        let status: Status = self.params.status_mix[self.status_pick.sample(rng)]
+        let mut status: Status = self.params.status_mix[self.status_pick.sample(rng)]
             .status
             .clone();
         let payment = &region.payment_methods[region.payment_pick.sample(rng)];
+        if let Some((method, rate, _)) = &self.effective.outage {
+            if method == payment && rng.random_bool(*rate) {
+                status = Status::Failed;
+            }
+        }
         SaleEvent {
             transaction_id: random_uuid(rng),
             occurred_at: at,
@@ -356,6 +640,91 @@ impl Generator {
             channel,
         }
     }
+}
+
+impl Generator {
+    /// A customer whose payment failed in an outage may pay again at once
+    /// with another of their region's methods.
+    fn retry_after_outage(&mut self, failed: &SaleEvent, ci: usize) -> Option<SaleEvent> {
+        let (method, _, retry) = self.effective.outage.as_ref()?;
+        if failed.status != Status::Failed || &failed.payment_method != method {
+            return None;
+        }
+        if !self.rng.random_bool(*retry) {
+            return None;
+        }
+        let region = &self.regions[self.customers[ci].region];
+        let other = (0..10)
+            .map(|_| &region.payment_methods[region.payment_pick.sample(&mut self.rng)])
+            .find(|m| *m != method)?
+            .clone();
+        let status = self.params.status_mix[self.status_pick.sample(&mut self.rng)]
+            .status
+            .clone();
+        let at = match self.clock {
+            Clock::Wall => failed.occurred_at,
+            Clock::Simulated(_) => failed.occurred_at + Duration::seconds(20),
+        };
+        Some(SaleEvent {
+            transaction_id: random_uuid(&mut self.rng),
+            occurred_at: at,
+            payment_method: other,
+            status: if status == Status::Failed {
+                Status::Completed
+            } else {
+                status
+            },
+            ..failed.clone()
+        })
+    }
+}
+
+/// Whether scenario `s` names only categories and payment methods the shop has.
+pub fn check_scenario(params: &GeneratorParams, s: &Scenario) -> Result<(), String> {
+    let cats: Vec<&str> = params.categories.iter().map(|c| c.name.as_str()).collect();
+    let unknown = |c: &str| {
+        format!(
+            "unknown category {c:?}; the shop's categories: {}",
+            cats.join(", ")
+        )
+    };
+    let fx = &s.effects;
+    for c in fx.categories.keys() {
+        if !cats.contains(&c.as_str()) {
+            return Err(unknown(c));
+        }
+    }
+    if let Some(d) = &fx.discount {
+        if let Some(c) = d.categories.iter().find(|c| !cats.contains(&c.as_str())) {
+            return Err(unknown(c));
+        }
+    }
+    if let Some(l) = &fx.launch {
+        if !cats.contains(&l.category.as_str()) {
+            return Err(unknown(&l.category));
+        }
+    }
+    if let Some(o) = &fx.payment_outage {
+        let known = params
+            .regions
+            .iter()
+            .any(|r| r.payment_mix.iter().any(|m| m.name == o.method));
+        if !known {
+            let mut all: Vec<&str> = params
+                .regions
+                .iter()
+                .flat_map(|r| r.payment_mix.iter().map(|m| m.name.as_str()))
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            return Err(format!(
+                "unknown payment method {:?}; the shop's methods: {}",
+                o.method,
+                all.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Output format of [`write_events`].
@@ -577,5 +946,235 @@ mod tests {
         let mut p = GeneratorParams::default();
         p.channels[0].conversion = 1.5;
         assert!(Generator::new(p, 1, Clock::Wall).is_err());
+    }
+
+    /// Sales and sessions of the first `minutes` of simulated time.
+    fn window(mut g: Generator, minutes: i64) -> (Vec<SaleEvent>, u64) {
+        let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        let end = start + Duration::minutes(minutes);
+        let (mut sales, mut sessions) = (Vec::new(), 0u64);
+        loop {
+            match g.next_event() {
+                Event::Sale(s) => sales.push(s),
+                Event::Session(s) if s.started_at >= end => return (sales, sessions),
+                Event::Session(_) => sessions += 1,
+            }
+        }
+    }
+
+    fn scenario(file: &str) -> Scenario {
+        behaviour::builtin_scenarios()
+            .into_iter()
+            .map(Result::unwrap)
+            .find(|s| s.file == file)
+            .unwrap()
+    }
+
+    /// A busy shop (16× the default traffic) with `scenarios` on from the start.
+    fn with(seed: u64, scenarios: &[Scenario]) -> Generator {
+        let board = Switchboard::new();
+        for s in scenarios {
+            board.switch_on(s.clone());
+        }
+        let params = GeneratorParams {
+            sessions_per_hour: 57_600.0,
+            ..GeneratorParams::default()
+        };
+        let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        Generator::new(params, seed, Clock::Simulated(start))
+            .unwrap()
+            .with_switch(board)
+    }
+
+    /// Pearson's chi-square statistic of two count vectors over the same
+    /// categories (a 2 × k contingency table).
+    fn chi_square(a: &[f64], b: &[f64]) -> f64 {
+        let (ta, tb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+        let n = ta + tb;
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| *x + *y > 0.0)
+            .map(|(x, y)| {
+                let col = x + y;
+                let (ea, eb) = (col * ta / n, col * tb / n);
+                (x - ea).powi(2) / ea + (y - eb).powi(2) / eb
+            })
+            .sum()
+    }
+
+    fn by<K: Ord + Clone>(
+        sales: &[SaleEvent],
+        keys: &[K],
+        f: impl Fn(&SaleEvent) -> K,
+    ) -> Vec<f64> {
+        keys.iter()
+            .map(|k| sales.iter().filter(|s| f(s) == *k).count() as f64)
+            .collect()
+    }
+
+    #[test]
+    fn a_flash_sale_shifts_demand_traffic_and_discounts_measurably() {
+        let cats: Vec<String> = GeneratorParams::default()
+            .categories
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let (base, base_sessions) = window(with(11, &[]), 60);
+        let (other, _) = window(with(12, &[]), 60);
+        let (sale, sale_sessions) = window(with(11, &[scenario("flash_sale.rhai")]), 60);
+        let cat = |s: &SaleEvent| s.category.clone();
+        let (b, o, f) = (
+            by(&base, &cats, cat),
+            by(&other, &cats, cat),
+            by(&sale, &cats, cat),
+        );
+        // Two seeds without it: no detectable difference (chi-square, 9 df,
+        // below the p = 0.001 critical value 27.88).
+        let control = chi_square(&b, &o);
+        assert!(control < 27.88, "control chi-square {control}");
+        // With it: far beyond any plausible chance (p << 1e-12).
+        let shifted = chi_square(&b, &f);
+        assert!(shifted > 200.0, "flash sale chi-square {shifted}");
+        let share = |v: &[f64], c: &str| {
+            v[cats.iter().position(|x| x == c).unwrap()] / v.iter().sum::<f64>()
+        };
+        assert!(share(&f, "Electronics") > 2.0 * share(&b, "Electronics"));
+        // Traffic ×5 in its hour.
+        let ratio = sale_sessions as f64 / base_sessions as f64;
+        assert!((4.3..5.7).contains(&ratio), "traffic ratio {ratio}");
+        // Most Electronics lines discounted by 20-40 %.
+        let el: Vec<&SaleEvent> = sale
+            .iter()
+            .filter(|s| s.category == "Electronics")
+            .collect();
+        let discounted = el.iter().filter(|s| s.discount > 0.0).count() as f64 / el.len() as f64;
+        assert!((0.8..0.9).contains(&discounted), "discounted {discounted}");
+        for s in el.iter().filter(|s| s.discount > 0.0) {
+            let gross = f64::from(s.quantity) * s.unit_price;
+            let frac = s.discount / gross;
+            assert!((0.195..=0.405).contains(&frac), "{frac}");
+        }
+    }
+
+    #[test]
+    fn a_payment_outage_fails_its_method_and_customers_retry_elsewhere() {
+        let (base, _) = window(with(21, &[]), 30);
+        let (out, _) = window(with(21, &[scenario("payment_outage.rhai")]), 30);
+        let failed = |v: &[SaleEvent], m: &str| {
+            let of: Vec<_> = v.iter().filter(|s| s.payment_method == m).collect();
+            of.iter().filter(|s| s.status == Status::Failed).count() as f64 / of.len() as f64
+        };
+        assert!(failed(&base, "paypal") < 0.1, "{}", failed(&base, "paypal"));
+        let f = failed(&out, "paypal");
+        assert!((0.85..0.95).contains(&f), "paypal failing {f}");
+        // Other methods are untouched; failed payers come back on another.
+        assert!(failed(&out, "credit_card") < 0.1);
+        let retries = out
+            .windows(2)
+            .filter(|w| {
+                w[0].status == Status::Failed
+                    && w[0].payment_method == "paypal"
+                    && w[1].session_id == w[0].session_id
+                    && w[1].product_id == w[0].product_id
+                    && w[1].payment_method != "paypal"
+            })
+            .count() as f64;
+        let paypal_failed = out
+            .iter()
+            .filter(|s| s.payment_method == "paypal" && s.status == Status::Failed)
+            .count() as f64;
+        let r = retries / paypal_failed;
+        assert!((0.4..0.6).contains(&r), "retry share {r}");
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        for s in &out {
+            assert_eq!(Event::Sale(s.clone()).validate(now), vec![]);
+        }
+    }
+
+    #[test]
+    fn a_product_launch_sells_the_new_product_for_its_share() {
+        let (sales, _) = window(with(31, &[scenario("product_launch.rhai")]), 120);
+        let new: Vec<_> = sales
+            .iter()
+            .filter(|s| s.product_name == "Nova Phone X")
+            .collect();
+        let share = new.len() as f64 / sales.len() as f64;
+        assert!((0.17..0.23).contains(&share), "launch share {share}");
+        assert!(new
+            .iter()
+            .all(|s| s.category == "Electronics" && s.unit_price == 699.0));
+        let ids: std::collections::HashSet<_> = new.iter().map(|s| s.product_id.clone()).collect();
+        assert_eq!(ids.len(), 1);
+    }
+
+    #[test]
+    fn scenarios_switch_on_and_off_mid_stream_and_end_by_themselves() {
+        let board = Switchboard::new();
+        let mut g = sim(41).with_switch(Arc::clone(&board));
+        let electronics = |g: &mut Generator, n: usize| {
+            let mut sales = 0;
+            let mut el = 0;
+            while sales < n {
+                if let Event::Sale(s) = g.next_event() {
+                    sales += 1;
+                    el += usize::from(s.category == "Electronics");
+                }
+            }
+            el as f64 / n as f64
+        };
+        let before = electronics(&mut g, 3_000);
+        let mut flash = scenario("flash_sale.rhai");
+        flash.duration_minutes = None;
+        board.switch_on(flash.clone());
+        let during = electronics(&mut g, 3_000);
+        assert_eq!(g.scenarios_in_effect(), vec!["Flash sale".to_owned()]);
+        assert!((g.traffic() - 5.0).abs() < 1e-9);
+        assert!(board.switch_off("Flash sale"));
+        let after = electronics(&mut g, 3_000);
+        assert!(during > 2.0 * before, "{before} -> {during}");
+        assert!(after < 0.6 * during, "{during} -> {after}");
+        assert!((g.traffic() - 1.0).abs() < 1e-9);
+        // With a duration it ends by itself (simulated time).
+        let mut short = scenario("flash_sale.rhai");
+        short.duration_minutes = Some(5.0);
+        board.switch_on(short);
+        let _ = electronics(&mut g, 10);
+        assert_eq!(g.scenarios_in_effect().len(), 1);
+        let _ = electronics(&mut g, 3_000);
+        assert!(g.scenarios_in_effect().is_empty());
+        assert!((g.traffic() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_new_shop_takes_effect_mid_stream() {
+        let board = Switchboard::new();
+        let mut g = sim(51).with_switch(Arc::clone(&board));
+        for _ in 0..1_000 {
+            g.next_event();
+        }
+        board.set_shop(GeneratorParams {
+            customers: 100,
+            ..GeneratorParams::default()
+        });
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5_000 {
+            if let Event::Session(s) = g.next_event() {
+                seen.insert(s.customer_id);
+            }
+        }
+        assert!(seen.len() <= 101, "{} customers", seen.len());
+        assert_eq!(g.params().customers, 100);
+    }
+
+    #[test]
+    fn scenarios_naming_what_the_shop_lacks_are_refused() {
+        let mut s = scenario("flash_sale.rhai");
+        s.effects.categories.insert("Spaceships".into(), 2.0);
+        let e = check_scenario(&GeneratorParams::default(), &s).unwrap_err();
+        assert!(e.contains("Spaceships") && e.contains("Electronics"), "{e}");
+        let mut s = scenario("payment_outage.rhai");
+        s.effects.payment_outage.as_mut().unwrap().method = "iou".into();
+        let e = check_scenario(&GeneratorParams::default(), &s).unwrap_err();
+        assert!(e.contains("iou") && e.contains("paypal"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Channel, Status};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct GeneratorParams {
     /// Seed of the shop itself: its customers and catalogue. Kept apart from
     /// the behaviour seed so that runs with different seeds see the same shop
@@ -31,6 +31,9 @@ pub struct GeneratorParams {
     pub popularity_zipf_exponent: f64,
     /// Regions, their countries and their payment-method mix.
     pub regions: Vec<RegionSpec>,
+    /// Customer segments (none = everyone average).
+    #[serde(default)]
+    pub segments: Vec<SegmentSpec>,
     /// Channel mix and per-channel conversion (probability a session orders).
     pub channels: Vec<ChannelSpec>,
     /// Relative traffic by hour of day (UTC), 24 values.
@@ -59,6 +62,7 @@ pub struct GeneratorParams {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CategorySpec {
     pub name: String,
     /// Share of demand.
@@ -73,7 +77,31 @@ pub struct CategorySpec {
     pub items: Vec<String>,
 }
 
+/// A kind of customer: a share of the population, and how it differs from
+/// an average customer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSpec {
+    pub name: String,
+    /// Share of the population.
+    pub share: f64,
+    /// Visit frequency multiplier.
+    #[serde(default = "one")]
+    pub activity: f64,
+    /// Units-per-order multiplier.
+    #[serde(default = "one")]
+    pub spend: f64,
+    /// Conversion multiplier.
+    #[serde(default = "one")]
+    pub conversion: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegionSpec {
     pub name: String,
     pub weight: f64,
@@ -82,12 +110,14 @@ pub struct RegionSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Share {
     pub name: String,
     pub weight: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     pub channel: Channel,
     pub weight: f64,
@@ -95,6 +125,7 @@ pub struct ChannelSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StatusShare {
     pub status: Status,
     pub weight: f64,
@@ -104,326 +135,60 @@ pub struct StatusShare {
 #[error("invalid generator parameters: {0}")]
 pub struct ParamsError(pub String);
 
-fn shares(pairs: &[(&str, f64)]) -> Vec<Share> {
-    pairs
-        .iter()
-        .map(|(n, w)| Share {
-            name: (*n).to_owned(),
-            weight: *w,
-        })
-        .collect()
-}
-
-fn category(name: &str, weight: f64, median: f64, sigma: f64, items: &[&str]) -> CategorySpec {
-    CategorySpec {
-        name: name.to_owned(),
-        weight,
-        products: 60,
-        median_price: median,
-        price_sigma: sigma,
-        items: items.iter().map(|s| (*s).to_owned()).collect(),
+impl Default for GeneratorParams {
+    /// The built-in shop: `scripts/generator/default.rhai` (embedded).
+    fn default() -> Self {
+        super::behaviour::builtin().clone()
     }
 }
 
-impl Default for GeneratorParams {
-    fn default() -> Self {
+impl GeneratorParams {
+    /// A bare but valid shop: one of everything. Only used should the
+    /// embedded default script ever fail (a test makes sure it does not).
+    pub fn fallback() -> Self {
+        let one = |name: &str| Share {
+            name: name.to_owned(),
+            weight: 1.0,
+        };
         Self {
             population_seed: 0x5a1e_5e5e,
             currency: "USD".into(),
-            customers: 50_000,
+            customers: 10_000,
             activity_pareto_shape: 1.16,
             spend_pareto_shape: 2.5,
-            categories: vec![
-                category(
-                    "Electronics",
-                    0.16,
-                    120.0,
-                    0.8,
-                    &[
-                        "Headphones",
-                        "Speaker",
-                        "Charger",
-                        "Monitor",
-                        "Keyboard",
-                        "Webcam",
-                        "Tablet",
-                        "Smartwatch",
-                    ],
-                ),
-                category(
-                    "Fashion",
-                    0.18,
-                    45.0,
-                    0.6,
-                    &[
-                        "Jacket",
-                        "Sneakers",
-                        "Dress",
-                        "Jeans",
-                        "T-Shirt",
-                        "Scarf",
-                        "Backpack",
-                        "Sunglasses",
-                    ],
-                ),
-                category(
-                    "Home & Kitchen",
-                    0.14,
-                    35.0,
-                    0.7,
-                    &[
-                        "Mug",
-                        "Pan",
-                        "Blender",
-                        "Lamp",
-                        "Towel Set",
-                        "Knife",
-                        "Kettle",
-                        "Cushion",
-                    ],
-                ),
-                category(
-                    "Beauty",
-                    0.10,
-                    22.0,
-                    0.5,
-                    &[
-                        "Serum",
-                        "Lipstick",
-                        "Shampoo",
-                        "Moisturizer",
-                        "Perfume",
-                        "Mascara",
-                        "Sunscreen",
-                        "Face Mask",
-                    ],
-                ),
-                category(
-                    "Sports & Outdoors",
-                    0.09,
-                    55.0,
-                    0.7,
-                    &[
-                        "Yoga Mat",
-                        "Tent",
-                        "Water Bottle",
-                        "Dumbbells",
-                        "Bike Light",
-                        "Running Shorts",
-                        "Helmet",
-                        "Hiking Poles",
-                    ],
-                ),
-                category(
-                    "Books",
-                    0.08,
-                    16.0,
-                    0.4,
-                    &[
-                        "Novel",
-                        "Cookbook",
-                        "Biography",
-                        "Comic",
-                        "Travel Guide",
-                        "Textbook",
-                        "Poetry",
-                        "Atlas",
-                    ],
-                ),
-                category(
-                    "Toys & Games",
-                    0.07,
-                    28.0,
-                    0.6,
-                    &[
-                        "Puzzle",
-                        "Board Game",
-                        "Action Figure",
-                        "Building Set",
-                        "Plush",
-                        "Card Game",
-                        "RC Car",
-                        "Doll",
-                    ],
-                ),
-                category(
-                    "Grocery",
-                    0.08,
-                    9.0,
-                    0.5,
-                    &[
-                        "Coffee",
-                        "Tea",
-                        "Olive Oil",
-                        "Chocolate",
-                        "Pasta",
-                        "Granola",
-                        "Honey",
-                        "Spices",
-                    ],
-                ),
-                category(
-                    "Health",
-                    0.06,
-                    18.0,
-                    0.5,
-                    &[
-                        "Vitamins",
-                        "Protein",
-                        "Thermometer",
-                        "First Aid Kit",
-                        "Massager",
-                        "Toothbrush",
-                        "Scale",
-                        "Bandages",
-                    ],
-                ),
-                category(
-                    "Automotive",
-                    0.04,
-                    40.0,
-                    0.8,
-                    &[
-                        "Dash Cam",
-                        "Floor Mats",
-                        "Wiper Blades",
-                        "Car Charger",
-                        "Jump Starter",
-                        "Seat Cover",
-                        "Tire Gauge",
-                        "Polish",
-                    ],
-                ),
-            ],
+            categories: vec![CategorySpec {
+                name: "General".into(),
+                weight: 1.0,
+                products: 100,
+                median_price: 30.0,
+                price_sigma: 0.7,
+                items: vec!["Item".into()],
+            }],
             popularity_zipf_exponent: 1.07,
-            regions: vec![
-                RegionSpec {
-                    name: "North America".into(),
-                    weight: 0.38,
-                    countries: shares(&[("US", 0.86), ("CA", 0.14)]),
-                    payment_mix: shares(&[
-                        ("credit_card", 0.45),
-                        ("debit_card", 0.20),
-                        ("paypal", 0.15),
-                        ("apple_pay", 0.12),
-                        ("google_pay", 0.05),
-                        ("bank_transfer", 0.03),
-                    ]),
-                },
-                RegionSpec {
-                    name: "Europe".into(),
-                    weight: 0.30,
-                    countries: shares(&[
-                        ("DE", 0.25),
-                        ("GB", 0.22),
-                        ("FR", 0.18),
-                        ("ES", 0.11),
-                        ("IT", 0.10),
-                        ("NL", 0.08),
-                        ("PL", 0.06),
-                    ]),
-                    payment_mix: shares(&[
-                        ("credit_card", 0.25),
-                        ("debit_card", 0.20),
-                        ("paypal", 0.20),
-                        ("bank_transfer", 0.12),
-                        ("klarna", 0.10),
-                        ("apple_pay", 0.08),
-                        ("google_pay", 0.05),
-                    ]),
-                },
-                RegionSpec {
-                    name: "Asia Pacific".into(),
-                    weight: 0.20,
-                    countries: shares(&[
-                        ("JP", 0.30),
-                        ("AU", 0.22),
-                        ("KR", 0.18),
-                        ("SG", 0.12),
-                        ("IN", 0.18),
-                    ]),
-                    payment_mix: shares(&[
-                        ("credit_card", 0.35),
-                        ("debit_card", 0.10),
-                        ("paypal", 0.10),
-                        ("apple_pay", 0.15),
-                        ("google_pay", 0.15),
-                        ("bank_transfer", 0.10),
-                        ("cash_on_delivery", 0.05),
-                    ]),
-                },
-                RegionSpec {
-                    name: "Latin America".into(),
-                    weight: 0.08,
-                    countries: shares(&[("BR", 0.50), ("MX", 0.35), ("AR", 0.15)]),
-                    payment_mix: shares(&[
-                        ("credit_card", 0.40),
-                        ("debit_card", 0.15),
-                        ("paypal", 0.10),
-                        ("bank_transfer", 0.15),
-                        ("cash_on_delivery", 0.20),
-                    ]),
-                },
-                RegionSpec {
-                    name: "Middle East & Africa".into(),
-                    weight: 0.04,
-                    countries: shares(&[("AE", 0.40), ("ZA", 0.35), ("EG", 0.25)]),
-                    payment_mix: shares(&[
-                        ("credit_card", 0.30),
-                        ("debit_card", 0.15),
-                        ("paypal", 0.10),
-                        ("apple_pay", 0.05),
-                        ("bank_transfer", 0.10),
-                        ("cash_on_delivery", 0.30),
-                    ]),
-                },
-            ],
-            channels: vec![
-                ChannelSpec {
-                    channel: Channel::Web,
-                    weight: 0.55,
-                    conversion: 0.22,
-                },
-                ChannelSpec {
-                    channel: Channel::Mobile,
-                    weight: 0.35,
-                    conversion: 0.16,
-                },
-                ChannelSpec {
-                    channel: Channel::Store,
-                    weight: 0.10,
-                    conversion: 0.55,
-                },
-            ],
-            hour_weights: vec![
-                0.35, 0.25, 0.20, 0.18, 0.20, 0.30, 0.50, 0.75, 0.95, 1.05, 1.15, 1.25, 1.40, 1.35,
-                1.20, 1.15, 1.20, 1.35, 1.55, 1.75, 1.85, 1.70, 1.25, 0.70,
-            ],
-            weekday_weights: vec![0.95, 0.92, 0.95, 1.00, 1.05, 1.10, 1.03],
-            seasonal_conversion_lift: 0.25,
-            status_mix: vec![
-                StatusShare {
-                    status: Status::Completed,
-                    weight: 0.90,
-                },
-                StatusShare {
-                    status: Status::Pending,
-                    weight: 0.04,
-                },
-                StatusShare {
-                    status: Status::Failed,
-                    weight: 0.035,
-                },
-                StatusShare {
-                    status: Status::Refunded,
-                    weight: 0.025,
-                },
-            ],
+            regions: vec![RegionSpec {
+                name: "World".into(),
+                weight: 1.0,
+                countries: vec![one("US")],
+                payment_mix: vec![one("credit_card")],
+            }],
+            segments: Vec::new(),
+            channels: vec![ChannelSpec {
+                channel: Channel::Web,
+                weight: 1.0,
+                conversion: 0.2,
+            }],
+            hour_weights: vec![1.0; 24],
+            weekday_weights: vec![1.0; 7],
+            seasonal_conversion_lift: 0.0,
+            status_mix: vec![StatusShare {
+                status: Status::Completed,
+                weight: 1.0,
+            }],
             mean_page_views: 7.0,
-            extra_order_probability: 0.12,
-            mean_quantity: 1.6,
-            discount_probability: 0.18,
-            max_discount_fraction: 0.30,
+            extra_order_probability: 0.1,
+            mean_quantity: 1.5,
+            discount_probability: 0.1,
+            max_discount_fraction: 0.3,
             mean_session_seconds: 420.0,
             sessions_per_hour: 3_600.0,
         }
@@ -503,6 +268,20 @@ impl GeneratorParams {
                 &format!("region {:?} payment_mix", r.name),
                 r.payment_mix.iter().map(|c| c.weight),
             )?;
+        }
+        if !self.segments.is_empty() {
+            positive_weights("segments", self.segments.iter().map(|s| s.share))?;
+        }
+        for s in &self.segments {
+            for (what, v) in [
+                ("activity", s.activity),
+                ("spend", s.spend),
+                ("conversion", s.conversion),
+            ] {
+                check(v.is_finite() && v > 0.0, || {
+                    format!("segment {:?}: {what} must be > 0, got {v}", s.name)
+                })?;
+            }
         }
         positive_weights("channels", self.channels.iter().map(|c| c.weight))?;
         for c in &self.channels {

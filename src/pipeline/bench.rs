@@ -259,3 +259,101 @@ fn copy_rows(seed: u64, events: u64) -> anyhow::Result<store::CopyRows> {
     }
     Ok(store::CopyRows::of(&batch))
 }
+
+/// What `bench generator` measured: one thread, simulated clock.
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratorBenchReport {
+    pub events: u64,
+    /// Building the shop (customers and catalogue) from its parameters, ms.
+    pub build_ms: f64,
+    /// Events made per second, each run.
+    pub make_per_sec: Vec<f64>,
+    /// Events made and encoded as the JSON the producer sends, each run.
+    pub make_and_encode_per_sec: Vec<f64>,
+    /// The same with the three shipped scenarios on (flash sale, payment
+    /// outage, product launch).
+    pub with_scenarios_per_sec: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl std::fmt::Display for GeneratorBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "generator, one thread, {} events per run", self.events)?;
+        writeln!(f, "  shop built in {:.1} ms", self.build_ms)?;
+        for (what, v) in [
+            ("make", &self.make_per_sec),
+            ("make + JSON", &self.make_and_encode_per_sec),
+            ("make + JSON, 3 scenarios on", &self.with_scenarios_per_sec),
+        ] {
+            let runs: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+            writeln!(
+                f,
+                "  {what:<28} median {:>10.0} events/s  (runs: {})",
+                median(v),
+                runs.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Measures the generator on this thread: `repeat` runs of `events` events.
+pub fn generator(
+    params: GeneratorParams,
+    events: u64,
+    repeat: usize,
+) -> anyhow::Result<GeneratorBenchReport> {
+    let start = Utc
+        .with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
+        .single()
+        .context("start time")?;
+    let t = Instant::now();
+    let mut g = Generator::new(params.clone(), 1, Clock::Simulated(start))?;
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut make = Vec::new();
+    let mut encode = Vec::new();
+    let mut scenarios = Vec::new();
+    let board = crate::generator::Switchboard::new();
+    for s in crate::generator::behaviour::builtin_scenarios() {
+        let s = s?;
+        if crate::generator::check_scenario(&params, &s).is_ok() {
+            board.switch_on(s);
+        }
+    }
+    for run in 0..repeat {
+        let t = Instant::now();
+        let mut sales = 0u64;
+        for _ in 0..events {
+            if matches!(std::hint::black_box(g.next_event()), Event::Sale(_)) {
+                sales += 1;
+            }
+        }
+        make.push(events as f64 / t.elapsed().as_secs_f64());
+        std::hint::black_box(sales);
+        for (out, gen) in [(&mut encode, None), (&mut scenarios, Some(&board))] {
+            let mut g = Generator::new(params.clone(), run as u64 + 2, Clock::Simulated(start))?;
+            if let Some(b) = gen {
+                g = g.with_switch(Arc::clone(b));
+            }
+            let t = Instant::now();
+            let mut bytes = 0usize;
+            for _ in 0..events {
+                bytes += g.next_event().to_json().len();
+            }
+            std::hint::black_box(bytes);
+            out.push(events as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(GeneratorBenchReport {
+        events,
+        build_ms,
+        make_per_sec: make,
+        make_and_encode_per_sec: encode,
+        with_scenarios_per_sec: scenarios,
+    })
+}

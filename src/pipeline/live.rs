@@ -18,7 +18,8 @@ use super::{
 use crate::analytics::Analytics;
 use crate::bus::{EventProducer, OffsetProbe, ProducerConfig, ProducerStats};
 use crate::config::Config;
-use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::generator::scenario::Active;
+use crate::generator::{Clock, Generator, GeneratorParams, Scenario, Switchboard};
 use crate::pipeline::doctor::{self, Check};
 use crate::pipeline::lag;
 use crate::store::Store;
@@ -121,7 +122,6 @@ pub struct LiveOptions {
     pub rate: Option<f64>,
     pub seed: u64,
     pub workers: usize,
-    pub params: GeneratorParams,
     pub clock: Clock,
 }
 
@@ -131,7 +131,6 @@ impl Default for LiveOptions {
             rate: Some(500.0),
             seed: rand::random(),
             workers: 1,
-            params: GeneratorParams::default(),
             clock: Clock::Wall,
         }
     }
@@ -158,6 +157,10 @@ pub struct LivePipeline {
     probe: Option<Arc<OffsetProbe>>,
     running: Option<Running>,
     failure: Arc<Mutex<Option<String>>>,
+    /// Shop and scenarios; kept across start and stop.
+    board: Arc<Switchboard>,
+    /// The shop the generator runs (the last one set or started with).
+    shop: GeneratorParams,
 }
 
 impl LivePipeline {
@@ -185,7 +188,41 @@ impl LivePipeline {
             probe,
             running: None,
             failure: Arc::new(Mutex::new(None)),
+            board: Switchboard::new(),
+            shop: GeneratorParams::default(),
         })
+    }
+
+    /// Replaces the shop: at once when running, else from the next start.
+    pub fn set_shop(&mut self, params: GeneratorParams) {
+        self.shop = params.clone();
+        self.board.set_shop(params);
+    }
+
+    pub fn shop(&self) -> &GeneratorParams {
+        &self.shop
+    }
+
+    /// Switches a scenario on (at once when running, else from the start);
+    /// refused when it names what the shop does not have.
+    pub fn switch_on(&self, s: Scenario) -> Result<(), String> {
+        crate::generator::check_scenario(&self.shop, &s)?;
+        tracing::info!(scenario = %s.scenario, "scenario on");
+        self.board.switch_on(s);
+        Ok(())
+    }
+
+    pub fn switch_off(&self, name: &str) -> bool {
+        let off = self.board.switch_off(name);
+        if off {
+            tracing::info!(scenario = %name, "scenario off");
+        }
+        off
+    }
+
+    /// The scenarios on.
+    pub fn scenarios(&self) -> Vec<Active> {
+        self.board.active()
     }
 
     pub fn config(&self) -> &Config {
@@ -238,7 +275,8 @@ impl LivePipeline {
         )
         .context("starting ingest workers")?;
         let control = Arc::new(Control::new(opts.rate));
-        let mut generator = Generator::new(opts.params, opts.seed, opts.clock)?;
+        let mut generator = Generator::new(self.shop.clone(), opts.seed, opts.clock)?
+            .with_switch(Arc::clone(&self.board));
         let backpressure = self
             .services
             .embedded_broker

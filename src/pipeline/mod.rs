@@ -20,7 +20,7 @@ use crate::api::{self, ApiState, HealthTargets, LagSource, Telemetry};
 use crate::bus::{self, EmbeddedBroker, EventProducer, ProducerConfig};
 use crate::cache::FrameCache;
 use crate::config::{redact_url, Config};
-use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::generator::{Clock, Generator, GeneratorParams, Scenario, Switchboard};
 use crate::store::{EmbeddedPostgres, Store};
 
 pub use ingest::{run_worker, IngestSettings, IngestStats};
@@ -228,7 +228,7 @@ pub fn produce_paced(
     backpressure: Option<&Backpressure>,
     committed_base: u64,
 ) -> Result<u64, bus::BusError> {
-    let mut current = rate();
+    let mut current = rate().map(|r| r * generator.traffic());
     let mut pacer = Pacer::new(current);
     let mut paced_from = 0u64;
     let mut n = 0u64;
@@ -239,7 +239,8 @@ pub fn produce_paced(
             pacer = Pacer::new(current);
             continue;
         }
-        let r = rate();
+        // Scenarios may multiply the traffic.
+        let r = rate().map(|r| r * generator.traffic());
         if r != current {
             current = r;
             paced_from = n;
@@ -274,6 +275,8 @@ pub struct RunOptions {
     pub workers: usize,
     pub clock: Clock,
     pub params: GeneratorParams,
+    /// Scenarios on from the start.
+    pub scenarios: Vec<Scenario>,
     /// Serve the HTTP API (with this run's `/metrics`) on this address.
     pub http: Option<String>,
 }
@@ -441,7 +444,14 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         }
         None => None,
     };
-    let mut generator = Generator::new(opts.params.clone(), opts.seed, opts.clock)?;
+    let board = Switchboard::new();
+    for s in &opts.scenarios {
+        crate::generator::check_scenario(&opts.params, s)
+            .map_err(|e| anyhow::anyhow!("scenario {:?} ({}): {e}", s.scenario, s.file))?;
+        board.switch_on(s.clone());
+    }
+    let mut generator =
+        Generator::new(opts.params.clone(), opts.seed, opts.clock)?.with_switch(board);
     let stop_producing = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let backpressure = services.embedded_broker.as_ref().map(|_| Backpressure {

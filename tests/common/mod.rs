@@ -115,6 +115,7 @@ pub fn run_options(events: u64, seed: u64) -> salespulse::pipeline::RunOptions {
         workers: 1,
         clock: Clock::Simulated(sim_start()),
         params: GeneratorParams::default(),
+        scenarios: Vec::new(),
         http: None,
     }
 }

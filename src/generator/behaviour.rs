@@ -1,0 +1,210 @@
+//! Behaviour scripts: a shop script (`scripts/generator/default.rhai`) gives
+//! the [`GeneratorParams`]; scenario scripts (`scripts/generator/*.rhai`
+//! whose result has a `scenario` name) give [`Scenario`]s, switched on and
+//! off while the generator runs.
+//!
+//! A script runs once, when it is loaded; the Rust generator then makes every
+//! event natively from its result.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use super::params::GeneratorParams;
+use super::scenario::Scenario;
+use crate::script::{from_json, to_json, Limits, Sandbox, ScriptError};
+
+/// The built-in shop script (the default `scripts/generator/default.rhai`).
+pub const BUILTIN_SHOP: &str = include_str!("../../scripts/generator/default.rhai");
+/// The scenario scripts shipped with salespulse: (file name, source).
+pub const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
+    (
+        "flash_sale.rhai",
+        include_str!("../../scripts/generator/flash_sale.rhai"),
+    ),
+    (
+        "payment_outage.rhai",
+        include_str!("../../scripts/generator/payment_outage.rhai"),
+    ),
+    (
+        "product_launch.rhai",
+        include_str!("../../scripts/generator/product_launch.rhai"),
+    ),
+];
+
+fn sandbox() -> &'static Sandbox {
+    static S: OnceLock<Sandbox> = OnceLock::new();
+    S.get_or_init(|| Sandbox::new(Limits::default()))
+}
+
+/// The built-in shop, evaluated once.
+pub fn builtin() -> &'static GeneratorParams {
+    static P: OnceLock<GeneratorParams> = OnceLock::new();
+    P.get_or_init(|| {
+        match eval("default.rhai", BUILTIN_SHOP)
+            .and_then(|v| shop_from_json("default.rhai", v, None))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                // Not reachable with the shipped script (a test loads it); the
+                // generator still works on a bare shop.
+                tracing::error!("the built-in shop script failed: {e}");
+                GeneratorParams::fallback()
+            }
+        }
+    })
+}
+
+/// What a behaviour script is.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Shop(Box<GeneratorParams>),
+    Scenario(Box<Scenario>),
+}
+
+fn eval(file: &str, source: &str) -> Result<serde_json::Value, ScriptError> {
+    let s = sandbox();
+    let ast = s.compile(file, source)?;
+    let v = s.eval_ast(file, &ast, None)?;
+    to_json(file, &v)
+}
+
+/// Evaluates a shop script. Fields the script leaves out keep the built-in
+/// shop's values.
+pub fn shop_from_source(file: &str, source: &str) -> Result<GeneratorParams, ScriptError> {
+    let v = eval(file, source)?;
+    shop_from_json(file, v, Some(builtin()))
+}
+
+/// A shop from a script's result: its fields over `base` (`None`: the
+/// result must name every field).
+fn shop_from_json(
+    file: &str,
+    v: serde_json::Value,
+    base: Option<&GeneratorParams>,
+) -> Result<GeneratorParams, ScriptError> {
+    let serde_json::Value::Object(fields) = v else {
+        return Err(ScriptError::new(
+            file,
+            "a shop script must end with a map of parameters (#{ customers: …, … })",
+        ));
+    };
+    let mut merged = match base {
+        Some(b) => serde_json::to_value(b)
+            .map_err(|e| ScriptError::new(file, e.to_string()))?
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        None => serde_json::Map::new(),
+    };
+    merged.extend(fields);
+    let params: GeneratorParams = from_json(file, serde_json::Value::Object(merged))?;
+    params
+        .validate()
+        .map_err(|e| ScriptError::new(file, e.to_string()))?;
+    Ok(params)
+}
+
+/// Evaluates a behaviour script of either kind (a result with a `scenario`
+/// name is a scenario).
+pub fn from_source(file: &str, source: &str) -> Result<Behaviour, ScriptError> {
+    let v = eval(file, source)?;
+    if v.get("scenario").is_some() {
+        let mut s: Scenario = from_json(file, v)?;
+        s.file = file.to_owned();
+        s.check().map_err(|e| ScriptError::new(file, e))?;
+        Ok(Behaviour::Scenario(Box::new(s)))
+    } else {
+        shop_from_json(file, v, Some(builtin())).map(|p| Behaviour::Shop(Box::new(p)))
+    }
+}
+
+/// Reads and evaluates a behaviour script file.
+pub fn load(path: &Path) -> Result<Behaviour, ScriptError> {
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ScriptError::new(&path.display().to_string(), format!("cannot read: {e}")))?;
+    from_source(&file, &source)
+}
+
+/// Loads a shop script file (an error if it is a scenario).
+pub fn load_shop(path: &Path) -> Result<GeneratorParams, ScriptError> {
+    match load(path)? {
+        Behaviour::Shop(p) => Ok(*p),
+        Behaviour::Scenario(s) => Err(ScriptError::new(
+            &s.file,
+            "this is a scenario script; give it with --scenario, not as the shop",
+        )),
+    }
+}
+
+/// Loads a scenario script file (an error if it is a shop).
+pub fn load_scenario(path: &Path) -> Result<Scenario, ScriptError> {
+    match load(path)? {
+        Behaviour::Scenario(s) => Ok(*s),
+        Behaviour::Shop(_) => Err(ScriptError::new(
+            &path.display().to_string(),
+            "this is a shop script (its result has no `scenario` name)",
+        )),
+    }
+}
+
+/// The shipped scenarios.
+pub fn builtin_scenarios() -> Vec<Result<Scenario, ScriptError>> {
+    BUILTIN_SCENARIOS
+        .iter()
+        .map(|(file, src)| match from_source(file, src)? {
+            Behaviour::Scenario(s) => Ok(*s),
+            Behaviour::Shop(_) => Err(ScriptError::new(file, "not a scenario")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_shop_loads_complete() {
+        let v = eval("default.rhai", BUILTIN_SHOP).unwrap();
+        let p = shop_from_json("default.rhai", v, None).unwrap();
+        assert_eq!(p.categories.len(), 10);
+        assert_eq!(p.customers, 50_000);
+        assert_eq!(p.segments.len(), 3);
+        assert_ne!(&p, &GeneratorParams::fallback());
+        assert_eq!(builtin(), &p);
+    }
+
+    #[test]
+    fn a_partial_shop_keeps_the_rest() {
+        let p = shop_from_source("mine.rhai", "#{ customers: 1234 }").unwrap();
+        assert_eq!(p.customers, 1234);
+        assert_eq!(p.categories, builtin().categories);
+    }
+
+    #[test]
+    fn bad_shops_are_refused_with_the_field() {
+        let e = shop_from_source("mine.rhai", "#{ customers: \"many\" }").unwrap_err();
+        assert!(e.message.contains("`customers`"), "{e}");
+        let e = shop_from_source("mine.rhai", "#{ custmers: 3 }").unwrap_err();
+        assert!(e.message.contains("custmers"), "{e}");
+        let e = shop_from_source("mine.rhai", "#{ hour_weights: [1.0] }").unwrap_err();
+        assert!(e.message.contains("hour_weights"), "{e}");
+        let e = shop_from_source("mine.rhai", "42").unwrap_err();
+        assert!(e.message.contains("map of parameters"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_scenarios_load() {
+        let all: Vec<Scenario> = builtin_scenarios()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().any(|s| s.effects.traffic >= 5.0));
+        assert!(all.iter().any(|s| s.effects.payment_outage.is_some()));
+        assert!(all.iter().any(|s| s.effects.launch.is_some()));
+    }
+}
