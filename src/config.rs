@@ -69,6 +69,9 @@ pub struct Config {
     pub embedded_pg_port: u16,
     /// Analytics frames are cached in Redis this long, in seconds (0 = no cache).
     pub cache_ttl_secs: u64,
+    /// The app's scripts folder (generator/ and metrics/); default
+    /// `./scripts` when present, else one in the user's data directory.
+    pub scripts_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,6 +98,7 @@ impl Default for Config {
             data_dir: None,
             embedded_pg_port: 54329,
             cache_ttl_secs: 3_600,
+            scripts_dir: None,
         }
     }
 }
@@ -193,6 +197,7 @@ impl Config {
         env!("SALESPULSE_DATA_DIR" => Some data_dir);
         env!("SALESPULSE_PG_PORT" => embedded_pg_port);
         env!("SALESPULSE_CACHE_TTL_SECS" => cache_ttl_secs);
+        env!("SALESPULSE_SCRIPTS" => Some scripts_dir);
         Ok(())
     }
 

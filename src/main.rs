@@ -8,6 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+use salespulse::analytics::metrics::{self, Metric};
 use salespulse::analytics::{export, AnalyticsError, ViewKind, ViewRequest};
 use salespulse::api::{self, ApiState, HealthTargets, Telemetry};
 use salespulse::bus::EmbeddedBroker;
@@ -67,6 +68,13 @@ enum Command {
         /// (e.g. 127.0.0.1:8080).
         #[arg(long)]
         http: Option<String>,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Custom metrics (Rhai scripts over Polars frames).
+    Metric {
+        #[command(subcommand)]
+        which: MetricCommand,
     },
     /// Prints a view (kpis, revenue_trend, category_performance, payment_mix,
     /// status_breakdown, region_breakdown, top_products, top_customers,
@@ -114,6 +122,8 @@ enum Command {
         /// Stamp events with the wall clock instead of a simulated one.
         #[arg(long)]
         wall_clock: bool,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
     },
     /// One or more ingest workers joining the consumer group (needs KAFKA_BROKERS).
     Ingest {
@@ -140,6 +150,63 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+}
+
+/// The generator's behaviour scripts.
+#[derive(clap::Args, Debug, Default)]
+struct BehaviourArgs {
+    /// Shop script (default: the built-in scripts/generator/default.rhai);
+    /// fields it leaves out keep the built-in values.
+    #[arg(long, value_name = "FILE")]
+    generator_script: Option<PathBuf>,
+    /// Scenario script switched on from the start (repeatable), e.g.
+    /// scripts/generator/flash_sale.rhai.
+    #[arg(long, value_name = "FILE")]
+    scenario: Vec<PathBuf>,
+}
+
+impl BehaviourArgs {
+    fn load(&self) -> anyhow::Result<(GeneratorParams, Vec<generator::Scenario>)> {
+        let params = match &self.generator_script {
+            Some(p) => generator::behaviour::load_shop(p)?,
+            None => GeneratorParams::default(),
+        };
+        let scenarios = self
+            .scenario
+            .iter()
+            .map(|p| {
+                let s = generator::behaviour::load_scenario(p)?;
+                generator::check_scenario(&params, &s)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                Ok(s)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((params, scenarios))
+    }
+}
+
+#[derive(Subcommand)]
+// Parsed once at start; its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum MetricCommand {
+    /// Runs a metric script against the database and prints its result.
+    Run {
+        file: PathBuf,
+        /// The filters the script runs under (default: all data).
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Compute without the Redis cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Compiles every metric script of a folder and lists what each declares.
+    List {
+        #[arg(default_value = "scripts/metrics")]
+        dir: PathBuf,
     },
 }
 
@@ -215,6 +282,18 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Generator speed on one thread with a shop script (default: the
+    /// built-in one): events made, and events made and encoded as JSON.
+    Generator {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pipeline ingest rate against a raw COPY of the same events.
     Ingest {
         #[arg(long, default_value_t = 1_000_000)]
@@ -405,7 +484,9 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             backfill_from,
             partitions,
             http,
+            behaviour,
         } => {
+            let (params, scenarios) = behaviour.load()?;
             if let Some(p) = partitions {
                 cfg.partitions = p;
                 cfg.check()?;
@@ -421,7 +502,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 seed: seed.unwrap_or_else(rand::random),
                 workers,
                 clock: backfill_from.map_or(Clock::Wall, Clock::Simulated),
-                params: GeneratorParams::default(),
+                params,
+                scenarios,
                 http,
             };
             let report = pipeline::run(cfg, opts).await?;
@@ -444,13 +526,19 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             seed,
             start,
             wall_clock,
+            behaviour,
         } => {
+            let (params, scenarios) = behaviour.load()?;
             let clock = if wall_clock {
                 Clock::Wall
             } else {
                 Clock::Simulated(start.unwrap_or_else(generator::default_simulated_start))
             };
-            let mut g = Generator::new(GeneratorParams::default(), seed, clock)?;
+            let board = generator::Switchboard::new();
+            for sc in scenarios {
+                board.switch_on(sc);
+            }
+            let mut g = Generator::new(params, seed, clock)?.with_switch(board);
             let stdout = std::io::stdout().lock();
             match generator::write_events(&mut g, count, format, stdout) {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
@@ -537,16 +625,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 }
                 r.frame
             };
-            let stdout = std::io::stdout().lock();
-            match format.as_str() {
-                "table" => print_table(&frame),
-                "csv" => export::write_csv(&mut frame, stdout)?,
-                "json" => {
-                    export::write_json(&mut frame, stdout)?;
-                    println!();
-                }
-                f => anyhow::bail!("--format {f:?} is not table, csv or json"),
-            }
+            write_frame(&mut frame, &format)?;
         }
         Command::Export {
             view,
@@ -585,6 +664,72 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 report.bytes,
                 report.path.display()
             );
+        }
+        Command::Metric {
+            which:
+                MetricCommand::Run {
+                    file,
+                    filters,
+                    format,
+                    no_cache,
+                },
+        } => {
+            let metric = Arc::new(Metric::load(&file)?);
+            let f = filters.request("kpis")?.filters;
+            let (store, _pg) = pipeline::open_store(cfg).await?;
+            let analytics = pipeline::analytics(cfg, &store)?;
+            let mut frame = if no_cache {
+                analytics.run_script(metric, &f, None).await?
+            } else {
+                let r = analytics.metric(&metric, &f).await?;
+                tracing::debug!(outcome = ?r.outcome, elapsed = ?r.elapsed, "metric answered");
+                if let Some(p) = r.previous {
+                    tracing::info!("previous period: {p}");
+                }
+                r.frame
+            };
+            write_frame(&mut frame, &format)?;
+        }
+        Command::Metric {
+            which: MetricCommand::List { dir },
+        } => {
+            let mut failed = 0;
+            for m in metrics::load_dir(&dir) {
+                match m {
+                    Ok(m) => println!(
+                        "{:<34} {:<6} {:<9} {}",
+                        m.info.file,
+                        format!("{:?}", m.info.kind).to_lowercase(),
+                        format!("{:?}", m.info.format).to_lowercase(),
+                        m.info.name
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} metric scripts do not compile");
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Generator {
+                    events,
+                    script,
+                    repeat,
+                    json,
+                },
+        } => {
+            let params = match &script {
+                Some(p) => generator::behaviour::load_shop(p)?,
+                None => GeneratorParams::default(),
+            };
+            let report = bench::generator(params, events, repeat.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
         }
         Command::Cache { which } => {
             let cache = salespulse::cache::FrameCache::new(
@@ -682,6 +827,21 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 println!("{report}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints a frame to stdout as a table, CSV or JSON.
+fn write_frame(frame: &mut polars::prelude::DataFrame, format: &str) -> anyhow::Result<()> {
+    let stdout = std::io::stdout().lock();
+    match format {
+        "table" => print_table(frame),
+        "csv" => export::write_csv(frame, stdout)?,
+        "json" => {
+            export::write_json(frame, stdout)?;
+            println!();
+        }
+        f => anyhow::bail!("--format {f:?} is not table, csv or json"),
     }
     Ok(())
 }

@@ -289,3 +289,164 @@ async fn standalone_broker_serves_other_processes_on_a_fixed_port() {
     broker.wait().unwrap();
     db.drop().await;
 }
+
+fn sales(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("an event per line"))
+        .filter(|e| e["type"] == "sale")
+        .collect()
+}
+
+/// `generate` and `run` follow `--generator-script` (a shop of one's own,
+/// merged over the built-in one) and `--scenario`; a broken script, a
+/// scenario given as the shop, and a scenario naming what the shop lacks
+/// are refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_scripts_and_scenarios_drive_generate_and_run() {
+    let dir = std::env::temp_dir().join(format!("sp_cli_scripts_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shop = dir.join("garden_shop.rhai");
+    std::fs::write(
+        &shop,
+        r#"// A shop that sells one thing.
+#{ categories: [#{ name: "Garden", weight: 1.0, products: 12, median_price: 30.0,
+                   price_sigma: 0.3, items: ["Rake", "Hose"] }] }
+"#,
+    )
+    .unwrap();
+    let shop_arg = shop.to_str().unwrap();
+    let scenario = |f: &str| format!("{}/scripts/generator/{f}", env!("CARGO_MANIFEST_DIR"));
+
+    let o = salespulse(
+        &[
+            "generate",
+            "--count",
+            "2000",
+            "--seed",
+            "3",
+            "--generator-script",
+            shop_arg,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let s = sales(&o);
+    assert!(s.len() > 100, "{} sales", s.len());
+    assert!(s.iter().all(|e| e["category"] == "Garden"), "{:?}", s[0]);
+
+    // The payment outage: PayPal fails 90 % of the time for 30 minutes.
+    let args = [
+        "generate",
+        "--count",
+        "6000",
+        "--seed",
+        "3",
+        "--start",
+        "2026-01-06T12:00:00Z",
+    ];
+    let paypal_failed = |o: &Output| {
+        let s = sales(o);
+        let in_window: Vec<_> = s
+            .iter()
+            .filter(|e| {
+                e["payment_method"] == "paypal"
+                    && e["occurred_at"].as_str().unwrap() < "2026-01-06T12:30"
+            })
+            .collect();
+        assert!(in_window.len() >= 50, "{} paypal sales", in_window.len());
+        in_window.iter().filter(|e| e["status"] == "failed").count() as f64 / in_window.len() as f64
+    };
+    let base = salespulse(&args, &[]);
+    assert!(base.status.success(), "{}", text(&base));
+    let outage_file = scenario("payment_outage.rhai");
+    let mut with: Vec<&str> = args.to_vec();
+    with.extend(["--scenario", &outage_file]);
+    let outage = salespulse(&with, &[]);
+    assert!(outage.status.success(), "{}", text(&outage));
+    let (b, o) = (paypal_failed(&base), paypal_failed(&outage));
+    assert!(b < 0.2, "failed share without the outage {b}");
+    assert!(o > 0.75, "failed share in the outage {o}");
+
+    // Errors name the file and line, or what is wrong.
+    let bad = dir.join("bad.rhai");
+    std::fs::write(&bad, "// oops\nlet x = ;\n").unwrap();
+    let o = salespulse(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--generator-script",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("bad.rhai:2:"), "{}", text(&o));
+    let o = salespulse(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--generator-script",
+            &outage_file,
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--scenario"), "{}", text(&o));
+    let flash = scenario("flash_sale.rhai");
+    let o = salespulse(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--generator-script",
+            shop_arg,
+            "--scenario",
+            &flash,
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("Electronics"), "{}", text(&o));
+
+    // The headless pipeline with the script: every stored sale is Garden.
+    let db = TestDb::new("cligenscript").await;
+    let out = tokio::task::spawn_blocking({
+        let url = db.url.clone();
+        let shop = shop_arg.to_owned();
+        move || {
+            salespulse(
+                &[
+                    "run",
+                    "--events",
+                    "2000",
+                    "--seed",
+                    "4",
+                    "--generator-script",
+                    &shop,
+                ],
+                &[("DATABASE_URL", &url)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let other = count(
+        &db.store,
+        "SELECT count(*) FROM transactions WHERE category <> 'Garden'",
+    )
+    .await;
+    let garden = count(
+        &db.store,
+        "SELECT count(*) FROM transactions WHERE category = 'Garden'",
+    )
+    .await;
+    assert_eq!(other, 0);
+    assert!(garden > 100, "{garden}");
+    assert_consistent(&db.store).await;
+    db.drop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

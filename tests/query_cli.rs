@@ -290,3 +290,107 @@ async fn run_serves_metrics_and_views() {
     assert!(status.success(), "run exited with {status}");
     db.drop().await;
 }
+
+/// `metric run` prints a script's result in each format, equal to SQL over
+/// the raw rows; `metric list` shows what each shipped script declares; a
+/// broken script, a runaway one and a bad filter fail with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_run_and_list_work_headless() {
+    let db = seeded("climetric").await;
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics");
+    let script = |f: &str| scripts.join(f).display().to_string();
+
+    // A bar metric as CSV: the refund rate per category.
+    let refund = script("refund_rate_by_category.rhai");
+    let csv = salespulse(&["metric", "run", &refund, "--format", "csv"], &db.url);
+    assert!(csv.status.success(), "{}", text(&csv));
+    let out = String::from_utf8(csv.stdout).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("category,refund_rate"));
+    let got: HashMap<String, f64> = lines
+        .map(|l| {
+            let (c, r) = l.rsplit_once(',').unwrap();
+            (c.trim_matches('"').to_owned(), r.parse().unwrap())
+        })
+        .collect();
+    let want: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT category, avg(CASE WHEN status = 'refunded' THEN 1.0 ELSE 0.0 END)::float8
+         FROM transactions GROUP BY category",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(got.len(), want.len(), "{out}");
+    for (c, r) in want {
+        assert!((got[&c] - r).abs() < 1e-9, "{c}: {} vs {r}", got[&c]);
+    }
+
+    // A KPI as JSON: revenue per session over all data.
+    let rps = script("revenue_per_session.rhai");
+    let json = salespulse(&["metric", "run", &rps, "--format", "json"], &db.url);
+    assert!(json.status.success(), "{}", text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let got = v[0]["value"].as_f64().unwrap_or_else(|| panic!("{v}"));
+    let want: f64 = sqlx::query_scalar(
+        "SELECT ((SELECT sum(total_amount) FROM transactions WHERE status = 'completed')
+                 / (SELECT count(*) FROM sessions))::float8",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+
+    // A table, under a filter, uncached.
+    let top = script("top_customers_ltv.rhai");
+    let t = salespulse(
+        &["metric", "run", &top, "--region", "Europe", "--no-cache"],
+        &db.url,
+    );
+    assert!(t.status.success(), "{}", text(&t));
+    assert!(text(&t).contains("lifetime_value"), "{}", text(&t));
+
+    let list = salespulse(&["metric", "list", scripts.to_str().unwrap()], &db.url);
+    assert!(list.status.success(), "{}", text(&list));
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    assert!(
+        listed.contains("refund_rate_by_category.rhai")
+            && listed.contains("Refund rate by category"),
+        "{listed}"
+    );
+
+    // Errors: where and why.
+    let dir = std::env::temp_dir().join(format!("{}_metrics", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad_metric.rhai");
+    std::fs::write(
+        &bad,
+        "const NAME = \"bad\";\nconst KIND = \"kpi\";\ntransactions().select([col(\"nope\").sum()]).item()\n",
+    )
+    .unwrap();
+    let o = salespulse(&["metric", "run", bad.to_str().unwrap()], &db.url);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("bad_metric.rhai:3:") && t.contains("nope"),
+        "{t}"
+    );
+    let spin = dir.join("spin.rhai");
+    std::fs::write(
+        &spin,
+        "const NAME = \"spin\";\nconst KIND = \"kpi\";\nloop {}\n",
+    )
+    .unwrap();
+    let o = salespulse(&["metric", "run", spin.to_str().unwrap()], &db.url);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("spin.rhai:3:") && t.contains("stopped"), "{t}");
+    let o = salespulse(&["metric", "run", &rps, "--last", "forever"], &db.url);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("last"), "{}", text(&o));
+    let o = salespulse(&["metric", "run", "no/such/metric.rhai"], &db.url);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("metric.rhai"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop().await;
+}

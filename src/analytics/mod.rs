@@ -22,6 +22,7 @@
 
 pub mod export;
 pub mod load;
+pub mod metrics;
 pub mod request;
 pub mod sql;
 
@@ -53,6 +54,8 @@ pub enum AnalyticsError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
+    Script(crate::script::ScriptError),
+    #[error("{0}")]
     Shared(Arc<AnalyticsError>),
 }
 
@@ -60,7 +63,7 @@ impl AnalyticsError {
     /// Whether the caller's input was at fault (HTTP 400, exit code 2).
     pub fn is_bad_request(&self) -> bool {
         match self {
-            AnalyticsError::BadRequest(_) => true,
+            AnalyticsError::BadRequest(_) | AnalyticsError::Script(_) => true,
             AnalyticsError::Shared(e) => e.is_bad_request(),
             _ => false,
         }
@@ -99,6 +102,26 @@ pub struct ViewResult {
     pub span: Option<Span>,
     /// The granularity used (`revenue_trend`).
     pub granularity: Option<Granularity>,
+}
+
+/// The newest migration (part of every key).
+pub(crate) fn schema_version() -> i64 {
+    crate::store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The dimension filters of a key (the range is keyed as its resolved span).
+pub(crate) fn filters_key(f: &Filters) -> serde_json::Value {
+    serde_json::json!({
+        "categories": f.categories,
+        "payment_methods": f.payment_methods,
+        "regions": f.regions,
+        "channels": f.channels,
+        "statuses": f.statuses,
+    })
 }
 
 /// Latency histogram bucket bounds, seconds (Prometheus style).
@@ -211,6 +234,17 @@ impl Analytics {
         (span, g)
     }
 
+    /// The part of a key that tracks the data: a frame whose range ends
+    /// before `closed_until` changes only with late commits.
+    pub(crate) fn data_version_key(span: Option<Span>, v: &DataVersions) -> serde_json::Value {
+        let closed = matches!((span, v.closed_until), (Some(s), Some(c)) if s.to <= c);
+        if closed {
+            serde_json::json!({ "late": v.late })
+        } else {
+            serde_json::json!({ "late": v.late, "commits": v.commits })
+        }
+    }
+
     /// What identifies a frame: the request as resolved, the schema, and the
     /// data version that can change it.
     fn key_material(
@@ -219,34 +253,17 @@ impl Analytics {
         g: Granularity,
         v: &DataVersions,
     ) -> String {
-        let closed = matches!((span, v.closed_until), (Some(s), Some(c)) if s.to <= c);
-        let version = if closed {
-            serde_json::json!({ "late": v.late })
-        } else {
-            serde_json::json!({ "late": v.late, "commits": v.commits })
-        };
-        let schema = crate::store::MIGRATOR
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
         serde_json::json!({
             "database": v.database,
-            "schema": schema,
+            "schema": schema_version(),
             "views": VIEW_VERSION,
             "view": req.view,
-            "filters": {
-                "categories": req.filters.categories,
-                "payment_methods": req.filters.payment_methods,
-                "regions": req.filters.regions,
-                "channels": req.filters.channels,
-                "statuses": req.filters.statuses,
-            },
+            "filters": filters_key(&req.filters),
             "span": span.map(|s| (s.from.timestamp(), s.to.timestamp())),
             "granularity": (req.view == ViewKind::RevenueTrend).then_some(g),
             "limit": req.effective_limit(),
             "offset": req.offset,
-            "version": version,
+            "version": Self::data_version_key(span, v),
         })
         .to_string()
     }

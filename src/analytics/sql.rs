@@ -719,6 +719,99 @@ pub fn transactions(
     )
 }
 
+/// Raw session rows of `span` (region and channel filters apply), newest
+/// first, at most `limit`.
+pub fn sessions(f: &Filters, span: Option<Span>, limit: u64) -> Query {
+    let sql = format!(
+        "SELECT session_id, customer_id, {started} AS started_at, {ended} AS ended_at,
+            region, country::text, channel, page_views::int8, orders::int8
+        FROM sessions WHERE {}{}
+        ORDER BY sessions.started_at DESC, session_id DESC LIMIT {limit}",
+        raw_time(span, "started_at"),
+        dims(f, true),
+        started = epoch_us("started_at"),
+        ended = epoch_us("ended_at"),
+    );
+    Query::new(
+        sql,
+        &[
+            ("session_id", T),
+            ("customer_id", T),
+            ("started_at", TS),
+            ("ended_at", TS),
+            ("region", T),
+            ("country", T),
+            ("channel", T),
+            ("page_views", I),
+            ("orders", I),
+        ],
+    )
+}
+
+/// Customer rows with their lifetime counters (region filter applies; the
+/// range does not: these are totals), at most `limit`.
+pub fn customers(f: &Filters, limit: u64) -> Query {
+    let region = if f.regions.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = f.regions.iter().map(|v| text(v)).collect();
+        format!(" AND region IN ({})", list.join(", "))
+    };
+    let sql = format!(
+        "SELECT customer_id, region, country::text, {first} AS first_seen, {last} AS last_seen,
+            sessions, orders, completed_orders, units, total_spent::float8 AS lifetime_value
+        FROM customers WHERE TRUE{region} ORDER BY customer_id LIMIT {limit}",
+        first = epoch_us("first_seen"),
+        last = epoch_us("last_seen"),
+    );
+    Query::new(
+        sql,
+        &[
+            ("customer_id", T),
+            ("region", T),
+            ("country", T),
+            ("first_seen", TS),
+            ("last_seen", TS),
+            ("sessions", I),
+            ("orders", I),
+            ("completed_orders", I),
+            ("units", I),
+            ("lifetime_value", F),
+        ],
+    )
+}
+
+/// Product rows with their lifetime counters (category filter applies).
+pub fn products(f: &Filters, limit: u64) -> Query {
+    let category = if f.categories.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = f.categories.iter().map(|v| text(v)).collect();
+        format!(" AND category IN ({})", list.join(", "))
+    };
+    let sql = format!(
+        "SELECT product_id, name, category, list_price::float8, {first} AS first_seen,
+            {last} AS last_seen, orders, units, revenue::float8
+        FROM products WHERE TRUE{category} ORDER BY product_id LIMIT {limit}",
+        first = epoch_us("first_seen"),
+        last = epoch_us("last_seen"),
+    );
+    Query::new(
+        sql,
+        &[
+            ("product_id", T),
+            ("name", T),
+            ("category", T),
+            ("list_price", F),
+            ("first_seen", TS),
+            ("last_seen", TS),
+            ("orders", I),
+            ("units", I),
+            ("revenue", F),
+        ],
+    )
+}
+
 /// The query of a view.
 pub fn view_query(
     view: ViewKind,

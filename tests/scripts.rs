@@ -1,0 +1,335 @@
+//! Rhai scripts against a real PostgreSQL and Redis: every shipped metric
+//! pinned by a golden result on a fixed seeded dataset, every example of the
+//! scripting reference run, caching of metric results, and the sandbox
+//! stopping runaway scripts with clear errors.
+//!
+//! Golden files live in `tests/golden/metrics/`; regenerate them only on
+//! purpose: `UPDATE_GOLDEN=1 cargo nextest run --release -E 'binary(scripts)'`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use polars::prelude::{AnyValue, DataFrame};
+use salespulse::analytics::metrics::{Metric, MetricKind, BUILTIN_METRICS};
+use salespulse::analytics::{Analytics, Filters, LoadMode, TimeRange};
+use salespulse::cache::{FrameCache, Outcome};
+use salespulse::event::Event;
+
+use common::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The golden dataset: 12,000 seeded events (~2.8 days from 2026-03-02).
+async fn seeded(tag: &str) -> TestDb {
+    let db = TestDb::new(tag).await;
+    let mut g = sparse_generator(7, 150.0);
+    let events: Vec<Event> = (0..12_000).map(|_| g.next_event()).collect();
+    let mut offsets = HashMap::new();
+    write_events(&db.store, events, 1_500, &mut offsets).await;
+    db
+}
+
+fn analytics(db: &TestDb, cache: FrameCache) -> Analytics {
+    Analytics::new(db.store.pool().clone(), Arc::new(cache), LoadMode::Rows)
+}
+
+/// A frame as CSV text with floats to 6 places (sums may differ in the last
+/// bits with the order Polars adds in) and times as RFC 3339.
+fn golden_text(df: &DataFrame) -> String {
+    let mut out = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in 0..df.height() {
+        let cells: Vec<String> = df
+            .columns()
+            .iter()
+            .map(|c| match c.get(r).unwrap() {
+                AnyValue::Null => String::new(),
+                AnyValue::Float64(f) => format!("{f:.6}"),
+                AnyValue::Float32(f) => format!("{f:.6}"),
+                AnyValue::String(s) => s.to_owned(),
+                AnyValue::StringOwned(s) => s.to_string(),
+                AnyValue::Datetime(us, _, _) | AnyValue::DatetimeOwned(us, _, _) => {
+                    chrono::DateTime::from_timestamp_micros(us)
+                        .unwrap()
+                        .to_rfc3339()
+                }
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn golden_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/metrics")
+        .join(file.replace(".rhai", ".csv"))
+}
+
+fn check_golden(file: &str, actual: &str) {
+    let path = golden_path(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (create it with UPDATE_GOLDEN=1, then review it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "{file} differs from {} (UPDATE_GOLDEN=1 rewrites it: only on purpose)",
+        path.display()
+    );
+}
+
+#[test]
+fn every_shipped_metric_matches_its_golden_result_cached_or_not() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = seeded("metrics_golden").await;
+        let plain = analytics(&db, FrameCache::disabled());
+        let cache = FrameCache::new(&redis_url(), std::time::Duration::from_secs(60)).unwrap();
+        let cached = analytics(&db, cache);
+        assert_eq!(BUILTIN_METRICS.len(), 6);
+        for (file, src) in BUILTIN_METRICS {
+            // The shipped copy is the file on disk.
+            let on_disk = std::fs::read_to_string(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("scripts/metrics")
+                    .join(file),
+            )
+            .unwrap();
+            assert_eq!(on_disk, src, "{file}");
+            let m = Arc::new(Metric::compile(file, src).unwrap());
+            let df = plain
+                .run_script(Arc::clone(&m), &Filters::default(), None)
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(df.height() > 0, "{file} gave no rows");
+            let text = golden_text(&df);
+            check_golden(file, &text);
+            // Through the cache: computed once, then a hit, same frame.
+            let a = cached.metric(&m, &Filters::default()).await.unwrap();
+            let b = cached.metric(&m, &Filters::default()).await.unwrap();
+            assert_eq!(golden_text(&a.frame), text, "{file} via the cache");
+            assert_eq!(b.outcome, Outcome::Hit, "{file}");
+            assert_eq!(golden_text(&b.frame), text);
+        }
+        db.drop().await;
+    });
+}
+
+#[test]
+fn a_kpi_metric_compares_with_the_previous_period_and_follows_the_filters() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = seeded("metrics_kpi").await;
+        let a = analytics(&db, FrameCache::disabled());
+        let (file, src) = BUILTIN_METRICS
+            .iter()
+            .find(|(f, _)| *f == "revenue_per_session.rhai")
+            .unwrap();
+        let m = Arc::new(Metric::compile(file, src).unwrap());
+        assert_eq!(m.info.kind, MetricKind::Kpi);
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let day2 = Filters {
+            range: TimeRange::Between {
+                from: t("2026-03-03T00:00:00Z"),
+                to: t("2026-03-04T00:00:00Z"),
+            },
+            ..Filters::default()
+        };
+        let r = a.metric(&m, &day2).await.unwrap();
+        let day1 = Filters {
+            range: TimeRange::Between {
+                from: t("2026-03-02T00:00:00Z"),
+                to: t("2026-03-03T00:00:00Z"),
+            },
+            ..Filters::default()
+        };
+        let first = a.metric(&m, &day1).await.unwrap();
+        assert_eq!(r.previous, first.value(), "previous period = the day before");
+        // Independently: completed revenue ÷ sessions of day 2.
+        let row = sqlx::query_as::<_, (f64, i64)>(
+            "SELECT (SELECT coalesce(sum(total_amount), 0)::float8 FROM transactions
+                     WHERE status = 'completed' AND occurred_at >= '2026-03-03' AND occurred_at < '2026-03-04'),
+                    (SELECT count(*) FROM sessions WHERE started_at >= '2026-03-03' AND started_at < '2026-03-04')",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        let want = row.0 / row.1 as f64;
+        let got = r.value().unwrap();
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // A category filter reaches the views the script reads.
+        let books = Filters {
+            categories: vec!["Books".into()],
+            ..day2.clone()
+        };
+        let b = a.metric(&m, &books).await.unwrap().value().unwrap();
+        assert!(b < got, "books only {b} < all {got}");
+        db.drop().await;
+    });
+}
+
+/// Renders a script value as the reference's `// =>` lines write it.
+fn render(v: &rhai::Dynamic) -> String {
+    use salespulse::script::frames::{Frame, ScriptSeries};
+    if let Some(f) = v.read_lock::<Frame>() {
+        let df = f.collect().unwrap();
+        return format!("shape ({}, {})", df.height(), df.width());
+    }
+    if let Some(s) = v.read_lock::<ScriptSeries>() {
+        return format!("series {}", s.0.len());
+    }
+    if let Some(a) = v.read_lock::<rhai::Array>() {
+        return format!("[{}]", a.iter().map(render).collect::<Vec<_>>().join(", "));
+    }
+    if let Ok(f) = v.as_float() {
+        return format!("{f:?}");
+    }
+    if v.is_string() {
+        return format!("{:?}", v.to_string());
+    }
+    v.to_string()
+}
+
+#[test]
+fn every_example_of_the_scripting_reference_runs_and_gives_its_value() {
+    let rt = runtime();
+    let db = rt.block_on(seeded("metrics_reference"));
+    let a = analytics(&db, FrameCache::disabled());
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/README.md"),
+    )
+    .unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.trim()) {
+            (None, "```rhai") => cur = Some(String::new()),
+            (Some(_), "```") => blocks.push(cur.take().unwrap()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(blocks.len() >= 30, "{} examples", blocks.len());
+    let mut checked = 0;
+    for (i, src) in blocks.iter().enumerate() {
+        // Generator examples are behaviour scripts.
+        if src.contains("scenario:") || src.contains("sessions_per_hour") {
+            salespulse::generator::behaviour::from_source("example.rhai", src)
+                .unwrap_or_else(|e| panic!("example {i}:\n{src}\n{e}"));
+            continue;
+        }
+        let expect = src
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("// => "))
+            .map(str::to_owned);
+        let v = rt
+            .block_on(a.eval_script(&format!("example{i}.rhai"), src, &Filters::default()))
+            .unwrap_or_else(|e| panic!("example {i}:\n{src}\n{e}"));
+        if let Some(want) = expect {
+            assert_eq!(render(&v), want, "example {i}:\n{src}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 27, "{checked} examples with a value");
+    rt.block_on(db.drop());
+}
+
+#[test]
+fn runaway_and_forbidden_scripts_stop_with_clear_errors_and_the_engine_goes_on() {
+    let rt = runtime();
+    let db = rt.block_on(seeded("metrics_sandbox"));
+    let a = analytics(&db, FrameCache::disabled());
+    let head = "const NAME = \"x\";\nconst KIND = \"kpi\";\n";
+    let cases = [
+        // A tight loop meets the operation limit or the clock, whichever
+        // is first on this machine ...
+        ("loop.rhai", "let n = 0;\nloop { n += 1; }", "stopped", 4),
+        // ... a loop of slow calls (few operations) meets the clock.
+        (
+            "slow.rhai",
+            "let n = 0;\nloop { n += transactions().height; }",
+            "ran longer than",
+            4,
+        ),
+        (
+            "recurse.rhai",
+            "fn f(n) { f(n + 1) }\nf(0)",
+            "nested deeper than",
+            4,
+        ),
+        (
+            "string.rhai",
+            "let s = \"x\";\nwhile true { s += s; }",
+            "over the limit",
+            4,
+        ),
+        (
+            "file.rhai",
+            "import \"/etc/passwd\" as p;\n1",
+            "cannot load files",
+            3,
+        ),
+        (
+            "open.rhai",
+            "\nopen_file(\"/etc/passwd\")",
+            "Function not found",
+            4,
+        ),
+        (
+            "column.rhai",
+            "\ntransactions().select([col(\"nope\")]).height",
+            "nope",
+            4,
+        ),
+    ];
+    for (file, body, says, line) in cases {
+        let src = format!("{head}{body}");
+        let m = Arc::new(Metric::compile(file, &src).unwrap());
+        let t = std::time::Instant::now();
+        let e = rt
+            .block_on(a.run_script(m, &Filters::default(), None))
+            .expect_err(file);
+        let text = e.to_string();
+        assert!(text.contains(says), "{file}: {text}");
+        assert!(
+            text.starts_with(&format!("{file}:{line}")),
+            "{file}: {text}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "{file}");
+    }
+    // Still working.
+    let (file, src) = BUILTIN_METRICS[0];
+    let m = Arc::new(Metric::compile(file, src).unwrap());
+    assert!(rt
+        .block_on(a.run_script(m, &Filters::default(), None))
+        .is_ok());
+    rt.block_on(db.drop());
+}
