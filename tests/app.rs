@@ -64,12 +64,14 @@ fn open_app_logged(
     logs: LogBuffer,
 ) -> (TestDb, Harness<'static, App>) {
     let db = rt.block_on(TestDb::new(tag));
-    let app = App::new(
-        rt.handle().clone(),
-        common::test_config(&db.url, None),
-        settings(&db.url),
-        logs,
-    );
+    // A scripts folder of its own: no metrics unless a test adds them.
+    let scripts = std::env::temp_dir().join(format!("{}_scripts", db.name));
+    std::fs::create_dir_all(scripts.join("metrics")).unwrap();
+    let cfg = salespulse::config::Config {
+        scripts_dir: Some(scripts),
+        ..common::test_config(&db.url, None)
+    };
+    let app = App::new(rt.handle().clone(), cfg, settings(&db.url), logs);
     let h = Harness::builder()
         .with_size(size)
         .with_pixels_per_point(scale)
@@ -91,18 +93,22 @@ fn wait_for(
     secs: u64,
     cond: impl Fn(&Harness<'_, App>) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
     loop {
         h.step();
         if cond(h) {
             // One more frame so that the UI shows what the state holds.
             h.step();
+            eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
             return;
         }
         if Instant::now() >= deadline {
             let a = h.state();
             panic!(
-                "timed out waiting for {what}; filters {:?}, explorer view {:?} error {:?} rows {:?}, dashboard error {:?}",
+                "timed out waiting for {what}; script run {:?} result {:?}; filters {:?}, explorer view {:?} error {:?} rows {:?}, dashboard error {:?}",
+                a.scripts().pending,
+                a.scripts().result.as_ref().map(|r| r.as_ref().map(|o| o.summary.clone()).map_err(|e| e.to_string())),
                 a.settings.filters,
                 a.explorer.view,
                 a.explorer.error,
@@ -525,6 +531,8 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
         .nth(2)
         .expect("the Redis URL")
         .click();
+    // The click lands in this frame; the text field appears in the next.
+    h.step();
     h.step();
     h.get_by_role(Role::TextInput)
         .set_text_value_accesskit("redis://127.0.0.1:1");
@@ -539,7 +547,9 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
     });
     // ... a toast says why ...
     wait_for(&mut h, "a toast about the cache", 30, |h| {
-        h.query_by_label_contains("frame cache bypassed")
+        // The toast, and the cache state in the status bar.
+        h.query_all_by_label_contains("frame cache bypassed")
+            .next()
             .is_some()
     });
     // ... and the pipeline panel names the failed service with its error.
@@ -561,8 +571,287 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
         .unwrap();
     let err = check.error.expect("an error text");
     assert!(
-        h.query_by_label_contains(&err).is_some(),
+        h.query_all_by_label_contains(&err).next().is_some(),
         "the panel shows {err:?}"
     );
     close_app(&rt, db, h);
+}
+
+/// Replaces the text of the script editor.
+fn set_code(h: &mut Harness<'_, App>, text: &str) {
+    h.get_all_by_role(egui::accesskit::Role::MultilineTextInput)
+        .next()
+        .expect("the code editor")
+        .set_text_value_accesskit(text);
+    // The edit lands in the editor, below the toolbar; the next frame shows
+    // the toolbar as it is after the edit ("modified").
+    h.step();
+    h.step();
+}
+
+/// The scripts folder of an app opened by [`open_app_logged`].
+fn scripts_dir(db: &TestDb) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}_scripts", db.name))
+}
+
+/// The shipped metrics on the dashboard; the editor: a broken edit shows
+/// its error at its line, a fixed one runs (Ctrl+Enter) and previews, saving
+/// writes the file and the dashboard follows, a change made on disk by
+/// another editor reloads, a new metric from the template appears, a
+/// runaway script is stopped while the app goes on, and a result exports.
+#[test]
+fn scripts_are_edited_run_saved_and_shown_on_the_dashboard() {
+    use egui::accesskit::Role;
+
+    let rt = runtime();
+    let (db, mut h) = open_app_with(&rt, "app_scripts", [1280.0, 800.0], 1.0, |url| Settings {
+        rate: 1_000.0,
+        ..settings(url)
+    });
+    let dir = scripts_dir(&db);
+    let _ = std::fs::remove_dir_all(&dir);
+    salespulse::ui::scripting::seed(&dir).unwrap();
+    // The folder is read at start; it was empty then: a rescan picks these up.
+    wait_for(&mut h, "the shipped scripts", 30, |h| {
+        h.state()
+            .scripts()
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.files.len() == 10)
+    });
+    wait_for(&mut h, "rows", 60, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.counters.ingested > 2_000)
+    });
+    wait_for(&mut h, "all six metrics computed", 90, |h| {
+        h.state().dashboard().is_some_and(|d| {
+            d.metrics.len() == 6 && d.metrics.iter().all(|m| matches!(m.view, Some(Ok(_))))
+        })
+    });
+    for name in [
+        "Custom metrics",
+        "Repeat-customer rate",
+        "Revenue per session",
+        "Basket size",
+    ] {
+        assert!(
+            h.query_by_label_contains(name).is_some(),
+            "{name} on the dashboard"
+        );
+    }
+
+    // Edit from the dashboard: the script opens in the Scripts panel.
+    let edit = h.get_all_by_label("Edit").next().unwrap();
+    edit.scroll_to_me();
+    // Let the scroll animation finish before clicking where it ends.
+    for _ in 0..60 {
+        h.step();
+    }
+    h.get_all_by_label("Edit").next().unwrap().click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().tab, salespulse::ui::Tab::Scripts);
+    let open = h.state().scripts().open.clone().unwrap();
+    assert!(open.starts_with("metrics/"), "{open}");
+
+    // Open repeat_customer_rate and break it: the error names its line.
+    h.get_by_label("repeat_customer_rate.rhai")
+        .click_accesskit();
+    h.step();
+    let path = dir.join("metrics/repeat_customer_rate.rhai");
+    let original = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(h.state().scripts().text, original);
+    let broken = original.replace("let n = buyers.height;", "let n = buyers.heigth;");
+    set_code(&mut h, &broken);
+    assert!(h.state().scripts().dirty());
+    h.get_by_label("Run").click_accesskit();
+    wait_for(&mut h, "the error", 30, |h| {
+        matches!(h.state().scripts().result, Some(Err(_)))
+    });
+    let line = broken.lines().position(|l| l.contains("heigth")).unwrap() + 1;
+    let err = match &h.state().scripts().result {
+        Some(Err(e)) => e.clone(),
+        _ => unreachable!(),
+    };
+    assert_eq!(err.line, Some(line), "{err}");
+    assert!(h.query_by_label_contains(&format!("line {line}")).is_some());
+
+    // Fixed and renamed, Ctrl+Enter runs it and previews the value.
+    let fixed = original.replace("Repeat-customer rate", "Repeat buyers");
+    set_code(&mut h, &fixed);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    wait_for(&mut h, "a result", 60, |h| {
+        matches!(h.state().scripts().result, Some(Ok(_)))
+    });
+    assert!(h.query_by_label_contains("Repeat buyers:").is_some());
+
+    // Ctrl+S saves it; the dashboard follows.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::S);
+    wait_for(&mut h, "the save", 30, |h| !h.state().scripts().dirty());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), fixed);
+    wait_for(&mut h, "the renamed metric", 60, |h| {
+        h.state().dashboard().is_some_and(|d| {
+            d.metrics
+                .iter()
+                .any(|m| m.info.name == "Repeat buyers" && matches!(m.view, Some(Ok(_))))
+        })
+    });
+
+    // Another editor changes the file: the app reloads it.
+    let external = fixed.replace("Repeat buyers", "Loyal buyers");
+    std::fs::write(&path, &external).unwrap();
+    wait_for(&mut h, "the reload", 30, |h| {
+        h.state().scripts().text == external
+    });
+
+    // New from the template, saved: it shows on the dashboard.
+    // The name field (the other text input is the export path).
+    h.get_all_by_role(Role::TextInput)
+        .find(|n| n.value().unwrap_or_default().is_empty())
+        .expect("the new script name field")
+        .set_text_value_accesskit("Average basket");
+    h.step();
+    h.get_by_label("New metric").click_accesskit();
+    h.step();
+    assert_eq!(
+        h.state().scripts().open.as_deref(),
+        Some("metrics/average_basket.rhai")
+    );
+    h.get_by_label("Save").click_accesskit();
+    wait_for(&mut h, "the new file", 30, |h| {
+        h.state()
+            .scripts()
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.get("metrics/average_basket.rhai").is_some())
+    });
+    wait_for(&mut h, "the new metric on the dashboard", 60, |h| {
+        h.state().dashboard().is_some_and(|d| {
+            d.metrics
+                .iter()
+                .any(|m| m.info.name == "Average basket" && matches!(m.view, Some(Ok(_))))
+        })
+    });
+
+    // Export the preview of a table metric.
+    h.get_by_label("top_customers_ltv.rhai").click_accesskit();
+    h.step();
+    h.get_by_label("Run").click_accesskit();
+    wait_for(&mut h, "the table", 60, |h| {
+        matches!(h.state().scripts().result, Some(Ok(_)))
+    });
+    let out = dir.join("top.parquet");
+    h.state_mut().scripts_mut().export_format =
+        Some(salespulse::analytics::export::ExportFormat::Parquet);
+    h.state_mut().scripts_mut().export_path = out.display().to_string();
+    h.step();
+    h.get_by_label("Export").click_accesskit();
+    wait_for(&mut h, "the export", 30, |h| {
+        h.state().scripts().export_result.is_some()
+    });
+    let df = polars::prelude::ParquetReader::new(std::fs::File::open(&out).unwrap())
+        .finish()
+        .unwrap();
+    assert_eq!(df.height(), 10);
+    assert!(df
+        .get_column_names()
+        .iter()
+        .any(|n| n.as_str() == "lifetime_value"));
+
+    // A runaway script is stopped; the app goes on refreshing.
+    let runaway = "const NAME = \"spin\";\nconst KIND = \"kpi\";\nloop {}\n";
+    set_code(&mut h, runaway);
+    h.get_by_label("Run").click_accesskit();
+    wait_for(
+        &mut h,
+        "the runaway to stop",
+        40,
+        // Whichever limit it meets first: 200 M operations or 10 s.
+        |h| matches!(&h.state().scripts().result, Some(Err(e)) if e.line == Some(3) && e.message.contains("stopped")),
+    );
+    let seen = h.state().dashboards_received();
+    wait_for(&mut h, "another dashboard", 30, |h| {
+        h.state().dashboards_received() > seen
+    });
+    close_app(&rt, db, h);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scenario switched on from the pipeline panel while the pipeline runs
+/// changes what is generated from then on, and off again from the panel.
+#[test]
+fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
+    let rt = runtime();
+    let (db, mut h) = open_app_with(&rt, "app_scenario", [1280.0, 800.0], 1.0, |url| Settings {
+        rate: 2_000.0,
+        ..settings(url)
+    });
+    let dir = scripts_dir(&db);
+    let _ = std::fs::remove_dir_all(&dir);
+    salespulse::ui::scripting::seed(&dir).unwrap();
+    std::fs::remove_dir_all(dir.join("metrics")).unwrap();
+    std::fs::create_dir_all(dir.join("metrics")).unwrap();
+    wait_for(&mut h, "the scenarios", 30, |h| {
+        h.state()
+            .scripts()
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.scenarios().len() == 3)
+    });
+    wait_for(&mut h, "rows", 60, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.counters.ingested > 8_000)
+    });
+    h.get_by_label("Pipeline").click();
+    h.step();
+    let electronics_share = |db: &TestDb, after: chrono::DateTime<chrono::Utc>| {
+        rt.block_on(
+            sqlx::query_scalar::<_, Option<f64>>(
+                "SELECT avg((category = 'Electronics')::int)::float8 FROM transactions WHERE occurred_at >= $1",
+            )
+            .bind(after)
+            .fetch_one(db.store.pool()),
+        )
+        .unwrap()
+        .unwrap_or(0.0)
+    };
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    h.get_by_label("Flash sale").click();
+    wait_for(&mut h, "the scenario on", 20, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.scenarios.iter().any(|s| s.name == "Flash sale"))
+    });
+    let switched = chrono::Utc::now();
+    let before = electronics_share(&db, t0);
+    assert!(h.query_by_label_contains("left").is_some());
+    let after = switched + chrono::Duration::seconds(2);
+    let rows_after = |db: &TestDb| {
+        rt.block_on(
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM transactions WHERE occurred_at >= $1",
+            )
+            .bind(after)
+            .fetch_one(db.store.pool()),
+        )
+        .unwrap()
+    };
+    wait_for(&mut h, "sales made after the switch", 90, |_| {
+        rows_after(&db) > 3_000
+    });
+    let during = electronics_share(&db, after);
+    assert!(
+        during > 2.0 * before,
+        "Electronics share {before:.3} -> {during:.3}"
+    );
+    h.get_by_label("Flash sale").click();
+    wait_for(&mut h, "the scenario off", 20, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.scenarios.is_empty())
+    });
+    close_app(&rt, db, h);
+    let _ = std::fs::remove_dir_all(&dir);
 }

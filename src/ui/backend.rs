@@ -6,6 +6,7 @@
 //! [`BackendHandle::poll`] (`try_recv`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,12 +15,17 @@ use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::model::{Dashboard, TableData, DASHBOARD_VIEWS};
+use polars::prelude::DataFrame;
+
+use super::model::{Dashboard, MetricPanel, MetricView, TableData, DASHBOARD_VIEWS};
+use super::scripting::{self, Catalog, ScriptKind};
 use crate::analytics::export::{self, ExportFormat, ExportReport};
+use crate::analytics::metrics::{Metric, MetricInfo, MetricKind};
 use crate::analytics::{Analytics, Dimensions, Filters, ViewRequest};
 use crate::cache::CacheStatus;
 use crate::config::{redact_url, Config};
 use crate::pipeline::live::{Counters, LiveOptions, LivePipeline, RunState, ServiceHealth};
+use crate::script::ScriptError;
 
 /// What the UI asks for.
 pub enum Command {
@@ -44,9 +50,37 @@ pub enum Command {
         path: PathBuf,
         format: ExportFormat,
     },
+    /// Writes a frame (a script's result) to `path`.
+    ExportFrame {
+        frame: Arc<DataFrame>,
+        path: PathBuf,
+        format: ExportFormat,
+    },
     /// Awaits a native file dialog (created on the UI thread) and reports
     /// the chosen path.
     AwaitPath(BoxFuture<'static, Option<PathBuf>>),
+    /// Runs a script's text as it is in the editor (not saved), under
+    /// `filters`; the answer carries `seq`. A newer run cancels an older one.
+    RunScript {
+        seq: u64,
+        rel: String,
+        text: String,
+        filters: Filters,
+    },
+    /// Stops the script running.
+    CancelScript,
+    /// Writes a script to the scripts folder (`rel` inside it).
+    SaveScript {
+        rel: String,
+        text: String,
+    },
+    /// Switches the scenario of script `rel` on or off.
+    Scenario {
+        rel: String,
+        on: bool,
+    },
+    /// Makes the shop script `rel` the generator's.
+    UseShop(String),
     /// Stops the pipeline and ends the backend; `done` is sent when finished.
     Shutdown {
         done: mpsc::Sender<()>,
@@ -91,6 +125,30 @@ pub struct Telemetry {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub health: Option<ServiceHealth>,
+    /// The shop script in use (relative to the scripts folder).
+    pub shop: String,
+    /// Scenarios on: name, script and wall-clock seconds left (`None`:
+    /// until switched off; 0: ended).
+    pub scenarios: Vec<ScenarioOn>,
+}
+
+/// A scenario that is on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScenarioOn {
+    pub name: String,
+    pub rel: String,
+    pub remaining_secs: Option<u64>,
+}
+
+/// A script run's result, ready to preview.
+#[derive(Clone, Debug)]
+pub struct ScriptOutput {
+    /// Set for metric scripts.
+    pub info: Option<MetricInfo>,
+    pub frame: Arc<DataFrame>,
+    pub view: MetricView,
+    /// One line about it (rows, what a generator script defines, timing).
+    pub summary: String,
 }
 
 /// What the backend tells the UI.
@@ -112,8 +170,37 @@ pub enum Update {
     },
     ExportDone(Result<ExportReport, String>),
     ExportPath(Option<PathBuf>),
+    /// The scripts folder, rescanned (sent at start and on every change).
+    Scripts(Arc<Catalog>),
+    ScriptRun {
+        seq: u64,
+        result: Result<Arc<ScriptOutput>, ScriptError>,
+    },
+    /// A script was saved (its relative path) or could not be.
+    ScriptSaved(Result<String, String>),
     /// A command failed (the text says which and why).
     Error(String),
+}
+
+impl Update {
+    /// What kind of update this is (for the idle bench's account of what
+    /// woke the window).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Update::Services(_) => "services",
+            Update::Dashboard { .. } => "dashboard",
+            Update::Explore { .. } => "explore",
+            Update::Telemetry(_) => "telemetry",
+            Update::Dimensions(_) => "dimensions",
+            Update::ExportProgress { .. } => "export progress",
+            Update::ExportDone(_) => "export done",
+            Update::ExportPath(_) => "export path",
+            Update::Scripts(_) => "scripts",
+            Update::ScriptRun { .. } => "script run",
+            Update::ScriptSaved(_) => "script saved",
+            Update::Error(_) => "error",
+        }
+    }
 }
 
 /// Sends updates and wakes the UI.
@@ -178,6 +265,234 @@ const TELEMETRY_EVERY: Duration = Duration::from_secs(1);
 const TELEMETRY_IDLE_EVERY: Duration = Duration::from_secs(5);
 /// Service checks and dimension values: at most this often.
 const SLOW_EVERY: Duration = Duration::from_secs(5);
+/// How often the scripts folder is checked for changes.
+const SCRIPTS_EVERY: Duration = Duration::from_secs(1);
+
+/// The scripts folder and what the pipeline runs from it.
+struct ScriptDesk {
+    dir: PathBuf,
+    stamp: scripting::Stamp,
+    catalog: Arc<Catalog>,
+    catalog_tx: tokio::sync::watch::Sender<Arc<Catalog>>,
+    /// The shop script in use.
+    shop: String,
+    /// Cancels the editor's script run in progress.
+    running: Option<Arc<AtomicBool>>,
+}
+
+const DEFAULT_SHOP: &str = "generator/default.rhai";
+
+async fn scan(dir: PathBuf) -> Catalog {
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || Catalog::scan(&d))
+        .await
+        .unwrap_or_else(|e| Catalog {
+            dir,
+            files: Vec::new(),
+            error: Some(format!("scanning failed: {e}")),
+        })
+}
+
+impl ScriptDesk {
+    /// Finds (and on first use fills) the scripts folder, reads it and puts
+    /// its shop script in effect.
+    async fn open(cfg: &Config, live: &mut LivePipeline, out: &Outbox) -> Self {
+        let dir = scripting::default_dir(cfg.scripts_dir.as_deref());
+        if !dir.join("generator").is_dir() && !dir.join("metrics").is_dir() {
+            match scripting::seed(&dir) {
+                Ok(n) => tracing::info!("wrote {n} shipped scripts to {}", dir.display()),
+                Err(e) => tracing::warn!("cannot write the scripts folder {}: {e}", dir.display()),
+            }
+        }
+        let stamp = scripting::stamp(&dir);
+        let catalog = Arc::new(scan(dir.clone()).await);
+        let (catalog_tx, _) = tokio::sync::watch::channel(Arc::clone(&catalog));
+        let mut desk = Self {
+            dir,
+            stamp,
+            catalog,
+            catalog_tx,
+            shop: DEFAULT_SHOP.to_owned(),
+            running: None,
+        };
+        desk.apply_shop(live, out);
+        out.send(Update::Scripts(Arc::clone(&desk.catalog)));
+        desk
+    }
+
+    fn changed_on_disk(&self) -> bool {
+        scripting::stamp(&self.dir) != self.stamp
+    }
+
+    /// Rereads the folder; a changed shop script takes effect, and the
+    /// scenarios that are on follow their scripts.
+    async fn rescan(&mut self, live: &mut LivePipeline, out: &Outbox) {
+        self.stamp = scripting::stamp(&self.dir);
+        let old = std::mem::replace(&mut self.catalog, Arc::new(scan(self.dir.clone()).await));
+        let text = |c: &Catalog, rel: &str| c.get(rel).map(|f| f.text.clone());
+        if text(&old, &self.shop) != text(&self.catalog, &self.shop) {
+            self.apply_shop(live, out);
+        }
+        for a in live.scenarios() {
+            let rel = format!("generator/{}", a.scenario.file);
+            if text(&old, &rel) == text(&self.catalog, &rel) {
+                continue;
+            }
+            match self.catalog.get(&rel).map(|f| &f.kind) {
+                Some(ScriptKind::Scenario(s)) => {
+                    let name = a.scenario.scenario.clone();
+                    if s.scenario != name {
+                        live.switch_off(&name);
+                    }
+                    if let Err(e) = live.switch_on((**s).clone()) {
+                        tracing::warn!("scenario {rel} changed and cannot apply: {e}");
+                    }
+                }
+                Some(ScriptKind::Broken(e)) => {
+                    tracing::warn!(
+                        "scenario {rel} changed and no longer runs (it stays as it was): {e}"
+                    )
+                }
+                _ => {
+                    live.switch_off(&a.scenario.scenario);
+                }
+            }
+        }
+        self.catalog_tx.send_replace(Arc::clone(&self.catalog));
+        out.send(Update::Scripts(Arc::clone(&self.catalog)));
+    }
+
+    /// Puts the shop script in effect (or says why not; the shop stays).
+    fn apply_shop(&mut self, live: &mut LivePipeline, out: &Outbox) {
+        let Some(f) = self.catalog.get(&self.shop) else {
+            // No shop script: the built-in shop.
+            return;
+        };
+        let file = f.rel.rsplit('/').next().unwrap_or(&f.rel);
+        match crate::generator::behaviour::shop_from_source(file, &f.text) {
+            Ok(p) => {
+                if &p != live.shop() {
+                    tracing::info!("shop script {} in effect", f.rel);
+                    live.set_shop(p);
+                }
+            }
+            Err(e) => {
+                let msg = format!("the shop script does not run; the shop stays as it was: {e}");
+                tracing::warn!("{msg}");
+                out.send(Update::Error(msg));
+            }
+        }
+    }
+
+    /// `rel` as a path inside the folder, if it names a script there.
+    fn path_of(&self, rel: &str) -> Result<PathBuf, String> {
+        let (sub, name) = rel
+            .split_once('/')
+            .ok_or_else(|| format!("{rel:?}: scripts live in generator/ or metrics/"))?;
+        let clean = scripting::file_name(name);
+        if !["generator", "metrics"].contains(&sub) || clean.as_deref() != Some(name) {
+            return Err(format!(
+                "{rel:?}: a script is generator/NAME.rhai or metrics/NAME.rhai (letters, digits, _)"
+            ));
+        }
+        Ok(self.dir.join(sub).join(name))
+    }
+}
+
+/// Runs a script's editor text once: a metric over the data, a shop or a
+/// scenario evaluated and summarised.
+async fn run_script(
+    a: &Analytics,
+    rel: &str,
+    text: &str,
+    filters: &Filters,
+    cancel: Arc<AtomicBool>,
+    shop: &crate::generator::GeneratorParams,
+) -> Result<ScriptOutput, ScriptError> {
+    use crate::generator::behaviour::{self, Behaviour};
+    let file = rel.rsplit('/').next().unwrap_or(rel).to_owned();
+    let t = Instant::now();
+    if rel.starts_with("metrics/") {
+        let m = Arc::new(Metric::compile(&file, text)?);
+        let info = m.info.clone();
+        let df = a
+            .run_script(m, filters, Some(cancel))
+            .await
+            .map_err(|e| match e {
+                crate::analytics::AnalyticsError::Script(e) => e,
+                other => ScriptError::new(&file, other.to_string()),
+            })?;
+        let view =
+            MetricView::from_frame(info.kind, &df, None).map_err(|e| ScriptError::new(&file, e))?;
+        return Ok(ScriptOutput {
+            summary: format!(
+                "{}: {} rows × {} columns in {:.0} ms",
+                info.name,
+                df.height(),
+                df.width(),
+                t.elapsed().as_secs_f64() * 1e3
+            ),
+            info: Some(info),
+            frame: Arc::new(df),
+            view,
+        });
+    }
+    let (f2, t2) = (file.clone(), text.to_owned());
+    let b = tokio::task::spawn_blocking(move || behaviour::from_source(&f2, &t2))
+        .await
+        .map_err(|e| ScriptError::new(&file, format!("the script's thread failed: {e}")))??;
+    let err = |e: polars::prelude::PolarsError| ScriptError::new(&file, e.to_string());
+    let (frame, summary) = match b {
+        Behaviour::Shop(p) => {
+            let df = polars::df!(
+                "category" => p.categories.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                "weight" => p.categories.iter().map(|c| c.weight).collect::<Vec<_>>(),
+                "products" => p.categories.iter().map(|c| i64::from(c.products)).collect::<Vec<_>>(),
+                "median_price" => p.categories.iter().map(|c| c.median_price).collect::<Vec<_>>(),
+            )
+            .map_err(err)?;
+            let summary = format!(
+                "shop: {} customers in {} segments, {} categories, {} regions, {} sessions/hour",
+                p.customers,
+                p.segments.len().max(1),
+                p.categories.len(),
+                p.regions.len(),
+                p.sessions_per_hour
+            );
+            (df, summary)
+        }
+        Behaviour::Scenario(s) => {
+            crate::generator::check_scenario(shop, &s).map_err(|e| ScriptError::new(&file, e))?;
+            let fx = serde_json::to_value(&s.effects).unwrap_or_default();
+            let mut names = Vec::new();
+            let mut values = Vec::new();
+            if let Some(m) = fx.as_object() {
+                for (k, v) in m {
+                    if !v.is_null() {
+                        names.push(k.clone());
+                        values.push(v.to_string());
+                    }
+                }
+            }
+            let df = polars::df!("effect" => names, "value" => values).map_err(err)?;
+            let lasts = s
+                .duration_minutes
+                .map_or("until switched off".to_owned(), |m| format!("for {m} min"));
+            (
+                df,
+                format!("scenario {:?} ({lasts}): {}", s.scenario, s.description),
+            )
+        }
+    };
+    let view =
+        MetricView::Table(TableData::from_frame(&frame).map_err(|e| ScriptError::new(&file, e))?);
+    Ok(ScriptOutput {
+        info: None,
+        frame: Arc::new(frame),
+        view,
+        summary,
+    })
+}
 
 async fn run(
     cfg: Config,
@@ -225,6 +540,7 @@ async fn run(
     }));
     let dims = Arc::new(Mutex::new(None));
     send_dimensions(live.analytics(), &out, &dims);
+    let mut desk = ScriptDesk::open(&cfg, &mut live, &out).await;
     if let Some(rate) = autostart {
         start(&mut live, rate, &out);
     }
@@ -233,8 +549,11 @@ async fn run(
     tokio::spawn(watch_dashboard(
         live.analytics().clone(),
         watch_rx,
+        desk.catalog_tx.subscribe(),
         out.clone(),
     ));
+    let mut script_tick = tokio::time::interval(SCRIPTS_EVERY);
+    script_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sent: Option<Telemetry> = None;
     let mut health: Option<ServiceHealth> = None;
     let mut health_at: Option<Instant> = None;
@@ -256,10 +575,16 @@ async fn run(
                         watch_tx.send_replace(Some(w));
                     }
                     c => {
-                        handle(c, &mut live, &out).await;
+                        handle(c, &mut live, &mut desk, &out).await;
                         // Show the effect of start / pause / stop at once.
                         next_sample = tokio::time::Instant::now();
                     }
+                }
+            }
+            _ = script_tick.tick() => {
+                if desk.changed_on_disk() {
+                    desk.rescan(&mut live, &out).await;
+                    next_sample = tokio::time::Instant::now();
                 }
             }
             _ = tokio::time::sleep_until(next_sample) => {
@@ -276,7 +601,7 @@ async fn run(
                     dims_at = Instant::now();
                     send_dimensions(live.analytics(), &out, &dims);
                 }
-                let t = telemetry(&mut live, started, health.clone()).await;
+                let t = telemetry(&mut live, &desk, started, health.clone()).await;
                 let every = match t.state {
                     RunState::Running | RunState::Paused => TELEMETRY_EVERY,
                     RunState::Stopped | RunState::Failed(_) => TELEMETRY_IDLE_EVERY,
@@ -294,66 +619,131 @@ async fn run(
     let _ = live.stop(Duration::from_secs(5)).await;
 }
 
-/// Equal but for when it was taken.
+/// Equal but for when it was taken, and, with the pipeline stopped, for the
+/// pool's open and idle counts (which only flicker with the app's own
+/// polling then): an idle window is not woken for them.
 fn same_sample(a: &Telemetry, b: &Telemetry) -> bool {
+    let idle = matches!(b.state, RunState::Stopped) && a.state == b.state;
+    let (pool_open, pool_idle) = if idle {
+        (a.pool_open, a.pool_idle)
+    } else {
+        (b.pool_open, b.pool_idle)
+    };
     a == &Telemetry {
         at: a.at,
+        pool_open,
+        pool_idle,
         ..b.clone()
     }
 }
 
-/// Keeps the watched dashboard current: recomputes it when the data or the
-/// minute changed (relative ranges slide by whole minutes), and sends it when
-/// it was asked for anew or its numbers changed.
+/// Keeps the watched dashboard current: recomputes it when the data, the
+/// minute (relative ranges slide by whole minutes) or the metric scripts
+/// changed, and sends it when it was asked for anew or its numbers changed.
+/// The built-in views go out first; the custom metrics follow when done
+/// (a slow script never holds the built-in views back).
 async fn watch_dashboard(
     a: Analytics,
     mut rx: tokio::sync::watch::Receiver<Option<Watch>>,
+    mut scripts: tokio::sync::watch::Receiver<Arc<Catalog>>,
     out: Outbox,
 ) {
     let mut sent_seq = None;
     let mut sent: Option<Result<Arc<Dashboard>, String>> = None;
-    let mut computed_at: Option<(crate::analytics::DataVersions, i64)> = None;
+    let mut computed_at: Option<(crate::analytics::DataVersions, i64, usize)> = None;
+    let send = |sent: &mut Option<Result<Arc<Dashboard>, String>>,
+                sent_seq: &mut Option<u64>,
+                seq: u64,
+                result: Result<Dashboard, String>| {
+        let fresh = *sent_seq != Some(seq);
+        let changed = match (&*sent, &result) {
+            (Some(Ok(a)), Ok(b)) => !a.same_content(b),
+            (Some(Err(a)), Err(b)) => a != b,
+            _ => true,
+        };
+        if fresh || changed {
+            if let Err(e) = &result {
+                tracing::warn!("dashboard refresh failed: {e}");
+            }
+            let result = result.map(Arc::new);
+            *sent = Some(result.clone());
+            *sent_seq = Some(seq);
+            out.send(Update::Dashboard { seq, result });
+        }
+    };
     loop {
         let w = rx.borrow_and_update().clone();
+        let catalog = scripts.borrow_and_update().clone();
         if let Some(w) = &w {
             let fresh = sent_seq != Some(w.seq);
             let minute = chrono::Utc::now().timestamp().div_euclid(60);
-            let result = match a.versions().await {
+            match a.versions().await {
                 Ok(v) => {
-                    let key = (v, minute);
+                    let key = (v, minute, Arc::as_ptr(&catalog) as usize);
                     if fresh || computed_at.as_ref() != Some(&key) {
-                        let r = refresh_at(&a, &w.filters, &key.0).await;
-                        computed_at = r.is_ok().then_some(key);
-                        Some(r)
-                    } else {
-                        None
+                        match refresh_at(&a, &w.filters, &key.0).await {
+                            Ok(mut d) => {
+                                // Last values (or placeholders) until the scripts are done.
+                                let before: Vec<MetricPanel> = match &sent {
+                                    Some(Ok(p)) if !fresh => p.metrics.clone(),
+                                    _ => Vec::new(),
+                                };
+                                d.metrics = catalog
+                                    .files
+                                    .iter()
+                                    .filter(|f| f.is_metric_file())
+                                    .map(|f| {
+                                        before
+                                            .iter()
+                                            .find(|p| p.info.file == f.rel || f.rel.ends_with(&format!("/{}", p.info.file)))
+                                            .cloned()
+                                            .unwrap_or_else(|| MetricPanel {
+                                                info: match &f.kind {
+                                                    ScriptKind::Metric(m) => m.info.clone(),
+                                                    _ => MetricInfo {
+                                                        file: f.rel.clone(),
+                                                        name: f.rel.clone(),
+                                                        kind: MetricKind::Table,
+                                                        format: crate::analytics::metrics::MetricFormat::Number,
+                                                        description: String::new(),
+                                                    },
+                                                },
+                                                view: None,
+                                            })
+                                    })
+                                    .collect();
+                                send(&mut sent, &mut sent_seq, w.seq, Ok(d.clone()));
+                                d.metrics = metric_panels(&a, &catalog, &w.filters, &key.0).await;
+                                for p in &d.metrics {
+                                    if let Some(Err(e)) = &p.view {
+                                        let known = before.iter().any(|b| {
+                                            b.info.file == p.info.file && b.view == p.view
+                                        });
+                                        if !known {
+                                            tracing::warn!("metric {}: {e}", p.info.file);
+                                        }
+                                    }
+                                }
+                                send(&mut sent, &mut sent_seq, w.seq, Ok(d));
+                                computed_at = Some(key);
+                            }
+                            Err(e) => {
+                                computed_at = None;
+                                send(&mut sent, &mut sent_seq, w.seq, Err(e));
+                            }
+                        }
                     }
                 }
                 Err(e) => {
                     computed_at = None;
-                    Some(Err(e.to_string()))
-                }
-            };
-            if let Some(result) = result {
-                if let Err(e) = &result {
-                    tracing::warn!("dashboard refresh failed: {e}");
-                }
-                let changed = match (&sent, &result) {
-                    (Some(Ok(a)), Ok(b)) => !a.same_content(b),
-                    (Some(Err(a)), Err(b)) => a != b,
-                    _ => true,
-                };
-                if fresh || changed {
-                    let result = result.map(Arc::new);
-                    sent = Some(result.clone());
-                    sent_seq = Some(w.seq);
-                    out.send(Update::Dashboard { seq: w.seq, result });
+                    send(&mut sent, &mut sent_seq, w.seq, Err(e.to_string()));
                 }
             }
         }
         let every = w.and_then(|w| w.every);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
+            changed = scripts.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(every.unwrap_or(Duration::from_secs(3600))), if every.is_some() => {}
         }
     }
@@ -388,8 +778,78 @@ fn send_dimensions(analytics: &Analytics, out: &Outbox, last: &Arc<Mutex<Option<
     });
 }
 
-async fn handle(c: Command, live: &mut LivePipeline, out: &Outbox) {
+async fn handle(c: Command, live: &mut LivePipeline, desk: &mut ScriptDesk, out: &Outbox) {
     match c {
+        Command::RunScript {
+            seq,
+            rel,
+            text,
+            filters,
+        } => {
+            if let Some(c) = desk.running.take() {
+                c.store(true, Ordering::Relaxed);
+            }
+            let cancel = Arc::new(AtomicBool::new(false));
+            desk.running = Some(Arc::clone(&cancel));
+            let (a, out, shop) = (live.analytics().clone(), out.clone(), live.shop().clone());
+            tokio::spawn(async move {
+                let result = run_script(&a, &rel, &text, &filters, cancel, &shop)
+                    .await
+                    .map(Arc::new);
+                out.send(Update::ScriptRun { seq, result });
+            });
+        }
+        Command::CancelScript => {
+            if let Some(c) = desk.running.take() {
+                c.store(true, Ordering::Relaxed);
+            }
+        }
+        Command::SaveScript { rel, text } => {
+            let r = desk
+                .path_of(&rel)
+                .and_then(|p| scripting::save(&p, &text).map_err(|e| format!("saving {rel}: {e}")));
+            match r {
+                Ok(()) => {
+                    desk.rescan(live, out).await;
+                    out.send(Update::ScriptSaved(Ok(rel)));
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    out.send(Update::ScriptSaved(Err(e)));
+                }
+            }
+        }
+        Command::Scenario { rel, on } => match desk.catalog.get(&rel).map(|f| f.kind.clone()) {
+            Some(ScriptKind::Scenario(s)) => {
+                if on {
+                    if let Err(e) = live.switch_on((*s).clone()) {
+                        out.send(Update::Error(format!("scenario {:?}: {e}", s.scenario)));
+                    }
+                } else {
+                    live.switch_off(&s.scenario);
+                }
+            }
+            Some(ScriptKind::Broken(e)) => out.send(Update::Error(format!("{e}"))),
+            _ => out.send(Update::Error(format!("{rel} is not a scenario script"))),
+        },
+        Command::UseShop(rel) => match desk.catalog.get(&rel).map(|f| &f.kind) {
+            Some(ScriptKind::Shop) => {
+                desk.shop = rel;
+                desk.apply_shop(live, out);
+            }
+            _ => out.send(Update::Error(format!("{rel} is not a shop script"))),
+        },
+        Command::ExportFrame {
+            frame,
+            path,
+            format,
+        } => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = export::write_frame(&frame, &path, format).map_err(|e| e.to_string());
+                out.send(Update::ExportDone(r));
+            });
+        }
         Command::Explore { seq, req } => {
             let (a, out) = (live.analytics().clone(), out.clone());
             tokio::spawn(async move {
@@ -441,6 +901,48 @@ async fn handle(c: Command, live: &mut LivePipeline, out: &Outbox) {
     }
 }
 
+/// The custom metrics under `filters`, concurrently; scripts that do not
+/// compile show their error.
+async fn metric_panels(
+    a: &Analytics,
+    catalog: &Catalog,
+    filters: &Filters,
+    v: &crate::analytics::DataVersions,
+) -> Vec<MetricPanel> {
+    let runs = catalog
+        .files
+        .iter()
+        .filter(|f| f.is_metric_file())
+        .map(|f| async move {
+            match &f.kind {
+                ScriptKind::Metric(m) => {
+                    let view = match a.metric_at(m, filters, v).await {
+                        Ok(r) => MetricView::from_frame(m.info.kind, &r.frame, r.previous),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    MetricPanel {
+                        info: m.info.clone(),
+                        view: Some(view),
+                    }
+                }
+                other => MetricPanel {
+                    info: MetricInfo {
+                        file: f.rel.clone(),
+                        name: f.rel.clone(),
+                        kind: MetricKind::Table,
+                        format: crate::analytics::metrics::MetricFormat::Number,
+                        description: String::new(),
+                    },
+                    view: Some(Err(match other {
+                        ScriptKind::Broken(e) => e.to_string(),
+                        _ => "not a metric script".into(),
+                    })),
+                },
+            }
+        });
+    futures::future::join_all(runs).await
+}
+
 /// The dashboard's views, concurrently, under one read of the data versions.
 async fn refresh_at(
     a: &Analytics,
@@ -460,6 +962,7 @@ async fn refresh_at(
 
 async fn telemetry(
     live: &mut LivePipeline,
+    desk: &ScriptDesk,
     started: Instant,
     health: Option<ServiceHealth>,
 ) -> Telemetry {
@@ -481,5 +984,15 @@ async fn telemetry(
         cache_hits: counters.values().map(|c| c.hits).sum(),
         cache_misses: counters.values().map(|c| c.misses + c.bypasses).sum(),
         health,
+        shop: desk.shop.clone(),
+        scenarios: live
+            .scenarios()
+            .iter()
+            .map(|a| ScenarioOn {
+                name: a.scenario.scenario.clone(),
+                rel: format!("generator/{}", a.scenario.file),
+                remaining_secs: a.remaining().map(|d| d.as_secs()),
+            })
+            .collect(),
     }
 }

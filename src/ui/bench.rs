@@ -37,6 +37,9 @@ pub struct UiBenchReport {
     pub transactions: i64,
     pub frames: usize,
     pub dashboard_load_ms: f64,
+    /// Custom metrics on the dashboard, and when all had their values.
+    pub metrics: usize,
+    pub metrics_load_ms: f64,
     pub cases: Vec<UiCase>,
     pub rss_mib: Option<f64>,
 }
@@ -45,8 +48,8 @@ impl std::fmt::Display for UiBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "database          {} transactions; first dashboard in {:.0} ms",
-            self.transactions, self.dashboard_load_ms
+            "database          {} transactions; first dashboard in {:.0} ms, its {} custom metrics by {:.0} ms",
+            self.transactions, self.dashboard_load_ms, self.metrics, self.metrics_load_ms
         )?;
         writeln!(
             f,
@@ -163,9 +166,40 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         std::thread::sleep(Duration::from_millis(20));
     }
     let dashboard_load_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The custom metrics (scripts) too: they are part of the dashboard's layout.
+    while app
+        .dashboard()
+        .is_some_and(|d| d.metrics.iter().any(|m| m.view.is_none()))
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the custom metrics did not compute within 10 minutes"
+        );
+        frame(&mut app, [1280.0, 800.0], 1.0, t);
+        t += 0.05;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics_load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let metrics = app.dashboard().map_or(0, |d| d.metrics.len());
     let mut cases = Vec::new();
-    for tab in [Tab::Dashboard, Tab::Pipeline, Tab::Explorer] {
+    for tab in [Tab::Dashboard, Tab::Pipeline, Tab::Explorer, Tab::Scripts] {
         app.tab = tab;
+        if tab == Tab::Scripts {
+            // The editor with the largest shipped metric's table previewed.
+            app.scripts
+                .open_script("metrics/revenue_by_weekday_hour.rhai");
+            app.run_script();
+            let asked = Instant::now();
+            while app.scripts.result.is_none() {
+                anyhow::ensure!(
+                    asked.elapsed() < Duration::from_secs(300),
+                    "the script preview did not load"
+                );
+                frame(&mut app, [1280.0, 800.0], 1.0, t);
+                t += 0.05;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if tab == Tab::Explorer {
             // The largest table the explorer loads by default, x10.
             app.explorer.view = Some(crate::analytics::ViewKind::Transactions);
@@ -220,6 +254,8 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         transactions,
         frames: opts.frames,
         dashboard_load_ms,
+        metrics,
+        metrics_load_ms,
         cases,
         rss_mib: rss_mib(),
     })
@@ -246,6 +282,8 @@ pub struct IdleCase {
     /// CPU time of the whole process (UI, backend, embedded broker) over the
     /// window, as a share of one core.
     pub cpu_percent: Option<f64>,
+    /// What arrived in the window, by kind (each may wake the window).
+    pub received: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -270,10 +308,25 @@ impl std::fmt::Display for IdleBenchReport {
             let cpu = c
                 .cpu_percent
                 .map_or("n/a".to_owned(), |p| format!("{p:.2} %"));
+            let received = c
+                .received
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             writeln!(
                 f,
-                "{:<10} {:>8.0} {:>8} {:>11.1} {:>10}",
-                c.panel, c.seconds, c.frames, c.frames_per_minute, cpu
+                "{:<10} {:>8.0} {:>8} {:>11.1} {:>10}   received: {}",
+                c.panel,
+                c.seconds,
+                c.frames,
+                c.frames_per_minute,
+                cpu,
+                if received.is_empty() {
+                    "nothing"
+                } else {
+                    &received
+                }
             )?;
         }
         Ok(())
@@ -416,7 +469,16 @@ pub fn idle(
         ev.frame(&mut app);
         ev.run_until(&mut app, Instant::now() + Duration::from_secs(opts.settle));
         let (frames0, cpu0, t0) = (ev.frames, process_cpu(), Instant::now());
+        let before = app.received().clone();
         ev.run_until(&mut app, t0 + Duration::from_secs(opts.seconds.max(1)));
+        let received = app
+            .received()
+            .iter()
+            .filter_map(|(k, n)| {
+                let d = n - before.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| ((*k).to_owned(), d))
+            })
+            .collect();
         let seconds = t0.elapsed().as_secs_f64();
         let frames = ev.frames - frames0;
         cases.push(IdleCase {
@@ -427,6 +489,7 @@ pub fn idle(
             cpu_percent: cpu0
                 .zip(process_cpu())
                 .map(|(a, b)| (b - a).as_secs_f64() / seconds * 100.0),
+            received,
         });
     }
     app.shutdown(Duration::from_secs(10));

@@ -3,9 +3,10 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use egui::{RichText, Ui};
 
-use super::model::{count, delta, money, percent, Dashboard, Kpis, Part};
+use super::model::{count, delta, money, percent, Dashboard, Kpis, MetricPanel, MetricView, Part};
 use super::widgets::{self, Better};
 use super::App;
+use crate::analytics::metrics::{MetricFormat, MetricInfo, MetricKind};
 use crate::analytics::TimeRange;
 
 /// The range presets: label and minutes (`None` = all data).
@@ -166,6 +167,7 @@ impl App {
             });
             return;
         };
+        let mut edit = None;
         egui::ScrollArea::vertical()
             .auto_shrink([false, false])
             .show(ui, |ui| {
@@ -217,7 +219,22 @@ impl App {
                         tables(ui, i);
                     }
                 }
+                if !d.metrics.is_empty() {
+                    ui.add_space(8.0);
+                    if let Some(file) = custom_metrics_ui(ui, &d.metrics) {
+                        edit = Some(file);
+                    }
+                }
             });
+        if let Some(file) = edit {
+            let rel = if file.contains('/') {
+                file
+            } else {
+                format!("metrics/{file}")
+            };
+            self.scripts.open_script(&rel);
+            self.tab = super::Tab::Scripts;
+        }
     }
 }
 
@@ -324,10 +341,15 @@ fn kpis_ui(ui: &mut Ui, now: &Kpis, before: Option<&Kpis>) {
             Better::Up,
         ),
     ];
+    tiles_ui(ui, &tiles);
+}
+
+/// KPI tiles in balanced rows: six, three, two or one per row, each at
+/// least 180 points wide (a revenue in the millions at 22 points needs
+/// about 170).
+fn tiles_ui<T: AsRef<str>>(ui: &mut Ui, tiles: &[(T, String, Option<f64>, Better)]) {
     let spacing = ui.spacing().item_spacing.x;
     let avail = ui.available_width();
-    // Six, three, two or one per row (balanced rows), each >= 180 points
-    // wide (a revenue in the millions at 22 points needs about 170).
     let fits = |n: f32| n * (180.0 + 24.0) + (n - 1.0) * spacing <= avail;
     let per_row = [6.0, 3.0, 2.0, 1.0]
         .into_iter()
@@ -339,8 +361,185 @@ fn kpis_ui(ui: &mut Ui, now: &Kpis, before: Option<&Kpis>) {
     for row in tiles.chunks(per_row as usize) {
         ui.horizontal(|ui| {
             for (title, value, delta, better) in row {
-                widgets::kpi_card_ui(ui, width, title, value, *delta, *better);
+                widgets::kpi_card_ui(ui, width, title.as_ref(), value, *delta, *better);
             }
+        });
+    }
+}
+
+/// A custom metric's value in its format.
+fn metric_value(info: Option<&MetricInfo>, v: f64) -> String {
+    info.map_or(MetricFormat::Number, |i| i.format)
+        .render(v, "USD")
+}
+
+/// The custom metrics: KPI tiles first, then charts and tables, two a row
+/// on a wide window. Each has an Edit button that opens its script.
+fn custom_metrics_ui(ui: &mut Ui, panels: &[MetricPanel]) -> Option<String> {
+    let mut edit = None;
+    ui.label(RichText::new("Custom metrics").strong());
+    ui.label(
+        RichText::new("scripts/metrics/*.rhai · edit them in the Scripts panel")
+            .small()
+            .weak(),
+    );
+    let tiles: Vec<(String, String, Option<f64>, Better)> = panels
+        .iter()
+        .filter(|p| p.info.kind == MetricKind::Kpi && matches!(p.view, Some(Ok(_))))
+        .filter_map(|p| match &p.view {
+            Some(Ok(MetricView::Kpi { value, previous })) => Some((
+                p.info.name.clone(),
+                value.map_or("—".to_owned(), |v| metric_value(Some(&p.info), v)),
+                value.zip(*previous).and_then(|(v, b)| delta(v, b)),
+                Better::Up,
+            )),
+            _ => None,
+        })
+        .collect();
+    if !tiles.is_empty() {
+        tiles_ui(ui, &tiles);
+        ui.add_space(6.0);
+    }
+    let others: Vec<&MetricPanel> = panels
+        .iter()
+        .filter(|p| !(p.info.kind == MetricKind::Kpi && matches!(p.view, Some(Ok(_)))))
+        .collect();
+    let wide = ui.available_width() >= 1100.0;
+    let panel = |ui: &mut Ui, p: &MetricPanel, edit: &mut Option<String>| {
+        egui::Frame::group(ui.style()).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.horizontal(|ui| {
+                ui.label(RichText::new(&p.info.name).strong())
+                    .on_hover_text(&p.info.description);
+                if ui
+                    .small_button("Edit")
+                    .on_hover_text("open the script in the Scripts panel")
+                    .clicked()
+                {
+                    *edit = Some(p.info.file.clone());
+                }
+            });
+            match &p.view {
+                None => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("computing…");
+                    });
+                }
+                Some(Err(e)) => {
+                    ui.colored_label(egui::Color32::from_rgb(0xe0, 0x4f, 0x4f), e);
+                }
+                Some(Ok(v)) => metric_view_ui(ui, &p.info.file, Some(&p.info), v),
+            }
+        });
+    };
+    if wide {
+        for pair in others.chunks(2) {
+            ui.columns(2, |c| {
+                for (col, p) in c.iter_mut().zip(pair) {
+                    panel(col, p, &mut edit);
+                }
+            });
+        }
+    } else {
+        for p in others {
+            panel(ui, p, &mut edit);
+        }
+    }
+    edit
+}
+
+/// Draws a metric's value: a big number, lines, bars or a table.
+pub(super) fn metric_view_ui(ui: &mut Ui, id: &str, info: Option<&MetricInfo>, v: &MetricView) {
+    match v {
+        MetricView::Kpi { value, previous } => {
+            let text = value.map_or("—".to_owned(), |x| metric_value(info, x));
+            ui.label(RichText::new(text).size(26.0).strong());
+            if let (Some(x), Some(b)) = (value, previous) {
+                ui.label(
+                    RichText::new(format!("previous period {}", metric_value(info, *b)))
+                        .small()
+                        .weak(),
+                );
+                let _ = x;
+            }
+        }
+        MetricView::Line {
+            x_name,
+            x_time,
+            series,
+        } => {
+            let time = *x_time;
+            let fmt_x = move |x: f64| {
+                if time {
+                    DateTime::from_timestamp(x as i64, 0)
+                        .map(|t| t.format("%m-%d %H:%M").to_string())
+                        .unwrap_or_default()
+                } else {
+                    format!("{x}")
+                }
+            };
+            let info = info.cloned();
+            let x_name = x_name.clone();
+            egui_plot::Plot::new(("metric_line", id))
+                .height(220.0)
+                .legend(egui_plot::Legend::default())
+                .x_axis_formatter(move |m, _| fmt_x(m.value))
+                .label_formatter(move |hover| {
+                    let p = match hover {
+                        egui_plot::HoverPosition::NearDataPoint { position, .. } => position,
+                        egui_plot::HoverPosition::Elsewhere { position } => position,
+                    };
+                    Some(format!(
+                        "{x_name} {}\n{}",
+                        fmt_x(p.x),
+                        metric_value(info.as_ref(), p.y)
+                    ))
+                })
+                .show(ui, |p| {
+                    for (i, (name, points)) in series.iter().enumerate() {
+                        p.line(
+                            egui_plot::Line::new(name.as_str(), points.clone())
+                                .color(widgets::color(i)),
+                        );
+                    }
+                });
+        }
+        MetricView::Bar(parts) => metric_bars_ui(ui, parts, info),
+        MetricView::Table(t) => {
+            widgets::table_ui(ui, id, t, None, None, 280.0);
+            ui.label(
+                RichText::new(format!("{} rows", t.rows.len()))
+                    .small()
+                    .weak(),
+            );
+        }
+    }
+}
+
+/// Horizontal bars of a metric, values in its format.
+fn metric_bars_ui(ui: &mut Ui, parts: &[Part], info: Option<&MetricInfo>) {
+    if parts.is_empty() {
+        ui.label(RichText::new("no data in this range").weak());
+        return;
+    }
+    let max = parts
+        .iter()
+        .map(|p| p.value.abs())
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    for (i, p) in parts.iter().enumerate() {
+        ui.horizontal(|ui| {
+            ui.add_sized([110.0, 18.0], egui::Label::new(&p.label).truncate());
+            let avail = (ui.available_width() - 110.0).max(40.0);
+            let w = (p.value.abs() / max) as f32 * avail;
+            let (rect, resp) =
+                ui.allocate_exact_size(egui::vec2(avail, 14.0), egui::Sense::hover());
+            let bar = egui::Rect::from_min_size(rect.min, egui::vec2(w.max(1.0), rect.height()));
+            ui.painter().rect_filled(bar, 2.0, widgets::color(i));
+            let value = metric_value(info, p.value);
+            resp.on_hover_text(format!("{}: {value}", p.label));
+            ui.label(value);
         });
     }
 }

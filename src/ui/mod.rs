@@ -8,11 +8,14 @@
 
 pub mod backend;
 pub mod bench;
+pub mod code;
 mod dashboard;
+pub mod editor;
 mod explorer;
 pub mod log;
 pub mod model;
 mod pipeline;
+pub mod scripting;
 pub mod settings;
 pub mod widgets;
 
@@ -38,17 +41,25 @@ pub enum Tab {
     Dashboard,
     Pipeline,
     Explorer,
+    Scripts,
     Settings,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Dashboard, Tab::Pipeline, Tab::Explorer, Tab::Settings];
+    pub const ALL: [Tab; 5] = [
+        Tab::Dashboard,
+        Tab::Pipeline,
+        Tab::Explorer,
+        Tab::Scripts,
+        Tab::Settings,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Tab::Dashboard => "Dashboard",
             Tab::Pipeline => "Pipeline",
             Tab::Explorer => "Explorer",
+            Tab::Scripts => "Scripts",
             Tab::Settings => "Settings",
         }
     }
@@ -119,6 +130,9 @@ pub struct App {
     dashboard_error: Option<String>,
     /// Dashboards received so far.
     dashboards: u64,
+    /// Updates received from the backend, and log lines, by kind: what
+    /// woke the window (the idle bench reports it).
+    received: std::collections::BTreeMap<&'static str, u64>,
     next_seq: u64,
     /// The watch whose first dashboard has not arrived yet.
     pending_refresh: Option<u64>,
@@ -137,6 +151,11 @@ pub struct App {
     pub explorer: ExplorerState,
     /// Load the explorer's view once the services are up.
     explorer_autoload: bool,
+    scripts: editor::ScriptsState,
+    /// From the environment: a script to open and run, scenarios to switch
+    /// on, once the scripts folder has been read.
+    startup_script: Option<String>,
+    startup_scenarios: Vec<String>,
     // Log and toasts.
     logs: LogBuffer,
     log_seen: u64,
@@ -161,6 +180,7 @@ impl App {
             dashboard: None,
             dashboard_error: None,
             dashboards: 0,
+            received: Default::default(),
             next_seq: 1,
             pending_refresh: None,
             watching: None,
@@ -177,11 +197,23 @@ impl App {
                 ..ExplorerState::default()
             },
             explorer_autoload: false,
+            scripts: editor::ScriptsState::default(),
+            startup_script: None,
+            startup_scenarios: Vec::new(),
             logs,
             log_seen: 0,
             toasts: Vec::new(),
             frames: FrameStats::default(),
         }
+    }
+
+    /// The Scripts panel's state.
+    pub fn scripts(&self) -> &editor::ScriptsState {
+        &self.scripts
+    }
+
+    pub fn scripts_mut(&mut self) -> &mut editor::ScriptsState {
+        &mut self.scripts
     }
 
     /// The dashboard last received.
@@ -192,6 +224,12 @@ impl App {
     /// How many dashboards have arrived (each refresh adds one).
     pub fn dashboards_received(&self) -> u64 {
         self.dashboards
+    }
+
+    /// Updates received so far by kind (see [`Update::kind`]), and
+    /// `"log line"`.
+    pub fn received(&self) -> &std::collections::BTreeMap<&'static str, u64> {
+        &self.received
     }
 
     pub fn telemetry(&self) -> Option<&Telemetry> {
@@ -282,6 +320,7 @@ impl App {
             updates.push(u);
         }
         for u in updates {
+            *self.received.entry(u.kind()).or_default() += 1;
             match u {
                 Update::Services(s) => {
                     if let ServiceState::Failed(e) = &s {
@@ -341,6 +380,22 @@ impl App {
                 Update::ExportProgress { done, total } => {
                     self.explorer.export_progress = Some((done, total));
                 }
+                Update::ExportDone(r) if self.scripts.exporting => {
+                    self.scripts.exporting = false;
+                    let r = r.map(|rep| {
+                        format!(
+                            "wrote {} rows ({} bytes) to {}",
+                            rep.rows,
+                            rep.bytes,
+                            rep.path.display()
+                        )
+                    });
+                    match &r {
+                        Ok(m) => self.toast(tracing::Level::INFO, m.clone()),
+                        Err(e) => self.toast(tracing::Level::ERROR, format!("export failed: {e}")),
+                    }
+                    self.scripts.export_result = Some(r);
+                }
                 Update::ExportDone(r) => {
                     self.explorer.export_progress = None;
                     let r = r.map(|rep| {
@@ -357,6 +412,45 @@ impl App {
                     }
                     self.explorer.export_result = Some(r);
                 }
+                Update::ExportPath(p) if self.scripts.browsing => {
+                    self.scripts.browsing = false;
+                    if let Some(p) = p {
+                        self.scripts.export_path = p.display().to_string();
+                    }
+                }
+                Update::Scripts(c) => {
+                    self.scripts.set_catalog(c);
+                    for s in std::mem::take(&mut self.startup_scenarios) {
+                        let rel = if s.contains('/') {
+                            s
+                        } else {
+                            format!("generator/{s}")
+                        };
+                        self.send(Command::Scenario { rel, on: true });
+                    }
+                    if let Some(rel) = self.startup_script.take() {
+                        self.scripts.open_script(&rel);
+                        self.run_script();
+                    }
+                }
+                Update::ScriptRun { seq, result } => {
+                    if self.scripts.pending == Some(seq) {
+                        self.scripts.pending = None;
+                        self.scripts.result = Some(result);
+                    }
+                }
+                Update::ScriptSaved(r) => match r {
+                    Ok(rel) => {
+                        if let Some((r, _)) = self.scripts.saving.take() {
+                            self.scripts.drafts.remove(&r);
+                        }
+                        self.toast(tracing::Level::INFO, format!("saved {rel}"));
+                    }
+                    Err(e) => {
+                        self.scripts.saving = None;
+                        self.toast(tracing::Level::ERROR, e);
+                    }
+                },
                 Update::ExportPath(p) => {
                     if let Some(p) = p {
                         self.explorer.export_path = p.display().to_string();
@@ -372,6 +466,7 @@ impl App {
         let new = self.logs.since(self.log_seen);
         for l in new {
             self.log_seen = l.seq + 1;
+            *self.received.entry("log line").or_default() += 1;
             if l.level <= tracing::Level::WARN {
                 self.toast(l.level, l.text);
             }
@@ -434,6 +529,7 @@ impl App {
             Tab::Dashboard => self.dashboard_ui(ui),
             Tab::Pipeline => self.pipeline_ui(ui),
             Tab::Explorer => self.explorer_ui(ui),
+            Tab::Scripts => self.scripts_ui(ui),
             Tab::Settings => {
                 let current = self.settings.clone();
                 if settings::settings_ui(ui, &mut self.draft, &current) {
@@ -591,9 +687,21 @@ impl App {
     /// panel, `SALESPULSE_EXPLORE` (a view name) loads it in the explorer,
     /// `SALESPULSE_LAST` (15m, 1h, 24h, 7d, all) sets the range and
     /// `SALESPULSE_RATE` the generation rate and `SALESPULSE_AUTOSTART=0`
-    /// keeps the generator off: for demos, measurements and the screenshot
-    /// script.
+    /// keeps the generator off; `SALESPULSE_SCRIPT` (e.g.
+    /// `metrics/basket_size_distribution.rhai`) opens and runs a script and
+    /// `SALESPULSE_SCENARIOS` (comma-separated scenario files) switches
+    /// scenarios on: for demos, measurements and the screenshot script.
     pub fn apply_startup_env(&mut self) {
+        if let Ok(v) = std::env::var("SALESPULSE_SCRIPT") {
+            self.startup_script = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+        }
+        if let Ok(v) = std::env::var("SALESPULSE_SCENARIOS") {
+            self.startup_scenarios = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
         if let Ok(v) = std::env::var("SALESPULSE_AUTOSTART") {
             self.settings.autostart = !matches!(v.trim(), "0" | "false" | "no");
         }
@@ -648,6 +756,15 @@ fn dirs_home() -> PathBuf {
         .or_else(|| std::env::var_os("USERPROFILE"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+impl Drop for App {
+    /// Stops the pipeline if nobody did (a window closed without `on_exit`,
+    /// a test that failed half-way): its threads would otherwise keep the
+    /// runtime alive.
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(10));
+    }
 }
 
 /// The eframe shell around [`App`]: persistence and exit.

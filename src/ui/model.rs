@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use polars::prelude::{DataFrame, DataType};
 
+use crate::analytics::metrics::{MetricInfo, MetricKind};
 use crate::analytics::{Granularity, Span, ViewKind, ViewResult};
 use crate::cache::Outcome;
 
@@ -169,6 +170,120 @@ pub struct Dashboard {
     /// Views answered from the cache, of all views.
     pub cached: usize,
     pub views: usize,
+    /// The custom metrics (scripts), in file order.
+    pub metrics: Vec<MetricPanel>,
+}
+
+/// How a custom metric's value is drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricView {
+    Kpi {
+        value: Option<f64>,
+        previous: Option<f64>,
+    },
+    /// Lines: `[x, y]` points per named series; x is unix seconds when
+    /// `x_time`.
+    Line {
+        x_name: String,
+        x_time: bool,
+        series: Vec<(String, Vec<[f64; 2]>)>,
+    },
+    Bar(Vec<Part>),
+    Table(TableData),
+}
+
+/// A custom metric on the dashboard: what it is, and its value or why there
+/// is none (`None`: not computed yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricPanel {
+    pub info: MetricInfo,
+    pub view: Option<Result<MetricView, String>>,
+}
+
+impl MetricView {
+    /// Prepares `df` (shaped by its metric's kind) for drawing.
+    pub fn from_frame(
+        kind: MetricKind,
+        df: &DataFrame,
+        previous: Option<f64>,
+    ) -> Result<Self, String> {
+        let cols = df.columns();
+        match kind {
+            MetricKind::Kpi => Ok(MetricView::Kpi {
+                value: cols
+                    .first()
+                    .map(|c| floats(df, c.name().as_str()))
+                    .transpose()?
+                    .and_then(|v| v.first().copied().flatten()),
+                previous,
+            }),
+            MetricKind::Line => {
+                let (x_name, x_time, xs, ys) = if cols.len() == 1 {
+                    let xs = (0..df.height()).map(|i| Some(i as f64)).collect::<Vec<_>>();
+                    ("row".to_owned(), false, xs, cols)
+                } else {
+                    let x = &cols[0];
+                    let time = matches!(x.dtype(), DataType::Datetime(_, _));
+                    let mut xs = floats(df, x.name().as_str())?;
+                    if time {
+                        // Microseconds → seconds (the time axis).
+                        for v in xs.iter_mut().flatten() {
+                            *v /= 1e6;
+                        }
+                    }
+                    (x.name().to_string(), time, xs, &cols[1..])
+                };
+                let series = ys
+                    .iter()
+                    .map(|c| {
+                        let y = floats(df, c.name().as_str())?;
+                        Ok((
+                            c.name().to_string(),
+                            xs.iter()
+                                .zip(&y)
+                                .filter_map(|(x, y)| Some([(*x)?, (*y)?]))
+                                .collect(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(MetricView::Line {
+                    x_name,
+                    x_time,
+                    series,
+                })
+            }
+            MetricKind::Bar => {
+                let (labels, values) = if cols.len() == 1 {
+                    (
+                        (1..=df.height()).map(|i| i.to_string()).collect(),
+                        floats(df, cols[0].name().as_str())?,
+                    )
+                } else {
+                    (
+                        texts(df, cols[0].name().as_str())?,
+                        floats(df, cols[1].name().as_str())?,
+                    )
+                };
+                let total: f64 = values.iter().flatten().sum();
+                Ok(MetricView::Bar(
+                    labels
+                        .into_iter()
+                        .zip(values)
+                        .map(|(label, v)| {
+                            let value = v.unwrap_or(0.0);
+                            Part {
+                                label,
+                                value,
+                                orders: 0.0,
+                                share: if total > 0.0 { value / total } else { 0.0 },
+                            }
+                        })
+                        .collect(),
+                ))
+            }
+            MetricKind::Table => TableData::from_frame(df).map(MetricView::Table),
+        }
+    }
 }
 
 /// The views of a dashboard refresh.

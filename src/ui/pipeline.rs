@@ -122,6 +122,8 @@ impl App {
                     }
                 });
                 ui.add_space(6.0);
+                self.behaviour_ui(ui, &t);
+                ui.add_space(6.0);
                 ui.columns(2, |c| {
                     lag_ui(&mut c[0], &t.lag);
                     resources_ui(&mut c[1], &t);
@@ -131,6 +133,79 @@ impl App {
                 ui.add_space(6.0);
                 self.log_ui(ui);
             });
+    }
+
+    /// The shop script and the scenarios, switched on and off here.
+    fn behaviour_ui(&mut self, ui: &mut Ui, t: &super::backend::Telemetry) {
+        let Some(catalog) = self.scripts.catalog.clone() else {
+            return;
+        };
+        egui::Frame::group(ui.style()).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.horizontal(|ui| {
+                ui.label(RichText::new("Behaviour").strong());
+                ui.separator();
+                ui.label("shop script");
+                let shops: Vec<String> = catalog
+                    .files
+                    .iter()
+                    .filter(|f| matches!(f.kind, super::scripting::ScriptKind::Shop))
+                    .map(|f| f.rel.clone())
+                    .collect();
+                egui::ComboBox::from_id_salt("shop_script")
+                    .selected_text(&t.shop)
+                    .show_ui(ui, |ui| {
+                        for rel in shops {
+                            if ui.selectable_label(rel == t.shop, &rel).clicked() && rel != t.shop {
+                                self.send(Command::UseShop(rel));
+                            }
+                        }
+                    });
+                if let Some(e) = catalog.get(&t.shop).and_then(|f| f.error()) {
+                    ui.colored_label(RED, e.to_string());
+                }
+            });
+            ui.label(RichText::new("Scenarios").small().weak());
+            let scenarios = catalog.scenarios();
+            if scenarios.is_empty() {
+                ui.label(RichText::new("no scenario scripts in generator/").weak());
+            }
+            for (f, s) in scenarios {
+                let on = t
+                    .scenarios
+                    .iter()
+                    .find(|x| x.rel == f.rel || x.name == s.scenario);
+                ui.horizontal(|ui| {
+                    let mut checked = on.is_some();
+                    if ui
+                        .checkbox(&mut checked, RichText::new(&s.scenario).strong())
+                        .on_hover_text(&f.rel)
+                        .changed()
+                    {
+                        self.send(Command::Scenario {
+                            rel: f.rel.clone(),
+                            on: checked,
+                        });
+                    }
+                    match on.map(|o| o.remaining_secs) {
+                        Some(Some(0)) => {
+                            ui.colored_label(AMBER, "ended");
+                        }
+                        Some(Some(secs)) => {
+                            ui.colored_label(
+                                GREEN,
+                                format!("on · {}:{:02} left", secs / 60, secs % 60),
+                            );
+                        }
+                        Some(None) => {
+                            ui.colored_label(GREEN, "on");
+                        }
+                        None => {}
+                    }
+                    ui.label(RichText::new(&s.description).weak());
+                });
+            }
+        });
     }
 
     fn log_ui(&mut self, ui: &mut Ui) {
