@@ -444,6 +444,27 @@ impl AnalyticsSource {
         req.check()?;
         Ok(req)
     }
+
+    /// The query for a raw table under `opts` (filters only: `kpis` takes
+    /// every filter and no limit).
+    fn table_query(&self, name: &str, opts: &[(String, String)]) -> Result<sql::Query, String> {
+        let req = self
+            .request(ViewKind::Kpis, opts)
+            .map_err(|e| e.to_string())?;
+        let (span, _) = Analytics::resolve(&req, &self.versions);
+        Ok(match name {
+            "transactions" => sql::transactions(&req.filters, span, MAX_SCRIPT_ROWS + 1, 0, None),
+            "sessions" => sql::sessions(&req.filters, span, MAX_SCRIPT_ROWS + 1),
+            "customers" => sql::customers(&req.filters, MAX_SCRIPT_ROWS + 1),
+            "products" => sql::products(&req.filters, MAX_SCRIPT_ROWS + 1),
+            other => {
+                return Err(format!(
+                    "no table {other:?}; tables: {}",
+                    self.table_names().join(", ")
+                ))
+            }
+        })
+    }
 }
 
 impl FrameSource for AnalyticsSource {
@@ -456,24 +477,30 @@ impl FrameSource for AnalyticsSource {
             .map_err(|e| e.to_string())
     }
 
-    fn table(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String> {
-        // Filters only: `kpis` takes every filter and no limit.
-        let req = self
-            .request(ViewKind::Kpis, opts)
-            .map_err(|e| e.to_string())?;
-        let (span, _) = Analytics::resolve(&req, &self.versions);
-        let q = match name {
-            "transactions" => sql::transactions(&req.filters, span, MAX_SCRIPT_ROWS + 1, 0, None),
-            "sessions" => sql::sessions(&req.filters, span, MAX_SCRIPT_ROWS + 1),
-            "customers" => sql::customers(&req.filters, MAX_SCRIPT_ROWS + 1),
-            "products" => sql::products(&req.filters, MAX_SCRIPT_ROWS + 1),
-            other => {
-                return Err(format!(
-                    "no table {other:?}; tables: {}",
-                    self.table_names().join(", ")
-                ))
+    fn table(
+        &self,
+        name: &str,
+        opts: &[(String, String)],
+        columns: Option<&[String]>,
+    ) -> Result<DataFrame, String> {
+        let mut q = self.table_query(name, opts)?;
+        if let Some(want) = columns {
+            let mut picked = Vec::with_capacity(want.len());
+            for w in want {
+                match q.columns.iter().find(|c| c.name == w.as_str()) {
+                    Some(c) => picked.push(*c),
+                    None => return Err(format!("no column {w:?} in {name}")),
+                }
             }
-        };
+            let list = picked
+                .iter()
+                .map(|c| format!("t.\"{}\"", c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // A plain projection of the ordered, limited query keeps its order.
+            q.sql = format!("SELECT {list} FROM ({}) AS t", q.sql);
+            q.columns = picked;
+        }
         let df = self
             .rt
             .block_on(super::load::load(
@@ -489,6 +516,14 @@ impl FrameSource for AnalyticsSource {
             ));
         }
         Ok(df)
+    }
+
+    fn table_schema(&self, name: &str, opts: &[(String, String)]) -> Result<Schema, String> {
+        let q = self.table_query(name, opts)?;
+        Ok(q.columns
+            .iter()
+            .map(|c| Field::new(c.name.into(), super::load::dtype(c.ty)))
+            .collect())
     }
 
     fn table_names(&self) -> Vec<&'static str> {

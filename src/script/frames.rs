@@ -43,8 +43,16 @@ pub trait FrameSource: Send + Sync {
     /// A view (`kpis`, `revenue_trend`, …) under `opts`: `key=value` pairs as
     /// the CLI takes them, over the run's own filters.
     fn view(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String>;
-    /// Raw rows of a table (`transactions`, `sessions`) under `opts`.
-    fn table(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String>;
+    /// Raw rows of a table (`transactions`, `sessions`, …) under `opts`:
+    /// only `columns`, in that order, when given.
+    fn table(
+        &self,
+        name: &str,
+        opts: &[(String, String)],
+        columns: Option<&[String]>,
+    ) -> Result<DataFrame, String>;
+    /// The columns of a table and their types; checks `opts`.
+    fn table_schema(&self, name: &str, opts: &[(String, String)]) -> Result<Schema, String>;
     /// The tables [`FrameSource::table`] knows (what `sql` may name).
     fn table_names(&self) -> Vec<&'static str>;
 }
@@ -332,9 +340,61 @@ fn table_fn(name: &str, opts: &Map) -> R<Frame> {
         }
     }
     let pairs = option_pairs(opts)?;
-    match source()?.table(name, &pairs) {
-        Ok(df) => Ok(Frame::from_df(df)),
-        Err(e) => fail(format!("table({name:?}): {e}")),
+    let source = source()?;
+    let schema = match source.table_schema(name, &pairs) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(format!("table({name:?}): {e}")),
+    };
+    let scan = TableScan {
+        source,
+        name: name.to_owned(),
+        pairs,
+        schema,
+        loaded: Default::default(),
+    };
+    let lf = LazyFrame::anonymous_scan(Arc::new(scan), Default::default()).map_err(polars_err)?;
+    Frame::plan(lf)
+}
+
+/// A raw table as a lazy scan: rows load when the plan runs, and only the
+/// columns the plan uses (projection pushdown), so `transactions()` over a
+/// week of a busy shop costs the few columns a metric reads, not all 16.
+/// Each set of columns loads once per run.
+struct TableScan {
+    source: Arc<dyn FrameSource>,
+    name: String,
+    pairs: Vec<(String, String)>,
+    schema: SchemaRef,
+    loaded: std::sync::Mutex<HashMap<Option<Vec<String>>, DataFrame>>,
+}
+
+impl AnonymousScan for TableScan {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn scan(&self, args: AnonymousScanArgs) -> PolarsResult<DataFrame> {
+        let columns: Option<Vec<String>> = args
+            .with_columns
+            .map(|c| c.iter().map(|s| s.to_string()).collect());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(df) = loaded.get(&columns) {
+            return Ok(df.clone());
+        }
+        let df = self
+            .source
+            .table(&self.name, &self.pairs, columns.as_deref())
+            .map_err(|e| polars_err!(ComputeError: "table({:?}): {}", self.name, e))?;
+        loaded.insert(columns, df.clone());
+        Ok(df)
+    }
+
+    fn schema(&self, _infer_schema_length: Option<usize>) -> PolarsResult<SchemaRef> {
+        Ok(Arc::clone(&self.schema))
+    }
+
+    fn allows_projection_pushdown(&self) -> bool {
+        true
     }
 }
 
