@@ -440,9 +440,14 @@ fn an_idle_app_asks_for_almost_no_frames() {
     assert_eq!(report.cases.len(), 2);
     for c in &report.cases {
         // A minute boundary inside the window may recompute the dashboard
-        // (relative ranges slide) and show new cache counters: 2 frames.
-        // Allow one more for a service check that changed.
-        assert!(c.frames <= 3, "{report}");
+        // (relative ranges slide), and the telemetry then shows new cache
+        // counters: two updates, each painted in one or two frames (egui
+        // paints once more when a layout changed); under a loaded machine a
+        // service check may change state too. Waking on every sample or
+        // refresh, as before, is 12+ updates and 24+ frames here.
+        let updates: u64 = c.received.values().sum();
+        assert!(updates <= 3, "{report}");
+        assert!(c.frames <= 6, "{report}");
     }
     rt.block_on(db.drop());
 }

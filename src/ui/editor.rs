@@ -462,19 +462,8 @@ impl App {
                 .desired_width(300.0),
         );
         if ui.button("Browse…").clicked() {
-            let name = std::path::PathBuf::from(&self.scripts.export_path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let dialog = rfd::AsyncFileDialog::new()
-                .set_file_name(name)
-                .add_filter("CSV", &["csv"])
-                .add_filter("Parquet", &["parquet"])
-                .save_file();
             self.scripts.browsing = true;
-            self.send(Command::AwaitPath(Box::pin(async move {
-                dialog.await.map(|h| h.path().to_path_buf())
-            })));
+            self.browse_save_path(&self.scripts.export_path.clone());
         }
         let path = self.scripts.export_path.trim().to_owned();
         if ui

@@ -135,20 +135,7 @@ impl App {
                     .desired_width(320.0),
             );
             if ui.button("Browse…").clicked() {
-                let name = PathBuf::from(&self.explorer.export_path)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // The dialog is created here (some platforms need the UI
-                // thread) and awaited in the background.
-                let dialog = rfd::AsyncFileDialog::new()
-                    .set_file_name(name)
-                    .add_filter("CSV", &["csv"])
-                    .add_filter("Parquet", &["parquet"])
-                    .save_file();
-                self.send(Command::AwaitPath(Box::pin(async move {
-                    dialog.await.map(|h| h.path().to_path_buf())
-                })));
+                self.browse_save_path(&self.explorer.export_path.clone());
             }
             let busy = self.explorer.export_progress.is_some();
             let path = self.explorer.export_path.trim().to_owned();

@@ -382,35 +382,11 @@ impl App {
                 }
                 Update::ExportDone(r) if self.scripts.exporting => {
                     self.scripts.exporting = false;
-                    let r = r.map(|rep| {
-                        format!(
-                            "wrote {} rows ({} bytes) to {}",
-                            rep.rows,
-                            rep.bytes,
-                            rep.path.display()
-                        )
-                    });
-                    match &r {
-                        Ok(m) => self.toast(tracing::Level::INFO, m.clone()),
-                        Err(e) => self.toast(tracing::Level::ERROR, format!("export failed: {e}")),
-                    }
-                    self.scripts.export_result = Some(r);
+                    self.scripts.export_result = Some(self.export_done(r));
                 }
                 Update::ExportDone(r) => {
                     self.explorer.export_progress = None;
-                    let r = r.map(|rep| {
-                        format!(
-                            "wrote {} rows ({} bytes) to {}",
-                            rep.rows,
-                            rep.bytes,
-                            rep.path.display()
-                        )
-                    });
-                    match &r {
-                        Ok(m) => self.toast(tracing::Level::INFO, m.clone()),
-                        Err(e) => self.toast(tracing::Level::ERROR, format!("export failed: {e}")),
-                    }
-                    self.explorer.export_result = Some(r);
+                    self.explorer.export_result = Some(self.export_done(r));
                 }
                 Update::ExportPath(p) if self.scripts.browsing => {
                     self.scripts.browsing = false;
@@ -462,6 +438,45 @@ impl App {
     }
 
     /// New warnings and errors from the log become toasts.
+    /// An export's outcome as the line the panel shows, also as a toast.
+    fn export_done(
+        &mut self,
+        r: Result<crate::analytics::export::ExportReport, String>,
+    ) -> Result<String, String> {
+        let r = r.map(|rep| {
+            format!(
+                "wrote {} rows ({} bytes) to {}",
+                rep.rows,
+                rep.bytes,
+                rep.path.display()
+            )
+        });
+        match &r {
+            Ok(m) => self.toast(tracing::Level::INFO, m.clone()),
+            Err(e) => self.toast(tracing::Level::ERROR, format!("export failed: {e}")),
+        }
+        r
+    }
+
+    /// Opens the native save dialog, suggesting the file name of `current`;
+    /// the path chosen arrives as [`Update::ExportPath`]. The dialog is
+    /// created here (some platforms need the UI thread) and awaited in the
+    /// background.
+    fn browse_save_path(&mut self, current: &str) {
+        let name = PathBuf::from(current)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dialog = rfd::AsyncFileDialog::new()
+            .set_file_name(name)
+            .add_filter("CSV", &["csv"])
+            .add_filter("Parquet", &["parquet"])
+            .save_file();
+        self.send(Command::AwaitPath(Box::pin(async move {
+            dialog.await.map(|h| h.path().to_path_buf())
+        })));
+    }
+
     fn drain_log(&mut self) {
         let new = self.logs.since(self.log_seen);
         for l in new {
