@@ -15,15 +15,7 @@ use salespulse::ui::model::money;
 use salespulse::ui::settings::Settings;
 use salespulse::ui::App;
 
-use common::{redis_url, TestDb};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::{redis_url, runtime, TestDb};
 
 fn settings(db_url: &str) -> Settings {
     Settings {

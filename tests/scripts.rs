@@ -20,14 +20,6 @@ use salespulse::event::Event;
 
 use common::*;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The golden dataset: 12,000 seeded events (~2.8 days from 2026-03-02).
 async fn seeded(tag: &str) -> TestDb {
     let db = TestDb::new(tag).await;

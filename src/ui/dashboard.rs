@@ -427,7 +427,7 @@ fn custom_metrics_ui(ui: &mut Ui, panels: &[MetricPanel]) -> Option<String> {
                     });
                 }
                 Some(Err(e)) => {
-                    ui.colored_label(egui::Color32::from_rgb(0xe0, 0x4f, 0x4f), e);
+                    ui.colored_label(widgets::RED, e);
                 }
                 Some(Ok(v)) => metric_view_ui(ui, &p.info.file, Some(&p.info), v),
             }

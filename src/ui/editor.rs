@@ -12,6 +12,7 @@ use egui::{Key, KeyboardShortcut, Modifiers, RichText, Ui};
 
 use super::backend::{Command, ScriptOutput};
 use super::scripting::{Catalog, ScriptKind};
+use super::widgets::{AMBER, RED};
 use super::{code, dashboard, App};
 use crate::analytics::export::ExportFormat;
 use crate::script::ScriptError;
@@ -112,15 +113,6 @@ impl ScriptsState {
     }
 }
 
-fn status_color(ui: &Ui, ok: bool) -> egui::Color32 {
-    if ok {
-        egui::Color32::from_rgb(0x3c, 0xb0, 0x5a)
-    } else {
-        let _ = ui;
-        egui::Color32::from_rgb(0xe0, 0x4f, 0x4f)
-    }
-}
-
 impl App {
     pub(super) fn scripts_ui(&mut self, ui: &mut Ui) {
         if ui.input_mut(|i| i.consume_shortcut(&RUN)) {
@@ -154,7 +146,7 @@ impl App {
         };
         ui.label(RichText::new(c.dir.display().to_string()).small().weak());
         if let Some(e) = &c.error {
-            ui.colored_label(status_color(ui, false), e);
+            ui.colored_label(RED, e);
         }
         egui::ScrollArea::vertical()
             .max_height(ui.available_height() - 90.0)
@@ -188,7 +180,7 @@ impl App {
                         let mut text =
                             RichText::new(format!("{name}{}", if edited { " *" } else { "" }));
                         if !ok {
-                            text = text.color(status_color(ui, false));
+                            text = text.color(RED);
                         }
                         let tip = match f {
                             Some(f) => match (&f.kind, f.error()) {
@@ -318,7 +310,7 @@ impl App {
         if self.scripts.disk_changed {
             ui.horizontal(|ui| {
                 ui.colored_label(
-                    egui::Color32::from_rgb(0xed, 0xa2, 0x2b),
+                    AMBER,
                     "This script changed on disk while you were editing it.",
                 );
                 if ui.button("Load the disk version").clicked() {
@@ -404,7 +396,7 @@ impl App {
                 _ => "the script".into(),
             };
             ui.colored_label(
-                status_color(ui, false),
+                RED,
                 RichText::new(format!("{place}: {}", e.message)).monospace(),
             );
         }
@@ -488,7 +480,7 @@ impl App {
                 ui.label(RichText::new(m).small());
             }
             Some(Err(e)) => {
-                ui.colored_label(status_color(ui, false), format!("export failed: {e}"));
+                ui.colored_label(RED, format!("export failed: {e}"));
             }
             None => {}
         }

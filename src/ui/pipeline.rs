@@ -1,6 +1,6 @@
 //! The pipeline panel: controls, live rates, lag, pool, cache, services, log.
 
-use egui::{Color32, RichText, Ui};
+use egui::{RichText, Ui};
 
 use super::backend::Command;
 use super::model::{count, percent};
@@ -8,9 +8,7 @@ use super::widgets;
 use super::App;
 use crate::pipeline::live::RunState;
 
-const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
-const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
-const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
+use super::widgets::{AMBER, GREEN, RED};
 
 impl App {
     fn controls_ui(&mut self, ui: &mut Ui) {

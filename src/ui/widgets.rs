@@ -5,6 +5,11 @@ use egui::{Color32, RichText, Sense, Stroke, Ui, Vec2};
 use super::model::{percent, Part, TableData};
 
 /// A qualitative palette that reads on dark and light backgrounds.
+/// Status colours: ok, failed, attention.
+pub const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
+pub const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
+pub const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
+
 pub const PALETTE: [Color32; 10] = [
     Color32::from_rgb(0x4e, 0x79, 0xa7),
     Color32::from_rgb(0xf2, 0x8e, 0x2b),

@@ -465,3 +465,13 @@ pub fn sparse_generator(seed: u64, sessions_per_hour: f64) -> Generator {
     };
     Generator::new(params, seed, Clock::Simulated(sim_start())).unwrap()
 }
+
+/// A two-worker runtime for tests that drive async code from a plain
+/// `#[test]` (the app, scripts run on blocking threads).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
