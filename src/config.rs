@@ -60,6 +60,9 @@ pub struct Config {
     pub kafka_idempotence: bool,
     /// How long librdkafka keeps retrying one message before reporting failure, in ms.
     pub kafka_message_timeout_ms: u32,
+    /// How far past the wall clock an event may be stamped before ingest
+    /// dead-letters it, in seconds (clock skew allowance).
+    pub max_future_skew_secs: u64,
     pub pg_pool_size: u32,
     pub pg_statement_timeout_ms: u64,
     pub http_bind: String,
@@ -92,6 +95,7 @@ impl Default for Config {
             kafka_linger_ms: 5,
             kafka_idempotence: true,
             kafka_message_timeout_ms: 120_000,
+            max_future_skew_secs: 300,
             pg_pool_size: 5,
             pg_statement_timeout_ms: 10_000,
             http_bind: "127.0.0.1:8080".into(),
@@ -191,6 +195,7 @@ impl Config {
         env!("SALESPULSE_KAFKA_LINGER_MS" => kafka_linger_ms);
         env!("SALESPULSE_KAFKA_IDEMPOTENCE" => kafka_idempotence);
         env!("SALESPULSE_KAFKA_MESSAGE_TIMEOUT_MS" => kafka_message_timeout_ms);
+        env!("SALESPULSE_MAX_FUTURE_SKEW_SECS" => max_future_skew_secs);
         env!("SALESPULSE_PG_POOL_SIZE" => pg_pool_size);
         env!("SALESPULSE_PG_STATEMENT_TIMEOUT_MS" => pg_statement_timeout_ms);
         env!("SALESPULSE_HTTP_BIND" => http_bind);
@@ -218,6 +223,12 @@ impl Config {
         }
         if self.batch_timeout_ms == 0 {
             return bad("batch_timeout_ms = 0".into());
+        }
+        if self.max_future_skew_secs > 7 * 86_400 {
+            return bad(format!(
+                "max_future_skew_secs = {} (at most 604800, a week)",
+                self.max_future_skew_secs
+            ));
         }
         if self.pg_pool_size == 0 {
             return bad("pg_pool_size = 0".into());

@@ -24,8 +24,13 @@ pub const MAX_TEXT_LEN: usize = 256;
 pub const MAX_QUANTITY: i32 = 10_000;
 /// Largest unit price accepted.
 pub const MAX_UNIT_PRICE: f64 = 1_000_000.0;
-/// How far in the future an event may be stamped (clock skew allowance).
-pub const MAX_FUTURE_SKEW_HOURS: i64 = 24;
+/// Largest amount of one order line, in cents: what `numeric(12,2)` holds
+/// (9,999,999,999.99). The gross amount (quantity × unit price), the discount
+/// and the total must each fit, after rounding to cents.
+pub const MAX_LINE_CENTS: i64 = 999_999_999_999;
+/// Default allowance for clocks ahead of ours: how far in the future an event
+/// may be stamped (see [`Event::decode_with`] for a configured one).
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -166,6 +171,9 @@ pub enum Rejection {
 
 impl Rejection {
     /// Short machine-readable kind, used as a DLQ header.
+    ///
+    /// Ingest adds two kinds of its own for records that decode and validate
+    /// but are refused later: `rejected-by-database` and `conflicting-duplicate`.
     pub fn kind(&self) -> &'static str {
         match self {
             Rejection::Undecodable(_) => "undecodable",
@@ -185,9 +193,18 @@ impl Event {
     /// Decodes and validates a record payload, returning every reason it is
     /// rejected. Never panics, whatever the bytes.
     pub fn decode(payload: &[u8], now: DateTime<Utc>) -> Result<Event, Rejection> {
+        Self::decode_with(payload, now, DEFAULT_MAX_FUTURE_SKEW)
+    }
+
+    /// [`Event::decode`] allowing timestamps up to `max_skew` past `now`.
+    pub fn decode_with(
+        payload: &[u8],
+        now: DateTime<Utc>,
+        max_skew: Duration,
+    ) -> Result<Event, Rejection> {
         let event: Event =
             serde_json::from_slice(payload).map_err(|e| Rejection::Undecodable(e.to_string()))?;
-        let violations = event.validate(now);
+        let violations = event.validate_with(now, max_skew);
         if violations.is_empty() {
             Ok(event)
         } else {
@@ -216,22 +233,38 @@ impl Event {
     }
 
     /// Every reason this event is invalid; empty when it is valid.
+    ///
+    /// Validation covers everything the database enforces, so that a valid
+    /// event is always accepted by PostgreSQL: no control characters (NUL
+    /// included) in any text, every length within its limit, every amount
+    /// within `numeric(12,2)`, timestamps between 2000-01-01 and `now` plus
+    /// the skew allowance ([`DEFAULT_MAX_FUTURE_SKEW`]).
     pub fn validate(&self, now: DateTime<Utc>) -> Vec<Violation> {
-        let mut v = Checks::default();
+        self.validate_with(now, DEFAULT_MAX_FUTURE_SKEW)
+    }
+
+    /// [`Event::validate`] with a configured future-skew allowance.
+    pub fn validate_with(&self, now: DateTime<Utc>, max_skew: Duration) -> Vec<Violation> {
+        let mut v = Checks {
+            found: Vec::new(),
+            max_skew,
+        };
         match self {
             Event::Sale(s) => s.check(now, &mut v),
             Event::Session(s) => s.check(now, &mut v),
         }
-        v.0
+        v.found
     }
 }
 
-#[derive(Default)]
-struct Checks(Vec<Violation>);
+struct Checks {
+    found: Vec<Violation>,
+    max_skew: Duration,
+}
 
 impl Checks {
     fn fail(&mut self, field: &'static str, reason: impl Into<String>) {
-        self.0.push(Violation {
+        self.found.push(Violation {
             field,
             reason: reason.into(),
         });
@@ -239,11 +272,10 @@ impl Checks {
 
     fn id(&mut self, field: &'static str, value: &str) {
         self.text(field, value, MAX_ID_LEN);
-        if value.chars().any(char::is_control) {
-            self.fail(field, "contains control characters");
-        }
     }
 
+    /// Non-blank, at most `max` bytes, and no control characters: PostgreSQL
+    /// text cannot hold NUL, and the others forge log lines and CSV rows.
     fn text(&mut self, field: &'static str, value: &str, max: usize) {
         if value.trim().is_empty() {
             self.fail(field, "is empty");
@@ -253,13 +285,22 @@ impl Checks {
                 format!("is {} bytes long, at most {max} allowed", value.len()),
             );
         }
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            self.fail(
+                field,
+                format!("contains a control character (U+{:04X})", u32::from(c)),
+            );
+        }
     }
 
     fn time(&mut self, field: &'static str, t: DateTime<Utc>, now: DateTime<Utc>) {
-        if t > now + Duration::hours(MAX_FUTURE_SKEW_HOURS) {
+        if t > now + self.max_skew {
             self.fail(
                 field,
-                format!("{t} is more than {MAX_FUTURE_SKEW_HOURS} h in the future"),
+                format!(
+                    "{t} is more than {} s in the future (clock skew allowance)",
+                    self.max_skew.num_seconds()
+                ),
             );
         }
         if t < earliest_plausible() {
@@ -267,6 +308,8 @@ impl Checks {
         }
     }
 
+    /// A finite, non-negative amount of at most `max` that also fits a line
+    /// amount column once rounded to cents.
     fn money(&mut self, field: &'static str, value: f64, max: f64) -> bool {
         if !value.is_finite() {
             self.fail(field, "is not a finite number");
@@ -276,6 +319,12 @@ impl Checks {
             false
         } else if value > max {
             self.fail(field, format!("{value} exceeds {max}"));
+            false
+        } else if !fits_line(value) {
+            self.fail(
+                field,
+                format!("{value} exceeds the largest line amount {}", line_max()),
+            );
             false
         } else {
             true
@@ -300,6 +349,15 @@ impl Checks {
             );
         }
     }
+}
+
+/// Whether `amount` (finite, non-negative) rounds to at most [`MAX_LINE_CENTS`].
+fn fits_line(amount: f64) -> bool {
+    (amount * 100.0).round() <= MAX_LINE_CENTS as f64
+}
+
+fn line_max() -> String {
+    format!("{}.{:02}", MAX_LINE_CENTS / 100, MAX_LINE_CENTS % 100)
 }
 
 fn earliest_plausible() -> DateTime<Utc> {
@@ -339,7 +397,15 @@ impl SaleEvent {
         let total_ok = v.money("total_amount", self.total_amount, f64::MAX);
         if qty_ok && price_ok && discount_ok {
             let gross = f64::from(self.quantity) * self.unit_price;
-            if self.discount > gross + 0.005 {
+            if !fits_line(gross) {
+                v.fail(
+                    "quantity",
+                    format!(
+                        "quantity × unit_price = {gross:.2} exceeds the largest line amount {}",
+                        line_max()
+                    ),
+                );
+            } else if self.discount > gross + 0.005 {
                 v.fail(
                     "discount",
                     format!(
@@ -454,7 +520,7 @@ mod tests {
         s.channel = Channel::parse("fax");
         s.currency = "euro".into();
         s.product_name = "x".repeat(MAX_TEXT_LEN + 1);
-        s.occurred_at = now() + Duration::days(30);
+        s.occurred_at = now() + Duration::minutes(6);
         let fields: Vec<_> = Event::Sale(s)
             .validate(now())
             .into_iter()
@@ -513,6 +579,78 @@ mod tests {
         let v = Event::Sale(s).validate(now());
         assert!(v.iter().any(|v| v.field == "unit_price"));
         assert!(v.iter().any(|v| v.field == "discount"));
+    }
+
+    #[test]
+    fn nul_and_control_characters_are_invalid_in_every_text_field() {
+        for field in [
+            "category",
+            "product_name",
+            "payment_method",
+            "region",
+            "customer_id",
+        ] {
+            let mut s = sale();
+            let evil = "Books\u{0}Evil".to_owned();
+            match field {
+                "category" => s.category = evil,
+                "product_name" => s.product_name = evil,
+                "payment_method" => s.payment_method = evil,
+                "region" => s.region = evil,
+                _ => s.customer_id = evil,
+            }
+            let v = Event::Sale(s).validate(now());
+            assert!(
+                v.iter()
+                    .any(|v| v.field == field && v.reason.contains("U+0000")),
+                "{field}: {v:?}"
+            );
+        }
+        let mut s = sale();
+        s.product_name = "line\nforged".into();
+        assert_eq!(Event::Sale(s).validate(now()).len(), 1);
+    }
+
+    #[test]
+    fn amounts_must_fit_a_line_column() {
+        // The record that overflowed numeric(12,2): 10000 × 1,000,000.
+        let mut s = sale();
+        s.quantity = 10_000;
+        s.unit_price = 1_000_000.0;
+        s.discount = 0.0;
+        s.total_amount = 1e10;
+        let v = Event::Sale(s).validate(now());
+        assert!(v.iter().any(|v| v.field == "total_amount"), "{v:?}");
+        assert!(v.iter().any(|v| v.field == "quantity"), "{v:?}");
+        // The largest line that fits is accepted.
+        let mut s = sale();
+        s.quantity = 10_000;
+        s.unit_price = 999_999.99;
+        s.discount = 0.0;
+        s.total_amount = 9_999_999_900.0;
+        assert_eq!(Event::Sale(s).validate(now()), vec![]);
+        // A discount too large for the column, even if the gross is smaller.
+        let mut s = sale();
+        s.discount = 1e11;
+        assert!(Event::Sale(s)
+            .validate(now())
+            .iter()
+            .any(|v| v.field == "discount" && v.reason.contains("largest line amount")));
+    }
+
+    #[test]
+    fn future_skew_is_minutes_and_configurable() {
+        let mut s = sale();
+        s.occurred_at = now() + Duration::minutes(4);
+        assert_eq!(Event::Sale(s.clone()).validate(now()), vec![]);
+        s.occurred_at = now() + Duration::hours(23);
+        let v = Event::Sale(s.clone()).validate(now());
+        assert_eq!(v.len(), 1);
+        assert!(v[0].reason.contains("300 s in the future"), "{v:?}");
+        assert_eq!(
+            Event::Sale(s).validate_with(now(), Duration::days(1)),
+            vec![]
+        );
     }
 
     #[test]

@@ -125,6 +125,36 @@ enum Command {
         #[command(flatten)]
         behaviour: BehaviourArgs,
     },
+    /// Fault suite: private PostgreSQL, tansu and Redis; ingest processes
+    /// SIGKILLed, PostgreSQL restarted, the broker killed, Redis stopped,
+    /// with poison records mixed in; then checks nothing was lost or doubled.
+    Chaos {
+        /// Events produced per second during the faults.
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        /// One poison record after this many valid events.
+        #[arg(long, default_value_t = 250)]
+        poison_every: u64,
+        #[arg(long, default_value_t = 100)]
+        ingest_kills: usize,
+        /// PostgreSQL restarts (alternating fast and immediate shutdown).
+        #[arg(long, default_value_t = 6)]
+        postgres_restarts: usize,
+        #[arg(long, default_value_t = 6)]
+        broker_restarts: usize,
+        #[arg(long, default_value_t = 3)]
+        redis_restarts: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Keep the services' data here (default: a temporary folder, removed).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// The tansu binary (default: TANSU_BIN, ~/.cargo/bin/tansu, tansu).
+        #[arg(long, value_name = "FILE")]
+        tansu: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// One or more ingest workers joining the consumer group (needs KAFKA_BROKERS).
     Ingest {
         #[arg(long, default_value_t = 1)]
@@ -282,6 +312,20 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Fuzz the event decoder and the COPY encoder with random and mutated
+    /// payloads: no panic, accepted events round-trip and encode cleanly.
+    Fuzz {
+        /// Inputs to try.
+        #[arg(long, default_value_t = 10_000_000)]
+        inputs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generator speed on one thread with a shop script (default: the
     /// built-in one): events made, and events made and encoded as JSON.
     Generator {
@@ -390,7 +434,19 @@ fn init_logging(filter: Option<&str>, app_log: Option<&LogBuffer>) {
         .try_init();
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints an error as its chain of causes on one line, never a backtrace
+/// (`RUST_BACKTRACE` is for panics, not for what the user did).
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::App);
     let app_log = matches!(
@@ -552,7 +608,21 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                  (for local use, start one with `salespulse broker` and set KAFKA_BROKERS=127.0.0.1:9092)"
             );
             let services = Services::resolve(cfg).await?;
-            let store = services.prepare(cfg).await?;
+            // A service that is down at start is waited for; only a
+            // configuration error ends the command.
+            let store = loop {
+                match services.prepare(cfg).await {
+                    Ok(store) => break store,
+                    Err(e) if pipeline::is_config_error(&e) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "waiting for the services; retrying in 2 s");
+                        tokio::select! {
+                            _ = pipeline::shutdown_signal() => return Ok(()),
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        }
+                    }
+                }
+            };
             let settings = IngestSettings::from_config(cfg, &services.brokers);
             let stop = Arc::new(AtomicBool::new(false));
             let stats = Arc::new(IngestStats::default());
@@ -571,6 +641,46 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 stats.sessions.load(Ordering::Relaxed),
                 stats.duplicates.load(Ordering::Relaxed),
                 stats.dead_lettered.load(Ordering::Relaxed)
+            );
+        }
+        Command::Chaos {
+            rate,
+            poison_every,
+            ingest_kills,
+            postgres_restarts,
+            broker_restarts,
+            redis_restarts,
+            seed,
+            work_dir,
+            tansu,
+            json,
+        } => {
+            anyhow::ensure!(
+                rate.is_finite() && (1.0..=100_000.0).contains(&rate),
+                "--rate must be between 1 and 100000 events/s"
+            );
+            let report = pipeline::chaos::run(&pipeline::chaos::ChaosOptions {
+                rate,
+                poison_every,
+                ingest_kills,
+                postgres_restarts,
+                broker_restarts,
+                redis_restarts,
+                partitions: 3,
+                seed,
+                work_dir,
+                salespulse: None,
+                tansu,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            anyhow::ensure!(
+                report.passed(),
+                "the pipeline lost, doubled or miscomputed something (above)"
             );
         }
         Command::Serve { bind, seed } => {
@@ -710,6 +820,30 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!(failed == 0, "{failed} metric scripts do not compile");
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Fuzz {
+                    inputs,
+                    seed,
+                    threads,
+                    json,
+                },
+        } => {
+            let report = pipeline::fuzz::run(&pipeline::fuzz::FuzzOptions {
+                inputs,
+                seed,
+                threads,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            anyhow::ensure!(
+                report.clean(),
+                "the fuzzer found broken properties (listed above)"
+            );
         }
         Command::Bench {
             which:

@@ -448,6 +448,55 @@ async fn relative_ranges_end_at_the_newest_event() {
     db.drop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_from_a_clock_ahead_cannot_move_relative_ranges_past_now() {
+    // Data from a clock ahead of ours (stored directly: ingest would now
+    // dead-letter it) must not push "the last hour" past the wall clock.
+    let db = TestDb::new("skew").await;
+    let mut g = salespulse::generator::Generator::new(
+        salespulse::generator::GeneratorParams::default(),
+        3,
+        salespulse::generator::Clock::Simulated(Utc::now() - chrono::Duration::minutes(30)),
+    )
+    .unwrap();
+    let mut events: Vec<Event> = (0..200).map(|_| g.next_event()).collect();
+    let mut ahead = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Sale(s) => Some(s.clone()),
+            Event::Session(_) => None,
+        })
+        .unwrap();
+    ahead.transaction_id = uuid::Uuid::new_v4();
+    ahead.occurred_at = Utc::now() + chrono::Duration::hours(23);
+    events.push(Event::Sale(ahead));
+    let mut offsets = HashMap::new();
+    write_events(&db.store, events, 500, &mut offsets).await;
+    let a = no_cache(&db.store);
+    let before = Utc::now();
+    let r = a
+        .view(&ViewRequest::new(ViewKind::Kpis).with_range(TimeRange::Last { minutes: 60 }))
+        .await
+        .unwrap();
+    let span = r.span.unwrap();
+    assert!(
+        span.to <= Utc::now() + chrono::Duration::minutes(1) && span.to > before,
+        "the last hour ends at the wall clock, not 23 h ahead: {span:?}"
+    );
+    // Today's orders are in it (all but the one from the future).
+    let in_range: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM transactions WHERE occurred_at >= $1 AND occurred_at < $2",
+    )
+    .bind(span.from)
+    .bind(span.to)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(in_range > 1, "{in_range}");
+    assert_eq!(orders(&r.frame), in_range);
+    db.drop().await;
+}
+
 // ---- cache -------------------------------------------------------------
 
 fn redis_cache(ttl: Duration) -> FrameCache {

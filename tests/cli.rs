@@ -450,3 +450,65 @@ async fn generator_scripts_and_scenarios_drive_generate_and_run() {
     db.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stops_only_for_configuration_errors_and_waits_out_a_down_database() {
+    // A schema from a newer salespulse: stop, and say what to do.
+    let db = TestDb::new("newer").await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let url = db.url.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        salespulse(
+            &["ingest"],
+            &[("DATABASE_URL", &url), ("KAFKA_BROKERS", "127.0.0.1:1")],
+        )
+    })
+    .await
+    .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("schema version 9999, newer than this salespulse knows"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("panicked") && !t.contains("backtrace"),
+        "reads cleanly: {t}"
+    );
+    db.drop().await;
+
+    // A database that is not there (yet): wait, retrying, until stopped.
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args(["ingest"])
+        .env_remove("SALESPULSE_CONFIG")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        )
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let pid = child.id() as i32;
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let asked = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let t = text(&out);
+    assert!(asked.elapsed() < std::time::Duration::from_secs(2), "{t}");
+    assert!(out.status.success(), "still waiting when stopped: {t}");
+    assert!(t.contains("waiting for the services"), "{t}");
+}

@@ -110,3 +110,33 @@ async fn sigkilled_ingest_neither_loses_nor_double_counts() {
     );
     db.drop().await;
 }
+
+/// The shipped fault suite (`salespulse chaos`), shortened: ingest
+/// SIGKILLed, PostgreSQL restarted fast and immediate, the broker SIGKILLed,
+/// Redis stopped while views are served, poison records mixed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
+    let seed: u64 = rand::random();
+    eprintln!("chaos seed: {seed}");
+    let report = salespulse::pipeline::chaos::run(&salespulse::pipeline::chaos::ChaosOptions {
+        rate: 800.0,
+        poison_every: 100,
+        ingest_kills: 8,
+        postgres_restarts: 2,
+        broker_restarts: 2,
+        redis_restarts: 1,
+        partitions: 3,
+        seed,
+        work_dir: None,
+        salespulse: Some(env!("CARGO_BIN_EXE_salespulse").into()),
+        tansu: Some(tansu_bin()),
+    })
+    .await
+    .unwrap();
+    eprintln!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.faults(), 13, "{report}");
+    assert!(report.produced_poison >= 5, "{report}");
+    assert_eq!(report.dead_lettered, report.produced_poison, "{report}");
+    assert!(report.answers_checked > 0);
+}

@@ -220,7 +220,10 @@ impl Analytics {
             TimeRange::All => None,
             TimeRange::Between { from, to } => Some(sql::minute_span(*from, *to)),
             TimeRange::Last { minutes } => {
-                let anchor = v.newest.unwrap_or_else(Utc::now);
+                // One event with a clock ahead of ours must not push "the
+                // last hour" past today's data.
+                let now = Utc::now();
+                let anchor = v.newest.map_or(now, |n| n.min(now));
                 let to = sql::minute_span(anchor, anchor).from + chrono::Duration::minutes(1);
                 Some(Span {
                     from: to - chrono::Duration::minutes(*minutes),

@@ -185,7 +185,8 @@ pub enum TimeRange {
     /// All data.
     #[default]
     All,
-    /// The last `minutes` up to the newest ingested event.
+    /// The last `minutes` up to the newest ingested event (or the wall
+    /// clock, when the newest event is stamped later).
     Last { minutes: i64 },
     /// `[from, to)`.
     Between {

@@ -101,9 +101,50 @@ impl Telemetry {
                     "Offsets the broker no longer had when ingest reached them.",
                     &s.offsets_skipped,
                 ),
+                (
+                    "salespulse_ingest_refused_by_database_total",
+                    "Valid-looking events the database refused, dead-lettered.",
+                    &s.refused_by_database,
+                ),
+                (
+                    "salespulse_ingest_conflicting_duplicates_total",
+                    "Events whose id was stored with other content, dead-lettered.",
+                    &s.conflicting_duplicates,
+                ),
+                (
+                    "salespulse_ingest_dlq_truncated_total",
+                    "Rejected events too large for the DLQ, dead-lettered truncated.",
+                    &s.dlq_truncated,
+                ),
             ] {
                 counter(&mut out, name, help, &[("", v.load(Ordering::Relaxed))]);
             }
+            let degraded_for = match s.health() {
+                crate::pipeline::ingest::IngestHealth::Ok => None,
+                crate::pipeline::ingest::IngestHealth::Degraded { for_secs, .. } => Some(for_secs),
+            };
+            family(
+                &mut out,
+                "salespulse_ingest_degraded",
+                "gauge",
+                "1 while batch writes are failing and being retried (a service is away).",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_ingest_degraded {}",
+                u8::from(degraded_for.is_some())
+            );
+            family(
+                &mut out,
+                "salespulse_ingest_degraded_seconds",
+                "gauge",
+                "How long batch writes have been failing, 0 when healthy.",
+            );
+            let _ = writeln!(
+                out,
+                "salespulse_ingest_degraded_seconds {}",
+                degraded_for.unwrap_or(0)
+            );
         }
         if let Some(lag) = &self.lag {
             self.render_lag(&mut out, lag).await;

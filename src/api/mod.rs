@@ -249,12 +249,32 @@ async fn health(State(s): State<Arc<ApiState>>) -> Response {
             }
         },
     );
-    let all_ok = k.ok && p.ok && r.ok;
     let component = |c: &Check| json!({ "ok": c.ok, "detail": c.detail, "error": c.error });
+    let mut components =
+        json!({ "kafka": component(&k), "postgres": component(&p), "redis": component(&r) });
+    let mut all_ok = k.ok && p.ok && r.ok;
+    if let Some(stats) = &s.telemetry.ingest {
+        let ingest = match stats.health() {
+            crate::pipeline::ingest::IngestHealth::Ok => {
+                json!({ "ok": true, "detail": "writing", "error": null })
+            }
+            crate::pipeline::ingest::IngestHealth::Degraded { for_secs, reason } => {
+                all_ok = false;
+                json!({
+                    "ok": false,
+                    "detail": format!("retrying for {for_secs} s; resumes on its own"),
+                    "error": reason,
+                })
+            }
+        };
+        if let Some(map) = components.as_object_mut() {
+            map.insert("ingest".into(), ingest);
+        }
+    }
     let body = json!({
         "status": if all_ok { "ok" } else { "degraded" },
         "generator": "ok",
-        "components": { "kafka": component(&k), "postgres": component(&p), "redis": component(&r) },
+        "components": components,
     });
     let code = if all_ok {
         StatusCode::OK

@@ -30,6 +30,8 @@ pub enum BusError {
     Undelivered { failed: u64, last_error: String },
     #[error("embedded broker: {0}")]
     Embedded(String),
+    #[error("cancelled: stopping")]
+    Cancelled,
 }
 
 /// Settings shared by every client of this project.

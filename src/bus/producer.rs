@@ -73,6 +73,7 @@ impl ProducerStats {
 struct Retry {
     key: Vec<u8>,
     payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
     attempt: usize,
     ready_at: Instant,
 }
@@ -137,6 +138,7 @@ impl ProducerContext for DeliveryTracker {
                         .push_back(Retry {
                             key: m.key().unwrap_or_default().to_vec(),
                             payload: m.payload().unwrap_or_default().to_vec(),
+                            headers: m.headers().map(|h| h.detach()),
                             attempt: next,
                             ready_at: Instant::now() + backoff(next),
                         });
@@ -153,6 +155,8 @@ pub struct EventProducer {
     inner: ThreadedProducer<DeliveryTracker>,
     topic: String,
     stats: Arc<ProducerStats>,
+    /// Failures already reported by a flush.
+    failed_reported: AtomicU64,
 }
 
 impl EventProducer {
@@ -179,6 +183,7 @@ impl EventProducer {
             inner,
             topic: topic.to_owned(),
             stats,
+            failed_reported: AtomicU64::new(0),
         })
     }
 
@@ -192,7 +197,7 @@ impl EventProducer {
 
     /// Enqueues one record; blocks (briefly) while the local queue is full.
     pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<(), BusError> {
-        self.resend_ready(false)?;
+        self.resend_ready()?;
         self.enqueue(key, payload, 0, None)?;
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -205,7 +210,7 @@ impl EventProducer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(), BusError> {
-        self.resend_ready(false)?;
+        self.resend_ready()?;
         self.enqueue(key, payload, 0, Some(headers))?;
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -236,8 +241,8 @@ impl EventProducer {
         }
     }
 
-    /// Re-enqueues failed messages whose backoff has elapsed (all of them when `all`).
-    fn resend_ready(&self, all: bool) -> Result<(), BusError> {
+    /// Re-enqueues failed messages whose backoff has elapsed.
+    fn resend_ready(&self) -> Result<(), BusError> {
         let ready: Vec<Retry> = {
             let mut q = self
                 .inner
@@ -250,27 +255,37 @@ impl EventProducer {
             }
             let now = Instant::now();
             let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
-                q.drain(..).partition(|r| all || r.ready_at <= now);
+                q.drain(..).partition(|r| r.ready_at <= now);
             *q = waiting;
             ready.into_iter().collect()
         };
         for r in ready {
-            if all {
-                std::thread::sleep(r.ready_at.saturating_duration_since(Instant::now()));
-            }
-            self.enqueue(&r.key, &r.payload, r.attempt, None)?;
+            self.enqueue(&r.key, &r.payload, r.attempt, r.headers)?;
         }
         Ok(())
     }
 
     /// Waits until every message is delivered or has failed for good.
-    /// Returns an error naming how many failed.
+    /// Returns an error naming how many failed since the last flush.
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.flush_unless(timeout, &|| false)
+    }
+
+    /// [`EventProducer::flush`] that gives up with [`BusError::Cancelled`]
+    /// as soon as `cancel` returns true (checked every 200 ms at most).
+    pub fn flush_unless(
+        &self,
+        timeout: Duration,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<(), BusError> {
         let deadline = Instant::now() + timeout;
         loop {
+            if cancel() {
+                return Err(BusError::Cancelled);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             // A flush error here is only a timeout; the loop decides.
-            let _ = self.inner.flush(left.min(Duration::from_millis(500)));
+            let _ = self.inner.flush(left.min(Duration::from_millis(200)));
             let pending_retries = !self
                 .inner
                 .context()
@@ -279,10 +294,12 @@ impl EventProducer {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty();
             if pending_retries {
-                self.resend_ready(true)?;
-                continue;
-            }
-            if self.inner.in_flight_count() == 0 {
+                self.resend_ready()?;
+                if self.inner.in_flight_count() == 0 {
+                    // Only retries waiting out their backoff.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else if self.inner.in_flight_count() == 0 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -292,7 +309,8 @@ impl EventProducer {
                 });
             }
         }
-        let failed = self.stats.failed.load(Ordering::Relaxed);
+        let total = self.stats.failed.load(Ordering::Relaxed);
+        let failed = total.saturating_sub(self.failed_reported.swap(total, Ordering::Relaxed));
         if failed > 0 {
             return Err(BusError::Undelivered {
                 failed,

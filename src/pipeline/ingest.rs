@@ -9,31 +9,54 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Message, OwnedHeaders};
+use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
 use crate::bus::{self, BusError, EventProducer, OffsetSource, ProducerConfig};
 use crate::event::{Event, Rejection};
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Fault, Refused, Store, StoreError};
 
+/// Why an ingest worker stopped. Only a configuration problem (or a worker
+/// that cannot start) ends one: data problems are dead-lettered and service
+/// outages are retried until the service is back.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("gave up writing a batch after {attempts} attempts: {last}")]
-    GaveUp { attempts: u32, last: String },
+    #[error("ingest cannot go on until this is fixed: {0}")]
+    Config(String),
+    #[error("writer task failed: {0}")]
+    Task(String),
 }
+
+/// Most payload bytes of a record copied to the dead-letter topic; a larger
+/// record goes there truncated, with its size, SHA-256 and source position in
+/// headers (it stays whole in the source topic).
+pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
+/// Most key bytes copied to the dead-letter topic.
+const DLQ_MAX_KEY: usize = 1024;
+/// Most bytes of a rejection reason in a DLQ header.
+const DLQ_MAX_REASON: usize = 4 * 1024;
+/// How long a write may go on after a stop was asked for before it is
+/// abandoned (rolled back; its records are read again on the next start).
+const STOP_GRACE: Duration = Duration::from_millis(700);
+/// Longest wait between two attempts to write a batch: a service that comes
+/// back is noticed within this.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct IngestSettings {
     pub brokers: String,
+    /// How far past the wall clock an event may be stamped.
+    pub max_future_skew: chrono::Duration,
     pub group_id: String,
     pub topic: String,
     pub dlq_topic: String,
@@ -49,6 +72,9 @@ impl IngestSettings {
     pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
         Self {
             brokers: brokers.to_owned(),
+            max_future_skew: chrono::Duration::seconds(
+                i64::try_from(cfg.max_future_skew_secs).unwrap_or(i64::MAX / 1_000),
+            ),
             group_id: cfg.group_id.clone(),
             topic: cfg.topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
@@ -75,9 +101,71 @@ pub struct IngestStats {
     /// Offsets that were expected but never delivered (broker retention or
     /// compaction removed them before they were ingested). Always reported.
     pub offsets_skipped: AtomicU64,
+    /// Records the database refused (dead-lettered as `rejected-by-database`).
+    pub refused_by_database: AtomicU64,
+    /// Records whose id was stored with other content (dead-lettered as
+    /// `conflicting-duplicate`).
+    pub conflicting_duplicates: AtomicU64,
+    /// Records dead-lettered truncated (too large for the DLQ).
+    pub dlq_truncated: AtomicU64,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Since when writes have been failing, and the latest reason.
+    degraded: Option<(Instant, String)>,
+}
+
+/// Whether ingest is keeping up or retrying a service that is away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestHealth {
+    /// Writes succeed.
+    Ok,
+    /// Writes have been failing for `for_secs` seconds; ingest retries with
+    /// capped backoff and resumes on its own.
+    Degraded {
+        /// How long it has been failing, in whole seconds.
+        for_secs: u64,
+        /// The latest error.
+        reason: String,
+    },
 }
 
 impl IngestStats {
+    /// The worker's health right now.
+    pub fn health(&self) -> IngestHealth {
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match &h.degraded {
+            None => IngestHealth::Ok,
+            Some((since, reason)) => IngestHealth::Degraded {
+                for_secs: since.elapsed().as_secs(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    fn degraded(&self, reason: String) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut h.degraded {
+            Some((_, r)) => *r = reason,
+            None => {
+                tracing::warn!(reason = %reason, "ingest degraded: retrying until the service is back");
+                h.degraded = Some((Instant::now(), reason));
+            }
+        }
+    }
+
+    fn recovered(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, _)) = h.degraded.take() {
+            tracing::info!(
+                after_ms = since.elapsed().as_millis() as u64,
+                "ingest recovered"
+            );
+        }
+    }
+
     /// Records durably processed: written, skipped as duplicates, or dead-lettered.
     pub fn committed(&self) -> u64 {
         self.sales.load(Ordering::Relaxed)
@@ -107,139 +195,321 @@ impl OffsetSource for PgOffsets {
     }
 }
 
+/// A record on its way to the dead-letter topic.
 struct Reject {
     key: Vec<u8>,
     payload: Vec<u8>,
     partition: i32,
     offset: i64,
-    why: Rejection,
+    kind: &'static str,
+    reason: String,
+}
+
+/// A valid record's original bytes, kept until its batch is committed in
+/// case the database refuses it.
+struct Raw {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
 }
 
 #[derive(Default)]
 struct Pending {
     batch: Batch,
     rejects: Vec<Reject>,
+    raw: Vec<Raw>,
     next_offsets: BTreeMap<i32, i64>,
     records: usize,
     dlq_done: bool,
 }
 
 impl Pending {
-    fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    fn add(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        max_skew: chrono::Duration,
+    ) {
         self.records += 1;
         let next = self.next_offsets.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
         let decoded = match payload {
-            Some(p) => Event::decode(p, Utc::now()),
+            Some(p) => Event::decode_with(p, Utc::now(), max_skew),
             None => Err(Rejection::Undecodable("empty payload".into())),
         };
-        match decoded {
-            Ok(Event::Sale(s)) => self.batch.sales.push((s, partition, offset)),
-            Ok(Event::Session(s)) => self.batch.sessions.push((s, partition, offset)),
-            Err(why) => self.rejects.push(Reject {
-                key: key.unwrap_or_default().to_vec(),
-                payload: payload.unwrap_or_default().to_vec(),
-                partition,
-                offset,
-                why,
-            }),
+        let event = match decoded {
+            Ok(e) => e,
+            Err(why) => {
+                self.rejects.push(Reject {
+                    key: key.unwrap_or_default().to_vec(),
+                    payload: payload.unwrap_or_default().to_vec(),
+                    partition,
+                    offset,
+                    kind: why.kind(),
+                    reason: why.to_string(),
+                });
+                return;
+            }
+        };
+        match event {
+            Event::Sale(s) => self.batch.sales.push((s, partition, offset)),
+            Event::Session(s) => self.batch.sessions.push((s, partition, offset)),
         }
+        self.raw.push(Raw {
+            partition,
+            offset,
+            key: key.unwrap_or_default().to_vec(),
+            payload: payload.unwrap_or_default().to_vec(),
+        });
     }
 
     fn is_empty(&self) -> bool {
         self.records == 0
     }
+
+    /// The records the store refused, with their original bytes.
+    fn refused(&self, refused: &[Refused]) -> Vec<Reject> {
+        refused
+            .iter()
+            .map(|r| {
+                let raw = self
+                    .raw
+                    .iter()
+                    .find(|w| w.partition == r.partition && w.offset == r.offset);
+                Reject {
+                    key: raw.map(|w| w.key.clone()).unwrap_or_default(),
+                    payload: raw.map(|w| w.payload.clone()).unwrap_or_default(),
+                    partition: r.partition,
+                    offset: r.offset,
+                    kind: r.kind,
+                    reason: r.reason.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// The DLQ record of `r`: payload (truncated when too large), key, and
+/// headers with the reason, kind, source position, size and SHA-256.
+fn dlq_record<'a>(r: &'a Reject, source_topic: &str) -> (&'a [u8], &'a [u8], OwnedHeaders, bool) {
+    let truncated = r.payload.len() > DLQ_MAX_PAYLOAD;
+    let payload = r
+        .payload
+        .get(..DLQ_MAX_PAYLOAD.min(r.payload.len()))
+        .unwrap_or_default();
+    let key = r
+        .key
+        .get(..DLQ_MAX_KEY.min(r.key.len()))
+        .unwrap_or_default();
+    let sha: String = Sha256::digest(&r.payload)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (partition, offset, size) = (
+        r.partition.to_string(),
+        r.offset.to_string(),
+        r.payload.len().to_string(),
+    );
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in [
+        ("salespulse.error", clip(&r.reason, DLQ_MAX_REASON)),
+        ("salespulse.error.kind", r.kind),
+        ("salespulse.source.topic", source_topic),
+        ("salespulse.source.partition", &partition),
+        ("salespulse.source.offset", &offset),
+        ("salespulse.payload.size", &size),
+        ("salespulse.payload.sha256", &sha),
+        (
+            "salespulse.payload.truncated",
+            if truncated { "true" } else { "false" },
+        ),
+    ] {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    (key, payload, headers, truncated)
 }
 
 /// Writes batches for one worker: rejects to the DLQ, rows to the store,
-/// retrying transient failures with exponential backoff.
+/// retrying what is not about the data with capped backoff, for as long as
+/// it takes, and giving up a batch only when asked to stop.
 struct Writer {
     settings: IngestSettings,
     dlq: EventProducer,
     store: Store,
     rt: Handle,
     stats: Arc<IngestStats>,
+    stop: Arc<AtomicBool>,
+    /// When the stop was first seen.
+    stopped_at: OnceLock<Instant>,
 }
 
-/// A batch being written on a blocking task.
-type InFlight = tokio::task::JoinHandle<Result<Vec<(i32, i64)>, IngestError>>;
+/// Why a write did not happen.
+enum WriteFailure {
+    /// Asked to stop: the batch was abandoned, nothing of it committed.
+    Abandoned,
+    /// Retrying may help (a service is away).
+    Transient(String),
+    /// Only a person can fix it.
+    Config(String),
+}
+
+impl From<StoreError> for WriteFailure {
+    fn from(e: StoreError) -> Self {
+        match e.fault() {
+            Fault::Config => WriteFailure::Config(e.to_string()),
+            // Data faults are isolated inside the store; one that still
+            // escapes (e.g. the offsets row) is retried rather than lost.
+            Fault::Transient | Fault::Data => WriteFailure::Transient(e.to_string()),
+        }
+    }
+}
+
+impl From<BusError> for WriteFailure {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Cancelled => WriteFailure::Abandoned,
+            e => WriteFailure::Transient(e.to_string()),
+        }
+    }
+}
+
+/// A batch being written on a blocking task: the offsets it committed, or
+/// `None` when it was abandoned on stop.
+type InFlight = tokio::task::JoinHandle<Result<Option<Vec<(i32, i64)>>, IngestError>>;
 
 impl Writer {
-    /// Writes `pending` (blocking), returning the offsets it committed.
-    fn write(&self, mut pending: Pending) -> Result<Vec<(i32, i64)>, IngestError> {
-        let mut attempt = 0u32;
+    /// Whether a stop was asked for more than [`STOP_GRACE`] ago.
+    fn must_stop(&self) -> bool {
+        if !self.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        self.stopped_at.get_or_init(Instant::now).elapsed() >= STOP_GRACE
+    }
+
+    /// Writes `pending` (blocking), returning the offsets it committed, or
+    /// `None` when it was abandoned because of a stop.
+    fn write(&self, mut pending: Pending) -> Result<Option<Vec<(i32, i64)>>, IngestError> {
+        let mut attempt = 0usize;
         loop {
             match self.try_write(&mut pending) {
-                Ok(()) => return Ok(pending.next_offsets.into_iter().collect()),
-                Err(e) => {
+                Ok(()) => {
+                    self.stats.recovered();
+                    return Ok(Some(pending.next_offsets.into_iter().collect()));
+                }
+                Err(WriteFailure::Abandoned) => {
+                    tracing::info!(
+                        records = pending.records,
+                        "stopping: batch abandoned, it is read again on the next start"
+                    );
+                    return Ok(None);
+                }
+                Err(WriteFailure::Config(e)) => return Err(IngestError::Config(e)),
+                Err(WriteFailure::Transient(e)) => {
                     attempt += 1;
-                    let transient = match &e {
-                        IngestError::Store(s) => s.is_transient(),
-                        IngestError::Bus(_) => true,
-                        IngestError::GaveUp { .. } => false,
-                    };
-                    if !transient || attempt >= MAX_ATTEMPTS {
-                        return Err(IngestError::GaveUp {
-                            attempts: attempt,
-                            last: e.to_string(),
-                        });
-                    }
                     self.stats.write_retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = crate::bus::backoff(attempt as usize);
+                    self.stats.degraded(e.clone());
+                    let wait = crate::bus::backoff(attempt).min(MAX_BACKOFF);
                     tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
-                    std::thread::sleep(wait);
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if self.must_stop() {
+                            return Ok(None);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
         }
     }
 
-    fn try_write(&self, pending: &mut Pending) -> Result<(), IngestError> {
+    /// Sends rejects to the DLQ and waits for them to be stored there,
+    /// giving up (as abandoned) when a stop has been asked for.
+    fn dead_letter(&self, rejects: &[Reject]) -> Result<(), WriteFailure> {
+        let topic = self.settings.topic.as_str();
+        for r in rejects {
+            let (key, payload, headers, truncated) = dlq_record(r, topic);
+            self.dlq.send_with_headers(key, payload, headers)?;
+            if truncated {
+                self.stats.dlq_truncated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Rejects must be safely in the DLQ before their offsets are committed.
+        let stopping = || self.must_stop();
+        self.dlq.flush_unless(Duration::from_secs(120), &stopping)?;
+        for r in rejects {
+            tracing::warn!(partition = r.partition, offset = r.offset, kind = r.kind, reason = ?clip(&r.reason, 512), "record dead-lettered");
+        }
+        Ok(())
+    }
+
+    fn try_write(&self, pending: &mut Pending) -> Result<(), WriteFailure> {
+        if self.must_stop() {
+            return Err(WriteFailure::Abandoned);
+        }
         let (settings, stats) = (&self.settings, &self.stats);
         if !pending.dlq_done && !pending.rejects.is_empty() {
-            for r in &pending.rejects {
-                let reason = r.why.to_string();
-                let partition = r.partition.to_string();
-                let offset = r.offset.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "salespulse.error",
-                        value: Some(reason.as_str()),
-                    })
-                    .insert(Header {
-                        key: "salespulse.error.kind",
-                        value: Some(r.why.kind()),
-                    })
-                    .insert(Header {
-                        key: "salespulse.source.topic",
-                        value: Some(settings.topic.as_str()),
-                    })
-                    .insert(Header {
-                        key: "salespulse.source.partition",
-                        value: Some(partition.as_str()),
-                    })
-                    .insert(Header {
-                        key: "salespulse.source.offset",
-                        value: Some(offset.as_str()),
-                    });
-                self.dlq.send_with_headers(&r.key, &r.payload, headers)?;
-            }
-            // Rejects must be safely in the DLQ before their offsets are committed.
-            self.dlq.flush(Duration::from_secs(120))?;
+            self.dead_letter(&pending.rejects)?;
             pending.dlq_done = true;
             stats
                 .dead_lettered
                 .fetch_add(pending.rejects.len() as u64, Ordering::Relaxed);
-            for r in &pending.rejects {
-                tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.why, "record dead-lettered");
-            }
         }
         pending.batch.offsets = pending.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
         let started = Instant::now();
-        let out = self.rt.block_on(self.store.write_batch(
+        let pending_ref: &Pending = pending;
+        let before_commit = |refused: &[Refused]| {
+            self.dead_letter(&pending_ref.refused(refused))
+                .map_err(|e| match e {
+                    WriteFailure::Abandoned => "stopping".to_owned(),
+                    WriteFailure::Transient(m) | WriteFailure::Config(m) => {
+                        format!("dead-lettering refused records: {m}")
+                    }
+                })
+        };
+        let write = self.store.write_batch_with(
             &settings.group_id,
             &settings.topic,
-            &pending.batch,
-        ))?;
+            &pending_ref.batch,
+            &before_commit,
+        );
+        let out = self.rt.block_on(async {
+            tokio::select! {
+                r = write => r.map(Some),
+                () = async {
+                    while !self.must_stop() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } => Ok(None),
+            }
+        });
+        let out = match out {
+            Ok(Some(out)) => out,
+            // Dropping the write rolls its transaction back.
+            Ok(None) => return Err(WriteFailure::Abandoned),
+            Err(StoreError::BeforeCommit(m)) if self.must_stop() => {
+                tracing::debug!(reason = %m, "dead-lettering interrupted by a stop");
+                return Err(WriteFailure::Abandoned);
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::debug!(
             records = pending.records,
             sales = pending.batch.sales.len(),
@@ -247,12 +517,24 @@ impl Writer {
             write_ms = started.elapsed().as_millis() as u64,
             "batch written"
         );
-        let valid = (pending.batch.sales.len() + pending.batch.sessions.len()) as u64;
         stats.sales.fetch_add(out.sales, Ordering::Relaxed);
         stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);
         stats
             .duplicates
-            .fetch_add(valid - out.sales - out.sessions, Ordering::Relaxed);
+            .fetch_add(out.duplicates, Ordering::Relaxed);
+        let refused = out.refused.len() as u64;
+        let conflicts = out
+            .refused
+            .iter()
+            .filter(|r| r.kind == crate::store::CONFLICTING_DUPLICATE)
+            .count() as u64;
+        stats.dead_lettered.fetch_add(refused, Ordering::Relaxed);
+        stats
+            .conflicting_duplicates
+            .fetch_add(conflicts, Ordering::Relaxed);
+        stats
+            .refused_by_database
+            .fetch_add(refused - conflicts, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -267,12 +549,13 @@ fn finish_in_flight(
     in_flight: &mut Option<InFlight>,
 ) -> Result<(), IngestError> {
     if let Some(h) = in_flight.take() {
-        let offsets = rt.block_on(h).map_err(|e| IngestError::GaveUp {
-            attempts: 1,
-            last: format!("writer task failed: {e}"),
-        })??;
-        if let Err(e) = bus::commit_async(consumer, topic, &offsets) {
-            tracing::debug!(error = %e, "kafka offset commit failed");
+        let offsets = rt
+            .block_on(h)
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        if let Some(offsets) = offsets {
+            if let Err(e) = bus::commit_async(consumer, topic, &offsets) {
+                tracing::debug!(error = %e, "kafka offset commit failed");
+            }
         }
     }
     Ok(())
@@ -321,6 +604,8 @@ pub fn run_worker(
         store,
         rt: rt.clone(),
         stats: Arc::clone(&stats),
+        stop: Arc::clone(&stop),
+        stopped_at: OnceLock::new(),
     });
     let mut lanes: Vec<Lane> = (0..settings.lanes.max(1))
         .map(|_| Lane::default())
@@ -377,7 +662,8 @@ pub fn run_worker(
                     }
                     let n = lanes.len();
                     let lane = &mut lanes[p.rem_euclid(n as i32) as usize];
-                    lane.pending.add(p, o, m.key(), m.payload());
+                    lane.pending
+                        .add(p, o, m.key(), m.payload(), settings.max_future_skew);
                     if lane.deadline.is_none() {
                         lane.deadline = Some(Instant::now() + settings.batch_timeout);
                     }
@@ -410,5 +696,3 @@ pub fn run_worker(
     consumer.unsubscribe();
     Ok(())
 }
-
-const MAX_ATTEMPTS: u32 = 40;

@@ -419,6 +419,11 @@ impl LivePipeline {
         }
     }
 
+    /// Whether ingest writes are succeeding or being retried.
+    pub fn ingest_health(&self) -> super::ingest::IngestHealth {
+        self.ingest.health()
+    }
+
     /// Consumer lag per partition (blocking broker calls run off the runtime).
     pub async fn lag(&self) -> Result<Vec<(i32, i64)>, String> {
         let ends = match &self.probe {

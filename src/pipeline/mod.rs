@@ -3,7 +3,9 @@
 
 pub mod analytics_bench;
 pub mod bench;
+pub mod chaos;
 pub mod doctor;
+pub mod fuzz;
 pub mod ingest;
 pub mod lag;
 pub mod live;
@@ -368,6 +370,17 @@ pub async fn wait_for_offsets(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether `e` is something only a person can fix (a bad URL, credentials,
+/// a missing database or permission, a schema from a newer version), as
+/// opposed to a service that is away for now.
+pub fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<crate::store::StoreError>()
+            .is_some_and(|s| s.fault() == crate::store::Fault::Config)
+            || c.downcast_ref::<crate::config::ConfigError>().is_some()
+    })
 }
 
 /// Resolves when Ctrl-C or SIGTERM arrives.

@@ -172,6 +172,26 @@ impl EmbeddedPostgres {
         ok_or_explain(out, "pg_ctl stop", None)
     }
 
+    /// Restarts the cluster with `pg_ctl restart -m <mode>` (`fast`: clients
+    /// are disconnected and the server shuts down cleanly; `immediate`: it
+    /// is aborted, and recovers from its WAL on start). Waits until it
+    /// accepts connections again.
+    pub fn restart(&self, mode: &str) -> Result<(), StoreError> {
+        let bin =
+            find_pg_bin_dir().ok_or_else(|| StoreError::Embedded("pg_ctl not found".into()))?;
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        let log = self.data_dir.join("server.log");
+        let log_s = log.to_string_lossy().into_owned();
+        let out = run(
+            &bin,
+            "pg_ctl",
+            &[
+                "restart", "-D", &dir, "-m", mode, "-w", "-t", "60", "-l", &log_s,
+            ],
+        )?;
+        ok_or_explain(out, "pg_ctl restart", Some(&log))
+    }
+
     /// Initializes (first time) and starts (when stopped) the private cluster,
     /// then makes sure database `salespulse` exists.
     pub async fn ensure(data_root: Option<&Path>, port: u16) -> Result<Self, StoreError> {

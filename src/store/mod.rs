@@ -6,6 +6,7 @@
 //! partition offsets. Replaying any batch therefore changes nothing, and a
 //! crash at any point either commits all of it or none of it (see `write`).
 
+pub mod check;
 mod embedded;
 mod write;
 
@@ -17,7 +18,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 
 pub use embedded::{find_pg_bin_dir, EmbeddedPostgres};
-pub use write::{Batch, CopyRows, WriteOutcome, GRAINS, SESSION_COLUMNS, TRANSACTION_COLUMNS};
+pub use write::{
+    Batch, BeforeCommit, CopyRows, Refused, WriteOutcome, CONFLICTING_DUPLICATE, GRAINS,
+    REJECTED_BY_DATABASE, SESSION_COLUMNS, TRANSACTION_COLUMNS,
+};
 
 use crate::config::redact_url;
 
@@ -31,30 +35,96 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+    #[error("before commit: {0}")]
+    BeforeCommit(String),
+    #[error(
+        "the database has schema version {found}, newer than this salespulse knows (up to {known}): \
+         upgrade salespulse, or point DATABASE_URL at another database"
+    )]
+    NewerSchema { found: i64, known: i64 },
+}
+
+/// What kind of failure an error is, which decides what ingest does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Retrying later may succeed: a lost connection, a full pool, a lock or
+    /// statement timeout, a deadlock, a server restarting or out of resources.
+    Transient,
+    /// The database refused the data itself (SQLSTATE classes 22, 23 and 54,
+    /// and any other error that is not about the connection, resources,
+    /// concurrency or configuration): retrying the same rows fails again.
+    Data,
+    /// Only a person can fix it: a bad URL, authentication, a missing
+    /// database or permission, a schema that does not match.
+    Config,
 }
 
 impl StoreError {
+    /// Classifies this error; see [`Fault`].
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::Sql(e) => match e {
+                sqlx::Error::Database(db) => match db.code() {
+                    Some(code) => fault_of_sqlstate(&code),
+                    None => Fault::Transient,
+                },
+                sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Fault::Config,
+                // I/O, pool, protocol and decoding trouble: the connection
+                // or the server, not the rows.
+                _ => Fault::Transient,
+            },
+            StoreError::BadUrl { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Embedded(_)
+            | StoreError::NewerSchema { .. } => Fault::Config,
+            StoreError::BeforeCommit(_) => Fault::Transient,
+        }
+    }
+
     /// Whether retrying the same operation may succeed (lost connection,
     /// deadlock, serialization failure, server restarting, timeouts).
     pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Sql(e) => match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                    c.starts_with("40")
-                        || c.starts_with("08")
-                        || c.starts_with("53")
-                        || c.starts_with("57P")
-                        || c == "57014"
-                }),
-                _ => false,
-            },
-            _ => false,
+        self.fault() == Fault::Transient
+    }
+
+    /// The database's own words for a refusal: message, detail and
+    /// SQLSTATE; for other errors, the error as displayed.
+    pub fn database_message(&self) -> String {
+        if let StoreError::Sql(sqlx::Error::Database(db)) = self {
+            let mut m = db.message().to_owned();
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(d) = pg.detail() {
+                    m.push_str(": ");
+                    m.push_str(d);
+                }
+                if let Some(c) = pg.column() {
+                    m.push_str(&format!(" (column {c})"));
+                }
+            }
+            if let Some(code) = db.code() {
+                m.push_str(&format!(" [SQLSTATE {code}]"));
+            }
+            m
+        } else {
+            self.to_string()
         }
+    }
+}
+
+/// [`Fault`] of a SQLSTATE code.
+fn fault_of_sqlstate(code: &str) -> Fault {
+    let class = code.get(..2).unwrap_or_default();
+    match class {
+        // connection, transaction rollback (deadlock, serialization),
+        // insufficient resources, object not in prerequisite state (lock not
+        // available), operator intervention (shutdown, cancel, timeout),
+        // system error, internal error, invalid transaction state.
+        "08" | "40" | "53" | "55" | "57" | "58" | "XX" | "25" => Fault::Transient,
+        // invalid authorization, catalog (database missing), schema,
+        // syntax or access rule (permission, missing table or column),
+        // feature not supported, role specification, configuration file.
+        "28" | "3D" | "3F" | "42" | "0A" | "0L" | "0P" | "F0" => Fault::Config,
+        _ => Fault::Data,
     }
 }
 
@@ -122,18 +192,40 @@ impl Store {
     /// Applies pending migrations (safe to run from several processes at once:
     /// sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        match MIGRATOR.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+                let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+                Err(StoreError::NewerSchema { found: v, known })
+            }
+            // Lost the connection while migrating: the server, not the schema.
+            Err(sqlx::migrate::MigrateError::Execute(e)) => Err(StoreError::Sql(e)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes one batch exactly once; see [`write`](self::write) for how.
+    /// Records the database refuses are returned in the outcome, not stored.
     pub async fn write_batch(
         &self,
         group: &str,
         topic: &str,
         batch: &Batch,
     ) -> Result<WriteOutcome, StoreError> {
-        write::write_batch(&self.pool, group, topic, batch).await
+        write::write_batch(&self.pool, group, topic, batch, &|_| Ok(())).await
+    }
+
+    /// [`Store::write_batch`], handing the refused records to `before_commit`
+    /// inside the transaction, before it commits (ingest dead-letters them
+    /// there); if it fails, nothing is committed.
+    pub async fn write_batch_with(
+        &self,
+        group: &str,
+        topic: &str,
+        batch: &Batch,
+        before_commit: BeforeCommit<'_>,
+    ) -> Result<WriteOutcome, StoreError> {
+        write::write_batch(&self.pool, group, topic, batch, before_commit).await
     }
 
     /// Next offset to read per partition, as durably stored with the data.

@@ -2,7 +2,9 @@
 //!
 //! One transaction:
 //! 1. drop in-batch repeats and, on a retry, the ids that already exist (one
-//!    indexed probe; the first attempt is optimistic, see [`write_batch`]);
+//!    indexed probe; the first attempt is optimistic, see [`write_batch`]).
+//!    A repeat with the same content is a redelivery and is skipped silently;
+//!    one with *different* content is refused as a conflicting duplicate;
 //! 2. `COPY` the new rows into `transactions` and `sessions` (multi-row
 //!    inserts, as fast as a bulk load);
 //! 3. fold *exactly those new rows* into the rollups, customers and products,
@@ -12,59 +14,116 @@
 //! same ids concurrently, the `COPY` fails on the primary key, the transaction
 //! rolls back, and the retry's probe sees the rows. A replayed batch therefore adds nothing, and a crash
 //! at any point commits all of the batch or none of it.
+//!
+//! ## Poison records
+//! When the database refuses the batch for its data (see [`Fault::Data`]),
+//! the write starts again in *isolation*: the rows are written in halves,
+//! each under a savepoint, and a half that fails is halved again, so `k` bad
+//! rows among `n` cost `O(k log n)` statements. A single row that still fails
+//! is refused with the database's message. The good rows land in order, the
+//! offsets cover the whole batch, and the caller's `before_commit` sees every
+//! refused record before the transaction commits (ingest dead-letters them
+//! there), so a refused record is never both lost and acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
 
 /// Rows to write in one transaction, each with its `(partition, offset)`, and
 /// the next offset of every partition the batch covers.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Sale rows with their `(partition, offset)`.
     pub sales: Vec<(SaleEvent, i32, i64)>,
+    /// Session rows with their `(partition, offset)`.
     pub sessions: Vec<(SessionEvent, i32, i64)>,
     /// `(partition, next offset)`.
     pub offsets: Vec<(i32, i64)>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// DLQ kind of a record the database refused.
+pub const REJECTED_BY_DATABASE: &str = "rejected-by-database";
+/// DLQ kind of a record whose id is stored already with different content.
+pub const CONFLICTING_DUPLICATE: &str = "conflicting-duplicate";
+
+/// A record of a batch that was not stored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// [`REJECTED_BY_DATABASE`] or [`CONFLICTING_DUPLICATE`].
+    pub kind: &'static str,
+    /// The database's message, or which fields differ.
+    pub reason: String,
+}
+
+/// What one batch write did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Sale rows newly inserted (the rest were duplicates).
     pub sales: u64,
     /// Session rows newly inserted.
     pub sessions: u64,
+    /// Identical redeliveries, skipped.
+    pub duplicates: u64,
+    /// Records refused (already handed to `before_commit`).
+    pub refused: Vec<Refused>,
 }
 
 const UNIQUE_VIOLATION: &str = "23505";
 const RACE_RETRIES: u32 = 5;
 
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sql(sqlx::Error::Database(d)) if d.code().as_deref() == Some(UNIQUE_VIOLATION))
+}
+
+/// Called with the refused records before the transaction commits; an error
+/// rolls the whole batch back (nothing is committed, the caller retries).
+pub type BeforeCommit<'a> = &'a (dyn Fn(&[Refused]) -> Result<(), String> + Sync);
+
 /// Writes `batch` exactly once; see the module docs.
 ///
 /// The first attempt is optimistic: it skips the existence probe, since
 /// duplicates only arise on redelivery. If the primary key rejects a row, the
-/// transaction rolls back and the batch is retried with the probe.
+/// transaction rolls back and the batch is retried with the probe. If the
+/// database refuses the data, the batch is retried in isolation.
 pub async fn write_batch(
     pool: &sqlx::PgPool,
     group: &str,
     topic: &str,
     batch: &Batch,
+    before_commit: BeforeCommit<'_>,
 ) -> Result<WriteOutcome, StoreError> {
     let mut attempt = 0;
+    let mut isolate = false;
     loop {
         let mut tx = pool.begin().await?;
-        match write_in(&mut tx, group, topic, batch, attempt > 0).await {
+        match write_in(
+            &mut tx,
+            group,
+            topic,
+            batch,
+            attempt > 0 || isolate,
+            isolate,
+        )
+        .await
+        {
             Ok(out) => {
+                if !out.refused.is_empty() {
+                    // On error `tx` is dropped here, which rolls it back.
+                    before_commit(&out.refused).map_err(StoreError::BeforeCommit)?;
+                }
                 tx.commit().await?;
                 return Ok(out);
             }
-            Err(StoreError::Sql(sqlx::Error::Database(e)))
-                if e.code().as_deref() == Some(UNIQUE_VIOLATION) && attempt < RACE_RETRIES =>
-            {
+            Err(e) if is_unique_violation(&e) && attempt < RACE_RETRIES => {
                 // Some rows exist already (redelivery, or another writer
                 // inserted them concurrently): retry, skipping them.
                 attempt += 1;
@@ -72,6 +131,14 @@ pub async fn write_batch(
                     attempt,
                     "batch holds rows that exist already; retrying with a probe"
                 );
+            }
+            Err(e) if !isolate && !is_unique_violation(&e) && e.fault() == Fault::Data => {
+                tracing::warn!(
+                    error = %e,
+                    records = batch.sales.len() + batch.sessions.len(),
+                    "the database refused a batch for its data; isolating the records it refuses"
+                );
+                isolate = true;
             }
             Err(e) => return Err(e),
         }
@@ -84,43 +151,323 @@ async fn write_in(
     topic: &str,
     batch: &Batch,
     probe: bool,
+    isolate: bool,
 ) -> Result<WriteOutcome, StoreError> {
-    let (existing_tx, existing_sessions) = if probe {
-        existing_ids(tx, batch).await?
+    let (stored_sales, stored_sessions) = if probe {
+        stored_rows(tx, batch).await?
     } else {
         Default::default()
     };
-    let mut seen_tx: HashSet<Uuid> = existing_tx;
-    let sales: Vec<&(SaleEvent, i32, i64)> = batch
-        .sales
-        .iter()
-        .filter(|(s, _, _)| seen_tx.insert(s.transaction_id))
-        .collect();
-    let mut seen_sessions: HashSet<&str> = existing_sessions.iter().map(String::as_str).collect();
-    let sessions: Vec<&(SessionEvent, i32, i64)> = batch
-        .sessions
-        .iter()
-        .filter(|(s, _, _)| seen_sessions.insert(s.session_id.as_str()))
-        .collect();
+    let mut out = WriteOutcome::default();
 
-    if !sales.is_empty() {
-        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(&sales)).await?;
+    // First occurrence of each id in this batch (by index).
+    let mut first_sale: HashMap<Uuid, usize> = HashMap::with_capacity(batch.sales.len());
+    let mut sales: Vec<&(SaleEvent, i32, i64)> = Vec::with_capacity(batch.sales.len());
+    for (i, row) in batch.sales.iter().enumerate() {
+        let (s, p, o) = row;
+        let earlier = match stored_sales.get(&s.transaction_id) {
+            Some(stored) => Some(stored.clone()),
+            None => first_sale
+                .get(&s.transaction_id)
+                .and_then(|j| batch.sales.get(*j))
+                .map(|(e, _, _)| StoredSale::of(e)),
+        };
+        match earlier {
+            None => {
+                first_sale.insert(s.transaction_id, i);
+                sales.push(row);
+            }
+            Some(earlier) => {
+                let differ = earlier.differences(&StoredSale::of(s));
+                if differ.is_empty() {
+                    out.duplicates += 1;
+                } else {
+                    out.refused.push(conflict(
+                        *p,
+                        *o,
+                        "transaction_id",
+                        &s.transaction_id.to_string(),
+                        &differ,
+                    ));
+                }
+            }
+        }
     }
-    if !sessions.is_empty() {
-        copy_in(tx, COPY_SESSIONS, &encode_sessions(&sessions)).await?;
+    let mut first_session: HashMap<&str, usize> = HashMap::with_capacity(batch.sessions.len());
+    let mut sessions: Vec<&(SessionEvent, i32, i64)> = Vec::with_capacity(batch.sessions.len());
+    for (i, row) in batch.sessions.iter().enumerate() {
+        let (s, p, o) = row;
+        let earlier = match stored_sessions.get(&s.session_id) {
+            Some(stored) => Some(stored.clone()),
+            None => first_session
+                .get(s.session_id.as_str())
+                .and_then(|j| batch.sessions.get(*j))
+                .map(|(e, _, _)| StoredSession::of(e)),
+        };
+        match earlier {
+            None => {
+                first_session.insert(&s.session_id, i);
+                sessions.push(row);
+            }
+            Some(earlier) => {
+                let differ = earlier.differences(&StoredSession::of(s));
+                if differ.is_empty() {
+                    out.duplicates += 1;
+                } else {
+                    out.refused
+                        .push(conflict(*p, *o, "session_id", &s.session_id, &differ));
+                }
+            }
+        }
     }
-    let agg = Aggregates::of(&sales, &sessions);
-    agg.upsert(tx, group, topic, &batch.offsets).await?;
-    Ok(WriteOutcome {
-        sales: sales.len() as u64,
-        sessions: sessions.len() as u64,
-    })
+
+    if isolate {
+        let written =
+            write_isolating(tx, &sales, &sessions, group, topic, &mut out.refused).await?;
+        out.sales = written.0;
+        out.sessions = written.1;
+        Aggregates::default()
+            .upsert(tx, group, topic, &batch.offsets)
+            .await?;
+    } else {
+        write_rows(tx, &sales, &sessions, group, topic, &batch.offsets).await?;
+        out.sales = sales.len() as u64;
+        out.sessions = sessions.len() as u64;
+    }
+    out.refused.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
 }
 
-async fn existing_ids(
-    conn: &mut PgConnection,
-    batch: &Batch,
-) -> Result<(HashSet<Uuid>, Vec<String>), StoreError> {
+fn conflict(partition: i32, offset: i64, id_field: &str, id: &str, differ: &[&str]) -> Refused {
+    Refused {
+        partition,
+        offset,
+        kind: CONFLICTING_DUPLICATE,
+        reason: format!(
+            "{id_field} {id:?} is stored already with different content ({} differ); \
+             the stored record is kept",
+            differ.join(", ")
+        ),
+    }
+}
+
+/// COPYs `sales` and `sessions` and folds them into the rollups (and the
+/// offsets, when given).
+async fn write_rows(
+    tx: &mut PgConnection,
+    sales: &[&(SaleEvent, i32, i64)],
+    sessions: &[&(SessionEvent, i32, i64)],
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), StoreError> {
+    if !sales.is_empty() {
+        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(sales)).await?;
+    }
+    if !sessions.is_empty() {
+        copy_in(tx, COPY_SESSIONS, &encode_sessions(sessions)).await?;
+    }
+    Aggregates::of(sales, sessions)
+        .upsert(tx, group, topic, offsets)
+        .await
+}
+
+/// Writes the rows in order, halving every part the database refuses for its
+/// data until the refused rows stand alone; returns how many sales and
+/// sessions were written and adds the others to `refused`.
+async fn write_isolating(
+    tx: &mut PgConnection,
+    sales: &[&(SaleEvent, i32, i64)],
+    sessions: &[&(SessionEvent, i32, i64)],
+    group: &str,
+    topic: &str,
+    refused: &mut Vec<Refused>,
+) -> Result<(u64, u64), StoreError> {
+    // Rows are numbered sales first, then sessions; a part is a range.
+    let n = sales.len() + sessions.len();
+    let part = |lo: usize, hi: usize| {
+        let s = sales
+            .get(lo.min(sales.len())..hi.min(sales.len()))
+            .unwrap_or_default();
+        let m = sessions
+            .get(lo.saturating_sub(sales.len())..hi.saturating_sub(sales.len()))
+            .unwrap_or_default();
+        (s, m)
+    };
+    let mut written = (0u64, 0u64);
+    let mut todo = vec![(0, n)];
+    let mut statements = 0u32;
+    while let Some((lo, hi)) = todo.pop() {
+        if lo >= hi {
+            continue;
+        }
+        let (s, m) = part(lo, hi);
+        sqlx::query("SAVEPOINT isolate").execute(&mut *tx).await?;
+        statements += 1;
+        match write_rows(tx, s, m, group, topic, &[]).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT isolate")
+                    .execute(&mut *tx)
+                    .await?;
+                written.0 += s.len() as u64;
+                written.1 += m.len() as u64;
+            }
+            Err(e) if e.fault() == Fault::Data && !is_unique_violation(&e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT isolate")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT isolate")
+                    .execute(&mut *tx)
+                    .await?;
+                if hi - lo == 1 {
+                    let (partition, offset) = match (s.first(), m.first()) {
+                        (Some((_, p, o)), _) | (None, Some((_, p, o))) => (*p, *o),
+                        (None, None) => continue,
+                    };
+                    tracing::warn!(partition, offset, error = %e, "record refused by the database");
+                    refused.push(Refused {
+                        partition,
+                        offset,
+                        kind: REJECTED_BY_DATABASE,
+                        reason: e.database_message(),
+                    });
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    // Left half first: rows land in their order.
+                    todo.push((mid, hi));
+                    todo.push((lo, mid));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(
+        rows = n,
+        refused = refused.len(),
+        statements,
+        "batch isolated"
+    );
+    Ok(written)
+}
+
+/// A sale as stored: what a redelivery is compared on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredSale {
+    occurred_at_us: i64,
+    customer_id: String,
+    session_id: String,
+    product_id: String,
+    category: String,
+    quantity: i32,
+    unit_price: i64,
+    discount: i64,
+    total_amount: i64,
+    currency: String,
+    payment_method: String,
+    status: String,
+    region: String,
+    country: String,
+    channel: String,
+}
+
+impl StoredSale {
+    fn of(s: &SaleEvent) -> Self {
+        Self {
+            occurred_at_us: s.occurred_at.timestamp_micros(),
+            customer_id: s.customer_id.clone(),
+            session_id: s.session_id.clone(),
+            product_id: s.product_id.clone(),
+            category: s.category.clone(),
+            quantity: s.quantity,
+            unit_price: to_cents(s.unit_price),
+            discount: to_cents(s.discount),
+            total_amount: to_cents(s.total_amount),
+            currency: s.currency.clone(),
+            payment_method: s.payment_method.clone(),
+            status: s.status.as_str().to_owned(),
+            region: s.region.clone(),
+            country: s.country.clone(),
+            channel: s.channel.as_str().to_owned(),
+        }
+    }
+
+    /// Names of the fields that differ.
+    fn differences(&self, o: &Self) -> Vec<&'static str> {
+        let checks = [
+            ("occurred_at", self.occurred_at_us == o.occurred_at_us),
+            ("customer_id", self.customer_id == o.customer_id),
+            ("session_id", self.session_id == o.session_id),
+            ("product_id", self.product_id == o.product_id),
+            ("category", self.category == o.category),
+            ("quantity", self.quantity == o.quantity),
+            ("unit_price", self.unit_price == o.unit_price),
+            ("discount", self.discount == o.discount),
+            ("total_amount", self.total_amount == o.total_amount),
+            ("currency", self.currency == o.currency),
+            ("payment_method", self.payment_method == o.payment_method),
+            ("status", self.status == o.status),
+            ("region", self.region == o.region),
+            ("country", self.country == o.country),
+            ("channel", self.channel == o.channel),
+        ];
+        checks
+            .iter()
+            .filter(|(_, same)| !same)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+}
+
+/// A session as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredSession {
+    customer_id: String,
+    started_at_us: i64,
+    ended_at_us: i64,
+    region: String,
+    country: String,
+    channel: String,
+    page_views: i32,
+    orders: i32,
+}
+
+impl StoredSession {
+    fn of(s: &SessionEvent) -> Self {
+        Self {
+            customer_id: s.customer_id.clone(),
+            started_at_us: s.started_at.timestamp_micros(),
+            ended_at_us: s.ended_at.timestamp_micros(),
+            region: s.region.clone(),
+            country: s.country.clone(),
+            channel: s.channel.as_str().to_owned(),
+            page_views: s.page_views,
+            orders: s.orders,
+        }
+    }
+
+    fn differences(&self, o: &Self) -> Vec<&'static str> {
+        let checks = [
+            ("customer_id", self.customer_id == o.customer_id),
+            ("started_at", self.started_at_us == o.started_at_us),
+            ("ended_at", self.ended_at_us == o.ended_at_us),
+            ("region", self.region == o.region),
+            ("country", self.country == o.country),
+            ("channel", self.channel == o.channel),
+            ("page_views", self.page_views == o.page_views),
+            ("orders", self.orders == o.orders),
+        ];
+        checks
+            .iter()
+            .filter(|(_, same)| !same)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+}
+
+type StoredRows = (HashMap<Uuid, StoredSale>, HashMap<String, StoredSession>);
+
+/// The stored rows with the batch's ids (one indexed probe per table).
+async fn stored_rows(conn: &mut PgConnection, batch: &Batch) -> Result<StoredRows, StoreError> {
     let tx_ids: Vec<Uuid> = batch
         .sales
         .iter()
@@ -131,26 +478,69 @@ async fn existing_ids(
         .iter()
         .map(|(s, _, _)| s.session_id.as_str())
         .collect();
-    let rows = sqlx::query(
-        "SELECT transaction_id, NULL::text FROM transactions WHERE transaction_id = ANY($1) \
-         UNION ALL \
-         SELECT NULL::uuid, session_id FROM sessions WHERE session_id = ANY($2)",
-    )
-    .bind(tx_ids)
-    .bind(session_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut txs = HashSet::new();
-    let mut sessions = Vec::new();
-    for r in rows {
-        if let Some(id) = r.try_get::<Option<Uuid>, _>(0)? {
-            txs.insert(id);
-        }
-        if let Some(id) = r.try_get::<Option<String>, _>(1)? {
-            sessions.push(id);
+    let mut sales = HashMap::new();
+    if !tx_ids.is_empty() {
+        let rows = sqlx::query(
+            "SELECT transaction_id, (extract(epoch FROM occurred_at) * 1000000)::int8, customer_id,
+                    session_id, product_id, category, quantity, (unit_price * 100)::int8,
+                    (discount * 100)::int8, (total_amount * 100)::int8, currency::text,
+                    payment_method, status, region, country::text, channel
+             FROM transactions WHERE transaction_id = ANY($1)",
+        )
+        .bind(tx_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            sales.insert(
+                r.try_get::<Uuid, _>(0)?,
+                StoredSale {
+                    occurred_at_us: r.try_get(1)?,
+                    customer_id: r.try_get(2)?,
+                    session_id: r.try_get(3)?,
+                    product_id: r.try_get(4)?,
+                    category: r.try_get(5)?,
+                    quantity: r.try_get(6)?,
+                    unit_price: r.try_get(7)?,
+                    discount: r.try_get(8)?,
+                    total_amount: r.try_get(9)?,
+                    currency: r.try_get(10)?,
+                    payment_method: r.try_get(11)?,
+                    status: r.try_get(12)?,
+                    region: r.try_get(13)?,
+                    country: r.try_get(14)?,
+                    channel: r.try_get(15)?,
+                },
+            );
         }
     }
-    Ok((txs, sessions))
+    let mut sessions = HashMap::new();
+    if !session_ids.is_empty() {
+        let rows = sqlx::query(
+            "SELECT session_id, customer_id, (extract(epoch FROM started_at) * 1000000)::int8,
+                    (extract(epoch FROM ended_at) * 1000000)::int8, region, country::text, channel,
+                    page_views, orders
+             FROM sessions WHERE session_id = ANY($1)",
+        )
+        .bind(session_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            sessions.insert(
+                r.try_get::<String, _>(0)?,
+                StoredSession {
+                    customer_id: r.try_get(1)?,
+                    started_at_us: r.try_get(2)?,
+                    ended_at_us: r.try_get(3)?,
+                    region: r.try_get(4)?,
+                    country: r.try_get(5)?,
+                    channel: r.try_get(6)?,
+                    page_views: r.try_get(7)?,
+                    orders: r.try_get(8)?,
+                },
+            );
+        }
+    }
+    Ok((sales, sessions))
 }
 
 async fn copy_in(conn: &mut PgConnection, statement: &str, data: &[u8]) -> Result<(), StoreError> {

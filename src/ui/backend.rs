@@ -117,6 +117,8 @@ pub struct Telemetry {
     /// Generation rate setting when running (`None` inside = unlimited).
     pub rate: Option<Option<f64>>,
     pub counters: Counters,
+    /// Whether ingest writes succeed or are being retried.
+    pub ingest: crate::pipeline::ingest::IngestHealth,
     pub lag: Result<Vec<(i32, i64)>, String>,
     pub pool_open: u32,
     pub pool_idle: u32,
@@ -976,6 +978,7 @@ async fn telemetry(
         state,
         rate: live.rate(),
         counters: live.counters(),
+        ingest: live.ingest_health(),
         lag,
         pool_open: pool.size(),
         pool_idle: pool.num_idle() as u32,

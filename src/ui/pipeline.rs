@@ -106,6 +106,14 @@ impl App {
                         ui.colored_label(RED, format!("failed {}", count(c.produce_failed as f64)));
                     }
                 });
+                if let crate::pipeline::ingest::IngestHealth::Degraded { for_secs, reason } =
+                    &t.ingest
+                {
+                    ui.colored_label(
+                        AMBER,
+                        format!("ingest degraded for {for_secs} s, retrying on its own: {reason}"),
+                    );
+                }
                 ui.add_space(6.0);
                 ui.horizontal_wrapped(|ui| {
                     type Get = fn(&super::model::Sample) -> u64;

@@ -1,0 +1,1001 @@
+//! `salespulse chaos`: a fault suite a user runs on their own machine.
+//!
+//! It starts private instances of everything — a PostgreSQL cluster (the
+//! machine's `initdb`/`pg_ctl`), a tansu broker on SQLite (out of process,
+//! durable across `kill -9`) and a Redis server — produces generated events
+//! with poison records mixed in, runs `salespulse ingest` as child
+//! processes, and while they work:
+//! - SIGKILLs an ingest process at a random moment and starts it again;
+//! - restarts PostgreSQL with fast and with immediate shutdown;
+//! - SIGKILLs the broker and starts it again on the same storage;
+//! then, with everything drained, stops and starts Redis while views are
+//! served (answers must stay correct: uncached while it is away, cached
+//! again once it is back).
+//!
+//! Afterwards it checks that every valid record is stored exactly once,
+//! every poison record is in the dead-letter topic and nothing else is,
+//! and every rollup, customer and product row equals its recomputation; it
+//! reports those figures and the recovery time of each fault (fault →
+//! ingest committing again), p50 and max.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::analytics::request::{TimeRange, ViewKind, ViewRequest};
+use crate::analytics::{Analytics, LoadMode};
+use crate::bus::{self, EventProducer, ProducerConfig};
+use crate::cache::{FrameCache, Outcome};
+use crate::event::Event;
+use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::store::{EmbeddedPostgres, Store};
+
+/// What to do to the pipeline.
+#[derive(Clone, Debug)]
+pub struct ChaosOptions {
+    /// Events produced per second while faults are injected.
+    pub rate: f64,
+    /// One poison record after this many valid events.
+    pub poison_every: u64,
+    /// SIGKILLs of an ingest process.
+    pub ingest_kills: usize,
+    /// PostgreSQL restarts, alternating fast and immediate shutdown.
+    pub postgres_restarts: usize,
+    /// SIGKILLs (and restarts) of the broker.
+    pub broker_restarts: usize,
+    /// Redis stops and starts while views are served.
+    pub redis_restarts: usize,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Seed of the events and of the fault schedule.
+    pub seed: u64,
+    /// Where the private services keep their data (a fresh folder by default).
+    pub work_dir: Option<PathBuf>,
+    /// The `salespulse` binary that runs ingest (default: this one).
+    pub salespulse: Option<PathBuf>,
+    /// The `tansu` binary (default: `TANSU_BIN`, `~/.cargo/bin/tansu`, `tansu`).
+    pub tansu: Option<PathBuf>,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        Self {
+            rate: 1_000.0,
+            poison_every: 250,
+            ingest_kills: 100,
+            postgres_restarts: 6,
+            broker_restarts: 6,
+            redis_restarts: 3,
+            partitions: 3,
+            seed: 1,
+            work_dir: None,
+            salespulse: None,
+            tansu: None,
+        }
+    }
+}
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// `kill -9` of an ingest process, then a new one.
+    IngestKill,
+    /// `pg_ctl restart -m fast`.
+    PostgresFast,
+    /// `pg_ctl restart -m immediate` (crash recovery on start).
+    PostgresImmediate,
+    /// `kill -9` of the broker, then a new one on the same storage.
+    BrokerKill,
+    /// Redis stopped and started while views are served.
+    RedisRestart,
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultKind::IngestKill => "ingest SIGKILL",
+            FaultKind::PostgresFast => "PostgreSQL restart (fast)",
+            FaultKind::PostgresImmediate => "PostgreSQL restart (immediate)",
+            FaultKind::BrokerKill => "broker SIGKILL",
+            FaultKind::RedisRestart => "Redis stop/start",
+        })
+    }
+}
+
+/// Recovery times of one kind of fault.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Recovery {
+    /// Faults injected.
+    pub faults: usize,
+    /// Faults after which the pipeline did not recover in time.
+    pub unrecovered: usize,
+    /// Median recovery, in ms.
+    pub p50_ms: u64,
+    /// Slowest recovery, in ms.
+    pub max_ms: u64,
+}
+
+/// What a chaos run did and found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChaosReport {
+    /// Valid events produced (each a distinct record).
+    pub produced_valid: u64,
+    /// Poison records produced.
+    pub produced_poison: u64,
+    /// Rows stored (transactions + sessions).
+    pub stored: u64,
+    /// Distinct poison records in the dead-letter topic.
+    pub dead_lettered: u64,
+    /// DLQ records beyond one per poison record (redeliveries after a crash
+    /// between the DLQ write and the commit).
+    pub dead_letter_repeats: u64,
+    /// Valid events not stored plus poison records not dead-lettered.
+    pub lost: u64,
+    /// Rows stored more than once.
+    pub duplicated: u64,
+    /// Stored rows or DLQ records that were never produced.
+    pub unexpected: u64,
+    /// Derived tables that differ from their recomputation.
+    pub inconsistent_tables: Vec<String>,
+    /// View answers that differed from an uncached computation.
+    pub wrong_answers: u64,
+    /// View answers checked during the Redis faults.
+    pub answers_checked: u64,
+    /// Per kind of fault.
+    pub recovery: BTreeMap<FaultKind, Recovery>,
+    /// Every recovery, in ms, in the order the faults came (`None`: none).
+    pub recoveries_ms: Vec<(FaultKind, Option<u64>)>,
+    /// Wall time of the run, in seconds.
+    pub seconds: f64,
+}
+
+impl ChaosReport {
+    /// Whether nothing was lost, duplicated or wrong, and every fault was
+    /// recovered from.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.unexpected == 0
+            && self.inconsistent_tables.is_empty()
+            && self.wrong_answers == 0
+            && self.recovery.values().all(|r| r.unrecovered == 0)
+    }
+
+    /// Faults injected, all kinds.
+    pub fn faults(&self) -> usize {
+        self.recovery.values().map(|r| r.faults).sum()
+    }
+}
+
+impl fmt::Display for ChaosReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "chaos: {} faults survived in {:.0} s: {}",
+            self.faults(),
+            self.seconds,
+            if self.passed() { "PASSED" } else { "FAILED" }
+        )?;
+        writeln!(
+            f,
+            "  produced {} valid + {} poison; stored {}, dead-lettered {} (+{} repeats)",
+            self.produced_valid,
+            self.produced_poison,
+            self.stored,
+            self.dead_lettered,
+            self.dead_letter_repeats
+        )?;
+        writeln!(
+            f,
+            "  lost {}, duplicated {}, unexpected {}, inconsistent tables {}, wrong answers {} of {}",
+            self.lost,
+            self.duplicated,
+            self.unexpected,
+            self.inconsistent_tables.len(),
+            self.wrong_answers,
+            self.answers_checked
+        )?;
+        for t in &self.inconsistent_tables {
+            writeln!(f, "    {t}")?;
+        }
+        writeln!(f, "  recovery (fault -> progressing again):")?;
+        for (k, r) in &self.recovery {
+            writeln!(
+                f,
+                "    {k:<32} x{:<4} p50 {:>6} ms  max {:>6} ms{}",
+                r.faults,
+                r.p50_ms,
+                r.max_ms,
+                if r.unrecovered > 0 {
+                    format!("  ({} NOT recovered)", r.unrecovered)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn find_tansu(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_owned();
+    }
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cargo_bin = home.join(".cargo/bin/tansu");
+    if cargo_bin.is_file() {
+        cargo_bin
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        if let Some(c) = &mut self.0 {
+            #[cfg(unix)]
+            // SAFETY: a plain signal to our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let until = Instant::now() + grace;
+            while Instant::now() < until {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    self.0 = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
+    fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .with_context(|| format!("opening {}", dir.join(name).display()))
+}
+
+/// The broker: tansu on SQLite in its own folder.
+struct Broker {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    proc: Proc,
+}
+
+impl Broker {
+    fn start(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut b = Self {
+            bin,
+            dir,
+            port: free_port()?,
+            proc: Proc(None),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // tansu resolves absolute SQLite paths wrongly: a relative one,
+            // run from its folder.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, "tansu.log")?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting tansu ({}); install it with `cargo install tansu --version 0.6.0 \
+                     --locked --features dynostore,postgres,libsql` or set TANSU_BIN",
+                    self.bin.display()
+                )
+            })?;
+        self.proc = Proc(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bus::ping(&self.brokers(), Duration::from_secs(1)).is_err() {
+            if Instant::now() > deadline || self.proc.exited() {
+                bail!("tansu did not come up on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        self.spawn()
+    }
+}
+
+/// A private Redis server.
+struct Redis {
+    dir: PathBuf,
+    port: u16,
+    proc: Proc,
+}
+
+impl Redis {
+    fn start(dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut r = Self {
+            dir,
+            port: free_port()?,
+            proc: Proc(None),
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(&self.dir)
+            .stdout(log_file(&self.dir, "redis.log")?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is Redis installed? see README)")?;
+        self.proc = Proc(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline || self.proc.exited() {
+                bail!("redis-server did not come up on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// `salespulse ingest` as a child process.
+struct Ingest {
+    exe: PathBuf,
+    env: Vec<(&'static str, String)>,
+    dir: PathBuf,
+    proc: Proc,
+}
+
+impl Ingest {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut c = Command::new(&self.exe);
+        c.arg("ingest")
+            .env_remove("SALESPULSE_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, "ingest.log")?);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        self.proc = Proc(Some(c.spawn().context("starting salespulse ingest")?));
+        Ok(())
+    }
+}
+
+/// What the producer sent.
+#[derive(Default)]
+struct Produced {
+    sales: HashSet<Uuid>,
+    sessions: u64,
+    poison: HashSet<String>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `n`-th poison record: each kind of bad input ingest must
+/// dead-letter, each payload unique.
+fn poison(n: u64, last_sale: Option<&crate::event::SaleEvent>) -> Vec<u8> {
+    let Some(sale) = last_sale else {
+        return format!("{{\"type\":\"sale\",\"broken\":{n}").into_bytes();
+    };
+    let mut s = sale.clone();
+    match n % 6 {
+        0 => format!("{{\"type\":\"sale\",\"broken\":{n}").into_bytes(),
+        1 => {
+            s.transaction_id = Uuid::new_v4();
+            s.category = format!("Books\u{0}Evil{n}");
+            Event::Sale(s).to_json()
+        }
+        2 => {
+            s.transaction_id = Uuid::new_v4();
+            s.quantity = 10_000;
+            s.unit_price = 1_000_000.0;
+            s.discount = 0.0;
+            s.total_amount = 1e10;
+            s.product_name = format!("overflow {n}");
+            Event::Sale(s).to_json()
+        }
+        3 => {
+            // Too large for the DLQ: it goes there truncated.
+            let mut b = format!("{{\"type\":\"sale\",\"n\":{n},\"junk\":\"").into_bytes();
+            b.resize(200_000, b'x');
+            b
+        }
+        4 => {
+            // The id of a stored sale with other content.
+            s.quantity += 1;
+            s.total_amount += s.unit_price;
+            Event::Sale(s).to_json()
+        }
+        _ => {
+            s.transaction_id = Uuid::new_v4();
+            s.occurred_at = chrono::Utc::now() + chrono::Duration::hours(23);
+            s.product_name = format!("from the future {n}");
+            Event::Sale(s).to_json()
+        }
+    }
+}
+
+/// Produces at `rate` until `stop`, one poison record after every
+/// `poison_every` valid ones; flushes at the end.
+fn produce(
+    producer: &EventProducer,
+    seed: u64,
+    rate: f64,
+    poison_every: u64,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> anyhow::Result<Produced> {
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    let mut g = Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start))?;
+    let mut out = Produced::default();
+    let mut last_sale = None;
+    let pacer = super::Pacer::new(Some(rate));
+    let mut n = 0u64;
+    let mut poisoned = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = pacer.delay_for(n);
+        if !wait.is_zero() {
+            std::thread::sleep(wait.min(Duration::from_millis(50)));
+            continue;
+        }
+        n += 1;
+        if n % poison_every.max(1) == 0 {
+            let p = poison(poisoned, last_sale.as_ref());
+            poisoned += 1;
+            let key = last_sale
+                .as_ref()
+                .map(|s: &crate::event::SaleEvent| s.customer_id.clone())
+                .unwrap_or_default();
+            producer.send(key.as_bytes(), &p)?;
+            out.poison.insert(sha256_hex(&p));
+        } else {
+            let e = g.next_event();
+            // Events stamped after now would be (rightly) dead-lettered.
+            if e.timestamp() > chrono::Utc::now() {
+                bail!("the generated history reached the present; lower --rate");
+            }
+            producer.send(e.customer_id().as_bytes(), &e.to_json())?;
+            match e {
+                Event::Sale(s) => {
+                    out.sales.insert(s.transaction_id);
+                    last_sale = Some(s);
+                }
+                Event::Session(_) => out.sessions += 1,
+            }
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    producer.flush(Duration::from_secs(600))?;
+    Ok(out)
+}
+
+async fn committed(store: &Store, group: &str, topic: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(next_offset)::int8 FROM ingest_offsets WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_one(store.pool())
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(-1)
+}
+
+/// Waits until ingest commits past what it had committed when called;
+/// `None` after `timeout`.
+async fn progress_after(
+    store: &Store,
+    group: &str,
+    topic: &str,
+    started: Instant,
+    timeout: Duration,
+) -> Option<Duration> {
+    let mut base = committed(store, group, topic).await;
+    while started.elapsed() < timeout {
+        let now = committed(store, group, topic).await;
+        if base < 0 {
+            // The database was not answering yet: take the first answer.
+            base = now;
+        } else if now > base {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+/// Every DLQ record: (sha256 header, kind header).
+fn read_dlq(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<(String, String)>> {
+    let ends = bus::end_offsets(brokers, topic)?;
+    let consumer: BaseConsumer = bus::base_config(brokers)
+        .set("group.id", format!("chaos-dlq-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let want: i64 = ends.iter().map(|e| e.1).sum();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut sha = String::new();
+            let mut kind = String::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                    match h.key {
+                        "salespulse.payload.sha256" => sha = v,
+                        "salespulse.error.kind" => kind = v,
+                        _ => {}
+                    }
+                }
+            }
+            out.push((sha, kind));
+        }
+    }
+    if (out.len() as i64) < want {
+        bail!("read {} of {want} DLQ records", out.len());
+    }
+    Ok(out)
+}
+
+fn summarize(recoveries: &[(FaultKind, Option<u64>)]) -> BTreeMap<FaultKind, Recovery> {
+    let mut by: BTreeMap<FaultKind, Vec<Option<u64>>> = BTreeMap::new();
+    for (k, r) in recoveries {
+        by.entry(*k).or_default().push(*r);
+    }
+    by.into_iter()
+        .map(|(k, v)| {
+            let mut ok: Vec<u64> = v.iter().flatten().copied().collect();
+            ok.sort_unstable();
+            let r = Recovery {
+                faults: v.len(),
+                unrecovered: v.len() - ok.len(),
+                p50_ms: ok.get(ok.len() / 2).copied().unwrap_or(0),
+                max_ms: ok.last().copied().unwrap_or(0),
+            };
+            (k, r)
+        })
+        .collect()
+}
+
+/// Views compared with an uncached computation during the Redis faults.
+fn checked_views() -> Vec<ViewRequest> {
+    [
+        ViewKind::Kpis,
+        ViewKind::CategoryPerformance,
+        ViewKind::PaymentMix,
+    ]
+    .into_iter()
+    .map(|v| ViewRequest::new(v).with_range(TimeRange::All))
+    .collect()
+}
+
+/// Serves the checked views once through the cache; returns the outcomes
+/// and how many answers differed from `truth`.
+async fn serve_views(
+    cached: &Analytics,
+    truth: &[polars::prelude::DataFrame],
+) -> (Vec<Outcome>, u64) {
+    let mut outcomes = Vec::new();
+    let mut wrong = 0;
+    for (req, want) in checked_views().iter().zip(truth) {
+        match cached.view(req).await {
+            Ok(r) => {
+                if !r.frame.equals_missing(want) {
+                    wrong += 1;
+                }
+                outcomes.push(r.outcome);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "view failed during a Redis fault");
+                wrong += 1;
+            }
+        }
+    }
+    (outcomes, wrong)
+}
+
+/// Runs the suite; see the module docs.
+pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let (_keep, root) = match &opts.work_dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile_dir()?;
+            let p = t.clone();
+            (Some(TempDir(t)), p)
+        }
+    };
+    std::fs::create_dir_all(&root)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The embedded cluster runs as `postgres` when we are root: it must
+        // be able to reach its folder.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+    }
+    tracing::info!(dir = %root.display(), "chaos: starting private PostgreSQL, tansu and Redis");
+    let pg = EmbeddedPostgres::ensure(Some(&root.join("pg")), free_port()?)
+        .await
+        .context("starting a private PostgreSQL cluster")?;
+    let tansu_bin = find_tansu(opts.tansu.as_deref());
+    let broker_dir = root.join("tansu");
+    let mut broker =
+        tokio::task::spawn_blocking(move || Broker::start(tansu_bin, broker_dir)).await??;
+    let mut redis = Redis::start(root.join("redis"))?;
+    let brokers = broker.brokers();
+
+    let cfg = crate::config::Config {
+        kafka_brokers: Some(brokers.clone()),
+        database_url: Some(pg.url.clone()),
+        redis_url: redis.url(),
+        partitions: opts.partitions,
+        group_id: format!("chaos-{}", opts.seed),
+        ..crate::config::Config::default()
+    };
+    let store = Store::connect(&pg.url, 4, Duration::from_secs(30)).await?;
+    store.migrate().await?;
+    bus::ensure_topics(
+        &brokers,
+        &[
+            (cfg.topic.as_str(), cfg.partitions),
+            (cfg.dlq_topic.as_str(), cfg.partitions),
+        ],
+        1,
+    )
+    .await?;
+
+    let exe = match &opts.salespulse {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the salespulse binary")?,
+    };
+    let mut ingest = Ingest {
+        exe,
+        env: vec![
+            ("KAFKA_BROKERS", brokers.clone()),
+            ("DATABASE_URL", pg.url.clone()),
+            ("SALESPULSE_GROUP_ID", cfg.group_id.clone()),
+            ("SALESPULSE_PARTITIONS", cfg.partitions.to_string()),
+            ("SALESPULSE_BATCH_SIZE", "1000".into()),
+            ("SALESPULSE_BATCH_TIMEOUT_MS", "100".into()),
+            ("SALESPULSE_KAFKA_SESSION_TIMEOUT_MS", "3000".into()),
+        ],
+        dir: root.clone(),
+        proc: Proc(None),
+    };
+    ingest.spawn()?;
+
+    // Produce on a thread for as long as the faults go on.
+    let producer = Arc::new(EventProducer::new(
+        &ProducerConfig {
+            brokers: brokers.clone(),
+            linger_ms: 5,
+            idempotence: true,
+            message_timeout_ms: 300_000,
+            max_attempts: 10,
+        },
+        &cfg.topic,
+    )?);
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producing = {
+        let (p, stop, sent) = (
+            Arc::clone(&producer),
+            Arc::clone(&stop_producing),
+            Arc::clone(&sent),
+        );
+        let (seed, rate, every) = (opts.seed, opts.rate, opts.poison_every);
+        tokio::task::spawn_blocking(move || produce(&p, seed, rate, every, &stop, &sent))
+    };
+
+    let mut faults: Vec<FaultKind> = Vec::new();
+    faults.extend(std::iter::repeat_n(
+        FaultKind::IngestKill,
+        opts.ingest_kills,
+    ));
+    for i in 0..opts.postgres_restarts {
+        faults.push(if i % 2 == 0 {
+            FaultKind::PostgresFast
+        } else {
+            FaultKind::PostgresImmediate
+        });
+    }
+    faults.extend(std::iter::repeat_n(
+        FaultKind::BrokerKill,
+        opts.broker_restarts,
+    ));
+    faults.shuffle(&mut rng);
+
+    let group = cfg.group_id.clone();
+    let topic = cfg.topic.clone();
+    let recovery_limit = Duration::from_secs(120);
+    // Ingest is working before the first fault.
+    if progress_after(&store, &group, &topic, Instant::now(), recovery_limit)
+        .await
+        .is_none()
+    {
+        bail!(
+            "ingest made no progress before the first fault; see {}",
+            root.join("ingest.log").display()
+        );
+    }
+    let mut recoveries = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        // Hit it at a random moment of its work.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        let t0 = Instant::now();
+        match fault {
+            FaultKind::IngestKill => {
+                ingest.proc.kill();
+                ingest.spawn()?;
+            }
+            FaultKind::PostgresFast | FaultKind::PostgresImmediate => {
+                let mode = if *fault == FaultKind::PostgresFast {
+                    "fast"
+                } else {
+                    "immediate"
+                };
+                let pg = pg.clone();
+                tokio::task::spawn_blocking(move || pg.restart(mode))
+                    .await?
+                    .with_context(|| format!("restarting PostgreSQL ({mode})"))?;
+            }
+            FaultKind::BrokerKill => {
+                broker =
+                    tokio::task::spawn_blocking(move || broker.kill_and_restart().map(|()| broker))
+                        .await??;
+            }
+            FaultKind::RedisRestart => {}
+        }
+        if ingest.proc.exited() {
+            bail!(
+                "an ingest process exited by itself; see {}",
+                root.join("ingest.log").display()
+            );
+        }
+        let r = progress_after(&store, &group, &topic, t0, recovery_limit).await;
+        let ms = r.map(|d| d.as_millis() as u64);
+        tracing::info!(n = i + 1, of = faults.len(), fault = %fault, recovery_ms = ?ms, "chaos: fault");
+        recoveries.push((*fault, ms));
+    }
+
+    // Drain: stop producing, wait until everything sent is committed.
+    stop_producing.store(true, Ordering::Release);
+    let produced = producing.await??;
+    let targets = producer.stats().delivered_end_offsets();
+    super::wait_for_offsets(&store, &group, &topic, &targets, Duration::from_secs(600))
+        .await
+        .with_context(|| format!("draining; see {}", root.join("ingest.log").display()))?;
+    ingest.proc.terminate(Duration::from_secs(10));
+
+    // Redis faults while views are served, on data that no longer moves.
+    let truth = {
+        let plain = Analytics::new(
+            store.pool().clone(),
+            Arc::new(FrameCache::disabled()),
+            LoadMode::default(),
+        );
+        let mut frames = Vec::new();
+        for req in checked_views() {
+            frames.push(plain.view(&req).await?.frame);
+        }
+        frames
+    };
+    let cached = Analytics::new(
+        store.pool().clone(),
+        Arc::new(FrameCache::new(&redis.url(), Duration::from_secs(3_600))?),
+        LoadMode::default(),
+    );
+    let (mut checked, mut wrong) = (0u64, 0u64);
+    for _ in 0..opts.redis_restarts {
+        let (_, w) = serve_views(&cached, &truth).await;
+        checked += truth.len() as u64;
+        wrong += w;
+        redis.proc.kill();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            let (outcomes, w) = serve_views(&cached, &truth).await;
+            checked += truth.len() as u64;
+            wrong += w;
+            if outcomes.iter().any(|o| *o != Outcome::Bypass) {
+                tracing::warn!(
+                    ?outcomes,
+                    "an answer claimed the cache while Redis was down"
+                );
+                wrong += 1;
+            }
+        }
+        redis.spawn()?;
+        // Cached again: the first answer after the restart is stored, the
+        // next comes from Redis.
+        let mut recovered = None;
+        while t0.elapsed() < recovery_limit {
+            let (outcomes, w) = serve_views(&cached, &truth).await;
+            checked += truth.len() as u64;
+            wrong += w;
+            if outcomes.iter().all(|o| *o == Outcome::Hit) {
+                recovered = Some(t0.elapsed().as_millis() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        recoveries.push((FaultKind::RedisRestart, recovered));
+    }
+
+    // The verdict.
+    let stored_ids: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM transactions")
+        .fetch_all(store.pool())
+        .await?;
+    let stored_sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(store.pool())
+        .await?;
+    let distinct_sessions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT session_id) FROM sessions")
+            .fetch_one(store.pool())
+            .await?;
+    let stored_set: HashSet<Uuid> = stored_ids.iter().copied().collect();
+    let dlq = read_dlq(&brokers, &cfg.dlq_topic, cfg.partitions)?;
+    let mut dlq_set: HashMap<String, u64> = HashMap::new();
+    for (sha, _) in &dlq {
+        *dlq_set.entry(sha.clone()).or_default() += 1;
+    }
+    let missing_sales = produced.sales.difference(&stored_set).count() as u64;
+    let extra_sales = stored_set.difference(&produced.sales).count() as u64;
+    let missing_poison = produced
+        .poison
+        .iter()
+        .filter(|p| !dlq_set.contains_key(*p))
+        .count() as u64;
+    let extra_dlq = dlq_set
+        .keys()
+        .filter(|k| !produced.poison.contains(*k))
+        .count() as u64;
+    let sessions_short = (produced.sessions as i64 - distinct_sessions).max(0) as u64;
+    let sessions_extra = (distinct_sessions - produced.sessions as i64).max(0) as u64;
+    let inconsistent = crate::store::check::derived_tables(&store)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+
+    let report = ChaosReport {
+        produced_valid: produced.sales.len() as u64 + produced.sessions,
+        produced_poison: produced.poison.len() as u64,
+        stored: stored_ids.len() as u64 + stored_sessions as u64,
+        dead_lettered: dlq_set.len() as u64,
+        dead_letter_repeats: dlq.len() as u64 - dlq_set.len() as u64,
+        lost: missing_sales + sessions_short + missing_poison,
+        duplicated: (stored_ids.len() - stored_set.len()) as u64
+            + (stored_sessions - distinct_sessions) as u64,
+        unexpected: extra_sales + sessions_extra + extra_dlq,
+        inconsistent_tables: inconsistent,
+        wrong_answers: wrong,
+        answers_checked: checked,
+        recovery: summarize(&recoveries),
+        recoveries_ms: recoveries,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    store.pool().close().await;
+    let _ = pg.stop();
+    drop(broker);
+    drop(redis);
+    Ok(report)
+}
+
+/// A fresh folder under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("salespulse-chaos-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Removes its folder on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
