@@ -294,7 +294,10 @@ impl Checks {
     }
 
     fn time(&mut self, field: &'static str, t: DateTime<Utc>, now: DateTime<Utc>) {
-        if t > now + self.max_skew {
+        let latest = now
+            .checked_add_signed(self.max_skew)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if t > latest {
             self.fail(
                 field,
                 format!(

@@ -259,8 +259,20 @@ impl EventProducer {
             *q = waiting;
             ready.into_iter().collect()
         };
-        for r in ready {
-            self.enqueue(&r.key, &r.payload, r.attempt, r.headers)?;
+        let mut ready = ready.into_iter();
+        while let Some(r) = ready.next() {
+            if let Err(e) = self.enqueue(&r.key, &r.payload, r.attempt, r.headers.clone()) {
+                // Not sent: it and the rest go back to wait, nothing is dropped.
+                let mut q = self
+                    .inner
+                    .context()
+                    .retries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                q.push_back(r);
+                q.extend(ready);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -286,6 +298,9 @@ impl EventProducer {
             let left = deadline.saturating_duration_since(Instant::now());
             // A flush error here is only a timeout; the loop decides.
             let _ = self.inner.flush(left.min(Duration::from_millis(200)));
+            // In flight first: a failed delivery moves from in flight to the
+            // retry queue, never back.
+            let in_flight = self.inner.in_flight_count();
             let pending_retries = !self
                 .inner
                 .context()
@@ -295,11 +310,11 @@ impl EventProducer {
                 .is_empty();
             if pending_retries {
                 self.resend_ready()?;
-                if self.inner.in_flight_count() == 0 {
+                if in_flight == 0 {
                     // Only retries waiting out their backoff.
                     std::thread::sleep(Duration::from_millis(20));
                 }
-            } else if self.inner.in_flight_count() == 0 {
+            } else if in_flight == 0 {
                 break;
             }
             if Instant::now() >= deadline {

@@ -8,6 +8,7 @@
 //! - SIGKILLs an ingest process at a random moment and starts it again;
 //! - restarts PostgreSQL with fast and with immediate shutdown;
 //! - SIGKILLs the broker and starts it again on the same storage;
+//!
 //! then, with everything drained, stops and starts Redis while views are
 //! served (answers must stay correct: uncached while it is away, cached
 //! again once it is back).
@@ -439,8 +440,18 @@ struct Ingest {
 impl Ingest {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut c = Command::new(&self.exe);
+        // Only what is set here: nothing from the caller's environment or a
+        // salespulse.toml in its folder may point the child elsewhere.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("SALESPULSE_")
+                || ["KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL"].contains(&k.as_ref())
+            {
+                c.env_remove(k.as_ref());
+            }
+        }
         c.arg("ingest")
-            .env_remove("SALESPULSE_CONFIG")
+            .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir, "ingest.log")?);
@@ -456,7 +467,7 @@ impl Ingest {
 #[derive(Default)]
 struct Produced {
     sales: HashSet<Uuid>,
-    sessions: u64,
+    sessions: HashSet<String>,
     poison: HashSet<String>,
 }
 
@@ -519,6 +530,7 @@ fn produce(
     rate: f64,
     poison_every: u64,
     stop: &AtomicBool,
+    abort: &AtomicBool,
     sent: &AtomicU64,
 ) -> anyhow::Result<Produced> {
     let start = chrono::Utc::now() - chrono::Duration::days(30);
@@ -535,7 +547,7 @@ fn produce(
             continue;
         }
         n += 1;
-        if n % poison_every.max(1) == 0 {
+        if n.is_multiple_of(poison_every.max(1)) {
             let p = poison(poisoned, last_sale.as_ref());
             poisoned += 1;
             let key = last_sale
@@ -556,12 +568,14 @@ fn produce(
                     out.sales.insert(s.transaction_id);
                     last_sale = Some(s);
                 }
-                Event::Session(_) => out.sessions += 1,
+                Event::Session(s) => {
+                    out.sessions.insert(s.session_id);
+                }
             }
         }
         sent.fetch_add(1, Ordering::Relaxed);
     }
-    producer.flush(Duration::from_secs(600))?;
+    producer.flush_unless(Duration::from_secs(600), &|| abort.load(Ordering::Relaxed))?;
     Ok(out)
 }
 
@@ -586,9 +600,10 @@ async fn progress_after(
     topic: &str,
     started: Instant,
     timeout: Duration,
+    alive: &mut dyn FnMut() -> bool,
 ) -> Option<Duration> {
     let mut base = committed(store, group, topic).await;
-    while started.elapsed() < timeout {
+    while started.elapsed() < timeout && alive() {
         let now = committed(store, group, topic).await;
         if base < 0 {
             // The database was not answering yet: take the first answer.
@@ -720,6 +735,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let pg = EmbeddedPostgres::ensure(Some(&root.join("pg")), free_port()?)
         .await
         .context("starting a private PostgreSQL cluster")?;
+    let _pg_guard = StopOnDrop(pg.clone());
     let tansu_bin = find_tansu(opts.tansu.as_deref());
     let broker_dir = root.join("tansu");
     let mut broker =
@@ -779,15 +795,22 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         &cfg.topic,
     )?);
     let stop_producing = Arc::new(AtomicBool::new(false));
+    let abort_producing = Arc::new(AtomicBool::new(false));
+    // On any early return the producer thread stops at once.
+    let _stop_guard = SetOnDrop(vec![
+        Arc::clone(&stop_producing),
+        Arc::clone(&abort_producing),
+    ]);
     let sent = Arc::new(AtomicU64::new(0));
     let producing = {
-        let (p, stop, sent) = (
+        let (p, stop, abort, sent) = (
             Arc::clone(&producer),
             Arc::clone(&stop_producing),
+            Arc::clone(&abort_producing),
             Arc::clone(&sent),
         );
         let (seed, rate, every) = (opts.seed, opts.rate, opts.poison_every);
-        tokio::task::spawn_blocking(move || produce(&p, seed, rate, every, &stop, &sent))
+        tokio::task::spawn_blocking(move || produce(&p, seed, rate, every, &stop, &abort, &sent))
     };
 
     let mut faults: Vec<FaultKind> = Vec::new();
@@ -812,9 +835,16 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let topic = cfg.topic.clone();
     let recovery_limit = Duration::from_secs(120);
     // Ingest is working before the first fault.
-    if progress_after(&store, &group, &topic, Instant::now(), recovery_limit)
-        .await
-        .is_none()
+    if progress_after(
+        &store,
+        &group,
+        &topic,
+        Instant::now(),
+        recovery_limit,
+        &mut || !ingest.proc.exited(),
+    )
+    .await
+    .is_none()
     {
         bail!(
             "ingest made no progress before the first fault; see {}",
@@ -855,7 +885,16 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 root.join("ingest.log").display()
             );
         }
-        let r = progress_after(&store, &group, &topic, t0, recovery_limit).await;
+        let r = progress_after(&store, &group, &topic, t0, recovery_limit, &mut || {
+            !ingest.proc.exited()
+        })
+        .await;
+        if ingest.proc.exited() {
+            bail!(
+                "an ingest process exited by itself; see {}",
+                root.join("ingest.log").display()
+            );
+        }
         let ms = r.map(|d| d.as_millis() as u64);
         tracing::info!(n = i + 1, of = faults.len(), fault = %fault, recovery_ms = ?ms, "chaos: fault");
         recoveries.push((*fault, ms));
@@ -928,15 +967,15 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let stored_ids: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM transactions")
         .fetch_all(store.pool())
         .await?;
-    let stored_sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
-        .fetch_one(store.pool())
+    let session_ids: Vec<String> = sqlx::query_scalar("SELECT session_id FROM sessions")
+        .fetch_all(store.pool())
         .await?;
-    let distinct_sessions: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT session_id) FROM sessions")
-            .fetch_one(store.pool())
-            .await?;
+    let session_set: HashSet<String> = session_ids.iter().cloned().collect();
     let stored_set: HashSet<Uuid> = stored_ids.iter().copied().collect();
-    let dlq = read_dlq(&brokers, &cfg.dlq_topic, cfg.partitions)?;
+    let dlq = {
+        let (b, t, n) = (brokers.clone(), cfg.dlq_topic.clone(), cfg.partitions);
+        tokio::task::spawn_blocking(move || read_dlq(&b, &t, n)).await??
+    };
     let mut dlq_set: HashMap<String, u64> = HashMap::new();
     for (sha, _) in &dlq {
         *dlq_set.entry(sha.clone()).or_default() += 1;
@@ -952,8 +991,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .keys()
         .filter(|k| !produced.poison.contains(*k))
         .count() as u64;
-    let sessions_short = (produced.sessions as i64 - distinct_sessions).max(0) as u64;
-    let sessions_extra = (distinct_sessions - produced.sessions as i64).max(0) as u64;
+    let sessions_short = produced.sessions.difference(&session_set).count() as u64;
+    let sessions_extra = session_set.difference(&produced.sessions).count() as u64;
     let inconsistent = crate::store::check::derived_tables(&store)
         .await?
         .iter()
@@ -961,14 +1000,14 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .collect();
 
     let report = ChaosReport {
-        produced_valid: produced.sales.len() as u64 + produced.sessions,
+        produced_valid: (produced.sales.len() + produced.sessions.len()) as u64,
         produced_poison: produced.poison.len() as u64,
-        stored: stored_ids.len() as u64 + stored_sessions as u64,
+        stored: (stored_ids.len() + session_ids.len()) as u64,
         dead_lettered: dlq_set.len() as u64,
         dead_letter_repeats: dlq.len() as u64 - dlq_set.len() as u64,
         lost: missing_sales + sessions_short + missing_poison,
-        duplicated: (stored_ids.len() - stored_set.len()) as u64
-            + (stored_sessions - distinct_sessions) as u64,
+        duplicated: (stored_ids.len() - stored_set.len() + session_ids.len() - session_set.len())
+            as u64,
         unexpected: extra_sales + sessions_extra + extra_dlq,
         inconsistent_tables: inconsistent,
         wrong_answers: wrong,
@@ -978,10 +1017,31 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         seconds: started.elapsed().as_secs_f64(),
     };
     store.pool().close().await;
-    let _ = pg.stop();
     drop(broker);
     drop(redis);
     Ok(report)
+}
+
+/// Sets its flags on drop.
+struct SetOnDrop(Vec<Arc<AtomicBool>>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            f.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Stops the private cluster on drop (before its folder is removed).
+struct StopOnDrop(EmbeddedPostgres);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop() {
+            tracing::warn!(error = %e, "stopping the chaos PostgreSQL cluster");
+        }
+    }
 }
 
 /// A fresh folder under the system's temporary directory.

@@ -151,7 +151,7 @@ fn interesting_value(rng: &mut ChaCha8Rng) -> Value {
         6 => long(64, "x"),
         7 => long(65, "x"),
         8 => long(256, "é"),
-        9 => long(200_000, "z"),
+        9 => long(20_000, "z"),
         10 => Value::String("\u{202e}ǅ😀".into()),
         11 => Value::from(0),
         12 => Value::from(-1),

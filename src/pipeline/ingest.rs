@@ -72,9 +72,10 @@ impl IngestSettings {
     pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
         Self {
             brokers: brokers.to_owned(),
-            max_future_skew: chrono::Duration::seconds(
-                i64::try_from(cfg.max_future_skew_secs).unwrap_or(i64::MAX / 1_000),
-            ),
+            max_future_skew: i64::try_from(cfg.max_future_skew_secs)
+                .ok()
+                .and_then(chrono::Duration::try_seconds)
+                .unwrap_or(crate::event::DEFAULT_MAX_FUTURE_SKEW),
             group_id: cfg.group_id.clone(),
             topic: cfg.topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
@@ -113,8 +114,8 @@ pub struct IngestStats {
 
 #[derive(Debug, Default)]
 struct Health {
-    /// Since when writes have been failing, and the latest reason.
-    degraded: Option<(Instant, String)>,
+    /// Per write lane that is failing: since when, and the latest reason.
+    failing: std::collections::HashMap<u64, (Instant, String)>,
 }
 
 /// Whether ingest is keeping up or retrying a service that is away.
@@ -133,32 +134,39 @@ pub enum IngestHealth {
 }
 
 impl IngestStats {
-    /// The worker's health right now.
+    /// Degraded while any write lane is failing (since the oldest failure,
+    /// with the latest reason).
     pub fn health(&self) -> IngestHealth {
         let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        match &h.degraded {
-            None => IngestHealth::Ok,
-            Some((since, reason)) => IngestHealth::Degraded {
+        let oldest = h.failing.values().map(|(since, _)| *since).min();
+        let latest = h
+            .failing
+            .values()
+            .max_by_key(|(since, _)| *since)
+            .map(|(_, r)| r.clone());
+        match (oldest, latest) {
+            (Some(since), Some(reason)) => IngestHealth::Degraded {
                 for_secs: since.elapsed().as_secs(),
-                reason: reason.clone(),
+                reason,
             },
+            _ => IngestHealth::Ok,
         }
     }
 
-    fn degraded(&self, reason: String) {
+    fn degraded(&self, lane: u64, reason: String) {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut h.degraded {
+        match h.failing.get_mut(&lane) {
             Some((_, r)) => *r = reason,
             None => {
                 tracing::warn!(reason = %reason, "ingest degraded: retrying until the service is back");
-                h.degraded = Some((Instant::now(), reason));
+                h.failing.insert(lane, (Instant::now(), reason));
             }
         }
     }
 
-    fn recovered(&self) {
+    fn recovered(&self, lane: u64) {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((since, _)) = h.degraded.take() {
+        if let Some((since, _)) = h.failing.remove(&lane) {
             tracing::info!(
                 after_ms = since.elapsed().as_millis() as u64,
                 "ingest recovered"
@@ -272,13 +280,15 @@ impl Pending {
 
     /// The records the store refused, with their original bytes.
     fn refused(&self, refused: &[Refused]) -> Vec<Reject> {
+        let by_position: std::collections::HashMap<(i32, i64), &Raw> = self
+            .raw
+            .iter()
+            .map(|w| ((w.partition, w.offset), w))
+            .collect();
         refused
             .iter()
             .map(|r| {
-                let raw = self
-                    .raw
-                    .iter()
-                    .find(|w| w.partition == r.partition && w.offset == r.offset);
+                let raw = by_position.get(&(r.partition, r.offset));
                 Reject {
                     key: raw.map(|w| w.key.clone()).unwrap_or_default(),
                     payload: raw.map(|w| w.payload.clone()).unwrap_or_default(),
@@ -359,6 +369,9 @@ struct Writer {
     stop: Arc<AtomicBool>,
     /// When the stop was first seen.
     stopped_at: OnceLock<Instant>,
+    /// One lane at a time sends and flushes dead letters, so that a flush
+    /// accounts exactly for its own records.
+    dlq_lock: Mutex<()>,
 }
 
 /// Why a write did not happen.
@@ -406,12 +419,16 @@ impl Writer {
 
     /// Writes `pending` (blocking), returning the offsets it committed, or
     /// `None` when it was abandoned because of a stop.
-    fn write(&self, mut pending: Pending) -> Result<Option<Vec<(i32, i64)>>, IngestError> {
+    fn write(
+        &self,
+        mut pending: Pending,
+        lane: u64,
+    ) -> Result<Option<Vec<(i32, i64)>>, IngestError> {
         let mut attempt = 0usize;
         loop {
             match self.try_write(&mut pending) {
                 Ok(()) => {
-                    self.stats.recovered();
+                    self.stats.recovered(lane);
                     return Ok(Some(pending.next_offsets.into_iter().collect()));
                 }
                 Err(WriteFailure::Abandoned) => {
@@ -425,7 +442,7 @@ impl Writer {
                 Err(WriteFailure::Transient(e)) => {
                     attempt += 1;
                     self.stats.write_retries.fetch_add(1, Ordering::Relaxed);
-                    self.stats.degraded(e.clone());
+                    self.stats.degraded(lane, e.clone());
                     let wait = crate::bus::backoff(attempt).min(MAX_BACKOFF);
                     tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
                     let until = Instant::now() + wait;
@@ -443,6 +460,7 @@ impl Writer {
     /// Sends rejects to the DLQ and waits for them to be stored there,
     /// giving up (as abandoned) when a stop has been asked for.
     fn dead_letter(&self, rejects: &[Reject]) -> Result<(), WriteFailure> {
+        let _one_at_a_time = self.dlq_lock.lock().unwrap_or_else(|p| p.into_inner());
         let topic = self.settings.topic.as_str();
         for r in rejects {
             let (key, payload, headers, truncated) = dlq_record(r, topic);
@@ -563,11 +581,24 @@ fn finish_in_flight(
 
 /// One write lane: the partitions `p` with `p % lanes == lane index`, their
 /// buffered batch and at most one batch being written.
-#[derive(Default)]
 struct Lane {
+    /// Unique in the process (health is kept per lane).
+    id: u64,
     pending: Pending,
     deadline: Option<Instant>,
     in_flight: Option<InFlight>,
+}
+
+impl Lane {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            pending: Pending::default(),
+            deadline: None,
+            in_flight: None,
+        }
+    }
 }
 
 /// Runs one worker until `stop` is set; then writes what it holds and leaves
@@ -606,10 +637,9 @@ pub fn run_worker(
         stats: Arc::clone(&stats),
         stop: Arc::clone(&stop),
         stopped_at: OnceLock::new(),
+        dlq_lock: Mutex::new(()),
     });
-    let mut lanes: Vec<Lane> = (0..settings.lanes.max(1))
-        .map(|_| Lane::default())
-        .collect();
+    let mut lanes: Vec<Lane> = (0..settings.lanes.max(1)).map(|_| Lane::new()).collect();
     let mut generation = consumer.context().generation();
     let mut expected = consumer.context().assigned_starts();
     let topic = settings.topic.as_str();
@@ -679,8 +709,8 @@ pub fn run_worker(
             if !lane.pending.is_empty() && (full || due || stopping) {
                 finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
                 let batch = std::mem::take(&mut lane.pending);
-                let w = Arc::clone(&writer);
-                lane.in_flight = Some(rt.spawn_blocking(move || w.write(batch)));
+                let (w, id) = (Arc::clone(&writer), lane.id);
+                lane.in_flight = Some(rt.spawn_blocking(move || w.write(batch, id)));
                 lane.deadline = None;
             } else if stopping || lane.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
                 finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;

@@ -37,6 +37,8 @@ pub enum StoreError {
     Embedded(String),
     #[error("before commit: {0}")]
     BeforeCommit(String),
+    #[error("{0}")]
+    Systemic(String),
     #[error(
         "the database has schema version {found}, newer than this salespulse knows (up to {known}): \
          upgrade salespulse, or point DATABASE_URL at another database"
@@ -68,7 +70,7 @@ impl StoreError {
                     Some(code) => fault_of_sqlstate(&code),
                     None => Fault::Transient,
                 },
-                sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Fault::Config,
+                sqlx::Error::Configuration(_) => Fault::Config,
                 // I/O, pool, protocol and decoding trouble: the connection
                 // or the server, not the rows.
                 _ => Fault::Transient,
@@ -77,7 +79,7 @@ impl StoreError {
             | StoreError::Migrate(_)
             | StoreError::Embedded(_)
             | StoreError::NewerSchema { .. } => Fault::Config,
-            StoreError::BeforeCommit(_) => Fault::Transient,
+            StoreError::BeforeCommit(_) | StoreError::Systemic(_) => Fault::Transient,
         }
     }
 
@@ -85,6 +87,14 @@ impl StoreError {
     /// deadlock, serialization failure, server restarting, timeouts).
     pub fn is_transient(&self) -> bool {
         self.fault() == Fault::Transient
+    }
+
+    /// The SQLSTATE of a database error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
     }
 
     /// The database's own words for a refusal: message, detail and
@@ -111,20 +121,19 @@ impl StoreError {
     }
 }
 
-/// [`Fault`] of a SQLSTATE code.
+/// [`Fault`] of a SQLSTATE code. Data is an allow-list: data exceptions
+/// (22), integrity constraints (23), program limits such as an index row
+/// too large (54) and errors raised by triggers (P0). Configuration: invalid
+/// authorization (28), a missing database or schema (3D, 3F), syntax or
+/// access rules — permission, missing table or column (42), role and
+/// configuration-file errors (0L, 0P, F0). Everything else (connection,
+/// rollback, resources, lock not available, shutdown, timeouts, internal
+/// errors, a cached plan after a migration …) may pass: retried.
 fn fault_of_sqlstate(code: &str) -> Fault {
-    let class = code.get(..2).unwrap_or_default();
-    match class {
-        // connection, transaction rollback (deadlock, serialization),
-        // insufficient resources, object not in prerequisite state (lock not
-        // available), operator intervention (shutdown, cancel, timeout),
-        // system error, internal error, invalid transaction state.
-        "08" | "40" | "53" | "55" | "57" | "58" | "XX" | "25" => Fault::Transient,
-        // invalid authorization, catalog (database missing), schema,
-        // syntax or access rule (permission, missing table or column),
-        // feature not supported, role specification, configuration file.
-        "28" | "3D" | "3F" | "42" | "0A" | "0L" | "0P" | "F0" => Fault::Config,
-        _ => Fault::Data,
+    match code.get(..2).unwrap_or_default() {
+        "22" | "23" | "54" | "P0" => Fault::Data,
+        "28" | "3D" | "3F" | "42" | "0L" | "0P" | "F0" => Fault::Config,
+        _ => Fault::Transient,
     }
 }
 
@@ -199,7 +208,10 @@ impl Store {
                 Err(StoreError::NewerSchema { found: v, known })
             }
             // Lost the connection while migrating: the server, not the schema.
-            Err(sqlx::migrate::MigrateError::Execute(e)) => Err(StoreError::Sql(e)),
+            Err(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => Err(StoreError::Sql(e)),
             Err(e) => Err(e.into()),
         }
     }

@@ -17,15 +17,24 @@
 //!
 //! ## Poison records
 //! When the database refuses the batch for its data (see [`Fault::Data`]),
-//! the write starts again in *isolation*: the rows are written in halves,
+//! the write starts again in *isolation*: the rows are `COPY`ed in halves,
 //! each under a savepoint, and a half that fails is halved again, so `k` bad
-//! rows among `n` cost `O(k log n)` statements. A single row that still fails
-//! is refused with the database's message. The good rows land in order, the
-//! offsets cover the whole batch, and the caller's `before_commit` sees every
-//! refused record before the transaction commits (ingest dead-letters them
-//! there), so a refused record is never both lost and acknowledged.
+//! rows among `n` cost `O(k log n)` statements; the accepted rows are then
+//! folded into the rollups in one statement (should the rollups themselves
+//! refuse a value, each part is folded under its savepoint instead). A single
+//! row that still fails is refused with the database's message. That round
+//! is rolled back, the refused records go to the caller's `before_commit`
+//! (ingest dead-letters them there, outside any transaction), and the batch
+//! is written again without them, offsets covering all of it. A refused
+//! record is therefore never both lost and acknowledged, and no transaction
+//! stays open while Kafka is waited on.
+//!
+//! If every record of a batch is refused for one reason that is not about
+//! the values (SQLSTATE class 22), that is the schema or the server, not the
+//! data: the write fails as a fault to be retried, and nothing is
+//! dead-lettered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
@@ -62,6 +71,8 @@ pub struct Refused {
     pub kind: &'static str,
     /// The database's message, or which fields differ.
     pub reason: String,
+    /// The database's SQLSTATE, when it refused the record.
+    pub sqlstate: Option<String>,
 }
 
 /// What one batch write did.
@@ -84,16 +95,34 @@ fn is_unique_violation(e: &StoreError) -> bool {
     matches!(e, StoreError::Sql(sqlx::Error::Database(d)) if d.code().as_deref() == Some(UNIQUE_VIOLATION))
 }
 
-/// Called with the refused records before the transaction commits; an error
-/// rolls the whole batch back (nothing is committed, the caller retries).
+/// Called with refused records, outside any transaction, before the batch
+/// that leaves them out commits (ingest dead-letters them here); an error
+/// abandons the write (nothing is committed, the caller retries).
 pub type BeforeCommit<'a> = &'a (dyn Fn(&[Refused]) -> Result<(), String> + Sync);
+
+/// How a round writes the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// All rows in one `COPY` and one upsert.
+    Plain,
+    /// Rows `COPY`ed in halves under savepoints, then one upsert of those
+    /// that were accepted.
+    IsolateRows,
+    /// Each part `COPY`ed *and* folded into the rollups under its savepoint
+    /// (when the rollups themselves refuse a value).
+    IsolateAll,
+}
 
 /// Writes `batch` exactly once; see the module docs.
 ///
 /// The first attempt is optimistic: it skips the existence probe, since
 /// duplicates only arise on redelivery. If the primary key rejects a row, the
 /// transaction rolls back and the batch is retried with the probe. If the
-/// database refuses the data, the batch is retried in isolation.
+/// database refuses the data, the batch is written in isolation; the records
+/// refused are rolled back, handed to `before_commit` outside the
+/// transaction, and the batch is written again without them, until a round
+/// refuses nothing and commits. Records refused for the database's reasons
+/// go first: a later copy of a refused record is judged again without it.
 pub async fn write_batch(
     pool: &sqlx::PgPool,
     group: &str,
@@ -102,26 +131,35 @@ pub async fn write_batch(
     before_commit: BeforeCommit<'_>,
 ) -> Result<WriteOutcome, StoreError> {
     let mut attempt = 0;
-    let mut isolate = false;
+    let mut mode = Mode::Plain;
+    let mut excluded: HashSet<(i32, i64)> = HashSet::new();
+    let mut refused: Vec<Refused> = Vec::new();
     loop {
         let mut tx = pool.begin().await?;
-        match write_in(
-            &mut tx,
-            group,
-            topic,
-            batch,
-            attempt > 0 || isolate,
-            isolate,
-        )
-        .await
-        {
-            Ok(out) => {
-                if !out.refused.is_empty() {
-                    // On error `tx` is dropped here, which rolls it back.
-                    before_commit(&out.refused).map_err(StoreError::BeforeCommit)?;
+        let probe = attempt > 0 || mode != Mode::Plain || !excluded.is_empty();
+        match write_in(&mut tx, group, topic, batch, probe, mode, &excluded).await {
+            Ok(mut out) => {
+                let by_db: Vec<Refused> = out
+                    .refused
+                    .iter()
+                    .filter(|r| r.kind == REJECTED_BY_DATABASE)
+                    .cloned()
+                    .collect();
+                let now = if by_db.is_empty() {
+                    std::mem::take(&mut out.refused)
+                } else {
+                    by_db
+                };
+                if now.is_empty() {
+                    tx.commit().await?;
+                    refused.sort_by_key(|r| (r.partition, r.offset));
+                    out.refused = refused;
+                    return Ok(out);
                 }
-                tx.commit().await?;
-                return Ok(out);
+                tx.rollback().await?;
+                before_commit(&now).map_err(StoreError::BeforeCommit)?;
+                excluded.extend(now.iter().map(|r| (r.partition, r.offset)));
+                refused.extend(now);
             }
             Err(e) if is_unique_violation(&e) && attempt < RACE_RETRIES => {
                 // Some rows exist already (redelivery, or another writer
@@ -132,13 +170,21 @@ pub async fn write_batch(
                     "batch holds rows that exist already; retrying with a probe"
                 );
             }
-            Err(e) if !isolate && !is_unique_violation(&e) && e.fault() == Fault::Data => {
+            Err(e)
+                if mode != Mode::IsolateAll
+                    && !is_unique_violation(&e)
+                    && e.fault() == Fault::Data =>
+            {
                 tracing::warn!(
                     error = %e,
                     records = batch.sales.len() + batch.sessions.len(),
                     "the database refused a batch for its data; isolating the records it refuses"
                 );
-                isolate = true;
+                mode = if mode == Mode::Plain {
+                    Mode::IsolateRows
+                } else {
+                    Mode::IsolateAll
+                };
             }
             Err(e) => return Err(e),
         }
@@ -151,8 +197,10 @@ async fn write_in(
     topic: &str,
     batch: &Batch,
     probe: bool,
-    isolate: bool,
+    mode: Mode,
+    excluded: &HashSet<(i32, i64)>,
 ) -> Result<WriteOutcome, StoreError> {
+    let keep = |p: &i32, o: &i64| !excluded.contains(&(*p, *o));
     let (stored_sales, stored_sessions) = if probe {
         stored_rows(tx, batch).await?
     } else {
@@ -165,6 +213,9 @@ async fn write_in(
     let mut sales: Vec<&(SaleEvent, i32, i64)> = Vec::with_capacity(batch.sales.len());
     for (i, row) in batch.sales.iter().enumerate() {
         let (s, p, o) = row;
+        if !keep(p, o) {
+            continue;
+        }
         let earlier = match stored_sales.get(&s.transaction_id) {
             Some(stored) => Some(stored.clone()),
             None => first_sale
@@ -197,6 +248,9 @@ async fn write_in(
     let mut sessions: Vec<&(SessionEvent, i32, i64)> = Vec::with_capacity(batch.sessions.len());
     for (i, row) in batch.sessions.iter().enumerate() {
         let (s, p, o) = row;
+        if !keep(p, o) {
+            continue;
+        }
         let earlier = match stored_sessions.get(&s.session_id) {
             Some(stored) => Some(stored.clone()),
             None => first_session
@@ -221,18 +275,36 @@ async fn write_in(
         }
     }
 
-    if isolate {
-        let written =
-            write_isolating(tx, &sales, &sessions, group, topic, &mut out.refused).await?;
-        out.sales = written.0;
-        out.sessions = written.1;
-        Aggregates::default()
-            .upsert(tx, group, topic, &batch.offsets)
+    match mode {
+        Mode::Plain => {
+            write_rows(tx, &sales, &sessions, group, topic, &batch.offsets).await?;
+            out.sales = sales.len() as u64;
+            out.sessions = sessions.len() as u64;
+        }
+        Mode::IsolateRows | Mode::IsolateAll => {
+            let with_rollups = mode == Mode::IsolateAll;
+            let mut by_db = Vec::new();
+            let (s, m) = write_isolating(
+                tx,
+                &sales,
+                &sessions,
+                with_rollups,
+                group,
+                topic,
+                &mut by_db,
+            )
             .await?;
-    } else {
-        write_rows(tx, &sales, &sessions, group, topic, &batch.offsets).await?;
-        out.sales = sales.len() as u64;
-        out.sessions = sessions.len() as u64;
+            systemic(&by_db, sales.len() + sessions.len())?;
+            out.sales = s.len() as u64;
+            out.sessions = m.len() as u64;
+            let folded = if with_rollups {
+                Aggregates::default()
+            } else {
+                Aggregates::of(&s, &m)
+            };
+            folded.upsert(tx, group, topic, &batch.offsets).await?;
+            out.refused.extend(by_db);
+        }
     }
     out.refused.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
@@ -243,12 +315,28 @@ fn conflict(partition: i32, offset: i64, id_field: &str, id: &str, differ: &[&st
         partition,
         offset,
         kind: CONFLICTING_DUPLICATE,
+        sqlstate: None,
         reason: format!(
             "{id_field} {id:?} is stored already with different content ({} differ); \
              the stored record is kept",
             differ.join(", ")
         ),
     }
+}
+
+/// COPYs `sales` and `sessions`.
+async fn copy_rows(
+    tx: &mut PgConnection,
+    sales: &[&(SaleEvent, i32, i64)],
+    sessions: &[&(SessionEvent, i32, i64)],
+) -> Result<(), StoreError> {
+    if !sales.is_empty() {
+        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(sales)).await?;
+    }
+    if !sessions.is_empty() {
+        copy_in(tx, COPY_SESSIONS, &encode_sessions(sessions)).await?;
+    }
+    Ok(())
 }
 
 /// COPYs `sales` and `sessions` and folds them into the rollups (and the
@@ -261,28 +349,53 @@ async fn write_rows(
     topic: &str,
     offsets: &[(i32, i64)],
 ) -> Result<(), StoreError> {
-    if !sales.is_empty() {
-        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(sales)).await?;
-    }
-    if !sessions.is_empty() {
-        copy_in(tx, COPY_SESSIONS, &encode_sessions(sessions)).await?;
-    }
+    copy_rows(tx, sales, sessions).await?;
     Aggregates::of(sales, sessions)
         .upsert(tx, group, topic, offsets)
         .await
 }
 
+/// Refuses to dead-letter a whole batch for one reason that is not about
+/// the values themselves (a missing column default, a trigger, a dropped
+/// function): that is the schema or the server, and is retried as a fault.
+fn systemic(by_db: &[Refused], rows: usize) -> Result<(), StoreError> {
+    let Some(first) = by_db.first() else {
+        return Ok(());
+    };
+    let same = by_db.iter().all(|r| r.sqlstate == first.sqlstate);
+    let values = first
+        .sqlstate
+        .as_deref()
+        .is_some_and(|c| c.starts_with("22"));
+    if rows >= 2 && by_db.len() == rows && same && !values {
+        return Err(StoreError::Systemic(format!(
+            "the database refused every one of {rows} records for the same reason, which is \
+             not about their values: {}",
+            first.reason
+        )));
+    }
+    Ok(())
+}
+
+/// A stored row and what it came from.
+type SaleRow<'b> = &'b (SaleEvent, i32, i64);
+/// A stored session and what it came from.
+type SessionRow<'b> = &'b (SessionEvent, i32, i64);
+
 /// Writes the rows in order, halving every part the database refuses for its
-/// data until the refused rows stand alone; returns how many sales and
-/// sessions were written and adds the others to `refused`.
-async fn write_isolating(
+/// data until the refused rows stand alone; returns the rows written and
+/// adds the others to `refused`. With `with_rollups`, each part is folded
+/// into the rollups under its savepoint too; otherwise the caller folds the
+/// accepted rows in one statement.
+async fn write_isolating<'b>(
     tx: &mut PgConnection,
-    sales: &[&(SaleEvent, i32, i64)],
-    sessions: &[&(SessionEvent, i32, i64)],
+    sales: &[SaleRow<'b>],
+    sessions: &[SessionRow<'b>],
+    with_rollups: bool,
     group: &str,
     topic: &str,
     refused: &mut Vec<Refused>,
-) -> Result<(u64, u64), StoreError> {
+) -> Result<(Vec<SaleRow<'b>>, Vec<SessionRow<'b>>), StoreError> {
     // Rows are numbered sales first, then sessions; a part is a range.
     let n = sales.len() + sessions.len();
     let part = |lo: usize, hi: usize| {
@@ -294,7 +407,10 @@ async fn write_isolating(
             .unwrap_or_default();
         (s, m)
     };
-    let mut written = (0u64, 0u64);
+    let mut accepted = (
+        Vec::with_capacity(sales.len()),
+        Vec::with_capacity(sessions.len()),
+    );
     let mut todo = vec![(0, n)];
     let mut statements = 0u32;
     while let Some((lo, hi)) = todo.pop() {
@@ -304,13 +420,18 @@ async fn write_isolating(
         let (s, m) = part(lo, hi);
         sqlx::query("SAVEPOINT isolate").execute(&mut *tx).await?;
         statements += 1;
-        match write_rows(tx, s, m, group, topic, &[]).await {
+        let written = if with_rollups {
+            write_rows(tx, s, m, group, topic, &[]).await
+        } else {
+            copy_rows(tx, s, m).await
+        };
+        match written {
             Ok(()) => {
                 sqlx::query("RELEASE SAVEPOINT isolate")
                     .execute(&mut *tx)
                     .await?;
-                written.0 += s.len() as u64;
-                written.1 += m.len() as u64;
+                accepted.0.extend_from_slice(s);
+                accepted.1.extend_from_slice(m);
             }
             Err(e) if e.fault() == Fault::Data && !is_unique_violation(&e) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT isolate")
@@ -330,6 +451,7 @@ async fn write_isolating(
                         offset,
                         kind: REJECTED_BY_DATABASE,
                         reason: e.database_message(),
+                        sqlstate: e.sqlstate(),
                     });
                 } else {
                     let mid = lo + (hi - lo) / 2;
@@ -347,7 +469,7 @@ async fn write_isolating(
         statements,
         "batch isolated"
     );
-    Ok(written)
+    Ok(accepted)
 }
 
 /// A sale as stored: what a redelivery is compared on.
