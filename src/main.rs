@@ -435,6 +435,23 @@ fn init_logging(filter: Option<&str>, app_log: Option<&LogBuffer>) {
         .try_init();
 }
 
+/// Prints a report as pretty JSON, or as its text (ending in one newline).
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        let text = report.to_string();
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(())
+}
+
 /// Prints an error as its chain of causes on one line, never a backtrace
 /// (`RUST_BACKTRACE` is for panics, not for what the user did).
 fn main() -> std::process::ExitCode {
@@ -482,11 +499,7 @@ fn run_cli() -> anyhow::Result<()> {
             range: salespulse::analytics::TimeRange::parse_last(last)?,
         };
         let report = ui::bench::run(rt.handle().clone(), cfg, &opts)?;
-        if *json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{report}");
-        }
+        print_report(&report, *json)?;
         return Ok(());
     }
     if let Command::Bench {
@@ -509,11 +522,7 @@ fn run_cli() -> anyhow::Result<()> {
         };
         let logs = app_log.unwrap_or_default();
         let report = ui::bench::idle(rt.handle().clone(), cfg, logs, &opts)?;
-        if *json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{report}");
-        }
+        print_report(&report, *json)?;
         return Ok(());
     }
     match app_log {
@@ -674,11 +683,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 tansu,
             })
             .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
+            print_report(&report, json)?;
             anyhow::ensure!(
                 report.passed(),
                 "the pipeline lost, doubled or miscomputed something (above)"
@@ -836,11 +841,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 seed,
                 threads,
             });
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
+            print_report(&report, json)?;
             anyhow::ensure!(
                 report.clean(),
                 "the fuzzer found broken properties (listed above)"
@@ -860,11 +861,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 None => GeneratorParams::default(),
             };
             let report = bench::generator(params, events, repeat.max(1))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, json)?;
         }
         Command::Cache { which } => {
             let cache = salespulse::cache::FrameCache::new(
@@ -930,11 +927,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, json)?;
         }
         Command::Bench {
             which:
@@ -956,11 +949,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, json)?;
         }
     }
     Ok(())
