@@ -118,6 +118,13 @@ async fn sigkilled_ingest_neither_loses_nor_double_counts() {
 async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
     let seed: u64 = rand::random();
     eprintln!("chaos seed: {seed}");
+    // Each fault and its recovery on stderr: a failure shows how far it got.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,salespulse::pipeline::chaos=info",
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
     let report = salespulse::pipeline::chaos::run(&salespulse::pipeline::chaos::ChaosOptions {
         rate: 800.0,
         poison_every: 100,
@@ -130,9 +137,13 @@ async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
         work_dir: None,
         salespulse: Some(env!("CARGO_BIN_EXE_salespulse").into()),
         tansu: Some(tansu_bin()),
+        recovery_limit: std::time::Duration::from_secs(60),
+        // Below nextest's limit for this binary, so that a stuck run ends
+        // with the phase and the services' logs rather than a kill.
+        time_limit: Some(std::time::Duration::from_secs(330)),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{report}");
     assert!(report.passed(), "{report}");
     assert_eq!(report.faults(), 13, "{report}");

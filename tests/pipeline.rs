@@ -321,6 +321,29 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
         }
         h => panic!("expected degraded, got {h:?}"),
     }
+    // So do /health and /metrics, and they turn back once it resumes.
+    let api = api_with_ingest(
+        &stats,
+        salespulse::api::HealthTargets {
+            kafka_brokers: Some(brokers.clone()),
+            database_url: Some(db.url.clone()),
+            redis_url: Some(redis_url()),
+        },
+    )
+    .await;
+    let health = api_get(&api, "/health").await;
+    assert_eq!(health.0, 503, "{}", health.1);
+    let v: serde_json::Value = serde_json::from_str(&health.1).unwrap();
+    assert_eq!(v["components"]["ingest"]["ok"], false, "{}", health.1);
+    let why = v["components"]["ingest"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("statement timeout"), "{}", health.1);
+    let metrics = api_get(&api, "/metrics").await.1;
+    assert!(
+        metrics.contains("\nsalespulse_ingest_degraded 1\n"),
+        "{metrics}"
+    );
     wait_until(Duration::from_secs(60), "more retries", || async {
         stats.write_retries.load(Ordering::Relaxed) > 4
     })
@@ -330,6 +353,36 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
         stats.health() == pipeline::ingest::IngestHealth::Ok
     })
     .await;
+    let (code, body) = api_get(&api, "/health").await;
+    assert_eq!(code, 200, "{body}");
+    let metrics = api_get(&api, "/metrics").await.1;
+    assert!(
+        metrics.contains("\nsalespulse_ingest_degraded 0\n"),
+        "{metrics}"
+    );
+
+    // A full pool: every connection held elsewhere. Ingest waits out the
+    // acquire timeout, says so, and resumes once one is free.
+    let before = stored_total(&db.store, &cfg.group_id, &cfg.topic).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+    wait_until(Duration::from_secs(60), "degraded on a full pool", || async {
+        matches!(
+            stats.health(),
+            pipeline::ingest::IngestHealth::Degraded { ref reason, .. } if reason.contains("pool")
+        )
+    })
+    .await;
+    drop(held);
+    wait_until(
+        Duration::from_secs(60),
+        "recovery from a full pool",
+        || async { stats.health() == pipeline::ingest::IngestHealth::Ok },
+    )
+    .await;
+    assert!(stored_total(&db.store, &cfg.group_id, &cfg.topic).await >= before);
     drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
     assert_exactly(&db.store, 41, 5_000).await;
     db.drop().await;
@@ -922,4 +975,31 @@ async fn every_event_that_passes_validation_is_accepted_by_postgresql() {
     }
     assert_consistent(&db.store).await;
     db.drop().await;
+}
+
+/// An API server reporting `stats` in /health and /metrics.
+async fn api_with_ingest(
+    stats: &Arc<IngestStats>,
+    targets: salespulse::api::HealthTargets,
+) -> String {
+    use salespulse::api::{self, ApiState};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = ApiState::new(Default::default(), 1, targets)
+        .unwrap()
+        .with_telemetry(salespulse::api::Telemetry {
+            ingest: Some(Arc::clone(stats)),
+            ..Default::default()
+        });
+    tokio::spawn(api::serve_on(
+        listener,
+        Arc::new(state),
+        std::future::pending(),
+    ));
+    base
+}
+
+async fn api_get(base: &str, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }

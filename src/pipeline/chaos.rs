@@ -71,6 +71,13 @@ pub struct ChaosOptions {
     pub salespulse: Option<PathBuf>,
     /// The `tansu` binary (default: `TANSU_BIN`, `~/.cargo/bin/tansu`, `tansu`).
     pub tansu: Option<PathBuf>,
+    /// How long one fault may keep ingest from committing before the fault
+    /// counts as unrecovered and no further fault is injected.
+    pub recovery_limit: Duration,
+    /// The whole run, setup to verdict (`None`: no limit). A run that
+    /// reaches it stops with an error naming the phase and the last lines
+    /// of the services' logs, instead of hanging.
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for ChaosOptions {
@@ -87,6 +94,8 @@ impl Default for ChaosOptions {
             work_dir: None,
             salespulse: None,
             tansu: None,
+            recovery_limit: Duration::from_secs(120),
+            time_limit: None,
         }
     }
 }
@@ -523,7 +532,8 @@ fn poison(n: u64, last_sale: Option<&crate::event::SaleEvent>) -> Vec<u8> {
 }
 
 /// Produces at `rate` until `stop`, one poison record after every
-/// `poison_every` valid ones; flushes at the end.
+/// `poison_every` valid ones; flushes at the end (within the run's budget).
+#[allow(clippy::too_many_arguments)]
 fn produce(
     producer: &EventProducer,
     seed: u64,
@@ -532,6 +542,7 @@ fn produce(
     stop: &AtomicBool,
     abort: &AtomicBool,
     sent: &AtomicU64,
+    deadline: Deadline,
 ) -> anyhow::Result<Produced> {
     let start = chrono::Utc::now() - chrono::Duration::days(30);
     let mut g = Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start))?;
@@ -575,7 +586,11 @@ fn produce(
         }
         sent.fetch_add(1, Ordering::Relaxed);
     }
-    producer.flush_unless(Duration::from_secs(600), &|| abort.load(Ordering::Relaxed))?;
+    producer
+        .flush_unless(deadline.left(Duration::from_secs(600)), &|| {
+            abort.load(Ordering::Relaxed)
+        })
+        .context("flushing the producer")?;
     Ok(out)
 }
 
@@ -617,7 +632,12 @@ async fn progress_after(
 }
 
 /// Every DLQ record: (sha256 header, kind header).
-fn read_dlq(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<(String, String)>> {
+fn read_dlq(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    wait: Duration,
+) -> anyhow::Result<Vec<(String, String)>> {
     let ends = bus::end_offsets(brokers, topic)?;
     let consumer: BaseConsumer = bus::base_config(brokers)
         .set("group.id", format!("chaos-dlq-{}", Uuid::new_v4()))
@@ -630,7 +650,7 @@ fn read_dlq(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<(
     consumer.assign(&tpl)?;
     let want: i64 = ends.iter().map(|e| e.1).sum();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + wait;
     while (out.len() as i64) < want && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let mut sha = String::new();
@@ -711,11 +731,49 @@ async fn serve_views(
     (outcomes, wrong)
 }
 
-/// Runs the suite; see the module docs.
+/// The end of a run's time budget.
+#[derive(Clone, Copy)]
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// What is left, capped at `most`.
+    fn left(self, most: Duration) -> Duration {
+        self.0.map_or(most, |t| {
+            t.saturating_duration_since(Instant::now()).min(most)
+        })
+    }
+
+    /// An error naming `phase` once the budget is spent.
+    fn check(self, phase: &str) -> anyhow::Result<()> {
+        if self.left(Duration::MAX).is_zero() {
+            bail!("the run reached its time limit while {phase}");
+        }
+        Ok(())
+    }
+}
+
+/// The last `n` lines of a log file, indented, or a note that there is none.
+fn log_tail(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let text = String::from_utf8_lossy(&b);
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(n);
+            lines
+                .get(from..)
+                .unwrap_or_default()
+                .iter()
+                .map(|l| format!("    {l}\n"))
+                .collect()
+        }
+        Err(e) => format!("    ({e})\n"),
+    }
+}
+
+/// Runs the suite; see the module docs. On an error the work folder is kept
+/// and the error ends with the last lines of the ingest and broker logs.
 pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
-    let started = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let (_keep, root) = match &opts.work_dir {
+    let (keep, root) = match &opts.work_dir {
         Some(d) => (None, d.clone()),
         None => {
             let t = tempfile_dir()?;
@@ -723,6 +781,28 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             (Some(TempDir(t)), p)
         }
     };
+    match run_in(opts, &root).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            if let Some(t) = keep {
+                t.keep();
+            }
+            Err(anyhow::anyhow!(
+                "{e:#}\n(the services' folders are kept in {})\nlast lines of ingest.log:\n{}\
+                 last lines of tansu.log:\n{}",
+                root.display(),
+                log_tail(&root.join("ingest.log"), 25),
+                log_tail(&root.join("tansu").join("tansu.log"), 10),
+            ))
+        }
+    }
+}
+
+async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport> {
+    let started = Instant::now();
+    let deadline = Deadline(opts.time_limit.map(|t| started + t));
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let root = root.to_owned();
     std::fs::create_dir_all(&root)?;
     #[cfg(unix)]
     {
@@ -814,7 +894,9 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             Arc::clone(&sent),
         );
         let (seed, rate, every) = (opts.seed, opts.rate, opts.poison_every);
-        tokio::task::spawn_blocking(move || produce(&p, seed, rate, every, &stop, &abort, &sent))
+        tokio::task::spawn_blocking(move || {
+            produce(&p, seed, rate, every, &stop, &abort, &sent, deadline)
+        })
     };
 
     let mut faults: Vec<FaultKind> = Vec::new();
@@ -837,14 +919,14 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
     let group = cfg.group_id.clone();
     let topic = cfg.topic.clone();
-    let recovery_limit = Duration::from_secs(120);
+    let recovery_limit = opts.recovery_limit;
     // Ingest is working before the first fault.
     if progress_after(
         &store,
         &group,
         &topic,
         Instant::now(),
-        recovery_limit,
+        deadline.left(recovery_limit),
         &mut || !ingest.proc.exited(),
     )
     .await
@@ -889,9 +971,14 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 root.join("ingest.log").display()
             );
         }
-        let r = progress_after(&store, &group, &topic, t0, recovery_limit, &mut || {
-            !ingest.proc.exited()
-        })
+        let r = progress_after(
+            &store,
+            &group,
+            &topic,
+            t0,
+            deadline.left(recovery_limit),
+            &mut || !ingest.proc.exited(),
+        )
         .await;
         if ingest.proc.exited() {
             bail!(
@@ -902,15 +989,28 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         let ms = r.map(|d| d.as_millis() as u64);
         tracing::info!(n = i + 1, of = faults.len(), fault = %fault, recovery_ms = ?ms, "chaos: fault");
         recoveries.push((*fault, ms));
+        deadline.check("injecting faults")?;
+        if ms.is_none() {
+            // Further faults would only pile onto one that was not survived:
+            // drain and report.
+            tracing::warn!(fault = %fault, limit_s = recovery_limit.as_secs(), "chaos: no recovery in time; no further faults");
+            break;
+        }
     }
 
     // Drain: stop producing, wait until everything sent is committed.
     stop_producing.store(true, Ordering::Release);
     let produced = producing.await??;
     let targets = producer.stats().delivered_end_offsets();
-    super::wait_for_offsets(&store, &group, &topic, &targets, Duration::from_secs(600))
-        .await
-        .with_context(|| format!("draining; see {}", root.join("ingest.log").display()))?;
+    super::wait_for_offsets(
+        &store,
+        &group,
+        &topic,
+        &targets,
+        deadline.left(Duration::from_secs(600)),
+    )
+    .await
+    .context("draining what was produced")?;
     ingest.proc.terminate(Duration::from_secs(10));
 
     // Redis faults while views are served, on data that no longer moves.
@@ -954,7 +1054,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         // Cached again: the first answer after the restart is stored, the
         // next comes from Redis.
         let mut recovered = None;
-        while t0.elapsed() < recovery_limit {
+        while t0.elapsed() < recovery_limit && !deadline.left(recovery_limit).is_zero() {
             let (outcomes, w) = serve_views(&cached, &truth).await;
             checked += truth.len() as u64;
             wrong += w;
@@ -978,7 +1078,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let stored_set: HashSet<Uuid> = stored_ids.iter().copied().collect();
     let dlq = {
         let (b, t, n) = (brokers.clone(), cfg.dlq_topic.clone(), cfg.partitions);
-        tokio::task::spawn_blocking(move || read_dlq(&b, &t, n)).await??
+        let wait = deadline.left(Duration::from_secs(60));
+        tokio::task::spawn_blocking(move || read_dlq(&b, &t, n, wait)).await??
     };
     let mut dlq_set: HashMap<String, u64> = HashMap::new();
     for (sha, _) in &dlq {
@@ -1057,6 +1158,13 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 /// Removes its folder on drop.
 struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Leaves the folder in place (to be looked at after a failure).
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -158,7 +158,7 @@ impl IngestStats {
         match h.failing.get_mut(&lane) {
             Some((_, r)) => *r = reason,
             None => {
-                tracing::warn!(reason = %reason, "ingest degraded: retrying until the service is back");
+                tracing::warn!(reason = ?reason, "ingest degraded: retrying until the service is back");
                 h.failing.insert(lane, (Instant::now(), reason));
             }
         }
@@ -444,7 +444,7 @@ impl Writer {
                     self.stats.write_retries.fetch_add(1, Ordering::Relaxed);
                     self.stats.degraded(lane, e.clone());
                     let wait = crate::bus::backoff(attempt).min(MAX_BACKOFF);
-                    tracing::warn!(attempt, error = %e, ?wait, "batch not written, retrying");
+                    tracing::warn!(attempt, error = ?e.to_string(), ?wait, "batch not written, retrying");
                     let until = Instant::now() + wait;
                     while Instant::now() < until {
                         if self.must_stop() {
