@@ -303,15 +303,53 @@ pub fn default_data_dir() -> PathBuf {
 /// Hides passwords in URLs and connection strings:
 /// `postgres://u:secret@h/db` → `postgres://u:***@h/db`,
 /// `host=h password=secret` → `host=h password=***`, `?password=x` → `?password=***`.
+/// `url` without the password of its credentials (`scheme://user@host…`);
+/// other text as it is.
+pub fn strip_password(url: &str) -> String {
+    // A URL that parses is rewritten by the parser (query strings may hold
+    // `@`); only one that does not falls back to "up to the last `@`".
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.has_host() {
+            if u.password().is_none() {
+                return url.to_owned();
+            }
+            if u.set_password(None).is_ok() {
+                return u.to_string();
+            }
+        }
+    }
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = url.get(rest_start..).unwrap_or_default();
+    match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = rest.get(..at).unwrap_or_default();
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}{}",
+                    url.get(..rest_start).unwrap_or_default(),
+                    userinfo.get(..colon).unwrap_or_default(),
+                    rest.get(at..).unwrap_or_default()
+                ),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 pub fn redact_url(s: &str) -> String {
     let mut out = s.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
+        // The credentials end at the *last* `@`: a password may hold `/`,
+        // `?`, `#` or `@` (unencoded, as people type them). When in doubt
+        // this hides too much, never too little.
+        let rest = out.get(rest_start..).unwrap_or_default();
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = rest.get(..at).unwrap_or_default();
             if let Some(colon) = userinfo.find(':') {
                 let from = rest_start + colon + 1;
                 out.replace_range(from..rest_start + at, "***");
@@ -350,6 +388,26 @@ mod tests {
             "redis://:***@127.0.0.1:6379/0"
         );
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(
+            strip_password("postgres://carol:x/y?z#w@v@db:5432/x"),
+            "postgres://carol@db:5432/x"
+        );
+        assert_eq!(strip_password("redis://:pw@h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            strip_password("postgres://u@h:5432/db?application_name=a@b"),
+            "postgres://u@h:5432/db?application_name=a@b"
+        );
+        assert_eq!(
+            strip_password("postgres://u:p@h:5432/db?application_name=a@b"),
+            "postgres://u@h:5432/db?application_name=a@b"
+        );
+        assert_eq!(strip_password("redis://h:6379/0"), "redis://h:6379/0");
+        // Unencoded / ? # @ in a password.
+        for pw in ["a/b", "a?b", "a#b", "a@b", "x/y?z#w@v"] {
+            let url = format!("postgres://carol:{pw}@db:5432/x");
+            let r = redact_url(&url);
+            assert_eq!(r, "postgres://carol:***@db:5432/x", "{pw}");
+        }
         assert_eq!(
             redact_url("host=db password=hunter2 user=x"),
             "host=db password=*** user=x"

@@ -89,6 +89,10 @@ enum Command {
         /// Compute from PostgreSQL without the Redis cache.
         #[arg(long)]
         no_cache: bool,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
     },
     /// Writes a view to a CSV or Parquet file (all matching rows for
     /// `transactions` unless --limit is given).
@@ -101,6 +105,10 @@ enum Command {
         format: Option<String>,
         #[arg(long)]
         out: PathBuf,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
     },
     /// The Redis frame cache.
     Cache {
@@ -153,6 +161,13 @@ enum Command {
         /// The tansu binary (default: TANSU_BIN, ~/.cargo/bin/tansu, tansu).
         #[arg(long, value_name = "FILE")]
         tansu: Option<PathBuf>,
+        /// Seconds one fault may stop ingest from committing before it counts
+        /// as not survived (and no further fault is injected).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        recovery_limit_secs: u64,
+        /// Seconds for the whole run; past it, it stops with the services' logs.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        time_limit_secs: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +248,10 @@ enum MetricCommand {
         /// Compute without the Redis cache.
         #[arg(long)]
         no_cache: bool,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
     },
     /// Compiles every metric script of a folder and lists what each declares.
     List {
@@ -663,13 +682,15 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             seed,
             work_dir,
             tansu,
+            recovery_limit_secs,
+            time_limit_secs,
             json,
         } => {
             anyhow::ensure!(
                 rate.is_finite() && (1.0..=100_000.0).contains(&rate),
                 "--rate must be between 1 and 100000 events/s"
             );
-            let report = pipeline::chaos::run(&pipeline::chaos::ChaosOptions {
+            let opts = pipeline::chaos::ChaosOptions {
                 rate,
                 poison_every,
                 ingest_kills,
@@ -681,8 +702,15 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 work_dir,
                 salespulse: None,
                 tansu,
-            })
-            .await?;
+                recovery_limit: std::time::Duration::from_secs(recovery_limit_secs),
+                time_limit: time_limit_secs.map(std::time::Duration::from_secs),
+            };
+            // Ctrl-C drops the run, and with it every private service and
+            // ingest process it started (they are killed on drop).
+            let report = tokio::select! {
+                r = pipeline::chaos::run(&opts) => r?,
+                _ = pipeline::shutdown_signal() => anyhow::bail!("chaos run interrupted; its services are stopped"),
+            };
             print_report(&report, json)?;
             anyhow::ensure!(
                 report.passed(),
@@ -713,7 +741,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                     seed.unwrap_or_else(rand::random),
                     health,
                 )?
-                .with_telemetry(telemetry),
+                .with_telemetry(telemetry)
+                .with_token(api::token_from_env()),
             );
             let bind = bind.unwrap_or_else(|| cfg.http_bind.clone());
             api::serve(&bind, state, pipeline::shutdown_signal())
@@ -725,6 +754,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             filters,
             format,
             no_cache,
+            raw_csv,
         } => {
             let req = filters.request(&view)?;
             let (store, _pg) = pipeline::open_store(cfg).await?;
@@ -741,13 +771,14 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 }
                 r.frame
             };
-            write_frame(&mut frame, &format)?;
+            write_frame(&mut frame, &format, raw_csv)?;
         }
         Command::Export {
             view,
             filters,
             format,
             out,
+            raw_csv,
         } => {
             let req = filters.request(&view)?;
             let format: export::ExportFormat = match format {
@@ -755,6 +786,10 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 None => export::ExportFormat::from_path(&out).context(
                     "cannot tell the format from the file name: give --format csv or parquet",
                 )?,
+            };
+            let format = match format {
+                export::ExportFormat::Csv if raw_csv => export::ExportFormat::CsvRaw,
+                f => f,
             };
             let (store, _pg) = pipeline::open_store(cfg).await?;
             let analytics = pipeline::analytics(cfg, &store)?;
@@ -788,6 +823,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                     filters,
                     format,
                     no_cache,
+                    raw_csv,
                 },
         } => {
             let metric = Arc::new(Metric::load(&file)?);
@@ -804,7 +840,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 }
                 r.frame
             };
-            write_frame(&mut frame, &format)?;
+            write_frame(&mut frame, &format, raw_csv)?;
         }
         Command::Metric {
             which: MetricCommand::List { dir },
@@ -956,11 +992,15 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
 }
 
 /// Prints a frame to stdout as a table, CSV or JSON.
-fn write_frame(frame: &mut polars::prelude::DataFrame, format: &str) -> anyhow::Result<()> {
+fn write_frame(
+    frame: &mut polars::prelude::DataFrame,
+    format: &str,
+    raw_csv: bool,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     match format {
         "table" => print_table(frame),
-        "csv" => export::write_csv(frame, stdout)?,
+        "csv" => export::write_csv(frame, stdout, raw_csv)?,
         "json" => {
             export::write_json(frame, stdout)?;
             println!();

@@ -757,3 +757,120 @@ async fn bad_requests_are_rejected_before_the_database() {
     assert_eq!(a.view(&req).await.unwrap().frame.height(), 0);
     db.drop().await;
 }
+
+/// Every key of a private Redis under `pattern`.
+async fn redis_keys(c: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_mutated_and_locked_cache_values_give_correct_answers() {
+    let (db, _, _) = seeded("cacheforge").await;
+    let redis = PrivateRedis::start(free_port());
+    let a = analytics(
+        &db.store,
+        FrameCache::new(&redis.url(), Duration::from_secs(600)).unwrap(),
+    );
+    let fresh = no_cache(&db.store);
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let kpis = ViewRequest::new(ViewKind::Kpis).with_range(cross_grain_range());
+    let mix = ViewRequest::new(ViewKind::PaymentMix).with_range(cross_grain_range());
+    let (want_kpis, want_mix) = (
+        fresh.view(&kpis).await.unwrap().frame,
+        fresh.view(&mix).await.unwrap().frame,
+    );
+    assert_eq!(a.view(&kpis).await.unwrap().outcome, Outcome::Miss);
+    assert_eq!(a.view(&mix).await.unwrap().outcome, Outcome::Miss);
+    let kpis_key = redis_keys(&mut c, "salespulse:frame:kpis:*")
+        .await
+        .pop()
+        .unwrap();
+    let mix_key = redis_keys(&mut c, "salespulse:frame:payment_mix:*")
+        .await
+        .pop()
+        .unwrap();
+
+    // A value copied from another key is not served as this view.
+    let mix_value: Vec<u8> = redis::cmd("GET")
+        .arg(&mix_key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&kpis_key)
+        .arg(&mix_value)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = a.view(&kpis).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Miss, "a forged value must not be a hit");
+    assert!(r.frame.equals_missing(&want_kpis));
+
+    // Mutated values (and a bare, unsealed frame) never panic, never answer
+    // wrongly.
+    let good: Vec<u8> = redis::cmd("GET")
+        .arg(&mix_key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bad_values = vec![
+        Vec::new(),
+        b"SPF1".to_vec(),
+        good.get(36..).unwrap().to_vec(),
+    ];
+    for _ in 0..60 {
+        let mut b = good.clone();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng as usize) % b.len();
+        b[i] ^= 1 << (rng % 8);
+        bad_values.push(b);
+    }
+    for b in bad_values {
+        let _: () = redis::cmd("SET")
+            .arg(&mix_key)
+            .arg(b)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let r = a.view(&mix).await.unwrap();
+        assert_ne!(r.outcome, Outcome::Hit);
+        assert!(r.frame.equals_missing(&want_mix));
+    }
+
+    // A planted lock with no expiry costs one bounded wait, not 30 s a query.
+    let _: () = redis::cmd("DEL")
+        .arg(&kpis_key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{kpis_key}:lock"))
+        .arg("someone-else")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = a.view(&kpis).await.unwrap();
+    assert!(r.frame.equals_missing(&want_kpis));
+    assert!(
+        t.elapsed() < salespulse::cache::LOCK_WAIT + Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    let r = a.view(&kpis).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Hit);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    db.drop().await;
+}

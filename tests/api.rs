@@ -27,9 +27,13 @@ impl Drop for Server {
 }
 
 async fn server(health: HealthTargets) -> Server {
+    server_with(ApiState::new(GeneratorParams::default(), 9, health).unwrap()).await
+}
+
+async fn server_with(state: ApiState) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = Arc::new(ApiState::new(GeneratorParams::default(), 9, health).unwrap());
+    let state = Arc::new(state);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(api::serve_on(listener, state, async {
         let _ = rx.await;
@@ -109,6 +113,11 @@ async fn bad_parameters_get_400_with_a_json_error() {
         ("rate=-3", "rate"),
         ("rate=fast", "rate"),
         ("rate=1e12", "rate"),
+        // A rate so small the pacer's sleep overflowed, or held the
+        // connection for ever.
+        ("rate=1e-20", "rate"),
+        ("rate=1e-8", "rate"),
+        ("rate=0.05", "rate"),
         ("count=0", "count"),
         ("count=-1", "count"),
         ("count=2.5", "count"),
@@ -162,4 +171,217 @@ async fn health_reports_each_service_with_its_error() {
         assert!(!err.is_empty(), "{c} has error text");
     }
     assert!(!body.contains("hunter2"), "password leaked: {body}");
+}
+
+/// A TCP port that accepts and counts connections, then drops them.
+fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&n);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(c);
+        }
+    });
+    (port, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_checks_host_and_token_and_caps_streams_and_probes() {
+    let (port, probes) = counting_listener();
+    let s = server_with(
+        ApiState::new(
+            GeneratorParams::default(),
+            9,
+            HealthTargets {
+                redis_url: Some(format!("redis://127.0.0.1:{port}")),
+                ..HealthTargets::default()
+            },
+        )
+        .unwrap()
+        .with_token(Some("s3cret-token".into())),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // 200 parallel health checks probe each service about once.
+    let calls = (0..200).map(|_| client.get(format!("{}/health", s.base)).send());
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status().as_u16(), 503);
+    }
+    let n = probes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=3).contains(&n), "{n} probes for 200 /health calls");
+
+    // DNS rebinding: a page from another origin that resolves to 127.0.0.1
+    // sends its own Host. Refused; the bound address and localhost pass.
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    for (host, want) in [
+        ("evil.example".to_owned(), 421),
+        (format!("evil.example:{port}"), 421),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        (
+            format!("localhost:{}", port.parse::<u16>().unwrap() ^ 1),
+            421,
+        ),
+    ] {
+        let r = client
+            .get(format!("{}/event", s.base))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), want, "Host: {host}");
+    }
+
+    // /view and /metrics need the token; the generator does not.
+    for path in ["/metrics", "/view/kpis"] {
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), 401, "{path}");
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), 401, "{path}");
+    }
+    let r = client
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 200);
+    // No database here: past the guard, the view says so.
+    let r = client
+        .get(format!("{}/view/kpis", s.base))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 503);
+
+    // Streams: at most MAX_CONCURRENT_STREAMS at once, 429 beyond.
+    let mut open = Vec::new();
+    for _ in 0..api::MAX_CONCURRENT_STREAMS {
+        let r = client
+            .get(format!("{}/stream?rate=1", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        open.push(r);
+    }
+    let r = client
+        .get(format!("{}/stream?rate=1&count=1", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 429);
+    // One closes: a new one may open.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .get(format!("{}/stream?rate=100&count=1", s.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 200 {
+            assert_eq!(r.text().await.unwrap().lines().count(), 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed stream's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_beyond_loopback_needs_a_token() {
+    let state =
+        Arc::new(ApiState::new(GeneratorParams::default(), 9, HealthTargets::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = api::serve_on(listener, state, async {}).await.unwrap_err();
+    assert!(err.to_string().contains("SALESPULSE_API_TOKEN"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
+    let db = TestDb::new("api_abandon").await;
+    let mut g = sparse_generator(3, 300.0);
+    let events: Vec<Event> = (0..4_000).map(|_| g.next_event()).collect();
+    write_events(
+        &db.store,
+        events,
+        2_000,
+        &mut std::collections::HashMap::new(),
+    )
+    .await;
+    let cfg = test_config(&db.url, None);
+    // A small pool, as a user's server would have under load.
+    let store = salespulse::store::Store::connect(&db.url, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let analytics = salespulse::pipeline::analytics(&cfg, &store).unwrap();
+    let s = server_with(
+        ApiState::new(GeneratorParams::default(), 9, HealthTargets::default())
+            .unwrap()
+            .with_telemetry(api::Telemetry {
+                analytics: Some(analytics),
+                ..api::Telemetry::default()
+            }),
+    )
+    .await;
+    // Fresh keys each run, so that nothing comes from the shared cache.
+    let to = format!("2026-03-0{}", 1 + rand::random::<u8>() % 4);
+    let heavy = format!(
+        "{}/view/revenue_trend?from=2025-12-25&to={to}&granularity=minute",
+        s.base
+    );
+    // Clients that give up at once, more of them than the pool has
+    // connections.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    for _ in 0..6 {
+        let _ = quick.get(&heavy).send().await;
+    }
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    let r = client
+        .get(format!("{}/view/kpis?last=1h", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The heavy one is still answered (its computation went on), and a
+    // range too long for its granularity gets a 400 naming the limit.
+    let r = client.get(&heavy).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .get(format!(
+            "{}/view/revenue_trend?from=0001-01-01&to=9999-12-31&granularity=minute",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("at most 100000"), "{body}");
+    store.pool().close().await;
+    db.drop().await;
 }

@@ -44,7 +44,7 @@ fn open_app_with(
     scale: f32,
     settings: impl Fn(&str) -> Settings,
 ) -> (TestDb, Harness<'static, App>) {
-    open_app_logged(rt, tag, size, scale, settings, LogBuffer::default())
+    open_app_logged(rt, tag, size, scale, settings, LogBuffer::default(), |_| {})
 }
 
 fn open_app_logged(
@@ -54,15 +54,17 @@ fn open_app_logged(
     scale: f32,
     settings: impl Fn(&str) -> Settings,
     logs: LogBuffer,
+    tweak: fn(&mut salespulse::config::Config),
 ) -> (TestDb, Harness<'static, App>) {
     let db = rt.block_on(TestDb::new(tag));
     // A scripts folder of its own: no metrics unless a test adds them.
     let scripts = std::env::temp_dir().join(format!("{}_scripts", db.name));
     std::fs::create_dir_all(scripts.join("metrics")).unwrap();
-    let cfg = salespulse::config::Config {
+    let mut cfg = salespulse::config::Config {
         scripts_dir: Some(scripts),
         ..common::test_config(&db.url, None)
     };
+    tweak(&mut cfg);
     let app = App::new(rt.handle().clone(), cfg, settings(&db.url), logs);
     let h = Harness::builder()
         .with_size(size)
@@ -353,10 +355,28 @@ fn explorer_loads_sorts_and_exports_and_settings_persist_choices() {
     assert_eq!(h.ctx.theme(), egui::Theme::Light);
     // Saved through eframe's storage API and loaded as the next start does.
     let mut storage = MemoryStorage::default();
-    salespulse::ui::settings::save(&mut storage, &h.state().settings);
+    salespulse::ui::settings::save(&mut storage, &h.state().settings, |_| None);
     let base = common::test_config(&db.url, None);
     let back = salespulse::ui::settings::load(Some(&storage), &base, |_| None);
-    assert_eq!(back, h.state().settings);
+    let mut want = h.state().settings.clone();
+    want.database_url = salespulse::config::strip_password(&want.database_url);
+    assert_eq!(back, want);
+    // No secret reaches the file: a password typed into a URL is dropped,
+    // and a URL from the environment is not saved at all.
+    let mut typed = h.state().settings.clone();
+    typed.redis_url = "redis://:hunter2/?#x@127.0.0.1:6379/0".into();
+    typed.database_url = "postgres://u:from-env@10.0.0.7/db".into();
+    salespulse::ui::settings::save(&mut storage, &typed, |v| {
+        (v == "DATABASE_URL").then(|| "postgres://u:from-env@10.0.0.7/db".to_owned())
+    });
+    let text: String = storage.0.values().cloned().collect();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains("from-env"), "{text}");
+    assert!(!text.contains("10.0.0.7"), "{text}");
+    let back = salespulse::ui::settings::load(Some(&storage), &base, |_| None);
+    assert_eq!(back.redis_url, "redis://@127.0.0.1:6379/0");
+    assert_eq!(back.database_url, want.database_url);
+    salespulse::ui::settings::save(&mut storage, &want, |_| None);
     assert_eq!(back.theme, salespulse::ui::settings::Theme::Light);
     // A service named in the environment wins over the saved one.
     let env = salespulse::ui::settings::load(Some(&storage), &base, |v| {
@@ -473,6 +493,7 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
             ..settings(url)
         },
         logs,
+        |_| {},
     );
     wait_for(&mut h, "the first dashboard", 60, |h| {
         h.state().dashboard().is_some()
@@ -572,6 +593,140 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
         "the panel shows {err:?}"
     );
     close_app(&rt, db, h);
+}
+
+#[test]
+fn services_going_away_turn_red_with_the_reason_and_green_again_without_a_restart() {
+    let rt = runtime();
+    let mut redis = PrivateRedis::launch();
+    let port = redis.port;
+    let (db, mut h) = open_app_logged(
+        &rt,
+        "app_outage",
+        [1280.0, 800.0],
+        1.0,
+        move |url| Settings {
+            redis_url: format!("redis://127.0.0.1:{port}"),
+            ..settings(url)
+        },
+        LogBuffer::default(),
+        // Blocked writes give up quickly, so ingest reports itself soon.
+        |cfg| cfg.pg_statement_timeout_ms = 1_500,
+    );
+    let check = |h: &Harness<'_, App>, name: &str| -> Option<bool> {
+        h.state()
+            .telemetry()
+            .and_then(|t| t.health.as_ref())
+            .and_then(|hl| hl.checks.iter().find(|c| c.name == name).map(|c| c.ok))
+    };
+    wait_for(&mut h, "the first dashboard", 60, |h| {
+        h.state().dashboard().is_some()
+    });
+    h.get_by_label("Pipeline").click();
+    wait_for(&mut h, "Redis reported up", 30, |h| {
+        check(h, "redis") == Some(true)
+    });
+
+    // Redis goes away: red, with the reason on the panel.
+    redis.stop();
+    wait_for(&mut h, "Redis reported down", 30, |h| {
+        check(h, "redis") == Some(false)
+    });
+    let err = h
+        .state()
+        .telemetry()
+        .and_then(|t| t.health.clone())
+        .and_then(|hl| hl.checks.into_iter().find(|c| c.name == "redis"))
+        .and_then(|c| c.error)
+        .expect("an error text");
+    wait_for(&mut h, "the Redis error on the panel", 10, |h| {
+        h.query_all_by_label_contains(&err).next().is_some()
+    });
+    // It comes back on the same port: green again, no restart.
+    redis.start();
+    wait_for(&mut h, "Redis reported up again", 30, |h| {
+        check(h, "redis") == Some(true)
+    });
+    wait_for(&mut h, "the Redis error gone", 10, |h| {
+        h.query_all_by_label_contains(&err).next().is_none()
+    });
+
+    // Writes blocked at the database: ingest says it is degraded, and why,
+    // then resumes on its own once they pass.
+    let locker = rt.block_on(async {
+        let mut tx = db.store.pool().begin().await.unwrap();
+        sqlx::query("LOCK TABLE transactions IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    });
+    wait_for(&mut h, "ingest degraded on the panel", 60, |h| {
+        h.state().telemetry().is_some_and(|t| {
+            matches!(&t.ingest, salespulse::pipeline::ingest::IngestHealth::Degraded { reason, .. }
+                if reason.contains("statement timeout"))
+        }) && h
+            .query_all_by_label_contains("ingest degraded for")
+            .next()
+            .is_some()
+    });
+    rt.block_on(async { locker.rollback().await.unwrap() });
+    wait_for(&mut h, "ingest writing again", 60, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.ingest == salespulse::pipeline::ingest::IngestHealth::Ok)
+            && h.query_all_by_label_contains("ingest degraded for")
+                .next()
+                .is_none()
+    });
+    close_app(&rt, db, h);
+}
+
+/// A Redis server of the test's own, to stop and start again on its port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn launch() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.start();
+        r
+    }
+
+    fn start(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Replaces the text of the script editor.

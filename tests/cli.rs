@@ -140,13 +140,25 @@ fn doctor_names_what_is_broken_and_how_to_fix_it() {
 fn embedded_defaults_start_a_private_postgres_cluster() {
     // No DATABASE_URL, no KAFKA_BROKERS: the mock broker and a private
     // PostgreSQL cluster made with initdb in a fresh data directory.
-    let dir = tempfile::tempdir().unwrap();
+    let top = tempfile::tempdir().unwrap();
+    // A space in the path, as in macOS's "Application Support".
+    let dir_path = top.path().join("Application Support");
+    std::fs::create_dir_all(&dir_path).unwrap();
     #[cfg(unix)]
     {
         // As root the cluster runs as the postgres user, who must reach it.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [top.path(), dir_path.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
+    struct D(std::path::PathBuf);
+    impl D {
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    let dir = D(dir_path);
     let port = free_port().to_string();
     let data = dir.path().to_string_lossy().into_owned();
     let env = [
@@ -166,8 +178,55 @@ fn embedded_defaults_start_a_private_postgres_cluster() {
     // it skip or stop early.
     let o = salespulse(&["run", "--events", "1000"], &env);
     assert!(o.status.success(), "{}", text(&o));
-    let url = format!("postgres://salespulse@127.0.0.1:{port}/salespulse");
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Private: no password, no entry — over TCP as any role, or over the
+    // socket; the password is in a file only the user can read.
+    for role in ["salespulse", "postgres"] {
+        let open = format!("postgres://{role}@127.0.0.1:{port}/salespulse");
+        let err = rt
+            .block_on(salespulse::store::Store::connect(
+                &open,
+                1,
+                std::time::Duration::from_secs(10),
+            ))
+            .err()
+            .unwrap_or_else(|| panic!("{role} got in without a password"));
+        assert!(!err.to_string().contains("refused"), "{role}: {err}");
+    }
+    let pwfile = dir.path().join("postgres.password");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pwfile).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{pwfile:?} is {mode:o}");
+        let data_mode = std::fs::metadata(dir.path().join("postgres"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(data_mode & 0o077, 0, "the cluster folder is {data_mode:o}");
+        // Another local user (as root we can be one): neither the socket
+        // nor TCP without the password.
+        if unsafe { libc::geteuid() } == 0 {
+            let sock = dir.path().join("postgres").to_string_lossy().into_owned();
+            for host in [sock.as_str(), "127.0.0.1"] {
+                let o = Command::new("runuser")
+                    .args(["-u", "nobody", "--", "psql", "-w", "-h", host, "-p", &port])
+                    .args(["-U", "salespulse", "-d", "salespulse", "-c", "select 1"])
+                    .output()
+                    .unwrap();
+                assert!(!o.status.success(), "nobody connected via {host}");
+            }
+        }
+    }
+    let url = rt
+        .block_on(salespulse::store::EmbeddedPostgres::ensure(
+            Some(dir.path()),
+            port.parse().unwrap(),
+        ))
+        .unwrap()
+        .url;
+    let pw = std::fs::read_to_string(&pwfile).unwrap();
+    assert!(url.contains(pw.trim()));
     let rows: i64 = rt.block_on(async {
         let store = salespulse::store::Store::connect(&url, 1, std::time::Duration::from_secs(10))
             .await

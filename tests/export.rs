@@ -20,7 +20,7 @@ fn read_back(path: &std::path::Path, format: ExportFormat, schema: &Schema) -> D
         ExportFormat::Parquet => ParquetReader::new(std::fs::File::open(path).unwrap())
             .finish()
             .unwrap(),
-        ExportFormat::Csv => CsvReadOptions::default()
+        ExportFormat::Csv | ExportFormat::CsvRaw => CsvReadOptions::default()
             .with_has_header(true)
             .with_schema(Some(Arc::new(schema.clone())))
             .try_into_reader_with_file_path(Some(path.to_owned()))

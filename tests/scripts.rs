@@ -301,8 +301,51 @@ fn runaway_and_forbidden_scripts_stop_with_clear_errors_and_the_engine_goes_on()
             "nope",
             4,
         ),
+        // sql() reads the script's frames and the raw tables, nothing else:
+        // no file, no URL, no other statement.
+        (
+            "read_csv.rhai",
+            "\nsql(\"SELECT * FROM read_csv('SECRET')\").height",
+            "table functions are not allowed",
+            4,
+        ),
+        (
+            "read_parquet.rhai",
+            "\nsql(\"SELECT t.* FROM transactions t JOIN read_parquet('http://127.0.0.1:9/x.parquet') p ON true\").height",
+            "table functions are not allowed",
+            4,
+        ),
+        (
+            "path.rhai",
+            "\nsql(\"SELECT * FROM \\\"SECRET\\\"\").height",
+            "unknown table",
+            4,
+        ),
+        (
+            "subquery.rhai",
+            "\nsql(\"SELECT * FROM transactions WHERE customer_id IN (SELECT * FROM read_ndjson('SECRET'))\").height",
+            "table functions are not allowed",
+            4,
+        ),
+        (
+            "statement.rhai",
+            "\nsql(\"CREATE TABLE x AS SELECT * FROM read_csv('SECRET')\").height",
+            "one SELECT query",
+            4,
+        ),
+        (
+            "two.rhai",
+            "\nsql(\"SELECT 1; SELECT 2\").height",
+            "exactly one SELECT query",
+            4,
+        ),
     ];
+    // A file the scripts must not be able to read.
+    let secret = std::env::temp_dir().join(format!("{}_secret.csv", db.name));
+    std::fs::write(&secret, "token\nhunter2-secret\n").unwrap();
+    let secret_path = secret.display().to_string();
     for (file, body, says, line) in cases {
+        let body = body.replace("SECRET", &secret_path);
         let src = format!("{head}{body}");
         let m = Arc::new(Metric::compile(file, &src).unwrap());
         let t = std::time::Instant::now();
@@ -311,11 +354,35 @@ fn runaway_and_forbidden_scripts_stop_with_clear_errors_and_the_engine_goes_on()
             .expect_err(file);
         let text = e.to_string();
         assert!(text.contains(says), "{file}: {text}");
+        assert!(!text.contains("hunter2"), "{file}: {text}");
         assert!(
             text.starts_with(&format!("{file}:{line}")),
             "{file}: {text}"
         );
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "{file}");
+    }
+    let _ = std::fs::remove_file(&secret);
+    // What sql() may do still works: CTEs, joins and subqueries over raw tables.
+    let ok = format!(
+        "{head}let f = sql(\"WITH big AS (SELECT * FROM transactions WHERE total_amount > 10) \
+         SELECT count(*) AS n FROM big JOIN customers c ON big.customer_id = c.customer_id \
+         WHERE big.product_id IN (SELECT product_id FROM products)\");\nf.height"
+    );
+    let m = Arc::new(Metric::compile("ok.rhai", &ok).unwrap());
+    rt.block_on(a.run_script(m, &Filters::default(), None))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // head(n) and LIMIT are honoured on raw tables (pushed into the scan).
+    for (body, want) in [
+        ("transactions().head(5)", 5),
+        ("sql(\"SELECT * FROM transactions LIMIT 3\")", 3),
+        ("transactions().select([col(\"customer_id\")]).head(7)", 7),
+    ] {
+        let src = format!("const NAME = \"x\";\nconst KIND = \"table\";\n{body}");
+        let m = Arc::new(Metric::compile("head.rhai", &src).unwrap());
+        let df = rt
+            .block_on(a.run_script(m, &Filters::default(), None))
+            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert_eq!(df.height(), want, "{body}");
     }
     // Still working.
     let (file, src) = BUILTIN_METRICS[0];

@@ -10,7 +10,15 @@
 //! - counts: 64-bit integers; text: UTF-8 strings.
 //!
 //! A file is written next to its destination and renamed into place when
-//! complete, so a failed export never leaves a truncated file behind.
+//! complete, so a failed export never leaves a truncated file behind. The
+//! temporary file has an unpredictable name and is created new
+//! (`create_new`: never through a link planted in its place), readable by
+//! the user only (0600 on Unix; the exported file keeps that).
+//!
+//! CSV is written safe for spreadsheets by default: a text cell that starts
+//! with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, so
+//! a product name like `=HYPERLINK(…)` is shown, not run
+//! ([`ExportFormat::CsvRaw`] writes cells as they are).
 //! `transactions` without an explicit limit exports every matching row,
 //! streamed in pages (keyset paging), so memory stays flat.
 
@@ -29,7 +37,10 @@ pub const PAGE_ROWS: u64 = 100_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
+    /// CSV, with formula-like text cells defused.
     Csv,
+    /// CSV with every cell as it is (`--raw-csv`).
+    CsvRaw,
     Parquet,
 }
 
@@ -38,6 +49,7 @@ impl std::str::FromStr for ExportFormat {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "csv" => Ok(ExportFormat::Csv),
+            "csv-raw" | "csv_raw" => Ok(ExportFormat::CsvRaw),
             "parquet" | "pq" => Ok(ExportFormat::Parquet),
             _ => Err(format!("format {s:?} is not csv or parquet")),
         }
@@ -65,6 +77,7 @@ pub struct FrameSink {
     writer: Option<SinkWriter>,
     rows: u64,
     done: bool,
+    safe_csv: bool,
 }
 
 enum SinkWriter {
@@ -77,7 +90,72 @@ fn tmp_path(dest: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+    dest.with_file_name(format!(
+        ".{name}.{}.{:08x}.partial",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+/// A new file at `path`: fails if anything (a file, a symlink) is there.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// Whether a CSV cell would be taken for a formula by a spreadsheet.
+fn formula_like(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// A column name safe for a CSV header.
+fn safe_name(name: &str) -> PlSmallStr {
+    if formula_like(name) {
+        format!("'{name}").into()
+    } else {
+        name.into()
+    }
+}
+
+/// `df` with every formula-like text cell, and column name (a pivot makes
+/// names of data), prefixed with `'`.
+pub fn csv_safe(df: &DataFrame) -> PolarsResult<DataFrame> {
+    let mut out = df.clone();
+    for name in df.get_column_names_owned() {
+        let c = df.column(&name)?;
+        if c.dtype() != &DataType::String {
+            continue;
+        }
+        let ca = c.str()?;
+        if !ca.iter().flatten().any(formula_like) {
+            continue;
+        }
+        let safe: StringChunked = ca
+            .iter()
+            .map(|o| {
+                o.map(|s| {
+                    if formula_like(s) {
+                        std::borrow::Cow::Owned(format!("'{s}"))
+                    } else {
+                        std::borrow::Cow::Borrowed(s)
+                    }
+                })
+            })
+            .collect();
+        out.with_column(safe.with_name(name.clone()).into_column())?;
+    }
+    let names: Vec<PlSmallStr> = out.get_column_names_owned();
+    if names.iter().any(|n| formula_like(n)) {
+        let safe: Vec<PlSmallStr> = names.iter().map(|n| safe_name(n)).collect();
+        out.set_column_names(&safe)?;
+    }
+    Ok(out)
 }
 
 /// CSV timestamps: RFC 3339 with microseconds and offset.
@@ -90,9 +168,19 @@ impl FrameSink {
         schema: &Schema,
     ) -> Result<Self, AnalyticsError> {
         let tmp = tmp_path(dest);
-        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let safe_schema: Schema;
+        let schema = if format == ExportFormat::Csv {
+            safe_schema = schema
+                .iter()
+                .map(|(n, t)| Field::new(safe_name(n), t.clone()))
+                .collect();
+            &safe_schema
+        } else {
+            schema
+        };
+        let file = BufWriter::with_capacity(1 << 20, create_new(&tmp)?);
         let writer = match format {
-            ExportFormat::Csv => SinkWriter::Csv(
+            ExportFormat::Csv | ExportFormat::CsvRaw => SinkWriter::Csv(
                 CsvWriter::new(file)
                     .include_header(true)
                     .with_datetime_format(Some(CSV_DATETIME.into()))
@@ -110,6 +198,7 @@ impl FrameSink {
             writer: Some(writer),
             rows: 0,
             done: false,
+            safe_csv: format == ExportFormat::Csv,
         })
     }
 
@@ -119,6 +208,7 @@ impl FrameSink {
 
     pub fn write(&mut self, df: &DataFrame) -> Result<(), AnalyticsError> {
         match &mut self.writer {
+            Some(SinkWriter::Csv(w)) if self.safe_csv => w.write_batch(&csv_safe(df)?)?,
             Some(SinkWriter::Csv(w)) => w.write_batch(df)?,
             Some(SinkWriter::Parquet(w)) => w.write_batch(df)?,
             None => {}
@@ -260,8 +350,16 @@ pub async fn export_view_paged(
     sink.finish()
 }
 
-/// Writes `df` as CSV to `out` (for `query --format csv`).
-pub fn write_csv(df: &mut DataFrame, out: impl Write) -> Result<(), AnalyticsError> {
+/// Writes `df` as CSV to `out` (for `query --format csv`), formula-like
+/// text cells defused unless `raw`.
+pub fn write_csv(df: &mut DataFrame, out: impl Write, raw: bool) -> Result<(), AnalyticsError> {
+    let mut safe;
+    let df = if raw {
+        df
+    } else {
+        safe = csv_safe(df)?;
+        &mut safe
+    };
     CsvWriter::new(out)
         .include_header(true)
         .with_datetime_format(Some(CSV_DATETIME.into()))
@@ -275,4 +373,63 @@ pub fn write_json(df: &mut DataFrame, out: impl Write) -> Result<(), AnalyticsEr
         .with_json_format(JsonFormat::Json)
         .finish(df)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_like_cells_are_defused_unless_raw() {
+        let df = df!(
+            "=cmd" => ["a", "b", "c", "d", "e", "f", "g", "h"],
+            "name" => ["=HYPERLINK(\"http://x\",\"y\")", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "plain", "a=b"],
+            "amount" => [-1.5f64, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        write_csv(&mut df.clone(), &mut out, false).unwrap();
+        let mut r = csv::Reader::from_reader(out.as_slice());
+        let names: Vec<String> = r
+            .records()
+            .map(|x| x.unwrap().get(1).unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "'=HYPERLINK(\"http://x\",\"y\")",
+                "'+1",
+                "'-2",
+                "'@SUM(A1)",
+                "'\tx",
+                "'\rx",
+                "plain",
+                "a=b"
+            ]
+        );
+        // Numbers are numbers: a negative amount keeps its sign; a
+        // formula-like header is defused too.
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("'=cmd,name,amount"), "{text}");
+        assert!(text.contains(",-1.5"), "{text}");
+        let mut raw = Vec::new();
+        write_csv(&mut df.clone(), &mut raw, true).unwrap();
+        assert!(String::from_utf8(raw).unwrap().contains("\nb,+1,"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_temporary_file_never_follows_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("sp-export-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("victim");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create_new(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        // Two temporary names for one destination differ.
+        assert_ne!(tmp_path(&dir.join("x.csv")), tmp_path(&dir.join("x.csv")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -482,6 +482,7 @@ impl FrameSource for AnalyticsSource {
         name: &str,
         opts: &[(String, String)],
         columns: Option<&[String]>,
+        limit: Option<usize>,
     ) -> Result<DataFrame, String> {
         let mut q = self.table_query(name, opts)?;
         if let Some(want) = columns {
@@ -500,6 +501,10 @@ impl FrameSource for AnalyticsSource {
             // A plain projection of the ordered, limited query keeps its order.
             q.sql = format!("SELECT {list} FROM ({}) AS t", q.sql);
             q.columns = picked;
+        }
+        if let Some(n) = limit {
+            // The inner query's order is kept: the first n rows of it.
+            q.sql = format!("SELECT * FROM ({}) AS l LIMIT {n}", q.sql);
         }
         let df = self
             .rt

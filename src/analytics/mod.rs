@@ -59,6 +59,12 @@ pub enum AnalyticsError {
     Shared(Arc<AnalyticsError>),
 }
 
+impl From<crate::cache::FlightLost> for Arc<AnalyticsError> {
+    fn from(e: crate::cache::FlightLost) -> Self {
+        Arc::new(AnalyticsError::Io(std::io::Error::other(e.0)))
+    }
+}
+
 impl AnalyticsError {
     /// Whether the caller's input was at fault (HTTP 400, exit code 2).
     pub fn is_bad_request(&self) -> bool {

@@ -97,6 +97,11 @@ impl FromStr for ViewKind {
     }
 }
 
+/// Most buckets a trend may have (granularity over range).
+pub const MAX_BUCKETS: i64 = 100_000;
+/// Longest "last N minutes" range: 100 years.
+pub const MAX_LAST_MINUTES: i64 = 100 * 366 * 24 * 60;
+
 /// Bucket width of a time series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -393,8 +398,29 @@ impl ViewRequest {
             }
         }
         if let TimeRange::Last { minutes } = self.filters.range {
-            if minutes < 1 {
-                return bad(format!("last = {minutes} minutes"));
+            if !(1..=MAX_LAST_MINUTES).contains(&minutes) {
+                return bad(format!(
+                    "last = {minutes} minutes is out of range 1..={MAX_LAST_MINUTES} (100 years)"
+                ));
+            }
+        }
+        // A trend of a fixed granularity over a long range is a bucket per
+        // step: capped, so one request cannot ask for millions of them.
+        if let Some(g) = self.granularity {
+            let secs = match &self.filters.range {
+                TimeRange::Between { from, to } => Some((*to - *from).num_seconds()),
+                TimeRange::Last { minutes } => Some(minutes.saturating_mul(60)),
+                TimeRange::All => None,
+            };
+            if let Some(secs) = secs {
+                let buckets = secs / g.seconds().max(1);
+                if buckets > MAX_BUCKETS {
+                    return bad(format!(
+                        "granularity={} over this range makes {buckets} buckets; at most \
+                         {MAX_BUCKETS}: choose a coarser granularity or a shorter range",
+                        g.as_str()
+                    ));
+                }
             }
         }
         for s in &self.filters.statuses {

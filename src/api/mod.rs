@@ -4,6 +4,15 @@
 //!
 //! Bad parameters get `400` with a JSON body `{"error": "..."}`; unknown
 //! paths get `404` the same way.
+//!
+//! Hardening (see SECURITY.md): the `Host` header must name the bound
+//! address or `localhost` (no DNS rebinding); an optional bearer token
+//! (`SALESPULSE_API_TOKEN`, required off loopback) guards `/view` and
+//! `/metrics`; `/stream` has a minimum rate, a maximum duration and a cap on
+//! concurrent streams (`429` beyond it); `/view` has a per-request timeout
+//! and runs its computation detached from the client; `/health` answers
+//! from a check at most a few seconds old and shows error details only to
+//! loopback clients.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +42,53 @@ pub const MAX_STREAM_RATE: f64 = 100_000.0;
 pub const MAX_STREAM_COUNT: u64 = 10_000_000;
 /// Default `rate` of `/stream`.
 pub const DEFAULT_STREAM_RATE: f64 = 10.0;
+/// Smallest `rate` accepted by `/stream` (one event per 10 s).
+pub const MIN_STREAM_RATE: f64 = 0.1;
+/// Longest a `/stream` response lasts, whatever its count.
+pub const MAX_STREAM_DURATION: Duration = Duration::from_secs(3_600);
+/// Streams served at once; more get `429`.
+pub const MAX_CONCURRENT_STREAMS: usize = 8;
+/// Longest a `/view` request waits for its answer (`503` after).
+pub const VIEW_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `/health` answer is reused.
+pub const HEALTH_CACHE: Duration = Duration::from_secs(3);
+
+/// The API token from `SALESPULSE_API_TOKEN` (environment only: never
+/// read from or written to a file).
+pub fn token_from_env() -> Option<String> {
+    std::env::var("SALESPULSE_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// Refuses to serve beyond loopback without a token: other machines could
+/// read the user's views.
+pub fn check_exposure(bound: std::net::SocketAddr, token: Option<&str>) -> std::io::Result<()> {
+    if !bound.ip().is_loopback() && token.is_none_or(str::is_empty) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to serve on {bound} without a token: other machines could read \
+                 your views; set SALESPULSE_API_TOKEN or bind to 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a Host header names this machine's loopback (`localhost`, a
+/// loopback address), with or without a port.
+fn host_is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if !p.contains(']') => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
 
 /// What `/health` checks.
 #[derive(Clone, Debug, Default)]
@@ -42,13 +98,18 @@ pub struct HealthTargets {
     pub redis_url: Option<String>,
 }
 
+/// What the API serves from: the generator, the health targets, the
+/// telemetry and the access rules.
 pub struct ApiState {
     params: GeneratorParams,
     generator: Mutex<Generator>,
     base_seed: u64,
     streams: AtomicU64,
+    open_streams: Arc<tokio::sync::Semaphore>,
     health: HealthTargets,
+    last_health: tokio::sync::Mutex<Option<(std::time::Instant, [Check; 3])>>,
     telemetry: Telemetry,
+    token: Option<String>,
 }
 
 impl ApiState {
@@ -62,9 +123,60 @@ impl ApiState {
             params,
             base_seed: seed,
             streams: AtomicU64::new(0),
+            open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STREAMS)),
             health,
+            last_health: tokio::sync::Mutex::new(None),
             telemetry: Telemetry::default(),
+            token: None,
         })
+    }
+
+    /// The three service checks, probed at most once per [`HEALTH_CACHE`]
+    /// however many requests ask (they wait for the one probe in flight).
+    async fn checks(&self) -> [Check; 3] {
+        let mut last = self.last_health.lock().await;
+        if let Some((at, c)) = last.as_ref() {
+            if at.elapsed() < HEALTH_CACHE {
+                return c.clone();
+            }
+        }
+        let not_configured = |name: &'static str| Check {
+            name,
+            ok: false,
+            detail: "not configured".into(),
+            error: Some("not configured".into()),
+            hint: None,
+        };
+        let (k, p, r) = tokio::join!(
+            async {
+                match &self.health.kafka_brokers {
+                    Some(b) => check_kafka(b).await,
+                    None => not_configured("kafka"),
+                }
+            },
+            async {
+                match &self.health.database_url {
+                    Some(u) => check_postgres(u).await,
+                    None => not_configured("postgres"),
+                }
+            },
+            async {
+                match &self.health.redis_url {
+                    Some(u) => check_redis(u).await,
+                    None => not_configured("redis"),
+                }
+            },
+        );
+        let c = [k, p, r];
+        *last = Some((std::time::Instant::now(), c.clone()));
+        c
+    }
+
+    /// Requires `Authorization: Bearer <token>` on `/view` and `/metrics`
+    /// (`None` or an empty token: open on loopback).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// Adds what `/metrics` reports and `/view` answers from.
@@ -74,7 +186,12 @@ impl ApiState {
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The API's routes, guarded for a server bound to `bound`.
+pub fn router(state: Arc<ApiState>, bound: std::net::SocketAddr) -> Router {
+    let guard = Arc::new(Guard {
+        bound,
+        token: state.token.clone(),
+    });
     Router::new()
         .route("/event", get(event))
         .route("/stream", get(stream))
@@ -87,7 +204,102 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 "no such endpoint; try /event, /stream, /health, /metrics, /view/{name}",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(guard, guard_layer))
         .with_state(state)
+}
+
+/// The access rules of one bound server.
+struct Guard {
+    bound: std::net::SocketAddr,
+    token: Option<String>,
+}
+
+impl Guard {
+    /// Whether `host` (a Host header) names this server: its own address,
+    /// or `localhost`/a loopback address when bound to loopback, on its
+    /// port. A server bound to every interface (`0.0.0.0`) takes any host
+    /// (it requires a token instead).
+    fn host_ok(&self, host: &str) -> bool {
+        if self.bound.ip().is_unspecified() {
+            return true;
+        }
+        let port = self.bound.port().to_string();
+        let (name, p) = match host.rsplit_once(':') {
+            // `[::1]:8080`, `127.0.0.1:8080`, `localhost:8080`
+            Some((n, p)) if !p.contains(']') => (n, Some(p)),
+            _ => (host, None),
+        };
+        if p.is_some_and(|p| p != port) {
+            return false;
+        }
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let ip = self.bound.ip().to_string();
+        name == ip
+            || (self.bound.ip().is_loopback()
+                && (name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|a| a.is_loopback())))
+    }
+
+    fn token_ok(&self, header: Option<&str>) -> bool {
+        let Some(want) = &self.token else {
+            return true;
+        };
+        let got = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compare digests: no early exit on the first differing byte.
+        use sha2::{Digest, Sha256};
+        let (a, b) = (
+            Sha256::digest(got.as_bytes()),
+            Sha256::digest(want.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+async fn guard_layer(
+    State(g): State<Arc<Guard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !g.host_ok(host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "Host {host:?} is not this server ({}); use its address or localhost",
+                g.bound
+            ),
+        );
+    }
+    let path = req.uri().path();
+    if path.starts_with("/view") || path == "/metrics" {
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        if !g.token_ok(auth) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs Authorization: Bearer <SALESPULSE_API_TOKEN>",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -127,9 +339,9 @@ impl StreamParams {
                 let r: f64 = v
                     .parse()
                     .map_err(|_| format!("rate={v:?} is not a number"))?;
-                if !(r.is_finite() && r > 0.0 && r <= MAX_STREAM_RATE) {
+                if !(r.is_finite() && (MIN_STREAM_RATE..=MAX_STREAM_RATE).contains(&r)) {
                     return Err(format!(
-                        "rate={v} is out of range (0, {MAX_STREAM_RATE}] events/s"
+                        "rate={v} is out of range [{MIN_STREAM_RATE}, {MAX_STREAM_RATE}] events/s"
                     ));
                 }
                 r
@@ -170,6 +382,12 @@ async fn stream(
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let Ok(permit) = Arc::clone(&s.open_streams).try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_CONCURRENT_STREAMS} streams are open already; try again later"),
+        );
+    };
     let seed = p.seed.unwrap_or_else(|| {
         s.base_seed
             ^ (s.streams.fetch_add(1, Ordering::Relaxed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -183,19 +401,27 @@ async fn stream(
         pacer: Pacer,
         sent: u64,
         limit: Option<u64>,
+        until: tokio::time::Instant,
+        // Held for as long as the response streams.
+        _permit: tokio::sync::OwnedSemaphorePermit,
     }
     let init = St {
         g: generator,
         pacer: Pacer::new(Some(p.rate)),
         sent: 0,
         limit: p.count,
+        until: tokio::time::Instant::now() + MAX_STREAM_DURATION,
+        _permit: permit,
     };
     let body = futures::stream::unfold(init, |mut st| async move {
-        if st.limit.is_some_and(|l| st.sent >= l) {
+        if st.limit.is_some_and(|l| st.sent >= l) || tokio::time::Instant::now() >= st.until {
             return None;
         }
         let wait = st.pacer.delay_for(st.sent);
         if !wait.is_zero() {
+            if tokio::time::Instant::now() + wait > st.until {
+                return None;
+            }
             tokio::time::sleep(wait).await;
         }
         // Send every event that is due now in one chunk (at most 1000).
@@ -221,35 +447,26 @@ async fn stream(
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn health(State(s): State<Arc<ApiState>>) -> Response {
-    let not_configured = |name: &'static str| Check {
-        name,
-        ok: false,
-        detail: "not configured".into(),
-        error: Some("not configured".into()),
-        hint: None,
+async fn health(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let [k, p, r] = s.checks().await;
+    // Error texts name hosts, users and databases: loopback clients only,
+    // asking for a loopback name (not a rebound one, not via a proxy).
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let local = peer.ip().is_loopback() && host_is_loopback(host);
+    let component = |c: &Check| {
+        if local {
+            json!({ "ok": c.ok, "detail": c.detail, "error": c.error })
+        } else {
+            json!({ "ok": c.ok })
+        }
     };
-    let (k, p, r) = tokio::join!(
-        async {
-            match &s.health.kafka_brokers {
-                Some(b) => check_kafka(b).await,
-                None => not_configured("kafka"),
-            }
-        },
-        async {
-            match &s.health.database_url {
-                Some(u) => check_postgres(u).await,
-                None => not_configured("postgres"),
-            }
-        },
-        async {
-            match &s.health.redis_url {
-                Some(u) => check_redis(u).await,
-                None => not_configured("redis"),
-            }
-        },
-    );
-    let component = |c: &Check| json!({ "ok": c.ok, "detail": c.detail, "error": c.error });
     let mut components =
         json!({ "kafka": component(&k), "postgres": component(&p), "redis": component(&r) });
     let mut all_ok = k.ok && p.ok && r.ok;
@@ -260,11 +477,15 @@ async fn health(State(s): State<Arc<ApiState>>) -> Response {
             }
             crate::pipeline::ingest::IngestHealth::Degraded { for_secs, reason } => {
                 all_ok = false;
-                json!({
-                    "ok": false,
-                    "detail": format!("retrying for {for_secs} s; resumes on its own"),
-                    "error": reason,
-                })
+                if local {
+                    json!({
+                        "ok": false,
+                        "detail": format!("retrying for {for_secs} s; resumes on its own"),
+                        "error": reason,
+                    })
+                } else {
+                    json!({ "ok": false })
+                }
             }
         };
         if let Some(map) = components.as_object_mut() {
@@ -317,7 +538,21 @@ async fn view(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match analytics.view(&req).await {
+    // The computation itself goes on detached (and is shared with other
+    // requests for the same view) if this one gives up or its client leaves.
+    let answer = match tokio::time::timeout(VIEW_TIMEOUT, analytics.view(&req)).await {
+        Ok(a) => a,
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the view took longer than {} s; try a shorter range or again later",
+                    VIEW_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    };
+    match answer {
         Ok(r) => {
             let mut buf = Vec::new();
             let mut frame = r.frame;
@@ -358,10 +593,15 @@ pub async fn serve_on(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let bound = listener.local_addr()?;
+    check_exposure(bound, state.token.as_deref())?;
+    tracing::info!(addr = %bound, "HTTP API listening");
+    axum::serve(
+        listener,
+        router(state, bound).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]

@@ -9,6 +9,15 @@
 //! - **Bypass.** Any Redis error makes the request compute directly; Redis is
 //!   then left alone for a few seconds (so a dead Redis costs one failed
 //!   connect, not one per query) and [`FrameCache::status`] says why.
+//! - **Authenticated values.** Redis may be shared and is not trusted: each
+//!   value carries an HMAC-SHA256 over its key and bytes, with a key of this
+//!   installation (`SALESPULSE_CACHE_KEY`, or a random key kept 0600 in the
+//!   data folder). A value that fails the check — forged, copied from another
+//!   key, truncated, written by another installation — is a miss, logged
+//!   once, and recomputed over; decoding never panics the process.
+//! - **Bounded lock waits.** A request waits at most [`LOCK_WAIT`] for
+//!   another's computation (a dead holder or a planted lock key costs that
+//!   much once), then computes and stores the value itself.
 //!
 //! What goes into the key (view, parameters, data versions) is the caller's
 //! business; see `analytics`.
@@ -33,6 +42,12 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Failed commands in a row tolerated while another process holds the lock.
 const WAIT_RETRIES: u32 = 2;
+/// Longest a request waits for another process's computation of a frame.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// First bytes of every value (format version 1).
+const MAGIC: &[u8; 4] = b"SPF1";
+/// Length of the HMAC-SHA256 tag after the magic.
+const TAG_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -93,6 +108,31 @@ pub struct FrameCache {
     health: Mutex<Health>,
     counters: Mutex<BTreeMap<String, ViewCounters>>,
     inflight: Mutex<HashMap<String, Box<dyn std::any::Any + Send>>>,
+    key: [u8; 32],
+    /// Whether a rejected value was logged already (logged once).
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// A shared computation that ended without an answer: it panicked, or the
+/// runtime shut down under it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FlightLost(pub String);
+
+/// Removes a key's single-flight entry when the computation's task ends.
+struct RemoveOnDrop {
+    cache: Arc<FrameCache>,
+    key: String,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.cache
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Hashes key material into the Redis key of a view's frame.
@@ -100,6 +140,124 @@ pub fn frame_key(view: &str, material: &str) -> String {
     let digest = Sha256::digest(material.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{KEY_PREFIX}{view}:{hex}")
+}
+
+/// HMAC-SHA256 (RFC 2104) of `parts`, concatenated, under `key`.
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    for (b, k) in block.iter_mut().zip(key.iter()) {
+        *b = *k;
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// A value as stored: magic, tag over (Redis key, 0, bytes), bytes.
+fn seal(key: &[u8; 32], redis_key: &str, bytes: &[u8]) -> Vec<u8> {
+    let tag = hmac(key, &[redis_key.as_bytes(), &[0], bytes]);
+    let mut out = Vec::with_capacity(MAGIC.len() + TAG_LEN + bytes.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&tag);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a sealed value if its tag holds for `redis_key`.
+fn open<'a>(key: &[u8; 32], redis_key: &str, value: &'a [u8]) -> Option<&'a [u8]> {
+    let rest = value.strip_prefix(MAGIC.as_slice())?;
+    let (tag, bytes) = (rest.get(..TAG_LEN)?, rest.get(TAG_LEN..)?);
+    let want = hmac(key, &[redis_key.as_bytes(), &[0], bytes]);
+    // No early exit on the first differing byte.
+    let diff = tag
+        .iter()
+        .zip(want.iter())
+        .fold(0u8, |a, (x, y)| a | (x ^ y));
+    (diff == 0).then_some(bytes)
+}
+
+/// This installation's cache key: from `SALESPULSE_CACHE_KEY` (any text;
+/// set the same on every machine that should share cached frames), else
+/// from `cache.key` in the data folder (32 random bytes, created 0600 on
+/// first use), else a key of this process only.
+pub fn installation_key() -> [u8; 32] {
+    if let Some(k) = std::env::var_os("SALESPULSE_CACHE_KEY").filter(|k| !k.is_empty()) {
+        return Sha256::digest(k.as_encoded_bytes()).into();
+    }
+    let dir = std::env::var_os("SALESPULSE_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(crate::config::default_data_dir);
+    match key_file(&dir.join("cache.key")) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(
+                "cache key file in {}: {e}; using a key of this process only",
+                dir.display()
+            );
+            rand::random()
+        }
+    }
+}
+
+/// Reads the key file, or creates it atomically (written aside, then
+/// hard-linked into place, so a reader never sees it half-written).
+fn key_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let read = |p: &std::path::Path| -> std::io::Result<[u8; 32]> {
+        #[cfg(unix)]
+        {
+            // A key someone else could have written (or can read) is no key.
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p)?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if m.uid() != me || m.mode() & 0o077 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "{} is not private to this user (owner {}, mode {:o}); delete it",
+                    p.display(),
+                    m.uid(),
+                    m.mode() & 0o777
+                )));
+            }
+        }
+        let b = std::fs::read(p)?;
+        b.as_slice().try_into().map_err(|_| {
+            std::io::Error::other(format!("{} is not 32 bytes; delete it", p.display()))
+        })
+    };
+    if path.exists() {
+        return read(path);
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let key: [u8; 32] = rand::random();
+    let tmp = path.with_extension(format!("tmp{}", rand::random::<u64>()));
+    {
+        use std::io::Write;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let mut f = o.open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(e),
+    }
 }
 
 /// Arrow IPC, zstd-compressed buffers.
@@ -112,8 +270,13 @@ pub fn encode(df: &DataFrame) -> Result<Vec<u8>, PolarsError> {
     Ok(buf)
 }
 
+/// Decodes [`encode`]'s bytes. Malformed input is an error, never a panic
+/// of the caller (the Arrow reader's panics are caught here).
 pub fn decode(bytes: &[u8]) -> Result<DataFrame, PolarsError> {
-    IpcReader::new(Cursor::new(bytes)).finish()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        IpcReader::new(Cursor::new(bytes)).finish()
+    }))
+    .unwrap_or_else(|_| Err(polars_err!(ComputeError: "malformed frame (the reader panicked)")))
 }
 
 impl FrameCache {
@@ -134,7 +297,19 @@ impl FrameCache {
             health: Mutex::new(Health { last_error: None }),
             counters: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            key: if ttl.is_zero() {
+                [0; 32]
+            } else {
+                installation_key()
+            },
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Uses `key` to authenticate values instead of the installation's.
+    pub fn with_key(mut self, key: [u8; 32]) -> Self {
+        self.key = key;
+        self
     }
 
     /// A cache that never uses Redis (every request is a bypass).
@@ -147,6 +322,8 @@ impl FrameCache {
             health: Mutex::new(Health { last_error: None }),
             counters: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            key: [0; 32],
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -213,6 +390,12 @@ impl FrameCache {
     /// The cached frame of `key`, or `compute()`'s, stored for next time.
     /// `view` names the counters. Errors of `compute` are returned as they are
     /// (and not cached).
+    ///
+    /// The computation runs as a task of its own: a caller that goes away
+    /// (a client that disconnects) neither cancels it half-way nor leaves
+    /// it suspended holding a database connection, and the single-flight
+    /// entry is removed by a guard inside the task when it ends, however it
+    /// ends.
     pub async fn get_or_compute<E, F, Fut>(
         self: &Arc<Self>,
         view: &str,
@@ -220,7 +403,7 @@ impl FrameCache {
         compute: F,
     ) -> Result<(DataFrame, Outcome), E>
     where
-        E: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + From<FlightLost> + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<DataFrame, E>> + Send + 'static,
     {
@@ -234,21 +417,33 @@ impl FrameCache {
                 None => {
                     let this = Arc::clone(self);
                     let (view_s, key_s) = (view.to_owned(), key.to_owned());
-                    let f: Flight<E> = async move { this.fetch(&view_s, &key_s, compute).await }
-                        .boxed()
-                        .shared();
+                    let task = tokio::spawn(async move {
+                        let _entry = RemoveOnDrop {
+                            cache: Arc::clone(&this),
+                            key: key_s.clone(),
+                        };
+                        this.fetch(&view_s, &key_s, compute).await
+                    });
+                    let f: Flight<E> = async move {
+                        match task.await {
+                            Ok(r) => r,
+                            Err(e) => Err(E::from(FlightLost(if e.is_panic() {
+                                "the computation panicked".into()
+                            } else {
+                                "the computation was cancelled (shutting down)".into()
+                            }))),
+                        }
+                    }
+                    .boxed()
+                    .shared();
                     inflight.insert(key.to_owned(), Box::new(f.clone()));
                     (f, true)
                 }
             }
         };
         let out = flight.await;
-        if leader {
-            self.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
-        } else if let Ok((_, o)) = &out {
+        // The leader's task removes its entry itself; followers count.
+        if let (false, Ok((_, o))) = (leader, &out) {
             self.count(view, |c| {
                 c.coalesced += 1;
                 match o {
@@ -286,7 +481,7 @@ impl FrameCache {
         };
         let lock_key = format!("{key}:lock");
         let token = format!("{:032x}", rand::random::<u128>());
-        let deadline = Instant::now() + self.lock_ttl;
+        let deadline = Instant::now() + LOCK_WAIT.min(self.lock_ttl);
         // Once another process is known to hold the lock, a slow or failed
         // command (a loaded Redis) is retried a few times before bypassing:
         // bypassing there means computing the same frame twice.
@@ -323,8 +518,24 @@ impl FrameCache {
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
                 Ok(None) => {
-                    let e = CacheError::Timeout(self.lock_ttl);
-                    return self.bypass(view, &e, compute).await;
+                    // The holder is slow, dead, or not one of us (a planted
+                    // lock key): compute and store it here, once.
+                    tracing::debug!("gave up waiting for the lock of {key}");
+                    let df = compute().await?;
+                    match self.store(conn.clone(), key, &df).await {
+                        Ok(()) => self.note_ok(),
+                        Err(e) => self.note_error(view, &e),
+                    }
+                    // Our locks always expire; one that never does was
+                    // planted: remove it, so it costs this one wait only.
+                    let mut c = conn;
+                    if let Ok(-1) =
+                        timeout(redis::cmd("PTTL").arg(&lock_key).query_async::<i64>(&mut c)).await
+                    {
+                        let _ = timeout(c.del::<_, i64>(&lock_key)).await;
+                    }
+                    self.count(view, |c| c.misses += 1);
+                    return Ok((df, Outcome::Miss));
                 }
                 Err(e) if waiting && strikes < WAIT_RETRIES && Instant::now() < deadline => {
                     strikes += 1;
@@ -372,17 +583,25 @@ impl FrameCache {
         key: &str,
     ) -> Result<Option<DataFrame>, CacheError> {
         let bytes: Option<Vec<u8>> = timeout(c.get(key)).await?;
-        match bytes {
-            None => Ok(None),
-            Some(b) => match decode(&b) {
-                Ok(df) => Ok(Some(df)),
-                Err(e) => {
-                    // Unreadable (another version wrote it?): recompute over it.
-                    tracing::warn!("dropping unreadable cached frame {key}: {e}");
-                    Ok(None)
-                }
+        let Some(b) = bytes else {
+            return Ok(None);
+        };
+        let why = match open(&self.key, key, &b) {
+            None => "its authentication tag does not match (written by another \
+                     installation or version, or tampered with)"
+                .to_owned(),
+            Some(frame) => match decode(frame) {
+                Ok(df) => return Ok(Some(df)),
+                Err(e) => format!("it does not decode: {e}"),
             },
+        };
+        // Recompute over it; say so once per process, not per request.
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("ignoring cached frame {key:?}: {why}");
+        } else {
+            tracing::debug!("ignoring cached frame {key:?}: {why}");
         }
+        Ok(None)
     }
 
     async fn store(
@@ -391,7 +610,7 @@ impl FrameCache {
         key: &str,
         df: &DataFrame,
     ) -> Result<(), CacheError> {
-        let bytes = encode(df)?;
+        let bytes = seal(&self.key, key, &encode(df)?);
         let ms = self.ttl.as_millis().max(1) as u64;
         timeout(c.pset_ex::<_, _, ()>(key, bytes, ms)).await
     }
@@ -475,6 +694,52 @@ mod tests {
         .unwrap();
         let back = decode(&encode(&df).unwrap()).unwrap();
         assert!(back.equals_missing(&df));
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_key_and_name() {
+        let k: [u8; 32] = [7; 32];
+        let v = seal(&k, "salespulse:frame:kpis:a", b"payload");
+        assert_eq!(
+            open(&k, "salespulse:frame:kpis:a", &v),
+            Some(&b"payload"[..])
+        );
+        assert_eq!(open(&k, "salespulse:frame:kpis:b", &v), None);
+        assert_eq!(open(&[8; 32], "salespulse:frame:kpis:a", &v), None);
+        for n in 0..v.len() {
+            assert_eq!(
+                open(
+                    &k,
+                    "salespulse:frame:kpis:a",
+                    v.get(..n).unwrap_or_default()
+                ),
+                None
+            );
+            let mut bad = v.clone();
+            if let Some(b) = bad.get_mut(n) {
+                *b ^= 1;
+            }
+            assert_eq!(open(&k, "salespulse:frame:kpis:a", &bad), None, "byte {n}");
+        }
+        // RFC 4231 test case 2 has a short key; ours are 32 bytes, so check
+        // against an independent computation of the construction instead:
+        // HMAC(k, m) = H((k^opad) || H((k^ipad) || m)).
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for i in 0..32 {
+            ipad[i] ^= 7;
+            opad[i] ^= 7;
+        }
+        let inner = Sha256::new()
+            .chain_update(ipad)
+            .chain_update(b"m")
+            .finalize();
+        let want: [u8; 32] = Sha256::new()
+            .chain_update(opad)
+            .chain_update(inner)
+            .finalize()
+            .into();
+        assert_eq!(hmac(&k, &[b"m"]), want);
     }
 
     #[test]

@@ -194,6 +194,12 @@ mod tests {
         assert!(e.message.contains("hour_weights"), "{e}");
         let e = shop_from_source("mine.rhai", "42").unwrap_err();
         assert!(e.message.contains("map of parameters"), "{e}");
+        // Numbers that would size memory beyond reason are refused, not
+        // allocated.
+        let e = shop_from_source("mine.rhai", "#{ customers: 4000000000 }").unwrap_err();
+        assert!(e.message.contains("customers must be within"), "{e}");
+        let e = shop_from_source("mine.rhai", "#{ sessions_per_hour: 1e300 }").unwrap_err();
+        assert!(e.message.contains("sessions_per_hour"), "{e}");
     }
 
     #[test]

@@ -195,6 +195,14 @@ impl GeneratorParams {
     }
 }
 
+/// Most customers a shop may have (each is a row in memory and in the
+/// customers table).
+pub const MAX_CUSTOMERS: u64 = 10_000_000;
+/// Most products over all categories.
+pub const MAX_PRODUCTS: u64 = 1_000_000;
+/// Most entries of any list (categories, items, regions, countries …).
+pub const MAX_LIST: usize = 10_000;
+
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), ParamsError> {
     if ok {
         Ok(())
@@ -230,7 +238,49 @@ impl GeneratorParams {
             self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase()),
             || format!("currency {:?} is not an ISO 4217 code", self.currency),
         )?;
-        check(self.customers > 0, || "customers must be > 0".into())?;
+        // Upper bounds too: a shop script comes from anyone, and each
+        // number sizes memory (customers and products are tables).
+        check(
+            (1..=MAX_CUSTOMERS).contains(&u64::from(self.customers)),
+            || {
+                format!(
+                    "customers must be within 1..={MAX_CUSTOMERS}, got {}",
+                    self.customers
+                )
+            },
+        )?;
+        check(self.categories.len() <= MAX_LIST, || {
+            format!(
+                "at most {MAX_LIST} categories, got {}",
+                self.categories.len()
+            )
+        })?;
+        check(self.regions.len() <= MAX_LIST, || {
+            format!("at most {MAX_LIST} regions, got {}", self.regions.len())
+        })?;
+        check(self.segments.len() <= MAX_LIST, || {
+            format!("at most {MAX_LIST} segments, got {}", self.segments.len())
+        })?;
+        let products: u64 = self.categories.iter().map(|c| u64::from(c.products)).sum();
+        check(products <= MAX_PRODUCTS, || {
+            format!("at most {MAX_PRODUCTS} products in all, got {products}")
+        })?;
+        for c in &self.categories {
+            check(c.items.len() <= MAX_LIST, || {
+                format!("category {:?}: at most {MAX_LIST} items", c.name)
+            })?;
+        }
+        for r in &self.regions {
+            check(
+                r.countries.len() <= MAX_LIST && r.payment_mix.len() <= MAX_LIST,
+                || {
+                    format!(
+                        "region {:?}: at most {MAX_LIST} countries and payment methods",
+                        r.name
+                    )
+                },
+            )?;
+        }
         for (what, shape) in [
             ("activity_pareto_shape", self.activity_pareto_shape),
             ("spend_pareto_shape", self.spend_pareto_shape),
@@ -317,14 +367,14 @@ impl GeneratorParams {
             self.seasonal_conversion_lift.is_finite() && self.seasonal_conversion_lift >= 0.0,
             || "seasonal_conversion_lift must be >= 0".into(),
         )?;
-        for (what, v) in [
-            ("mean_page_views", self.mean_page_views),
-            ("mean_quantity", self.mean_quantity),
-            ("mean_session_seconds", self.mean_session_seconds),
-            ("sessions_per_hour", self.sessions_per_hour),
+        for (what, v, max) in [
+            ("mean_page_views", self.mean_page_views, 1_000.0),
+            ("mean_quantity", self.mean_quantity, 1_000.0),
+            ("mean_session_seconds", self.mean_session_seconds, 86_400.0),
+            ("sessions_per_hour", self.sessions_per_hour, 100_000_000.0),
         ] {
-            check(v.is_finite() && v >= 1.0, || {
-                format!("{what} must be >= 1, got {v}")
+            check(v.is_finite() && (1.0..=max).contains(&v), || {
+                format!("{what} must be within 1..={max}, got {v}")
             })?;
         }
         Ok(())

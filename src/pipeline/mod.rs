@@ -444,11 +444,13 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
                 database_url: Some(services.database_url.clone()),
                 redis_url: Some(cfg.redis_url.clone()),
             };
-            let state =
-                ApiState::new(opts.params.clone(), opts.seed, health)?.with_telemetry(telemetry);
+            let state = ApiState::new(opts.params.clone(), opts.seed, health)?
+                .with_telemetry(telemetry)
+                .with_token(api::token_from_env());
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("binding the HTTP API to {bind}"))?;
+            api::check_exposure(listener.local_addr()?, api::token_from_env().as_deref())?;
             Some(tokio::spawn(api::serve_on(
                 listener,
                 Arc::new(state),

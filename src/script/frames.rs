@@ -44,12 +44,14 @@ pub trait FrameSource: Send + Sync {
     /// the CLI takes them, over the run's own filters.
     fn view(&self, name: &str, opts: &[(String, String)]) -> Result<DataFrame, String>;
     /// Raw rows of a table (`transactions`, `sessions`, …) under `opts`:
-    /// only `columns`, in that order, when given.
+    /// only `columns`, in that order, when given; the first `limit` rows
+    /// only, when given (a `head(n)` or SQL `LIMIT` pushed into the scan).
     fn table(
         &self,
         name: &str,
         opts: &[(String, String)],
         columns: Option<&[String]>,
+        limit: Option<usize>,
     ) -> Result<DataFrame, String>;
     /// The columns of a table and their types; checks `opts`.
     fn table_schema(&self, name: &str, opts: &[(String, String)]) -> Result<Schema, String>;
@@ -360,12 +362,15 @@ fn table_fn(name: &str, opts: &Map) -> R<Frame> {
 /// columns the plan uses (projection pushdown), so `transactions()` over a
 /// week of a busy shop costs the few columns a metric reads, not all 16.
 /// Each set of columns loads once per run.
+/// What one scan loaded: its columns (all when `None`) and row limit.
+type ScanKey = (Option<Vec<String>>, Option<usize>);
+
 struct TableScan {
     source: Arc<dyn FrameSource>,
     name: String,
     pairs: Vec<(String, String)>,
     schema: SchemaRef,
-    loaded: std::sync::Mutex<HashMap<Option<Vec<String>>, DataFrame>>,
+    loaded: std::sync::Mutex<HashMap<ScanKey, DataFrame>>,
 }
 
 impl AnonymousScan for TableScan {
@@ -377,15 +382,23 @@ impl AnonymousScan for TableScan {
         let columns: Option<Vec<String>> = args
             .with_columns
             .map(|c| c.iter().map(|s| s.to_string()).collect());
+        // Polars hands a pushed-down slice to the scan and trusts it: the
+        // scan must return at most `n_rows` rows.
+        let key = (columns, args.n_rows);
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(df) = loaded.get(&columns) {
+        if let Some(df) = loaded.get(&key) {
             return Ok(df.clone());
         }
-        let df = self
+        let mut df = self
             .source
-            .table(&self.name, &self.pairs, columns.as_deref())
+            .table(&self.name, &self.pairs, key.0.as_deref(), key.1)
             .map_err(|e| polars_err!(ComputeError: "table({:?}): {}", self.name, e))?;
-        loaded.insert(columns, df.clone());
+        if let Some(n) = key.1 {
+            if df.height() > n {
+                df = df.head(Some(n));
+            }
+        }
+        loaded.insert(key, df.clone());
         Ok(df)
     }
 
@@ -398,11 +411,101 @@ impl AnonymousScan for TableScan {
     }
 }
 
-/// Words of a SQL text (to see which tables it names).
-fn sql_words(q: &str) -> impl Iterator<Item = String> + '_ {
-    q.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_lowercase)
+/// Checks a script's SQL before Polars sees it: one `SELECT` query whose
+/// every relation is a name `known` accepts or a CTE of the query itself.
+/// Table functions (`read_csv(…)`, `read_parquet(…)`, …), qualified names
+/// and every other statement are refused, so `sql()` can read no file and
+/// reach no network. Returns the relations named, lowercased.
+pub(crate) fn sql_relations(
+    query: &str,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, String> {
+    use sqlparser::ast::{ObjectNamePart, Query, Statement, TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+
+    struct Check<'a> {
+        known: &'a dyn Fn(&str) -> bool,
+        ctes: Vec<String>,
+        used: Vec<String>,
+    }
+    impl Visitor for Check<'_> {
+        type Break = String;
+        fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<String> {
+            if matches!(s, Statement::Query(_)) {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break("sql() runs one SELECT query, nothing else".into())
+            }
+        }
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<String> {
+            if let Some(with) = &q.with {
+                self.ctes.extend(
+                    with.cte_tables
+                        .iter()
+                        .map(|c| c.alias.name.value.to_ascii_lowercase()),
+                );
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<String> {
+            match t {
+                TableFactor::Table { name, args, .. } => {
+                    if args.is_some() {
+                        return ControlFlow::Break(format!(
+                            "{name}(…): table functions are not allowed in sql(); it reads only \
+                             the script's frames and the raw tables"
+                        ));
+                    }
+                    let [ObjectNamePart::Identifier(id)] = name.0.as_slice() else {
+                        return ControlFlow::Break(format!(
+                            "{name}: use a plain table name (the script's frames and the raw tables)"
+                        ));
+                    };
+                    let n = id.value.to_ascii_lowercase();
+                    if (self.known)(&id.value) || (self.known)(&n) || self.ctes.contains(&n) {
+                        if !self.used.contains(&n) {
+                            self.used.push(n);
+                        }
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(format!(
+                            "unknown table {:?} in sql(): it reads only the script's frames and \
+                             the raw tables",
+                            id.value
+                        ))
+                    }
+                }
+                TableFactor::Derived { .. }
+                | TableFactor::NestedJoin { .. }
+                | TableFactor::UNNEST { .. } => ControlFlow::Continue(()),
+                other => ControlFlow::Break(format!(
+                    "{other}: not allowed in sql(); use plain tables, joins and subqueries"
+                )),
+            }
+        }
+    }
+
+    // Parsed as Polars parses it, so the query checked is the one that runs.
+    let statements = sqlparser::parser::Parser::new(&sqlparser::dialect::GenericDialect {})
+        .with_options(sqlparser::parser::ParserOptions {
+            trailing_commas: true,
+            ..Default::default()
+        })
+        .try_with_sql(query)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| format!("sql(): {e}"))?;
+    if statements.len() != 1 {
+        return Err("sql() runs exactly one SELECT query".into());
+    }
+    let mut check = Check {
+        known,
+        ctes: Vec::new(),
+        used: Vec::new(),
+    };
+    match statements.visit(&mut check) {
+        ControlFlow::Break(why) => Err(why),
+        ControlFlow::Continue(()) => Ok(check.used),
+    }
 }
 
 fn sql_fn(query: &str) -> R<Frame> {
@@ -416,11 +519,14 @@ fn sql_fn(query: &str) -> R<Frame> {
         .with_borrow(|r| r.source.clone())
         .map(|s| s.table_names())
         .unwrap_or_default();
-    let mut loaded = Vec::new();
-    for w in sql_words(query) {
-        if let Some(t) = known.iter().find(|t| **t == w) {
-            if !registered.contains_key(*t) && !loaded.contains(t) {
-                loaded.push(t);
+    let is_known = |n: &str| registered.contains_key(n) || known.contains(&n);
+    let used = match sql_relations(query, &is_known) {
+        Ok(u) => u,
+        Err(why) => return fail(why),
+    };
+    for n in &used {
+        if let Some(t) = known.iter().find(|t| **t == n.as_str()) {
+            if !registered.contains_key(*t) {
                 let f = table_fn(t, &Map::new())?;
                 ctx.register(t, f.lazy());
             }

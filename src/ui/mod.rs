@@ -759,7 +759,7 @@ impl App {
     fn default_export_path(&self, format: ExportFormat) -> PathBuf {
         let view = self.explorer.view.map_or("transactions", |v| v.as_str());
         let ext = match format {
-            ExportFormat::Csv => "csv",
+            ExportFormat::Csv | ExportFormat::CsvRaw => "csv",
             ExportFormat::Parquet => "parquet",
         };
         dirs_home().join(format!("salespulse-{view}.{ext}"))
@@ -793,7 +793,7 @@ impl eframe::App for Workbench {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        settings::save(storage, &self.app.settings);
+        settings::save(storage, &self.app.settings, |var| std::env::var(var).ok());
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {

@@ -232,7 +232,39 @@ pub fn load(
     settings
 }
 
-/// Saves the settings into eframe's storage (written to disk by eframe).
-pub fn save(storage: &mut dyn eframe::Storage, settings: &Settings) {
-    eframe::set_value(storage, STORAGE_KEY, settings);
+/// Saves the settings into eframe's storage (written to disk by eframe, in
+/// plain text): no secret goes there. A service URL that came from the
+/// environment (`env` holds it) is not saved — the one saved before stays —
+/// and a password in a URL is dropped (the app asks again, or the
+/// environment gives it).
+pub fn save(
+    storage: &mut dyn eframe::Storage,
+    settings: &Settings,
+    env: impl Fn(&str) -> Option<String>,
+) {
+    let saved = eframe::get_value::<Settings>(storage, STORAGE_KEY);
+    let mut out = settings.clone();
+    for (var, field, before) in [
+        (
+            "KAFKA_BROKERS",
+            &mut out.kafka_brokers,
+            saved.as_ref().map(|s| s.kafka_brokers.clone()),
+        ),
+        (
+            "DATABASE_URL",
+            &mut out.database_url,
+            saved.as_ref().map(|s| s.database_url.clone()),
+        ),
+        (
+            "REDIS_URL",
+            &mut out.redis_url,
+            saved.as_ref().map(|s| s.redis_url.clone()),
+        ),
+    ] {
+        if env(var).is_some_and(|v| v == *field) {
+            *field = before.unwrap_or_default();
+        }
+        *field = crate::config::strip_password(field);
+    }
+    eframe::set_value(storage, STORAGE_KEY, &out);
 }
