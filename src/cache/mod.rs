@@ -184,15 +184,21 @@ fn open<'a>(key: &[u8; 32], redis_key: &str, value: &'a [u8]) -> Option<&'a [u8]
 
 /// This installation's cache key: from `SALESPULSE_CACHE_KEY` (any text;
 /// set the same on every machine that should share cached frames), else
-/// from `cache.key` in the data folder (32 random bytes, created 0600 on
-/// first use), else a key of this process only.
-pub fn installation_key() -> [u8; 32] {
+/// from `cache.key` in the data folder (`data_dir`, else
+/// `SALESPULSE_DATA_DIR`, else the default; 32 random bytes, created 0600
+/// on first use and refused unless private to this user), else a key of
+/// this process only.
+pub fn installation_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
     if let Some(k) = std::env::var_os("SALESPULSE_CACHE_KEY").filter(|k| !k.is_empty()) {
         return Sha256::digest(k.as_encoded_bytes()).into();
     }
-    let dir = std::env::var_os("SALESPULSE_DATA_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(crate::config::default_data_dir);
+    let dir = data_dir
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| {
+            std::env::var_os("SALESPULSE_DATA_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(crate::config::default_data_dir)
+        });
     match key_file(&dir.join("cache.key")) {
         Ok(k) => k,
         Err(e) => {
@@ -282,8 +288,18 @@ pub fn decode(bytes: &[u8]) -> Result<DataFrame, PolarsError> {
 impl FrameCache {
     /// A cache on `url` keeping frames `ttl`; `ttl` zero disables caching.
     /// Does not connect yet: the first request does, so a dead Redis never
-    /// stops startup.
+    /// stops startup. Values are authenticated with the key of the default
+    /// data folder ([`installation_key`]).
     pub fn new(url: &str, ttl: Duration) -> Result<Self, CacheError> {
+        Self::new_in(url, ttl, None)
+    }
+
+    /// [`FrameCache::new`] with the key kept in `data_dir`.
+    pub fn new_in(
+        url: &str,
+        ttl: Duration,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Self, CacheError> {
         let client = if ttl.is_zero() {
             None
         } else {
@@ -300,7 +316,7 @@ impl FrameCache {
             key: if ttl.is_zero() {
                 [0; 32]
             } else {
-                installation_key()
+                installation_key(data_dir)
             },
             warned: std::sync::atomic::AtomicBool::new(false),
         })
@@ -740,6 +756,26 @@ mod tests {
             .finalize()
             .into();
         assert_eq!(hmac(&k, &[b"m"]), want);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_is_made_private_and_a_readable_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sp-key-{}", rand::random::<u64>()));
+        let path = dir.join("cache.key");
+        let k = key_file(&path).unwrap();
+        assert_eq!(
+            key_file(&path).unwrap(),
+            k,
+            "the same key on the next start"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        // Planted or loosened: anyone could know it, so it is no key.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(key_file(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

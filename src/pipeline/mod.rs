@@ -145,8 +145,12 @@ pub async fn database_url(cfg: &Config) -> anyhow::Result<(String, Option<Embedd
 
 /// The analytics layer over `store`, cached in the configured Redis.
 pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
-    let cache = FrameCache::new(&cfg.redis_url, Duration::from_secs(cfg.cache_ttl_secs))
-        .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?;
+    let cache = FrameCache::new_in(
+        &cfg.redis_url,
+        Duration::from_secs(cfg.cache_ttl_secs),
+        cfg.data_dir.as_deref(),
+    )
+    .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?;
     Ok(Analytics::new(
         store.pool().clone(),
         Arc::new(cache),
