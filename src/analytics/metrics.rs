@@ -340,7 +340,12 @@ impl Metric {
             (MetricKind::Line | MetricKind::Bar, v) => {
                 let df = v.into_frame().map_err(|e| e.to_string())?;
                 let cols = df.columns();
-                let ys = if cols.len() == 1 { cols } else { &cols[1..] };
+                // No column at all is an error below, not a panic here.
+                let ys = if cols.len() == 1 {
+                    cols
+                } else {
+                    cols.get(1..).unwrap_or_default()
+                };
                 if ys.is_empty() || !ys.iter().all(numeric) {
                     return Err(format!(
                         "needs numbers to draw: the first column is the {}, the others numbers (got {})",
@@ -737,6 +742,9 @@ mod tests {
         assert!(e.message.contains("returned a string"), "{e}");
         let bar = "const NAME = \"x\";\nconst KIND = \"bar\";\n";
         let e = run(&format!("{bar}frame(#{{ a: [\"x\"], b: [\"y\"] }})")).unwrap_err();
+        assert!(e.message.contains("needs numbers"), "{e}");
+        // A frame without columns: an error, not a panic.
+        let e = run(&format!("{bar}frame(#{{ a: [1] }}).select([])")).unwrap_err();
         assert!(e.message.contains("needs numbers"), "{e}");
         let df = run(&format!(
             "{bar}frame(#{{ label: [\"x\", \"y\"], n: [1, 2] }})"
