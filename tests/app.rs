@@ -598,7 +598,7 @@ fn custom_range_and_a_dead_service_after_reconnect_show_in_the_ui() {
 #[test]
 fn services_going_away_turn_red_with_the_reason_and_green_again_without_a_restart() {
     let rt = runtime();
-    let mut redis = PrivateRedis::launch();
+    let mut redis = common::PrivateRedis::start(common::free_port());
     let port = redis.port;
     let (db, mut h) = open_app_logged(
         &rt,
@@ -643,7 +643,7 @@ fn services_going_away_turn_red_with_the_reason_and_green_again_without_a_restar
         h.query_all_by_label_contains(&err).next().is_some()
     });
     // It comes back on the same port: green again, no restart.
-    redis.start();
+    redis.restart();
     wait_for(&mut h, "Redis reported up again", 30, |h| {
         check(h, "redis") == Some(true)
     });
@@ -680,53 +680,6 @@ fn services_going_away_turn_red_with_the_reason_and_green_again_without_a_restar
                 .is_none()
     });
     close_app(&rt, db, h);
-}
-
-/// A Redis server of the test's own, to stop and start again on its port.
-struct PrivateRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn launch() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Self { port, child: None };
-        r.start();
-        r
-    }
-
-    fn start(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Replaces the text of the script editor.
