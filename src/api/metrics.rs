@@ -116,6 +116,11 @@ impl Telemetry {
                     "Rejected events too large for the DLQ, dead-lettered truncated.",
                     &s.dlq_truncated,
                 ),
+                (
+                    "salespulse_ingest_group_rejoins_total",
+                    "Times a worker rejoined a consumer group in which nobody held a partition.",
+                    &s.rejoins,
+                ),
             ] {
                 counter(&mut out, name, help, &[("", v.load(Ordering::Relaxed))]);
             }
@@ -127,7 +132,7 @@ impl Telemetry {
                 &mut out,
                 "salespulse_ingest_degraded",
                 "gauge",
-                "1 while batch writes are failing and being retried (a service is away).",
+                "1 while batch writes or reads from Kafka are failing and being retried (a service is away).",
             );
             let _ = writeln!(
                 out,

@@ -8,7 +8,7 @@
 //! changes: the new assignment re-reads those records from the stored offsets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct IngestContext {
     generation: AtomicU64,
     /// Start offsets of the latest assignment, where known.
     starts: Mutex<HashMap<i32, i64>>,
+    /// Partitions in the latest assignment.
+    assigned: AtomicUsize,
 }
 
 pub type IngestConsumer = BaseConsumer<IngestContext>;
@@ -39,6 +41,11 @@ impl IngestContext {
     /// Bumped on every assignment change.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Partitions this member holds now.
+    pub fn assigned_partitions(&self) -> usize {
+        self.assigned.load(Ordering::Acquire)
     }
 
     /// The offsets the latest assignment started from (partitions that start
@@ -113,17 +120,20 @@ impl ConsumerContext for IngestContext {
                         }
                     }
                 }
-                if let Err(e) = consumer.assign(tpl) {
-                    tracing::error!(error = %e, "assign failed");
+                match consumer.assign(tpl) {
+                    Ok(()) => self.assigned.store(tpl.count(), Ordering::Release),
+                    Err(e) => tracing::error!(error = %e, "assign failed"),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.assigned.store(0, Ordering::Release);
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassign failed");
                 }
             }
             other => {
+                self.assigned.store(0, Ordering::Release);
                 tracing::error!(error = ?other, "rebalance error; dropping assignment");
                 let _ = consumer.unassign();
             }
@@ -145,6 +155,7 @@ pub fn ingest_consumer(
         source,
         generation: AtomicU64::new(0),
         starts: Mutex::new(HashMap::new()),
+        assigned: AtomicUsize::new(0),
     };
     // Members learn of a rebalance through heartbeats: keep them frequent so a
     // joining worker waits at most about a second.
@@ -175,4 +186,118 @@ pub fn commit_async(
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
     }
     consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+}
+
+/// Whether `group` is stuck: `topic` has partitions and the group is
+/// stable, yet no member of it holds any, judged from the group's description (the assignments
+/// its leader handed out). Called by a member that holds none.
+///
+/// A member with no partitions is normal when a group has more members than
+/// the topic has partitions; a group in which nobody holds one is not. Some
+/// brokers (tansu 0.6 after a member was killed) can leave a group that way,
+/// and the caller then leaves and rejoins. Brokers that do not report
+/// assignments (tansu 0.6 sends empty ones) are judged stuck only when the
+/// caller is the group's one member; when in doubt, the answer is no.
+pub fn group_is_stuck(
+    consumer: &IngestConsumer,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<bool, BusError> {
+    let meta = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: usize = meta
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum();
+    if partitions == 0 {
+        return Ok(false);
+    }
+    let list = consumer.fetch_group_list(Some(group), timeout)?;
+    let members: Vec<_> = list
+        .groups()
+        .iter()
+        // Mid-rebalance nobody holds anything yet: only a settled group counts.
+        .filter(|g| g.name() == group && g.state().eq_ignore_ascii_case("stable"))
+        .flat_map(|g| g.members())
+        .collect();
+    let mut unreadable = 0usize;
+    for m in &members {
+        match m
+            .assignment()
+            .filter(|a| !a.is_empty())
+            .and_then(|a| assigned_in(a, topic))
+        {
+            Some(n) if n > 0 => return Ok(false),
+            Some(_) => {}
+            None => unreadable += 1,
+        }
+    }
+    Ok(!members.is_empty() && (unreadable == 0 || members.len() == 1))
+}
+
+/// Partitions of `topic` in a consumer-protocol assignment (version,
+/// `[topic, [partition]]`, user data); `None` when it cannot be read.
+fn assigned_in(bytes: &[u8], topic: &str) -> Option<usize> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (b.get(..n)?, b.get(n..)?);
+        *b = tail;
+        Some(head)
+    }
+    fn int16(b: &mut &[u8]) -> Option<i16> {
+        Some(i16::from_be_bytes(take(b, 2)?.try_into().ok()?))
+    }
+    fn int32(b: &mut &[u8]) -> Option<i32> {
+        Some(i32::from_be_bytes(take(b, 4)?.try_into().ok()?))
+    }
+    let mut b = bytes;
+    int16(&mut b)?;
+    let topics = int32(&mut b)?;
+    let mut n = 0usize;
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(int16(&mut b)?).ok()?;
+        let name = take(&mut b, len)?;
+        let parts = usize::try_from(int32(&mut b)?.max(0)).ok()?;
+        take(&mut b, parts.checked_mul(4)?)?;
+        if name == topic.as_bytes() {
+            n += parts;
+        }
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_in;
+
+    fn assignment(topics: &[(&str, &[i32])]) -> Vec<u8> {
+        let mut b = 0i16.to_be_bytes().to_vec();
+        b.extend((topics.len() as i32).to_be_bytes());
+        for (t, ps) in topics {
+            b.extend((t.len() as i16).to_be_bytes());
+            b.extend(t.as_bytes());
+            b.extend((ps.len() as i32).to_be_bytes());
+            for p in *ps {
+                b.extend(p.to_be_bytes());
+            }
+        }
+        b.extend((-1i32).to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn reads_the_partitions_of_one_topic_from_an_assignment() {
+        let a = assignment(&[("other", &[0, 1]), ("sales-events", &[0, 2, 5])]);
+        assert_eq!(assigned_in(&a, "sales-events"), Some(3));
+        assert_eq!(assigned_in(&a, "other"), Some(2));
+        assert_eq!(assigned_in(&a, "missing"), Some(0));
+        assert_eq!(assigned_in(&assignment(&[]), "sales-events"), Some(0));
+        // Truncated or garbage: unreadable, never a panic.
+        for cut in 0..a.len().saturating_sub(4) {
+            let got = assigned_in(a.get(..cut).unwrap_or_default(), "sales-events");
+            assert!(got.is_none() || got == Some(0), "cut at {cut}: {got:?}");
+        }
+        assert_eq!(assigned_in(&[0, 0, 0x7f, 0xff, 0xff, 0xff], "x"), None);
+    }
 }

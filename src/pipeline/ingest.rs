@@ -99,6 +99,9 @@ pub struct IngestStats {
     pub batches: AtomicU64,
     pub write_retries: AtomicU64,
     pub dropped_on_rebalance: AtomicU64,
+    /// Times a worker left and rejoined a group in which nobody held a
+    /// partition (a stuck rebalance).
+    pub rejoins: AtomicU64,
     /// Offsets that were expected but never delivered (broker retention or
     /// compaction removed them before they were ingested). Always reported.
     pub offsets_skipped: AtomicU64,
@@ -589,11 +592,21 @@ struct Lane {
     in_flight: Option<InFlight>,
 }
 
+/// A process-unique id under which a lane (or a worker's consumer) keeps
+/// its health.
+fn health_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How often a consumer that has seen a broker error checks whether the
+/// broker answers again.
+const BROKER_PROBE_EVERY: Duration = Duration::from_secs(2);
+
 impl Lane {
     fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         Self {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id: health_id(),
             pending: Pending::default(),
             deadline: None,
             in_flight: None,
@@ -617,18 +630,22 @@ pub fn run_worker(
     stop: Arc<AtomicBool>,
     stats: Arc<IngestStats>,
 ) -> Result<(), IngestError> {
-    let source = PgOffsets {
-        store: store.clone(),
-        rt: rt.clone(),
-        group: settings.group_id.clone(),
+    let offsets_store = store.clone();
+    let new_consumer = || {
+        let source = PgOffsets {
+            store: offsets_store.clone(),
+            rt: rt.clone(),
+            group: settings.group_id.clone(),
+        };
+        bus::ingest_consumer(
+            &settings.brokers,
+            &settings.group_id,
+            &settings.topic,
+            settings.session_timeout_ms,
+            Box::new(source),
+        )
     };
-    let consumer = bus::ingest_consumer(
-        &settings.brokers,
-        &settings.group_id,
-        &settings.topic,
-        settings.session_timeout_ms,
-        Box::new(source),
-    )?;
+    let mut consumer = new_consumer()?;
     let writer = Arc::new(Writer {
         settings: settings.clone(),
         dlq: EventProducer::new(&settings.dlq_producer, &settings.dlq_topic)?,
@@ -640,6 +657,16 @@ pub fn run_worker(
         dlq_lock: Mutex::new(()),
     });
     let mut lanes: Vec<Lane> = (0..settings.lanes.max(1)).map(|_| Lane::new()).collect();
+    // The consumer's own health: degraded on a consumer error (the broker
+    // away), Ok again on the next record or once the broker answers a
+    // metadata request (an idle topic brings no record).
+    let consumer_health = health_id();
+    let mut broker_failing_probe: Option<Instant> = None;
+    // A member with no partitions checks, this often, that someone in the
+    // group holds them; if nobody does, the group is stuck and it rejoins
+    // (see `bus::group_is_stuck`).
+    let stuck_after = Duration::from_millis(u64::from(settings.session_timeout_ms) * 3);
+    let mut unassigned_since: Option<Instant> = None;
     let mut generation = consumer.context().generation();
     let mut expected = consumer.context().assigned_starts();
     let topic = settings.topic.as_str();
@@ -674,9 +701,13 @@ pub fn run_worker(
                 }
                 generation = g;
                 expected = consumer.context().assigned_starts();
+                unassigned_since = None;
             }
             match polled {
                 Some(Ok(m)) => {
+                    if broker_failing_probe.take().is_some() {
+                        stats.recovered(consumer_health);
+                    }
                     stats.consumed.fetch_add(1, Ordering::Relaxed);
                     let (p, o) = (m.partition(), m.offset());
                     if let Some(gap) = expected.insert(p, o + 1).map(|e| o - e).filter(|g| *g > 0) {
@@ -698,8 +729,68 @@ pub fn run_worker(
                         lane.deadline = Some(Instant::now() + settings.batch_timeout);
                     }
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    // The broker away (not a one-off error): degraded until
+                    // a record arrives or the broker answers again.
+                    if broker_unreachable(&e) {
+                        stats.degraded(consumer_health, format!("reading from Kafka: {e}"));
+                        broker_failing_probe = Some(Instant::now() + BROKER_PROBE_EVERY);
+                    }
+                }
                 None => {}
+            }
+            if consumer.context().assigned_partitions() > 0 {
+                unassigned_since = None;
+            } else if unassigned_since.get_or_insert_with(Instant::now).elapsed() >= stuck_after
+                && broker_failing_probe.is_none()
+            {
+                unassigned_since = Some(Instant::now());
+                match bus::group_is_stuck(
+                    &consumer,
+                    &settings.group_id,
+                    topic,
+                    Duration::from_secs(2),
+                ) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::warn!(
+                            group = %settings.group_id,
+                            waited_s = stuck_after.as_secs(),
+                            "no member of the group holds a partition (a stuck rebalance): leaving and rejoining"
+                        );
+                        for lane in &mut lanes {
+                            finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
+                            // Re-read from stored offsets once assigned.
+                            stats
+                                .dropped_on_rebalance
+                                .fetch_add(lane.pending.records as u64, Ordering::Relaxed);
+                            lane.pending = Pending::default();
+                            lane.deadline = None;
+                        }
+                        stats.rejoins.fetch_add(1, Ordering::Relaxed);
+                        // Dropping it closes it: it leaves the group.
+                        drop(consumer);
+                        consumer = new_consumer()?;
+                        generation = consumer.context().generation();
+                        expected = consumer.context().assigned_starts();
+                        continue;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot describe the consumer group"),
+                }
+            }
+            if broker_failing_probe.is_some_and(|t| Instant::now() >= t) {
+                if consumer
+                    .fetch_metadata(Some(topic), Duration::from_millis(500))
+                    .is_ok()
+                {
+                    broker_failing_probe = None;
+                    stats.recovered(consumer_health);
+                    // The group re-forms now: give it time before judging it.
+                    unassigned_since = None;
+                } else {
+                    broker_failing_probe = Some(Instant::now() + BROKER_PROBE_EVERY);
+                }
             }
         }
         let now = Instant::now();
@@ -724,5 +815,18 @@ pub fn run_worker(
         }
     }
     consumer.unsubscribe();
+    stats.recovered(consumer_health);
     Ok(())
+}
+
+/// Whether a consumer error means the broker cannot be reached (as opposed
+/// to a one-off error on a connection that comes back by itself).
+fn broker_unreachable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+        ) | KafkaError::MessageConsumptionFatal(_)
+    )
 }
