@@ -153,6 +153,12 @@ enum Command {
         broker_restarts: usize,
         #[arg(long, default_value_t = 3)]
         redis_restarts: usize,
+        /// Long outages of PostgreSQL and of the broker (each).
+        #[arg(long, default_value_t = 1)]
+        outages: usize,
+        /// Seconds each long outage lasts.
+        #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        outage_secs: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Keep the services' data here (default: a temporary folder, removed).
@@ -679,6 +685,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             postgres_restarts,
             broker_restarts,
             redis_restarts,
+            outages,
+            outage_secs,
             seed,
             work_dir,
             tansu,
@@ -697,6 +705,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 postgres_restarts,
                 broker_restarts,
                 redis_restarts,
+                outages,
+                outage: std::time::Duration::from_secs(outage_secs),
                 partitions: 3,
                 seed,
                 work_dir,

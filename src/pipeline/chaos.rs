@@ -61,6 +61,11 @@ pub struct ChaosOptions {
     pub broker_restarts: usize,
     /// Redis stops and starts while views are served.
     pub redis_restarts: usize,
+    /// Long outages of each of PostgreSQL and the broker: the service is
+    /// down for [`ChaosOptions::outage`], ingest must ride it out.
+    pub outages: usize,
+    /// How long one long outage lasts.
+    pub outage: Duration,
     /// Partitions of the topic.
     pub partitions: i32,
     /// Seed of the events and of the fault schedule.
@@ -89,6 +94,8 @@ impl Default for ChaosOptions {
             postgres_restarts: 6,
             broker_restarts: 6,
             redis_restarts: 3,
+            outages: 1,
+            outage: Duration::from_secs(180),
             partitions: 3,
             seed: 1,
             work_dir: None,
@@ -114,6 +121,10 @@ pub enum FaultKind {
     BrokerKill,
     /// Redis stopped and started while views are served.
     RedisRestart,
+    /// PostgreSQL stopped for minutes, then started.
+    PostgresOutage,
+    /// The broker killed, left down for minutes, then started.
+    BrokerOutage,
 }
 
 impl fmt::Display for FaultKind {
@@ -124,6 +135,8 @@ impl fmt::Display for FaultKind {
             FaultKind::PostgresImmediate => "PostgreSQL restart (immediate)",
             FaultKind::BrokerKill => "broker SIGKILL",
             FaultKind::RedisRestart => "Redis stop/start",
+            FaultKind::PostgresOutage => "PostgreSQL down for minutes",
+            FaultKind::BrokerOutage => "broker down for minutes",
         })
     }
 }
@@ -167,6 +180,11 @@ pub struct ChaosReport {
     pub wrong_answers: u64,
     /// View answers checked during the Redis faults.
     pub answers_checked: u64,
+    /// Long outages during which ingest did not log itself degraded.
+    pub outages_unreported: u64,
+    /// Times an ingest process found its consumer group stuck (nobody
+    /// holding a partition) and rejoined it (from its log).
+    pub stuck_group_rejoins: u64,
     /// Per kind of fault.
     pub recovery: BTreeMap<FaultKind, Recovery>,
     /// Every recovery, in ms, in the order the faults came (`None`: none).
@@ -184,6 +202,7 @@ impl ChaosReport {
             && self.unexpected == 0
             && self.inconsistent_tables.is_empty()
             && self.wrong_answers == 0
+            && self.outages_unreported == 0
             && self.recovery.values().all(|r| r.unrecovered == 0)
     }
 
@@ -224,7 +243,21 @@ impl fmt::Display for ChaosReport {
         for t in &self.inconsistent_tables {
             writeln!(f, "    {t}")?;
         }
-        writeln!(f, "  recovery (fault -> progressing again):")?;
+        if self.stuck_group_rejoins > 0 {
+            writeln!(
+                f,
+                "  ingest found its consumer group stuck and rejoined it {} time(s)",
+                self.stuck_group_rejoins
+            )?;
+        }
+        if self.outages_unreported > 0 {
+            writeln!(
+                f,
+                "  {} long outage(s) during which ingest did not report itself degraded",
+                self.outages_unreported
+            )?;
+        }
+        writeln!(f, "  recovery (fault, or end of an outage -> committing again):")?;
         for (k, r) in &self.recovery {
             writeln!(
                 f,
@@ -752,6 +785,22 @@ impl Deadline {
     }
 }
 
+fn log_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What was appended to a log after `offset`.
+fn log_since(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut out);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The last `n` lines of a log file, indented, or a note that there is none.
 fn log_tail(path: &Path, n: usize) -> String {
     match std::fs::read(path) {
@@ -915,7 +964,12 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
         FaultKind::BrokerKill,
         opts.broker_restarts,
     ));
+    for _ in 0..opts.outages {
+        faults.extend([FaultKind::PostgresOutage, FaultKind::BrokerOutage]);
+    }
     faults.shuffle(&mut rng);
+    let ingest_log = root.join("ingest.log");
+    let mut outages_unreported = 0u64;
 
     let group = cfg.group_id.clone();
     let topic = cfg.topic.clone();
@@ -941,7 +995,7 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
     for (i, fault) in faults.iter().enumerate() {
         // Hit it at a random moment of its work.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-        let t0 = Instant::now();
+        let mut t0 = Instant::now();
         match fault {
             FaultKind::IngestKill => {
                 ingest.proc.kill();
@@ -962,6 +1016,45 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
                 broker =
                     tokio::task::spawn_blocking(move || broker.kill_and_restart().map(|()| broker))
                         .await??;
+            }
+            FaultKind::PostgresOutage | FaultKind::BrokerOutage => {
+                let mark = log_len(&ingest_log);
+                if *fault == FaultKind::PostgresOutage {
+                    let pg = pg.clone();
+                    tokio::task::spawn_blocking(move || pg.stop())
+                        .await?
+                        .context("stopping PostgreSQL")?;
+                } else {
+                    broker.proc.kill();
+                }
+                tracing::info!(fault = %fault, secs = opts.outage.as_secs(), "chaos: service down");
+                // Ingest must stay up, retrying, the whole time.
+                let until = Instant::now() + deadline.left(opts.outage);
+                while Instant::now() < until {
+                    if ingest.proc.exited() {
+                        bail!(
+                            "an ingest process exited during the outage ({fault}); see {}",
+                            ingest_log.display()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                // ... and say it is degraded.
+                if !log_since(&ingest_log, mark).contains("ingest degraded") {
+                    tracing::warn!(fault = %fault, "chaos: ingest did not report itself degraded during the outage");
+                    outages_unreported += 1;
+                }
+                if *fault == FaultKind::PostgresOutage {
+                    let pg = pg.clone();
+                    tokio::task::spawn_blocking(move || pg.start_again())
+                        .await?
+                        .context("starting PostgreSQL again")?;
+                } else {
+                    broker = tokio::task::spawn_blocking(move || broker.spawn().map(|()| broker))
+                        .await??;
+                }
+                // Recovery counts from the service being back.
+                t0 = Instant::now();
             }
             FaultKind::RedisRestart => {}
         }
@@ -1117,6 +1210,10 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
         inconsistent_tables: inconsistent,
         wrong_answers: wrong,
         answers_checked: checked,
+        outages_unreported,
+        stuck_group_rejoins: log_since(&ingest_log, 0)
+            .matches("leaving and rejoining")
+            .count() as u64,
         recovery: summarize(&recoveries),
         recoveries_ms: recoveries,
         seconds: started.elapsed().as_secs_f64(),

@@ -302,6 +302,14 @@ impl EmbeddedPostgres {
         ok_or_explain(out, "pg_ctl stop", None)
     }
 
+    /// Starts the cluster again after [`EmbeddedPostgres::stop`], on the
+    /// same port, and waits until it accepts connections.
+    pub fn start_again(&self) -> Result<(), StoreError> {
+        let bin =
+            find_pg_bin_dir().ok_or_else(|| StoreError::Embedded("pg_ctl not found".into()))?;
+        Self::start(&bin, &self.data_dir, self.port)
+    }
+
     /// Restarts the cluster with `pg_ctl restart -m <mode>` (`fast`: clients
     /// are disconnected and the server shuts down cleanly; `immediate`: it
     /// is aborted, and recovers from its WAL on start). Waits until it
