@@ -296,9 +296,16 @@ impl Analytics {
         let key = frame_key(req.view.as_str(), &Self::key_material(&req, span, g, v));
         let this = self.clone();
         let creq = req.clone();
+        let ckey = key.clone();
         let result = self
             .cache
             .get_or_compute(req.view.as_str(), &key, move || async move {
+                // Abandoned requests cannot pile up on the pool: at most the
+                // cache's compute limit run at once.
+                let _slot = this
+                    .cache
+                    .compute_slot::<Arc<AnalyticsError>>(&ckey)
+                    .await?;
                 this.compute(&creq, span, g).await.map_err(Arc::new)
             })
             .await;

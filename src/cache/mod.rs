@@ -108,13 +108,24 @@ pub struct FrameCache {
     health: Mutex<Health>,
     counters: Mutex<BTreeMap<String, ViewCounters>>,
     inflight: Mutex<HashMap<String, Box<dyn std::any::Any + Send>>>,
+    /// Computations allowed to run at once (each may hold a database
+    /// connection); the rest wait up to [`COMPUTE_SLOT_WAIT`].
+    compute_slots: Arc<tokio::sync::Semaphore>,
+    /// The number of slots, for messages.
+    compute_limit: usize,
     key: [u8; 32],
     /// Whether a rejected value was logged already (logged once).
     warned: std::sync::atomic::AtomicBool,
 }
 
-/// A shared computation that ended without an answer: it panicked, or the
-/// runtime shut down under it.
+/// Computations run at once by default (see [`FrameCache::with_compute_limit`]).
+pub const DEFAULT_COMPUTE_LIMIT: usize = 4;
+
+/// How long a computation waits for a free slot before it fails as busy.
+pub const COMPUTE_SLOT_WAIT: Duration = Duration::from_secs(20);
+
+/// A shared computation that ended without an answer: it panicked, the
+/// runtime shut down under it, or too many others were running.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct FlightLost(pub String);
@@ -313,6 +324,8 @@ impl FrameCache {
             health: Mutex::new(Health { last_error: None }),
             counters: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            compute_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_COMPUTE_LIMIT)),
+            compute_limit: DEFAULT_COMPUTE_LIMIT,
             key: if ttl.is_zero() {
                 [0; 32]
             } else {
@@ -320,6 +333,71 @@ impl FrameCache {
             },
             warned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Lets at most `n` (at least 1) computations run at once: views asked
+    /// for and then abandoned in bulk cannot hold every database connection.
+    /// Keep it below the database pool's size.
+    pub fn with_compute_limit(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.compute_slots = Arc::new(tokio::sync::Semaphore::new(n));
+        self.compute_limit = n;
+        self
+    }
+
+    /// A compute slot (see [`FrameCache::with_compute_limit`]), to hold while
+    /// a view is computed; waits up to [`COMPUTE_SLOT_WAIT`] for one. Taken
+    /// inside the computation a cache miss runs, so a hit needs none. (Not
+    /// for computations that ask for views themselves: they could wait on
+    /// each other.)
+    ///
+    /// `key` is the computation's key, and `E` its error type (as given to
+    /// [`FrameCache::get_or_compute`]): a computation still waiting for a
+    /// slot when every caller has gone away gives up, so abandoned requests
+    /// do not queue work for nobody.
+    pub async fn compute_slot<E: 'static>(
+        &self,
+        key: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, FlightLost> {
+        let deadline = Instant::now() + COMPUTE_SLOT_WAIT;
+        let acquire = Arc::clone(&self.compute_slots).acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                p = &mut acquire => {
+                    return p.map_err(|_| FlightLost("the cache is shutting down".into()));
+                }
+                () = tokio::time::sleep(Duration::from_millis(25)) => {
+                    if !self.awaited::<E>(key) {
+                        return Err(FlightLost("abandoned: nobody waits for it any more".into()));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(FlightLost(format!(
+                            "busy: {} views are being computed already; try again shortly",
+                            self.compute_limit
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether any caller still waits for the computation of `key` (true
+    /// when it cannot be told). When none does, the entry is removed at
+    /// once, under the same lock: a caller arriving later starts afresh
+    /// instead of joining a computation that is giving up.
+    fn awaited<E: 'static>(&self, key: &str) -> bool {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let awaited = inflight
+            .get(key)
+            .and_then(|f| f.downcast_ref::<Flight<E>>())
+            .and_then(Shared::strong_count)
+            // The table holds one handle; each waiting caller another.
+            .is_none_or(|n| n > 1);
+        if !awaited {
+            inflight.remove(key);
+        }
+        awaited
     }
 
     /// Uses `key` to authenticate values instead of the installation's.
@@ -338,6 +416,8 @@ impl FrameCache {
             health: Mutex::new(Health { last_error: None }),
             counters: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            compute_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_COMPUTE_LIMIT)),
+            compute_limit: DEFAULT_COMPUTE_LIMIT,
             key: [0; 32],
             warned: std::sync::atomic::AtomicBool::new(false),
         }
@@ -433,6 +513,7 @@ impl FrameCache {
                 None => {
                     let this = Arc::clone(self);
                     let (view_s, key_s) = (view.to_owned(), key.to_owned());
+
                     let task = tokio::spawn(async move {
                         let _entry = RemoveOnDrop {
                             cache: Arc::clone(&this),
@@ -699,6 +780,63 @@ async fn timeout<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Debug)]
+    struct Lost;
+
+    impl From<FlightLost> for Lost {
+        fn from(_: FlightLost) -> Self {
+            Lost
+        }
+    }
+
+    /// Distinct computations asked for and abandoned at once: at most the
+    /// limit run together, and those still queued when their callers left
+    /// never run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_computations_are_capped_and_dropped_from_the_queue() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let cache = Arc::new(FrameCache::disabled().with_compute_limit(2));
+        let (running, most, started) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        for i in 0..6 {
+            let key = format!("k{i}");
+            let (c, r, m, st) = (
+                Arc::clone(&cache),
+                Arc::clone(&running),
+                Arc::clone(&most),
+                Arc::clone(&started),
+            );
+            let k2 = key.clone();
+            let call = cache.get_or_compute("v", &key, move || async move {
+                let _slot = c.compute_slot::<Lost>(&k2).await?;
+                st.fetch_add(1, SeqCst);
+                let now = r.fetch_add(1, SeqCst) + 1;
+                m.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                r.fetch_sub(1, SeqCst);
+                Ok::<_, Lost>(DataFrame::empty())
+            });
+            // The caller gives up almost at once.
+            let _ = tokio::time::timeout(Duration::from_millis(20), call).await;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(most.load(SeqCst) <= 2, "{} ran at once", most.load(SeqCst));
+        assert_eq!(started.load(SeqCst), 2, "queued work ran for nobody");
+        assert_eq!(running.load(SeqCst), 0);
+        // A caller that waits is served once a slot is free.
+        let c = Arc::clone(&cache);
+        let got = cache
+            .get_or_compute("v", "k9", move || async move {
+                let _slot = c.compute_slot::<Lost>("k9").await?;
+                Ok::<_, Lost>(DataFrame::empty())
+            })
+            .await;
+        assert!(got.is_ok());
+    }
 
     #[test]
     fn frames_round_trip_through_ipc() {

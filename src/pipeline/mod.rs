@@ -150,7 +150,15 @@ pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
         Duration::from_secs(cfg.cache_ttl_secs),
         cfg.data_dir.as_deref(),
     )
-    .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?;
+    .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?
+    // One connection stays free for data-version reads and health checks.
+    .with_compute_limit(
+        store
+            .pool()
+            .options()
+            .get_max_connections()
+            .saturating_sub(1) as usize,
+    );
     Ok(Analytics::new(
         store.pool().clone(),
         Arc::new(cache),
