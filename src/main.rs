@@ -41,6 +41,9 @@ struct Cli {
 enum Command {
     /// The desktop workbench (the default): dashboard, pipeline, explorer.
     App,
+    /// Internal: runs one metric script for a parent process (stdin/stdout).
+    #[command(hide = true)]
+    ScriptHost,
     /// Generator + producer + ingest, headless. Uses embedded Kafka and
     /// PostgreSQL unless KAFKA_BROKERS / DATABASE_URL are set.
     Run {
@@ -492,6 +495,11 @@ fn main() -> std::process::ExitCode {
 fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::App);
+    if matches!(command, Command::ScriptHost) {
+        // No configuration and no services: the parent answers for them.
+        init_logging(Some("warn"), None);
+        return salespulse::analytics::script_host::serve_child();
+    }
     let app_log = matches!(
         command,
         Command::App
@@ -564,6 +572,7 @@ fn run_cli() -> anyhow::Result<()> {
 async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
     match command {
         Command::App
+        | Command::ScriptHost
         | Command::Bench {
             which: BenchCommand::Ui { .. } | BenchCommand::Idle { .. },
         } => anyhow::bail!("this command runs on the main thread, not here"),

@@ -392,3 +392,61 @@ fn runaway_and_forbidden_scripts_stop_with_clear_errors_and_the_engine_goes_on()
         .is_ok());
     rt.block_on(db.drop());
 }
+
+/// Finding 5 of the security review: a script that exhausts memory (a join
+/// that explodes) or nests data deep enough to overflow the stack dies
+/// alone in its script process, with a clear error; this process and the
+/// next script go on.
+#[test]
+fn memory_and_nesting_bombs_die_in_their_own_process() {
+    use salespulse::analytics::script_host::Isolation;
+    let rt = runtime();
+    let db = rt.block_on(seeded("metrics_bombs"));
+    let a = analytics(&db, FrameCache::disabled()).with_isolation(Isolation {
+        host: Some(env!("CARGO_BIN_EXE_salespulse").into()),
+        memory_mb: 512,
+    });
+    let head = "const NAME = \"x\";\nconst KIND = \"kpi\";\n";
+    let cases = [
+        // 60,000 equal keys joined with themselves: 3.6 billion rows.
+        (
+            "join.rhai",
+            "let k = [];\nfor i in 0..60000 { k.push(1); }\nlet f = frame(#{ k: k });\nf.join(f, \"k\").height",
+            "MiB of memory",
+        ),
+        (
+            "nest.rhai",
+            "let a = [];\nfor i in 0..200000 { a = [a]; }\n1",
+            "nested too deep",
+        ),
+    ];
+    for (file, body, says) in cases {
+        let m = Arc::new(Metric::compile(file, &format!("{head}{body}")).unwrap());
+        let t = std::time::Instant::now();
+        let e = rt
+            .block_on(a.run_script(m, &Filters::default(), None))
+            .expect_err(file);
+        let text = e.to_string();
+        assert!(text.contains(says), "{file}: {text}");
+        assert!(text.starts_with(file), "{file}: {text}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "{file}");
+    }
+    // The parent still works, and so does the next script (over the
+    // database, through the parent).
+    let (file, src) = BUILTIN_METRICS[0];
+    let m = Arc::new(Metric::compile(file, src).unwrap());
+    rt.block_on(a.run_script(m, &Filters::default(), None))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Arc::new(
+        Metric::compile(
+            "rows.rhai",
+            &format!("{head}transactions().height + sql(\"SELECT * FROM products\").height"),
+        )
+        .unwrap(),
+    );
+    let df = rt
+        .block_on(a.run_script(m, &Filters::default(), None))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(df.height(), 1);
+    rt.block_on(db.drop());
+}

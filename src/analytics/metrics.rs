@@ -33,6 +33,7 @@ use super::{
 };
 use crate::cache::{frame_key, Outcome};
 use crate::script::frames::{self, FrameSource, Value};
+use super::script_host::Isolation;
 use crate::script::{Limits, Sandbox, ScriptError};
 
 /// The metric scripts shipped with salespulse: (file name, source).
@@ -181,6 +182,7 @@ pub struct Metric {
     pub info: MetricInfo,
     pub path: Option<PathBuf>,
     source_hash: String,
+    source: Arc<str>,
     ast: rhai::AST,
 }
 
@@ -275,8 +277,14 @@ impl Metric {
             },
             path: None,
             source_hash,
+            source: Arc::from(source),
             ast,
         })
+    }
+
+    /// The script's text.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Reads and compiles a metric file.
@@ -623,12 +631,13 @@ impl Analytics {
             rt: Handle::current(),
         };
         let m = Arc::clone(metric);
+        let isolation = self.isolation().clone();
         let result = self
             .cache()
             .get_or_compute(&name, &key, move || async move {
                 let out = tokio::task::spawn_blocking(move || {
                     let src: Arc<dyn FrameSource> = Arc::new(source);
-                    m.run(Some(src), None)
+                    run_metric(&isolation, &m, src, None)
                 })
                 .await;
                 match out {
@@ -661,13 +670,36 @@ impl Analytics {
             versions: v,
             rt: Handle::current(),
         };
+        let isolation = self.isolation().clone();
         tokio::task::spawn_blocking(move || {
             let src: Arc<dyn FrameSource> = Arc::new(source);
-            metric.run(Some(src), cancel.as_ref())
+            run_metric(&isolation, &metric, src, cancel.as_ref())
         })
         .await
         .map_err(|e| AnalyticsError::BadRequest(format!("the script's thread failed: {e}")))?
         .map_err(AnalyticsError::Script)
+    }
+}
+
+/// Runs `metric` in a script process when there is a host binary, else on
+/// this thread (logged once: memory is then not capped).
+fn run_metric(
+    isolation: &Isolation,
+    metric: &Metric,
+    source: Arc<dyn FrameSource>,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<DataFrame, ScriptError> {
+    match &isolation.host {
+        Some(host) => {
+            super::script_host::run_isolated(host, isolation.memory_mb, metric, Some(source), cancel)
+        }
+        None => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("no salespulse binary to run scripts in (set SALESPULSE_SCRIPT_HOST): scripts run in this process, without a memory cap");
+            });
+            metric.run(Some(source), cancel)
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod export;
 pub mod load;
 pub mod metrics;
 pub mod request;
+pub mod script_host;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -162,6 +163,7 @@ pub struct Analytics {
     cache: Arc<FrameCache>,
     mode: LoadMode,
     timings: Arc<Timings>,
+    isolation: script_host::Isolation,
 }
 
 impl Analytics {
@@ -171,7 +173,20 @@ impl Analytics {
             cache,
             mode,
             timings: Arc::default(),
+            isolation: script_host::Isolation::default(),
         }
+    }
+
+    /// Where metric scripts run (a child process with a memory cap, by
+    /// default; see [`script_host`]).
+    pub fn isolation(&self) -> &script_host::Isolation {
+        &self.isolation
+    }
+
+    /// Runs metric scripts as `isolation` says.
+    pub fn with_isolation(mut self, isolation: script_host::Isolation) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -44,7 +44,7 @@ impl Default for Limits {
 }
 
 /// A script failed: where, and why (one readable message).
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{}", self.render())]
 pub struct ScriptError {
     pub file: String,
