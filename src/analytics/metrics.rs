@@ -28,12 +28,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
+use super::script_host::Isolation;
 use super::{
     sql, Analytics, AnalyticsError, DataVersions, Filters, TimeRange, ViewKind, ViewRequest,
 };
 use crate::cache::{frame_key, Outcome};
 use crate::script::frames::{self, FrameSource, Value};
-use super::script_host::Isolation;
 use crate::script::{Limits, Sandbox, ScriptError};
 
 /// The metric scripts shipped with salespulse: (file name, source).
@@ -690,9 +690,13 @@ fn run_metric(
     cancel: Option<&Arc<AtomicBool>>,
 ) -> Result<DataFrame, ScriptError> {
     match &isolation.host {
-        Some(host) => {
-            super::script_host::run_isolated(host, isolation.memory_mb, metric, Some(source), cancel)
-        }
+        Some(host) => super::script_host::run_isolated(
+            host,
+            isolation.memory_mb,
+            metric,
+            Some(source),
+            cancel,
+        ),
         None => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {

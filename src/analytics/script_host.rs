@@ -171,7 +171,12 @@ pub fn run_isolated(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot start the script process {}: {e}", host.display())))?;
+        .map_err(|e| {
+            fail(format!(
+                "cannot start the script process {}: {e}",
+                host.display()
+            ))
+        })?;
     let (Some(mut to_child), Some(mut from_child), Some(mut errs)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -203,11 +208,7 @@ pub fn run_isolated(
     let why_killed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let pid = child.id();
     let watchdog = {
-        let (done, why, cancel) = (
-            Arc::clone(&done),
-            Arc::clone(&why_killed),
-            cancel.cloned(),
-        );
+        let (done, why, cancel) = (Arc::clone(&done), Arc::clone(&why_killed), cancel.cloned());
         std::thread::spawn(move || {
             while !done.load(Ordering::Acquire) {
                 let reason = if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -244,13 +245,14 @@ pub fn run_isolated(
                 read_msg(&mut from_child, MAX_RESULT_BYTES).map_err(|e| e.to_string())?;
             match tag {
                 b'D' => {
-                    return Ok(crate::cache::decode(&body).map_err(|e| {
-                        fail(format!("the script's result could not be read: {e}"))
-                    }))
+                    return Ok(crate::cache::decode(&body)
+                        .map_err(|e| fail(format!("the script's result could not be read: {e}"))))
                 }
                 b'E' => {
                     return Ok(Err(serde_json::from_slice::<ScriptError>(&body)
-                        .unwrap_or_else(|e| fail(format!("unreadable error from the script: {e}")))))
+                        .unwrap_or_else(|e| {
+                            fail(format!("unreadable error from the script: {e}"))
+                        })))
                 }
                 b'V' | b'T' | b'S' => {
                     if Instant::now() > deadline
@@ -277,14 +279,21 @@ pub fn run_isolated(
                         Ok(bytes) => write_msg(
                             &mut to_child,
                             b'X',
-                            format!("a frame of {} bytes is too large to hand to a script", bytes.len())
-                                .as_bytes(),
+                            format!(
+                                "a frame of {} bytes is too large to hand to a script",
+                                bytes.len()
+                            )
+                            .as_bytes(),
                         ),
                         Err(e) => write_msg(&mut to_child, b'X', e.as_bytes()),
                     }
                     .map_err(|e| e.to_string())?;
                 }
-                other => return Err(format!("unexpected message {other:?} from the script process")),
+                other => {
+                    return Err(format!(
+                        "unexpected message {other:?} from the script process"
+                    ))
+                }
             }
         }
     })();
@@ -298,10 +307,7 @@ pub fn run_isolated(
     match outcome {
         Ok(r) => r,
         Err(io) => {
-            let killed = why_killed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let killed = why_killed.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Err(fail(explain_death(killed, status, &tail, memory_mb, &io)))
         }
     }
@@ -494,7 +500,11 @@ pub fn serve_child() -> anyhow::Result<()> {
     let req: RunRequest = serde_json::from_slice(&body)?;
     let refuse = |why: String| -> anyhow::Result<()> {
         let e = ScriptError::new(&req.file, why);
-        write_msg(&mut std::io::stdout().lock(), b'E', &serde_json::to_vec(&e)?)?;
+        write_msg(
+            &mut std::io::stdout().lock(),
+            b'E',
+            &serde_json::to_vec(&e)?,
+        )?;
         Ok(())
     };
     if req.protocol != PROTOCOL {
@@ -545,13 +555,15 @@ pub fn serve_child() -> anyhow::Result<()> {
         frame_bytes(&df).map_err(|e| ScriptError::new(&req.file, format!("the result: {e}")))
     });
     match encoded {
-        Ok(bytes) if bytes.len() <= MAX_RESULT_BYTES => {
-            write_msg(&mut out.lock(), b'D', &bytes)?
-        }
+        Ok(bytes) if bytes.len() <= MAX_RESULT_BYTES => write_msg(&mut out.lock(), b'D', &bytes)?,
         Ok(bytes) => {
             let e = ScriptError::new(
                 &req.file,
-                format!("the result is {} MiB encoded (at most {} MiB)", bytes.len() >> 20, MAX_RESULT_BYTES >> 20),
+                format!(
+                    "the result is {} MiB encoded (at most {} MiB)",
+                    bytes.len() >> 20,
+                    MAX_RESULT_BYTES >> 20
+                ),
             );
             write_msg(&mut out.lock(), b'E', &serde_json::to_vec(&e)?)?;
         }
@@ -578,9 +590,21 @@ mod tests {
 
     #[test]
     fn deaths_are_explained_in_the_users_terms() {
-        let oom = explain_death(None, None, "memory allocation of 8589934592 bytes failed\n", 512, "eof");
+        let oom = explain_death(
+            None,
+            None,
+            "memory allocation of 8589934592 bytes failed\n",
+            512,
+            "eof",
+        );
         assert!(oom.contains("more than 512 MiB"), "{oom}");
-        let deep = explain_death(None, None, "thread 'main' has overflowed its stack\n", 512, "eof");
+        let deep = explain_death(
+            None,
+            None,
+            "thread 'main' has overflowed its stack\n",
+            512,
+            "eof",
+        );
         assert!(deep.contains("nested too deep"), "{deep}");
         let k = explain_death(Some("cancelled".into()), None, "", 512, "eof");
         assert_eq!(k, "cancelled");
