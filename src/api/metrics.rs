@@ -118,7 +118,7 @@ impl Telemetry {
                 ),
                 (
                     "salespulse_ingest_group_rejoins_total",
-                    "Times a worker rejoined a consumer group in which nobody held a partition.",
+                    "Times a worker found itself stuck (records waiting, none arriving) and rejoined its consumer group.",
                     &s.rejoins,
                 ),
             ] {

@@ -14,10 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
-pub use consumer::{
-    commit_async, group_is_stuck, ingest_consumer, IngestConsumer, IngestContext,
-    OffsetSource,
-};
+pub use consumer::{commit_async, ingest_consumer, IngestConsumer, IngestContext, OffsetSource};
 pub use mock::EmbeddedBroker;
 pub use producer::{backoff, EventProducer, ProducerConfig, ProducerStats};
 

@@ -182,8 +182,9 @@ pub struct ChaosReport {
     pub answers_checked: u64,
     /// Long outages during which ingest did not log itself degraded.
     pub outages_unreported: u64,
-    /// Times an ingest process found its consumer group stuck (nobody
-    /// holding a partition) and rejoined it (from its log).
+    /// Times an ingest process found itself stuck (records waiting, none
+    /// arriving; or nobody holding a partition) and rejoined its consumer
+    /// group (from its log).
     pub stuck_group_rejoins: u64,
     /// Per kind of fault.
     pub recovery: BTreeMap<FaultKind, Recovery>,
@@ -246,7 +247,7 @@ impl fmt::Display for ChaosReport {
         if self.stuck_group_rejoins > 0 {
             writeln!(
                 f,
-                "  ingest found its consumer group stuck and rejoined it {} time(s)",
+                "  ingest found itself stuck and rejoined its consumer group {} time(s)",
                 self.stuck_group_rejoins
             )?;
         }
@@ -257,7 +258,10 @@ impl fmt::Display for ChaosReport {
                 self.outages_unreported
             )?;
         }
-        writeln!(f, "  recovery (fault, or end of an outage -> committing again):")?;
+        writeln!(
+            f,
+            "  recovery (fault, or end of an outage -> committing again):"
+        )?;
         for (k, r) in &self.recovery {
             writeln!(
                 f,

@@ -7,7 +7,7 @@
 //! committed to Kafka, for lag monitoring; PostgreSQL stays the authority on
 //! where each partition resumes (see [`crate::bus::IngestContext`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -99,8 +99,8 @@ pub struct IngestStats {
     pub batches: AtomicU64,
     pub write_retries: AtomicU64,
     pub dropped_on_rebalance: AtomicU64,
-    /// Times a worker left and rejoined a group in which nobody held a
-    /// partition (a stuck rebalance).
+    /// Times a worker found itself stuck (records waiting and none arriving,
+    /// or nobody in the group holding a partition) and rejoined its group.
     pub rejoins: AtomicU64,
     /// Offsets that were expected but never delivered (broker retention or
     /// compaction removed them before they were ingested). Always reported.
@@ -645,6 +645,7 @@ pub fn run_worker(
             Box::new(source),
         )
     };
+    settle_before_joining(settings, &offsets_store, &rt, &stop);
     let mut consumer = new_consumer()?;
     let writer = Arc::new(Writer {
         settings: settings.clone(),
@@ -662,11 +663,17 @@ pub fn run_worker(
     // metadata request (an idle topic brings no record).
     let consumer_health = health_id();
     let mut broker_failing_probe: Option<Instant> = None;
-    // A member with no partitions checks, this often, that someone in the
-    // group holds them; if nobody does, the group is stuck and it rejoins
-    // (see `bus::group_is_stuck`).
-    let stuck_after = Duration::from_millis(u64::from(settings.session_timeout_ms) * 3);
-    let mut unassigned_since: Option<Instant> = None;
+    // The stall watchdog: every `stall_wait` it samples, for every
+    // partition of the topic, the offset stored in PostgreSQL and the log
+    // end; a partition with records waiting whose stored offset has not
+    // moved since the last sample is stuck (whoever holds it, if anyone),
+    // and the worker leaves the group and joins afresh, which makes the
+    // group rebalance. Each rejoin that does not help doubles the wait.
+    let stall_after =
+        Duration::from_millis(u64::from(settings.session_timeout_ms) * 3).max(MIN_STALL_WAIT);
+    let mut stall_wait = stall_after;
+    let mut next_stall_check = Instant::now() + stall_wait;
+    let mut last_sample: Option<HashMap<i32, i64>> = None;
     let mut generation = consumer.context().generation();
     let mut expected = consumer.context().assigned_starts();
     let topic = settings.topic.as_str();
@@ -701,7 +708,6 @@ pub fn run_worker(
                 }
                 generation = g;
                 expected = consumer.context().assigned_starts();
-                unassigned_since = None;
             }
             match polled {
                 Some(Ok(m)) => {
@@ -740,44 +746,52 @@ pub fn run_worker(
                 }
                 None => {}
             }
-            if consumer.context().assigned_partitions() > 0 {
-                unassigned_since = None;
-            } else if unassigned_since.get_or_insert_with(Instant::now).elapsed() >= stuck_after
-                && broker_failing_probe.is_none()
+            // Not while a service is away (this worker degraded): that is an
+            // outage, not a stall, and a rejoin would not help.
+            if Instant::now() >= next_stall_check
+                && (broker_failing_probe.is_some() || stats.health() != IngestHealth::Ok)
             {
-                unassigned_since = Some(Instant::now());
-                match bus::group_is_stuck(
-                    &consumer,
-                    &settings.group_id,
-                    topic,
-                    Duration::from_secs(2),
-                ) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        tracing::warn!(
-                            group = %settings.group_id,
-                            waited_s = stuck_after.as_secs(),
-                            "no member of the group holds a partition (a stuck rebalance): leaving and rejoining"
-                        );
-                        for lane in &mut lanes {
-                            finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
-                            // Re-read from stored offsets once assigned.
-                            stats
-                                .dropped_on_rebalance
-                                .fetch_add(lane.pending.records as u64, Ordering::Relaxed);
-                            lane.pending = Pending::default();
-                            lane.deadline = None;
-                        }
-                        stats.rejoins.fetch_add(1, Ordering::Relaxed);
-                        // Dropping it closes it: it leaves the group.
-                        drop(consumer);
-                        consumer = new_consumer()?;
-                        generation = consumer.context().generation();
-                        expected = consumer.context().assigned_starts();
-                        continue;
+                last_sample = None;
+                next_stall_check = Instant::now() + stall_wait;
+            }
+            if Instant::now() >= next_stall_check {
+                let sample =
+                    sample_progress(&consumer, &rt, &offsets_store, &settings.group_id, topic);
+                let stuck = match (&last_sample, &sample) {
+                    (Some(before), Some(now)) => stuck_partitions(before, now),
+                    _ => Vec::new(),
+                };
+                if stuck.is_empty() {
+                    stall_wait = stall_after;
+                    last_sample = sample;
+                } else {
+                    tracing::warn!(
+                        group = %settings.group_id,
+                        partitions = ?stuck,
+                        idle_s = stall_wait.as_secs(),
+                        "ingest is stuck (records wait, none stored): leaving and rejoining the consumer group"
+                    );
+                    for lane in &mut lanes {
+                        finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
+                        // Re-read from stored offsets once assigned.
+                        stats
+                            .dropped_on_rebalance
+                            .fetch_add(lane.pending.records as u64, Ordering::Relaxed);
+                        lane.pending = Pending::default();
+                        lane.deadline = None;
                     }
-                    Err(e) => tracing::debug!(error = %e, "cannot describe the consumer group"),
+                    stats.rejoins.fetch_add(1, Ordering::Relaxed);
+                    // Dropping it closes it: it leaves the group.
+                    drop(consumer);
+                    consumer = new_consumer()?;
+                    generation = consumer.context().generation();
+                    expected = consumer.context().assigned_starts();
+                    stall_wait = (stall_wait * 2).min(MAX_STALL_WAIT);
+                    last_sample = sample;
+                    next_stall_check = Instant::now() + stall_wait;
+                    continue;
                 }
+                next_stall_check = Instant::now() + stall_wait;
             }
             if broker_failing_probe.is_some_and(|t| Instant::now() >= t) {
                 if consumer
@@ -786,8 +800,6 @@ pub fn run_worker(
                 {
                     broker_failing_probe = None;
                     stats.recovered(consumer_health);
-                    // The group re-forms now: give it time before judging it.
-                    unassigned_since = None;
                 } else {
                     broker_failing_probe = Some(Instant::now() + BROKER_PROBE_EVERY);
                 }
@@ -817,6 +829,96 @@ pub fn run_worker(
     consumer.unsubscribe();
     stats.recovered(consumer_health);
     Ok(())
+}
+
+/// Waits, before the first join, until a session timeout has passed since
+/// the group last committed: a member that committed less than a session
+/// ago may still be in the group, alive or SIGKILLed (it never left). A
+/// joiner that comes after the broker has expired a dead member is not
+/// made to share partitions with it; tansu 0.6 otherwise hands the dead
+/// member partitions and does not rebalance when it expires it, and they
+/// wait until the stall watchdog notices. A live member costs the joiner
+/// at most one session timeout. Returns early on stop.
+fn settle_before_joining(settings: &IngestSettings, store: &Store, rt: &Handle, stop: &AtomicBool) {
+    let session = Duration::from_millis(u64::from(settings.session_timeout_ms));
+    let age = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            store.last_commit_age(&settings.group_id, &settings.topic),
+        )
+        .await
+    });
+    let Ok(Ok(Some(age))) = age else {
+        return;
+    };
+    let Some(wait) = (session + Duration::from_millis(500)).checked_sub(age) else {
+        return;
+    };
+    tracing::info!(
+        wait_ms = wait.as_millis() as u64,
+        "the group committed less than a session ago: letting the broker expire a member that may be gone before joining"
+    );
+    let until = Instant::now() + wait;
+    while Instant::now() < until && !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The shortest interval of the stall watchdog (see `run_worker`).
+const MIN_STALL_WAIT: Duration = Duration::from_secs(15);
+
+/// The longest: a rejoin that did not help doubles the wait up to this.
+const MAX_STALL_WAIT: Duration = Duration::from_secs(600);
+
+/// The partitions of `topic` with records past the offset stored for
+/// `group` (its log end is further), each with that stored offset; `None`
+/// when either side cannot be read now (then there is no judgement).
+fn sample_progress(
+    consumer: &bus::IngestConsumer,
+    rt: &Handle,
+    store: &Store,
+    group: &str,
+    topic: &str,
+) -> Option<HashMap<i32, i64>> {
+    let timeout = Duration::from_secs(2);
+    let meta = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+    let partitions: Vec<i32> = meta
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let stored = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                store.stored_offsets(group, topic, &partitions),
+            )
+            .await
+        })
+        .ok()?
+        .ok()?;
+    let mut waiting = HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+        let at = stored.get(&p).copied().unwrap_or(low);
+        if high > at {
+            waiting.insert(p, at);
+        }
+    }
+    Some(waiting)
+}
+
+/// Partitions that had records waiting at both samples (`partition →
+/// stored offset`) without their stored offset moving.
+fn stuck_partitions(before: &HashMap<i32, i64>, now: &HashMap<i32, i64>) -> Vec<i32> {
+    let mut stuck: Vec<i32> = now
+        .iter()
+        .filter(|(p, at)| before.get(p) == Some(at))
+        .map(|(p, _)| *p)
+        .collect();
+    stuck.sort_unstable();
+    stuck
 }
 
 /// Whether a consumer error means the broker cannot be reached (as opposed

@@ -262,6 +262,24 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// How long ago `group` last committed offsets of `topic` (`None`:
+    /// never), by the database's clock.
+    pub async fn last_commit_age(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - max(updated_at))::float8 FROM ingest_offsets \
+             WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))))
+    }
+
     /// `SELECT 1` round trip, for health checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
