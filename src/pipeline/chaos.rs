@@ -910,6 +910,12 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
             ("SALESPULSE_BATCH_SIZE", "1000".into()),
             ("SALESPULSE_BATCH_TIMEOUT_MS", "100".into()),
             ("SALESPULSE_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            // The dead-letter producer, too, without idempotence: tansu 0.6
+            // stops answering InitProducerId after clients are SIGKILLed,
+            // and an idempotent producer then waits for a producer id for
+            // ever. A repeated DLQ record is harmless (the DLQ is
+            // at-least-once; records are counted by payload hash).
+            ("SALESPULSE_KAFKA_IDEMPOTENCE", "false".into()),
         ],
         dir: root.clone(),
         proc: Proc(None),
