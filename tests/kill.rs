@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
+use salespulse::pipeline::chaos::ChaosOptions;
 
 const EVENTS: u64 = 60_000;
 const MIN_KILLS: usize = 5;
@@ -111,42 +112,54 @@ async fn sigkilled_ingest_neither_loses_nor_double_counts() {
     db.drop().await;
 }
 
-/// The shipped fault suite (`salespulse chaos`), shortened: ingest
-/// SIGKILLed, PostgreSQL restarted fast and immediate, the broker SIGKILLed,
-/// Redis stopped while views are served, poison records mixed in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
+/// Runs the shipped fault suite with `opts` over a random seed, against this
+/// build's `salespulse` and tansu, logging each fault and its recovery to
+/// stderr (a failure shows how far it got), and returns its report.
+async fn run_chaos(what: &str, opts: ChaosOptions) -> salespulse::pipeline::chaos::ChaosReport {
     let seed: u64 = rand::random();
-    eprintln!("chaos seed: {seed}");
-    // Each fault and its recovery on stderr: a failure shows how far it got.
+    eprintln!("{what} seed: {seed}");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             "warn,salespulse::pipeline::chaos=info",
         ))
         .with_writer(std::io::stderr)
         .try_init();
-    let report = salespulse::pipeline::chaos::run(&salespulse::pipeline::chaos::ChaosOptions {
-        rate: 800.0,
-        poison_every: 100,
-        ingest_kills: 8,
-        postgres_restarts: 2,
-        broker_restarts: 2,
-        redis_restarts: 1,
-        outages: 0,
-        outage: std::time::Duration::ZERO,
-        partitions: 3,
+    let report = salespulse::pipeline::chaos::run(&ChaosOptions {
         seed,
-        work_dir: None,
         salespulse: Some(env!("CARGO_BIN_EXE_salespulse").into()),
         tansu: Some(tansu_bin()),
-        recovery_limit: std::time::Duration::from_secs(60),
-        // Below nextest's limit for this binary, so that a stuck run ends
-        // with the phase and the services' logs rather than a kill.
-        time_limit: Some(std::time::Duration::from_secs(330)),
+        ..opts
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{report}");
+    report
+}
+
+/// The shipped fault suite (`salespulse chaos`), shortened: ingest
+/// SIGKILLed, PostgreSQL restarted fast and immediate, the broker SIGKILLed,
+/// Redis stopped while views are served, poison records mixed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
+    let report = run_chaos(
+        "chaos",
+        ChaosOptions {
+            rate: 800.0,
+            poison_every: 100,
+            ingest_kills: 8,
+            postgres_restarts: 2,
+            broker_restarts: 2,
+            redis_restarts: 1,
+            outages: 0,
+            partitions: 3,
+            recovery_limit: Duration::from_secs(60),
+            // Below nextest's limit for this binary, so that a stuck run ends
+            // with the phase and the services' logs rather than a kill.
+            time_limit: Some(Duration::from_secs(330)),
+            ..ChaosOptions::default()
+        },
+    )
+    .await;
     assert!(report.passed(), "{report}");
     assert_eq!(report.faults(), 13, "{report}");
     assert!(report.produced_poison >= 5, "{report}");
@@ -160,34 +173,24 @@ async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
 /// itself degraded, and resumes on its own; nothing is lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_outages_are_ridden_out_and_reported() {
-    let seed: u64 = rand::random();
-    eprintln!("outage seed: {seed}");
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "warn,salespulse::pipeline::chaos=info",
-        ))
-        .with_writer(std::io::stderr)
-        .try_init();
-    let report = salespulse::pipeline::chaos::run(&salespulse::pipeline::chaos::ChaosOptions {
-        rate: 300.0,
-        poison_every: 100,
-        ingest_kills: 0,
-        postgres_restarts: 0,
-        broker_restarts: 0,
-        redis_restarts: 0,
-        outages: 1,
-        outage: std::time::Duration::from_secs(150),
-        partitions: 3,
-        seed,
-        work_dir: None,
-        salespulse: Some(env!("CARGO_BIN_EXE_salespulse").into()),
-        tansu: Some(tansu_bin()),
-        recovery_limit: std::time::Duration::from_secs(60),
-        time_limit: Some(std::time::Duration::from_secs(560)),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    eprintln!("{report}");
+    let report = run_chaos(
+        "outage",
+        ChaosOptions {
+            rate: 300.0,
+            poison_every: 100,
+            ingest_kills: 0,
+            postgres_restarts: 0,
+            broker_restarts: 0,
+            redis_restarts: 0,
+            outages: 1,
+            outage: Duration::from_secs(150),
+            partitions: 3,
+            recovery_limit: Duration::from_secs(60),
+            time_limit: Some(Duration::from_secs(560)),
+            ..ChaosOptions::default()
+        },
+    )
+    .await;
     assert!(report.passed(), "{report}");
     assert_eq!(report.faults(), 2, "{report}");
     assert_eq!(report.outages_unreported, 0, "{report}");
