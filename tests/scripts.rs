@@ -431,6 +431,24 @@ fn memory_and_nesting_bombs_die_in_their_own_process() {
         assert!(text.starts_with(file), "{file}: {text}");
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "{file}");
     }
+    // A result too large to hand back (288 MB of one column) is refused
+    // in the child: the parent never holds it.
+    let big = Analytics::new(
+        db.store.pool().clone(),
+        Arc::new(FrameCache::disabled()),
+        LoadMode::Rows,
+    )
+    .with_isolation(Isolation {
+        host: Some(env!("CARGO_BIN_EXE_salespulse").into()),
+        memory_mb: 4096,
+    });
+    let src = "const NAME = \"x\";\nconst KIND = \"table\";\nlet k = [];\nfor i in 0..6000 { k.push(1); }\nlet f = frame(#{ k: k });\nf.join(f, \"k\")";
+    let m = Arc::new(Metric::compile("big.rhai", src).unwrap());
+    let text = rt
+        .block_on(big.run_script(m, &Filters::default(), None))
+        .expect_err("big.rhai")
+        .to_string();
+    assert!(text.contains("at most 256 MiB"), "{text}");
     // The parent still works, and so does the next script (over the
     // database, through the parent).
     let (file, src) = BUILTIN_METRICS[0];
