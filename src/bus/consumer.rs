@@ -8,7 +8,7 @@
 //! changes: the new assignment re-reads those records from the stored offsets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,8 +31,6 @@ pub struct IngestContext {
     generation: AtomicU64,
     /// Start offsets of the latest assignment, where known.
     starts: Mutex<HashMap<i32, i64>>,
-    /// Partitions in the latest assignment.
-    assigned: AtomicUsize,
 }
 
 pub type IngestConsumer = BaseConsumer<IngestContext>;
@@ -41,11 +39,6 @@ impl IngestContext {
     /// Bumped on every assignment change.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
-    }
-
-    /// Partitions this member holds now.
-    pub fn assigned_partitions(&self) -> usize {
-        self.assigned.load(Ordering::Acquire)
     }
 
     /// The offsets the latest assignment started from (partitions that start
@@ -120,20 +113,17 @@ impl ConsumerContext for IngestContext {
                         }
                     }
                 }
-                match consumer.assign(tpl) {
-                    Ok(()) => self.assigned.store(tpl.count(), Ordering::Release),
-                    Err(e) => tracing::error!(error = %e, "assign failed"),
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.assigned.store(0, Ordering::Release);
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassign failed");
                 }
             }
             other => {
-                self.assigned.store(0, Ordering::Release);
                 tracing::error!(error = ?other, "rebalance error; dropping assignment");
                 let _ = consumer.unassign();
             }
@@ -155,7 +145,6 @@ pub fn ingest_consumer(
         source,
         generation: AtomicU64::new(0),
         starts: Mutex::new(HashMap::new()),
-        assigned: AtomicUsize::new(0),
     };
     // Members learn of a rebalance through heartbeats: keep them frequent so a
     // joining worker waits at most about a second.
