@@ -9,28 +9,43 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// Why the configuration could not be loaded or was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The config file is not valid TOML for [`Config`] (unknown keys included).
     #[error("invalid config file {path}: {source}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The TOML error (syntax, a wrong type, an unknown key).
         source: Box<toml::de::Error>,
     },
+    /// An environment variable's value does not parse.
     #[error("environment variable {var}={value:?} is invalid: {reason}")]
     Env {
+        /// The variable's name.
         var: &'static str,
+        /// Its value, redacted when the name contains `URL`.
         value: String,
+        /// Why it does not parse.
         reason: String,
     },
+    /// A setting no component can work with ([`Config::check`]); the text
+    /// names it and what is accepted.
     #[error("invalid setting {0}")]
     Invalid(String),
 }
 
+/// Every setting of salespulse (see the module docs for where each comes
+/// from). `Debug` prints [`Config::summary`], secrets redacted.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -38,12 +53,18 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     /// PostgreSQL URL; `None` starts a private local cluster.
     pub database_url: Option<String>,
+    /// Redis URL of the analytics frame cache.
     pub redis_url: String,
+    /// Topic the generator produces to and ingest reads.
     pub topic: String,
+    /// Dead-letter topic for records ingest rejects; must differ from `topic`.
     pub dlq_topic: String,
     /// Partitions of the topic when it is created.
     pub partitions: i32,
+    /// Replication factor of the topics when they are created (at least 1).
     pub replication_factor: i32,
+    /// Consumer group of the ingest workers; their offsets are stored in
+    /// PostgreSQL under it.
     pub group_id: String,
     /// Most records per ingest batch.
     pub batch_size: usize,
@@ -51,6 +72,11 @@ pub struct Config {
     pub batch_timeout_ms: u64,
     /// Parallel write lanes in each ingest worker (partitions are spread over them).
     pub ingest_lanes: usize,
+    /// Which partitions ingest reads: `group` (share them with the other
+    /// ingest processes of `group_id`, assigned by the broker), `all`, or a
+    /// list such as `0,2,4` (read them itself, without the group
+    /// coordinator; see [`Assignment`]).
+    pub ingest_partitions: String,
     /// Consumer group session timeout, in ms: how soon a dead worker's
     /// partitions move to the others.
     pub kafka_session_timeout_ms: u32,
@@ -63,8 +89,11 @@ pub struct Config {
     /// How far past the wall clock an event may be stamped before ingest
     /// dead-letters it, in seconds (clock skew allowance).
     pub max_future_skew_secs: u64,
+    /// Connections in the PostgreSQL pool (at least 1).
     pub pg_pool_size: u32,
+    /// PostgreSQL `statement_timeout` of the pool's connections, in ms.
     pub pg_statement_timeout_ms: u64,
+    /// Address (`host:port`) the HTTP API binds to unless a flag says otherwise.
     pub http_bind: String,
     /// Where embedded services keep their data.
     pub data_dir: Option<PathBuf>,
@@ -75,6 +104,19 @@ pub struct Config {
     /// The app's scripts folder (generator/ and metrics/); default
     /// `./scripts` when present, else one in the user's data directory.
     pub scripts_dir: Option<PathBuf>,
+    /// How Kafka clients talk to the brokers: `plaintext` or `ssl` (TLS).
+    pub kafka_security_protocol: String,
+    /// PEM file of the CA(s) a TLS broker's certificate is checked against
+    /// (default: the system's).
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (mutual TLS).
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub kafka_ssl_key_location: Option<PathBuf>,
+    /// Password of that key: from `SALESPULSE_KAFKA_SSL_KEY_PASSWORD` only,
+    /// never from or to a file.
+    #[serde(skip)]
+    pub kafka_ssl_key_password: Option<String>,
 }
 
 impl Default for Config {
@@ -91,6 +133,7 @@ impl Default for Config {
             batch_size: 5_000,
             batch_timeout_ms: 250,
             ingest_lanes: 2,
+            ingest_partitions: "group".into(),
             kafka_session_timeout_ms: 10_000,
             kafka_linger_ms: 5,
             kafka_idempotence: true,
@@ -103,6 +146,11 @@ impl Default for Config {
             embedded_pg_port: 54329,
             cache_ttl_secs: 3_600,
             scripts_dir: None,
+            kafka_security_protocol: "plaintext".into(),
+            kafka_ssl_ca_location: None,
+            kafka_ssl_certificate_location: None,
+            kafka_ssl_key_location: None,
+            kafka_ssl_key_password: None,
         }
     }
 }
@@ -156,7 +204,9 @@ impl Config {
         Ok(cfg)
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads the TOML file at `path`, defaults for what it leaves out; unknown
+    /// keys are an error. Neither the environment nor [`Config::check`] applies.
+    pub(crate) fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -191,6 +241,7 @@ impl Config {
         env!("SALESPULSE_BATCH_SIZE" => batch_size);
         env!("SALESPULSE_BATCH_TIMEOUT_MS" => batch_timeout_ms);
         env!("SALESPULSE_INGEST_LANES" => ingest_lanes);
+        env!("SALESPULSE_INGEST_PARTITIONS" => ingest_partitions);
         env!("SALESPULSE_KAFKA_SESSION_TIMEOUT_MS" => kafka_session_timeout_ms);
         env!("SALESPULSE_KAFKA_LINGER_MS" => kafka_linger_ms);
         env!("SALESPULSE_KAFKA_IDEMPOTENCE" => kafka_idempotence);
@@ -203,6 +254,13 @@ impl Config {
         env!("SALESPULSE_PG_PORT" => embedded_pg_port);
         env!("SALESPULSE_CACHE_TTL_SECS" => cache_ttl_secs);
         env!("SALESPULSE_SCRIPTS" => Some scripts_dir);
+        env!("SALESPULSE_KAFKA_SECURITY_PROTOCOL" => kafka_security_protocol);
+        env!("SALESPULSE_KAFKA_SSL_CA_LOCATION" => Some kafka_ssl_ca_location);
+        env!("SALESPULSE_KAFKA_SSL_CERTIFICATE_LOCATION" => Some kafka_ssl_certificate_location);
+        env!("SALESPULSE_KAFKA_SSL_KEY_LOCATION" => Some kafka_ssl_key_location);
+        if let Ok(pw) = std::env::var("SALESPULSE_KAFKA_SSL_KEY_PASSWORD") {
+            self.kafka_ssl_key_password = Some(pw).filter(|p| !p.is_empty());
+        }
         Ok(())
     }
 
@@ -220,6 +278,9 @@ impl Config {
         }
         if !(1..=64).contains(&self.ingest_lanes) {
             return bad(format!("ingest_lanes = {} (1..=64)", self.ingest_lanes));
+        }
+        if let Err(e) = self.ingest_partitions.parse::<Assignment>() {
+            return bad(format!("ingest_partitions = {e}"));
         }
         if self.batch_timeout_ms == 0 {
             return bad("batch_timeout_ms = 0".into());
@@ -254,7 +315,97 @@ impl Config {
         if self.topic == self.dlq_topic {
             return bad("topic and dlq_topic must differ".into());
         }
+        match self.kafka_security_protocol.to_ascii_lowercase().as_str() {
+            "plaintext" => {
+                if self.kafka_ssl_files().iter().any(|(_, _, f)| f.is_some())
+                    || self.kafka_ssl_key_password.is_some()
+                {
+                    return bad(
+                        "kafka_ssl_* settings are given but kafka_security_protocol is \
+                         \"plaintext\": set it to \"ssl\" (or remove them)"
+                            .into(),
+                    );
+                }
+            }
+            "ssl" => {
+                if self.kafka_brokers.is_none() {
+                    return bad(
+                        "kafka_security_protocol = \"ssl\" needs kafka_brokers (the embedded \
+                         broker speaks plaintext only)"
+                            .into(),
+                    );
+                }
+                for (name, _, file) in self.kafka_ssl_files() {
+                    if let Some(f) = file {
+                        if let Err(e) = std::fs::File::open(f) {
+                            return bad(format!("{name} = {}: {e}", f.display()));
+                        }
+                    }
+                }
+                if self.kafka_ssl_key_password.is_some() && self.kafka_ssl_key_location.is_none() {
+                    return bad(
+                        "SALESPULSE_KAFKA_SSL_KEY_PASSWORD is set but kafka_ssl_key_location is not"
+                            .into(),
+                    );
+                }
+                if self.kafka_ssl_certificate_location.is_some()
+                    != self.kafka_ssl_key_location.is_some()
+                {
+                    return bad(
+                        "kafka_ssl_certificate_location and kafka_ssl_key_location go together"
+                            .into(),
+                    );
+                }
+            }
+            other => {
+                return bad(format!(
+                    "kafka_security_protocol = {other:?} (plaintext or ssl)"
+                ))
+            }
+        }
         Ok(())
+    }
+
+    /// The Kafka TLS files: setting name, librdkafka property, value.
+    fn kafka_ssl_files(&self) -> [(&'static str, &'static str, &Option<PathBuf>); 3] {
+        [
+            (
+                "kafka_ssl_ca_location",
+                "ssl.ca.location",
+                &self.kafka_ssl_ca_location,
+            ),
+            (
+                "kafka_ssl_certificate_location",
+                "ssl.certificate.location",
+                &self.kafka_ssl_certificate_location,
+            ),
+            (
+                "kafka_ssl_key_location",
+                "ssl.key.location",
+                &self.kafka_ssl_key_location,
+            ),
+        ]
+    }
+
+    /// The librdkafka properties for [`Config::kafka_security_protocol`] and
+    /// its files, for [`crate::bus::set_security`].
+    pub fn kafka_security(&self) -> Vec<(String, String)> {
+        let mut props = vec![(
+            "security.protocol".to_owned(),
+            self.kafka_security_protocol.to_ascii_lowercase(),
+        )];
+        if !self.kafka_security_protocol.eq_ignore_ascii_case("ssl") {
+            return props;
+        }
+        for (_, key, file) in self.kafka_ssl_files() {
+            if let Some(f) = file {
+                props.push((key.to_owned(), f.display().to_string()));
+            }
+        }
+        if let Some(pw) = &self.kafka_ssl_key_password {
+            props.push(("ssl.key.password".to_owned(), pw.clone()));
+        }
+        props
     }
 
     /// One line per setting, secrets redacted.
@@ -266,7 +417,8 @@ impl Config {
         };
         format!(
             "kafka_brokers = {}\ndatabase_url = {}\nredis_url = {}\ntopic = {} (dlq {}), {} partitions\n\
-             group_id = {}\nbatch = {} records / {} ms\npg_pool_size = {}, statement timeout {} ms\nhttp_bind = {}",
+             group_id = {}\nbatch = {} records / {} ms\npg_pool_size = {}, statement timeout {} ms\nhttp_bind = {}\n\
+             kafka_security_protocol = {}",
             or_embedded(&self.kafka_brokers),
             or_embedded(&self.database_url),
             redact_url(&self.redis_url),
@@ -279,6 +431,7 @@ impl Config {
             self.pg_pool_size,
             self.pg_statement_timeout_ms,
             self.http_bind,
+            self.kafka_security_protocol,
         )
     }
 }
@@ -340,6 +493,9 @@ pub fn strip_password(url: &str) -> String {
     }
 }
 
+/// `s` with every password replaced by `***`: the one in a URL's
+/// credentials (`postgres://u:***@h/db`) and any `password=` value (libpq
+/// keywords, query parameters). Use it for anything printed or logged.
 pub fn redact_url(s: &str) -> String {
     let mut out = s.to_owned();
     if let Some(scheme_end) = out.find("://") {
@@ -371,6 +527,44 @@ pub fn redact_url(s: &str) -> String {
     }
     result.push_str(&out[i..]);
     result
+}
+
+/// Which partitions an ingest consumer reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    /// Shares the topic's partitions with the other members of its consumer
+    /// group; the broker's group coordinator assigns them.
+    Group,
+    /// Reads these partitions itself (`None`: every partition of the topic,
+    /// including ones added later), without the group coordinator. Several
+    /// processes may be given overlapping sets: the sink's offsets and keys
+    /// keep the result exact, at the price of reading twice.
+    Static(Option<Vec<i32>>),
+}
+
+impl std::str::FromStr for Assignment {
+    type Err = String;
+
+    /// `group`, `all`, or a comma-separated list of partitions (`0,2,4`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "group" => Ok(Assignment::Group),
+            "all" => Ok(Assignment::Static(None)),
+            list => {
+                let mut parts = list
+                    .split(',')
+                    .map(|p| p.trim().parse::<i32>().ok().filter(|p| *p >= 0))
+                    .collect::<Option<Vec<i32>>>()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        format!("{s:?}: expected group, all, or partitions such as 0,2,4")
+                    })?;
+                parts.sort_unstable();
+                parts.dedup();
+                Ok(Assignment::Static(Some(parts)))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +630,72 @@ mod tests {
         };
         assert!(cfg.check().is_err());
         assert!(Config::default().check().is_ok());
+    }
+
+    #[test]
+    fn kafka_tls_settings_are_checked_and_turned_into_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let base = Config {
+            kafka_brokers: Some("broker:9093".into()),
+            ..Config::default()
+        };
+        let err = |c: Config| c.check().unwrap_err().to_string();
+        // A CA without TLS, TLS with the embedded broker, a file that is not
+        // there, a certificate without its key, an unknown protocol.
+        assert!(err(Config {
+            kafka_ssl_ca_location: Some(ca.clone()),
+            ..base.clone()
+        })
+        .contains("plaintext"));
+        assert!(err(Config {
+            kafka_brokers: None,
+            kafka_security_protocol: "ssl".into(),
+            ..base.clone()
+        })
+        .contains("kafka_brokers"));
+        assert!(err(Config {
+            kafka_security_protocol: "SSL".into(),
+            kafka_ssl_ca_location: Some(dir.path().join("missing.pem")),
+            ..base.clone()
+        })
+        .contains("missing.pem"));
+        assert!(err(Config {
+            kafka_security_protocol: "ssl".into(),
+            kafka_ssl_certificate_location: Some(ca.clone()),
+            ..base.clone()
+        })
+        .contains("go together"));
+        assert!(err(Config {
+            kafka_security_protocol: "sasl_ssl".into(),
+            ..base.clone()
+        })
+        .contains("plaintext or ssl"));
+        let good = Config {
+            kafka_security_protocol: "SSL".into(),
+            kafka_ssl_ca_location: Some(ca.clone()),
+            ..base.clone()
+        };
+        good.check().unwrap();
+        assert_eq!(
+            good.kafka_security(),
+            [
+                ("security.protocol".to_owned(), "ssl".to_owned()),
+                ("ssl.ca.location".to_owned(), ca.display().to_string()),
+            ]
+        );
+        assert_eq!(
+            base.kafka_security(),
+            [("security.protocol".to_owned(), "plaintext".to_owned())]
+        );
+        // The key password never reaches a file or the summary.
+        let with_pw = Config {
+            kafka_ssl_key_password: Some("hunter2".into()),
+            ..good
+        };
+        assert!(!serde_json::to_string(&with_pw).unwrap().contains("hunter2"));
+        assert!(!with_pw.summary().contains("hunter2"));
     }
 
     #[test]

@@ -17,13 +17,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 /// Longest id (customer, session, product) accepted.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 /// Longest free-text field (product name) accepted.
 pub const MAX_TEXT_LEN: usize = 256;
 /// Largest quantity in one order line.
-pub const MAX_QUANTITY: i32 = 10_000;
+pub(crate) const MAX_QUANTITY: i32 = 10_000;
 /// Largest unit price accepted.
-pub const MAX_UNIT_PRICE: f64 = 1_000_000.0;
+pub(crate) const MAX_UNIT_PRICE: f64 = 1_000_000.0;
 /// Largest amount of one order line, in cents: what `numeric(12,2)` holds
 /// (9,999,999,999.99). The gross amount (quantity × unit price), the discount
 /// and the total must each fit, after rounding to cents.
@@ -32,43 +32,74 @@ pub const MAX_LINE_CENTS: i64 = 999_999_999_999;
 /// may be stamped (see [`Event::decode_with`] for a configured one).
 pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 
+/// One record on the topic: a sale or a session, tagged by `"type"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// An order line (`"type": "sale"`).
     Sale(SaleEvent),
+    /// A finished shopping session, converted or not (`"type": "session"`).
     Session(SessionEvent),
 }
 
+/// One order line: a product, a quantity, a payment and a status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SaleEvent {
+    /// Unique id of the line (primary key of `transactions`); never the nil UUID.
     pub transaction_id: Uuid,
+    /// When the order was placed (UTC); the event's timestamp.
     pub occurred_at: DateTime<Utc>,
+    /// Who ordered; also the partitioning key. At most [`MAX_ID_LEN`] bytes.
     pub customer_id: String,
+    /// The session the order was placed in. At most [`MAX_ID_LEN`] bytes.
     pub session_id: String,
+    /// The product ordered. At most [`MAX_ID_LEN`] bytes.
     pub product_id: String,
+    /// The product's display name. At most [`MAX_TEXT_LEN`] bytes.
     pub product_name: String,
+    /// The product's category. At most [`MAX_ID_LEN`] bytes.
     pub category: String,
+    /// Units ordered, from 1 to [`MAX_QUANTITY`].
     pub quantity: i32,
+    /// Price of one unit in `currency`, at most [`MAX_UNIT_PRICE`].
     pub unit_price: f64,
+    /// Amount taken off the line in `currency` (not a fraction); at most
+    /// `quantity × unit_price`.
     pub discount: f64,
+    /// What the line costs: `quantity × unit_price − discount`, within a cent.
     pub total_amount: f64,
+    /// ISO 4217 code of the amounts (three uppercase letters, e.g. `USD`).
     pub currency: String,
+    /// How the customer paid (e.g. `credit_card`, `paypal`); at most 32 bytes.
     pub payment_method: String,
+    /// How the order ended.
     pub status: Status,
+    /// The customer's region (e.g. `Europe`).
     pub region: String,
+    /// The customer's country, an ISO 3166-1 alpha-2 code (e.g. `DE`).
     pub country: String,
+    /// Where the order was placed.
     pub channel: Channel,
 }
 
+/// A shopping session, emitted once when it ends, whether or not it converted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
+    /// Unique id of the session (primary key of `sessions`). At most [`MAX_ID_LEN`] bytes.
     pub session_id: String,
+    /// Whose session it was; also the partitioning key.
     pub customer_id: String,
+    /// When the session began (UTC).
     pub started_at: DateTime<Utc>,
+    /// When the session ended (UTC), not before `started_at`; the event's timestamp.
     pub ended_at: DateTime<Utc>,
+    /// The customer's region (e.g. `Europe`).
     pub region: String,
+    /// The customer's country, an ISO 3166-1 alpha-2 code (e.g. `DE`).
     pub country: String,
+    /// Where the session took place.
     pub channel: Channel,
+    /// Pages viewed during the session, 0 to 10,000.
     pub page_views: i32,
     /// Number of orders (sale events) placed in this session.
     pub orders: i32,
@@ -80,14 +111,19 @@ macro_rules! vocabulary {
         $(#[$m])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($variant,)+
+            $(
+                /// A known value; [`Self::as_str`] gives its wire text.
+                $variant,
+            )+
             /// A value outside the vocabulary; invalid, kept for the error message.
             Unknown(String),
         }
 
         impl $name {
+            /// Every known value, in declaration order (without `Unknown`).
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The value's wire text; an unknown value's own text.
             pub fn as_str(&self) -> &str {
                 match self {
                     $($name::$variant => $text,)+
@@ -95,6 +131,7 @@ macro_rules! vocabulary {
                 }
             }
 
+            /// The value with wire text `s`; any other text becomes `Unknown`. Never fails.
             pub fn parse(s: &str) -> Self {
                 match s {
                     $($text => $name::$variant,)+
@@ -102,6 +139,7 @@ macro_rules! vocabulary {
                 }
             }
 
+            /// Whether the value is in the vocabulary (not `Unknown`).
             pub fn is_known(&self) -> bool {
                 !matches!(self, $name::Unknown(_))
             }
@@ -150,7 +188,9 @@ vocabulary!(
 /// One reason an event is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// Name of the offending field, as on the wire (e.g. `"quantity"`).
     pub field: &'static str,
+    /// What is wrong with it, for people.
     pub reason: String,
 }
 
@@ -163,8 +203,10 @@ impl fmt::Display for Violation {
 /// Why a record could not be accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// The payload is not a JSON event; holds the decoder's error.
     #[error("undecodable: {0}")]
     Undecodable(String),
+    /// The event decoded but breaks the rules; holds every violation found.
     #[error("invalid: {}", join_violations(.0))]
     Invalid(Vec<Violation>),
 }
@@ -212,6 +254,7 @@ impl Event {
         }
     }
 
+    /// The event as JSON bytes, as sent on the topic.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing these plain structs cannot fail (no maps with non-string keys).
         serde_json::to_vec(self).unwrap_or_default()
@@ -225,6 +268,7 @@ impl Event {
         }
     }
 
+    /// When the event happened: a sale's `occurred_at`, a session's `ended_at`.
     pub fn timestamp(&self) -> DateTime<Utc> {
         match self {
             Event::Sale(s) => s.occurred_at,
@@ -244,7 +288,7 @@ impl Event {
     }
 
     /// [`Event::validate`] with a configured future-skew allowance.
-    pub fn validate_with(&self, now: DateTime<Utc>, max_skew: Duration) -> Vec<Violation> {
+    pub(crate) fn validate_with(&self, now: DateTime<Utc>, max_skew: Duration) -> Vec<Violation> {
         let mut v = Checks {
             found: Vec::new(),
             max_skew,

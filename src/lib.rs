@@ -1,14 +1,28 @@
 //! salespulse: a real-time sales analytics workbench.
 //!
-//! Data flows one way through the layers:
-//! `generator` → `bus` (Kafka) → `pipeline::ingest` → `store` (PostgreSQL)
-//! → `analytics` (Polars views, cached by `cache` in Redis), with `api`
-//! serving the generator and metrics over HTTP and `pipeline` wiring it all.
-//! Library modules report errors with `thiserror` types; the binary uses
-//! `anyhow` at the edge.
+//! Layers, each importing only those below it (see ARCHITECTURE.md; checked
+//! by `tests/layers.rs`):
+//!
+//! 0. `event`, `config`, `script`: data types, settings, the Rhai sandbox.
+//! 1. `generator`, `bus` (Kafka), `store` (PostgreSQL), `cache` (Redis).
+//! 2. `analytics` (Polars views and metrics over `store`, cached by `cache`)
+//!    and `pipeline` (producer loop, ingest workers, lag, service probes).
+//! 3. `api`: the HTTP server over the generator, views and telemetry.
+//! 4. `services`: the wiring — resolves services, builds telemetry once,
+//!    runs the headless pipeline, ingest, the server and the app's live
+//!    pipeline.
+//! 5. `ui`: the egui app.
+//! 6. `bench`: benchmarks, the fault suite, the fuzzer.
+//!
+//! The binary (`src/bin/salespulse/`) only parses arguments and calls.
+//!
+//! Data flows one way: `generator` → `bus` → `pipeline::ingest` → `store`
+//! → `analytics` → `api`/`ui`. Library modules report errors with
+//! `thiserror` types; the wiring and the binary use `anyhow`.
 
 pub mod analytics;
 pub mod api;
+pub mod bench;
 pub mod bus;
 pub mod cache;
 pub mod config;
@@ -16,5 +30,6 @@ pub mod event;
 pub mod generator;
 pub mod pipeline;
 pub mod script;
+pub mod services;
 pub mod store;
 pub mod ui;

@@ -5,6 +5,13 @@
 //! ~3 days of seeded data, for a range that cuts across minute, hour and day
 //! grains, for all data, and with dimension filters.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -454,7 +461,7 @@ async fn one_event_from_a_clock_ahead_cannot_move_relative_ranges_past_now() {
     // dead-letter it) must not push "the last hour" past the wall clock.
     let db = TestDb::new("skew").await;
     let mut g = salespulse::generator::Generator::new(
-        salespulse::generator::GeneratorParams::default(),
+        salespulse::generator::GeneratorParams::builtin(),
         3,
         salespulse::generator::Clock::Simulated(Utc::now() - chrono::Duration::minutes(30)),
     )

@@ -1,5 +1,12 @@
 //! The HTTP generator API on a real socket, with real health targets.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::sync::Arc;
@@ -27,7 +34,7 @@ impl Drop for Server {
 }
 
 async fn server(health: HealthTargets) -> Server {
-    server_with(ApiState::new(GeneratorParams::default(), 9, health).unwrap()).await
+    server_with(ApiState::new(GeneratorParams::builtin(), 9, health).unwrap()).await
 }
 
 async fn server_with(state: ApiState) -> Server {
@@ -193,7 +200,7 @@ async fn the_api_checks_host_and_token_and_caps_streams_and_probes() {
     let (port, probes) = counting_listener();
     let s = server_with(
         ApiState::new(
-            GeneratorParams::default(),
+            GeneratorParams::builtin(),
             9,
             HealthTargets {
                 redis_url: Some(format!("redis://127.0.0.1:{port}")),
@@ -310,7 +317,7 @@ async fn the_api_checks_host_and_token_and_caps_streams_and_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_beyond_loopback_needs_a_token() {
     let state =
-        Arc::new(ApiState::new(GeneratorParams::default(), 9, HealthTargets::default()).unwrap());
+        Arc::new(ApiState::new(GeneratorParams::builtin(), 9, HealthTargets::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let err = api::serve_on(listener, state, async {}).await.unwrap_err();
     assert!(err.to_string().contains("SALESPULSE_API_TOKEN"), "{err}");
@@ -333,9 +340,9 @@ async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
     let store = salespulse::store::Store::connect(&db.url, 3, Duration::from_secs(30))
         .await
         .unwrap();
-    let analytics = salespulse::pipeline::analytics(&cfg, &store).unwrap();
+    let analytics = salespulse::services::analytics(&cfg, &store).unwrap();
     let s = server_with(
-        ApiState::new(GeneratorParams::default(), 9, HealthTargets::default())
+        ApiState::new(GeneratorParams::builtin(), 9, HealthTargets::default())
             .unwrap()
             .with_telemetry(api::Telemetry {
                 analytics: Some(analytics),

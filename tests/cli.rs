@@ -1,5 +1,14 @@
 //! The `salespulse` binary end to end.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+// Signals to the child processes under test, and the effective uid.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::process::{Command, Output};

@@ -2,6 +2,13 @@
 //! by Polars and (when installed, as `scripts/setup --test` does) by pyarrow
 //! and DuckDB.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,13 @@
 //! points of a 60k-event run, restarted each time. Afterwards every event is
 //! stored exactly once and every rollup equals its recomputation.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};
@@ -9,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use salespulse::pipeline::chaos::ChaosOptions;
+use salespulse::bench::chaos::ChaosOptions;
 
 const EVENTS: u64 = 60_000;
 const MIN_KILLS: usize = 5;
@@ -115,16 +122,16 @@ async fn sigkilled_ingest_neither_loses_nor_double_counts() {
 /// Runs the shipped fault suite with `opts` over a random seed, against this
 /// build's `salespulse` and tansu, logging each fault and its recovery to
 /// stderr (a failure shows how far it got), and returns its report.
-async fn run_chaos(what: &str, opts: ChaosOptions) -> salespulse::pipeline::chaos::ChaosReport {
+async fn run_chaos(what: &str, opts: ChaosOptions) -> salespulse::bench::chaos::ChaosReport {
     let seed: u64 = rand::random();
     eprintln!("{what} seed: {seed}");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "warn,salespulse::pipeline::chaos=info",
+            "warn,salespulse::bench::chaos=info",
         ))
         .with_writer(std::io::stderr)
         .try_init();
-    let report = salespulse::pipeline::chaos::run(&ChaosOptions {
+    let report = salespulse::bench::chaos::run(&ChaosOptions {
         seed,
         salespulse: Some(env!("CARGO_BIN_EXE_salespulse").into()),
         tansu: Some(tansu_bin()),
@@ -152,6 +159,9 @@ async fn chaos_suite_loses_doubles_and_miscomputes_nothing() {
             redis_restarts: 1,
             outages: 0,
             partitions: 3,
+            // The group path under kills; the full run (no group) is the
+            // command's.
+            consumer_group: true,
             recovery_limit: Duration::from_secs(60),
             // Below nextest's limit for this binary, so that a stuck run ends
             // with the phase and the services' logs rather than a kill.
@@ -185,6 +195,7 @@ async fn long_outages_are_ridden_out_and_reported() {
             outages: 1,
             outage: Duration::from_secs(150),
             partitions: 3,
+            consumer_group: true,
             recovery_limit: Duration::from_secs(60),
             time_limit: Some(Duration::from_secs(560)),
             ..ChaosOptions::default()

@@ -1,6 +1,13 @@
 //! The ingest spine against a real PostgreSQL and the in-process mock
 //! Kafka cluster (a real Kafka-protocol broker on loopback TCP).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use salespulse::bus::{EventProducer, ProducerConfig};
 use salespulse::event::{Event, Status};
 use salespulse::pipeline::{self, IngestSettings, IngestStats};
+use salespulse::services;
 use salespulse::store::Batch;
 
 fn producer(brokers: &str, topic: &str) -> EventProducer {
@@ -25,7 +33,7 @@ async fn run_ingests_everything_exactly_once_with_exact_rollups() {
     let db = TestDb::new("run").await;
     let cfg = test_config(&db.url, None); // embedded mock broker
     let opts = run_options(20_000, 11);
-    let report = pipeline::run(&cfg, opts).await.unwrap();
+    let report = services::run(&cfg, opts).await.unwrap();
     assert_eq!(report.produced, 20_000);
     assert_eq!(report.sales + report.sessions, 20_000);
     assert_eq!(
@@ -821,7 +829,7 @@ async fn a_stop_is_honoured_within_a_second_while_retrying() {
 
 #[test]
 fn fuzzing_the_decoder_and_the_copy_encoder_breaks_nothing() {
-    let r = salespulse::pipeline::fuzz::run(&salespulse::pipeline::fuzz::FuzzOptions {
+    let r = salespulse::bench::fuzz::run(&salespulse::bench::fuzz::FuzzOptions {
         inputs: 300_000,
         seed: 12,
         threads: 2,
@@ -985,12 +993,16 @@ async fn api_with_ingest(
     use salespulse::api::{self, ApiState};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = ApiState::new(Default::default(), 1, targets)
-        .unwrap()
-        .with_telemetry(salespulse::api::Telemetry {
-            ingest: Some(Arc::clone(stats)),
-            ..Default::default()
-        });
+    let state = ApiState::new(
+        salespulse::generator::GeneratorParams::builtin(),
+        1,
+        targets,
+    )
+    .unwrap()
+    .with_telemetry(salespulse::api::Telemetry {
+        ingest: Some(Arc::clone(stats)),
+        ..Default::default()
+    });
     tokio::spawn(api::serve_on(
         listener,
         Arc::new(state),

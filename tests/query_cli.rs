@@ -1,6 +1,15 @@
 //! `salespulse query`, `export`, `cache` and `bench analytics` end to end,
 //! and `run --http` serving `/metrics` and `/view` from a live pipeline.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+// Signals to the child processes under test, and the effective uid.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -6,6 +6,13 @@
 //! Golden files live in `tests/golden/metrics/`; regenerate them only on
 //! purpose: `UPDATE_GOLDEN=1 cargo nextest run --release -E 'binary(scripts)'`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -467,4 +474,39 @@ fn memory_and_nesting_bombs_die_in_their_own_process() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(df.height(), 1);
     rt.block_on(db.drop());
+}
+
+/// Scripts reach no file or network through Polars because the code is not
+/// there: Polars is built without its streaming engine, `object_store` and
+/// an HTTP client (checked on the dependency graph the binary is built
+/// from for this host — `--target all` would need every platform's crates
+/// downloaded, which `--offline` on a fresh machine does not have;
+/// `polars-io` is the control that the query finds crates at all).
+#[test]
+fn polars_is_built_without_cloud_or_http_io() {
+    let tree = |krate: &str| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["tree", "--offline", "--edges", "normal,build"])
+            .args([
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .args(["--invert", krate])
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        tree("polars-io").contains("salespulse"),
+        "the query finds nothing"
+    );
+    for krate in ["object_store", "polars-stream", "reqwest"] {
+        let found = tree(krate);
+        assert!(found.trim().is_empty(), "{krate} is built in:\n{found}");
+    }
 }

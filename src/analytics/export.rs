@@ -32,8 +32,10 @@ use sqlx::Row;
 use super::{sql, Analytics, AnalyticsError, DataVersions, ViewKind, ViewRequest};
 
 /// Rows per page when streaming `transactions`.
-pub const PAGE_ROWS: u64 = 100_000;
+pub(crate) const PAGE_ROWS: u64 = 100_000;
 
+/// The file format of an export; parsed from `csv`, `csv-raw` or `parquet`
+/// (also a file extension, see [`ExportFormat::from_path`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
@@ -41,6 +43,7 @@ pub enum ExportFormat {
     Csv,
     /// CSV with every cell as it is (`--raw-csv`).
     CsvRaw,
+    /// Parquet, zstd-compressed.
     Parquet,
 }
 
@@ -63,15 +66,19 @@ impl ExportFormat {
     }
 }
 
+/// What an export wrote.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExportReport {
+    /// The file written.
     pub path: PathBuf,
+    /// Data rows written (the CSV header not counted).
     pub rows: u64,
+    /// Size of the finished file, in bytes.
     pub bytes: u64,
 }
 
 /// Writes batches of one schema to a file, then moves it into place.
-pub struct FrameSink {
+pub(crate) struct FrameSink {
     tmp: PathBuf,
     dest: PathBuf,
     writer: Option<SinkWriter>,
@@ -125,7 +132,7 @@ fn safe_name(name: &str) -> PlSmallStr {
 
 /// `df` with every formula-like text cell, and column name (a pivot makes
 /// names of data), prefixed with `'`.
-pub fn csv_safe(df: &DataFrame) -> PolarsResult<DataFrame> {
+pub(crate) fn csv_safe(df: &DataFrame) -> PolarsResult<DataFrame> {
     let mut out = df.clone();
     for name in df.get_column_names_owned() {
         let c = df.column(&name)?;
@@ -162,6 +169,8 @@ pub fn csv_safe(df: &DataFrame) -> PolarsResult<DataFrame> {
 const CSV_DATETIME: &str = "%Y-%m-%dT%H:%M:%S%.6f%:z";
 
 impl FrameSink {
+    /// Starts a file for `dest` in `format`, with columns `schema`: a new 0600
+    /// temporary file beside `dest`, removed if the sink is dropped unfinished.
     pub fn create(
         dest: &Path,
         format: ExportFormat,
@@ -202,10 +211,13 @@ impl FrameSink {
         })
     }
 
+    /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows
     }
 
+    /// Appends the rows of `df`, which must have the schema given to
+    /// [`FrameSink::create`]; CSV text cells are defused unless the format is raw.
     pub fn write(&mut self, df: &DataFrame) -> Result<(), AnalyticsError> {
         match &mut self.writer {
             Some(SinkWriter::Csv(w)) if self.safe_csv => w.write_batch(&csv_safe(df)?)?,
@@ -217,6 +229,7 @@ impl FrameSink {
         Ok(())
     }
 
+    /// Closes the file and renames it to its destination, replacing any file there.
     pub fn finish(mut self) -> Result<ExportReport, AnalyticsError> {
         match self.writer.take() {
             Some(SinkWriter::Csv(mut w)) => w.finish()?,

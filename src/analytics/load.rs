@@ -22,24 +22,34 @@ use super::AnalyticsError;
 /// The column types views produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColType {
+    /// SQL `text`; a Polars `String`.
     Text,
+    /// SQL `int8`; a Polars `Int64`.
     Int,
+    /// SQL `float8`; a Polars `Float64`.
     Float,
     /// Sent as int8 microseconds since the epoch; a UTC `Datetime` in Polars.
     Time,
 }
 
+/// One column of a query's result, in `SELECT` order.
 #[derive(Clone, Copy, Debug)]
 pub struct Column {
+    /// Its name in the frame.
     pub name: &'static str,
+    /// What the query sends and the frame holds.
     pub ty: ColType,
 }
 
+/// How query results are read into a frame (see the module docs); parsed
+/// from `rows` or `copy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadMode {
+    /// Rows over the extended protocol, pushed into typed column vectors.
     #[default]
     Rows,
+    /// `COPY (query) TO STDOUT (FORMAT csv)`, read by Polars' CSV reader.
     Copy,
 }
 
@@ -55,10 +65,11 @@ impl std::str::FromStr for LoadMode {
 }
 
 /// The Polars type of a timestamp column.
-pub fn time_dtype() -> DataType {
+pub(crate) fn time_dtype() -> DataType {
     DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
 }
 
+/// The Polars type of a column type.
 pub fn dtype(ty: ColType) -> DataType {
     match ty {
         ColType::Text => DataType::String,
@@ -69,7 +80,7 @@ pub fn dtype(ty: ColType) -> DataType {
 }
 
 /// The empty frame of a column list (a result with no rows).
-pub fn empty_frame(cols: &[Column]) -> Result<DataFrame, AnalyticsError> {
+pub(crate) fn empty_frame(cols: &[Column]) -> Result<DataFrame, AnalyticsError> {
     let series: Vec<polars::prelude::Column> = cols
         .iter()
         .map(|c| Series::new_empty(c.name.into(), &dtype(c.ty)).into())
@@ -77,6 +88,8 @@ pub fn empty_frame(cols: &[Column]) -> Result<DataFrame, AnalyticsError> {
     Ok(DataFrame::new_infer_height(series)?)
 }
 
+/// Runs `sql` and loads its rows into a frame with columns `cols`, which must
+/// match the statement's output columns in order and type.
 pub async fn load(
     pool: &PgPool,
     sql: &str,

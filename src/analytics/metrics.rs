@@ -68,7 +68,7 @@ pub const BUILTIN_METRICS: [(&str, &str); 6] = [
 const METRIC_VERSION: u32 = 1;
 
 /// Most raw rows one script run may load from one table.
-pub const MAX_SCRIPT_ROWS: u64 = 5_000_000;
+pub(crate) const MAX_SCRIPT_ROWS: u64 = 5_000_000;
 
 /// How a metric is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -80,6 +80,7 @@ pub enum MetricKind {
     Line,
     /// A bar chart: the first column labels the bars, the second is their height.
     Bar,
+    /// A table of the frame as it is.
     Table,
 }
 
@@ -87,9 +88,14 @@ pub enum MetricKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricFormat {
+    /// An amount in the shop's currency, with its symbol and two decimals.
     Currency,
+    /// A fraction shown as a percentage with one decimal (0.25 → `25.0 %`).
     Percent,
+    /// A whole number with thousands separators.
     Count,
+    /// A plain number: three decimals below 100, else one with separators. The
+    /// default when a script declares no `FORMAT`.
     Number,
 }
 
@@ -171,15 +177,21 @@ pub fn thousands(v: f64, decimals: usize) -> String {
 pub struct MetricInfo {
     /// The file name (`repeat_customer_rate.rhai`).
     pub file: String,
+    /// The title shown (`const NAME`, required, not blank).
     pub name: String,
+    /// How it is shown (`const KIND`, required).
     pub kind: MetricKind,
+    /// How its numbers are written (`const FORMAT`; [`MetricFormat::Number`] if absent).
     pub format: MetricFormat,
+    /// What it measures (`const DESCRIPTION`; empty if absent).
     pub description: String,
 }
 
 /// A compiled metric script.
 pub struct Metric {
+    /// What the script declares about itself.
     pub info: MetricInfo,
+    /// The file it was loaded from; `None` when compiled from text.
     pub path: Option<PathBuf>,
     source_hash: String,
     source: Arc<str>,
@@ -398,11 +410,15 @@ pub fn load_dir(dir: &Path) -> Vec<Result<Arc<Metric>, ScriptError>> {
 /// A metric's result.
 #[derive(Clone, Debug)]
 pub struct MetricResult {
+    /// The metric that ran.
     pub info: MetricInfo,
+    /// Its value, shaped for its kind: a KPI's is one row with column `value`.
     pub frame: DataFrame,
     /// A KPI's value over the previous period of the same length.
     pub previous: Option<f64>,
+    /// How the cache answered for the current period (hit, miss or bypass).
     pub outcome: Outcome,
+    /// Wall time of the whole request, previous period included.
     pub elapsed: Duration,
 }
 

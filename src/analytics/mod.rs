@@ -42,20 +42,27 @@ pub use request::{Filters, Granularity, TimeRange, ViewKind, ViewRequest};
 pub use sql::Span;
 
 /// Bumped when a view's definition or columns change (part of every key).
-pub const VIEW_VERSION: u32 = 1;
+pub(crate) const VIEW_VERSION: u32 = 1;
 
+/// Why a view, metric or export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
+    /// The request is invalid (an unknown view, a bad filter or range, …); says why.
     #[error("{0}")]
     BadRequest(String),
+    /// The database failed.
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// Building or transforming a frame failed.
     #[error("dataframe: {0}")]
     Polars(#[from] PolarsError),
+    /// A file could not be written (exports), or a shared computation was lost.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A metric script failed: its error, with the line when known.
     #[error("{0}")]
     Script(crate::script::ScriptError),
+    /// The error of a computation shared with other requests (single flight).
     #[error("{0}")]
     Shared(Arc<AnalyticsError>),
 }
@@ -82,28 +89,44 @@ impl AnalyticsError {
 pub struct DataVersions {
     /// The database's identity (several may share one Redis).
     pub database: String,
+    /// Ingest commits, summed over partitions: the data version, changed by every
+    /// commit.
     pub commits: i64,
+    /// Commits that wrote rows older than their partition's newest event minus one
+    /// hour (or added a partition).
     pub late: i64,
+    /// No on-time row can land before this: the oldest partition's newest event
+    /// minus one hour. `None` before any data.
     pub closed_until: Option<DateTime<Utc>>,
+    /// The newest event ingested, where relative ranges end; `None` before any data.
     pub newest: Option<DateTime<Utc>>,
 }
 
 /// The values of each filterable dimension that occur in the data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dimensions {
+    /// Product categories, sorted.
     pub categories: Vec<String>,
+    /// Payment methods, sorted.
     pub payment_methods: Vec<String>,
+    /// Regions (of sessions), sorted.
     pub regions: Vec<String>,
+    /// Channels (of sessions), sorted.
     pub channels: Vec<String>,
+    /// Order statuses, sorted.
     pub statuses: Vec<String>,
 }
 
 /// A view's frame and how it was obtained.
 #[derive(Clone, Debug)]
 pub struct ViewResult {
+    /// The view asked for.
     pub view: ViewKind,
+    /// Its rows.
     pub frame: DataFrame,
+    /// How the cache answered (hit, miss or bypass).
     pub outcome: Outcome,
+    /// Wall time of the request, cache included.
     pub elapsed: Duration,
     /// The resolved range (`None` = all data).
     pub span: Option<Span>,
@@ -136,14 +159,18 @@ pub const LATENCY_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Counters and latencies of one view since the process started.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ViewTimings {
     /// Computations against PostgreSQL.
     pub computations: u64,
     /// Requests answered, by how many fell into each [`LATENCY_BUCKETS`] bound.
     pub buckets: [u64; LATENCY_BUCKETS.len()],
+    /// Requests answered (failures not counted).
     pub count: u64,
+    /// Total latency of the requests answered, in seconds.
     pub sum_secs: f64,
+    /// Requests that failed.
     pub errors: u64,
 }
 
@@ -157,6 +184,8 @@ impl Timings {
     }
 }
 
+/// The views over one database and frame cache. Cheap to clone (shared pool,
+/// cache and timings).
 #[derive(Clone)]
 pub struct Analytics {
     pool: PgPool,
@@ -167,6 +196,8 @@ pub struct Analytics {
 }
 
 impl Analytics {
+    /// Views over `pool`, cached in `cache`, loading rows by `mode`; metric
+    /// scripts run in the default isolation (a child process).
     pub fn new(pool: PgPool, cache: Arc<FrameCache>, mode: LoadMode) -> Self {
         Self {
             pool,
@@ -189,18 +220,22 @@ impl Analytics {
         self
     }
 
+    /// The database pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// The frame cache.
     pub fn cache(&self) -> &Arc<FrameCache> {
         &self.cache
     }
 
+    /// How query results are loaded into frames.
     pub fn load_mode(&self) -> LoadMode {
         self.mode
     }
 
+    /// Loads query results by `mode` instead.
     pub fn with_load_mode(mut self, mode: LoadMode) -> Self {
         self.mode = mode;
         self
@@ -354,6 +389,14 @@ impl Analytics {
                 })
             }
         }
+    }
+
+    /// Computes `req` from PostgreSQL as the data stands now, bypassing the
+    /// cache (what `--no-cache` asks for).
+    pub async fn compute_uncached(&self, req: &ViewRequest) -> Result<DataFrame, AnalyticsError> {
+        let v = self.versions().await?;
+        let (span, g) = Self::resolve(req, &v);
+        self.compute(req, span, g).await
     }
 
     /// Computes a view from PostgreSQL, bypassing the cache.

@@ -15,19 +15,31 @@ use crate::event::{Channel, Status, MAX_TEXT_LEN};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViewKind {
+    /// Headline numbers (revenue, orders, sessions, conversion, refunds, customers)
+    /// for the range and for the period of the same length before it.
     Kpis,
+    /// Revenue, orders, sessions and conversion per time bucket of the granularity.
     RevenueTrend,
+    /// Revenue, orders, units and revenue share per product category.
     CategoryPerformance,
+    /// Orders, revenue, their shares and the failure rate per payment method.
     PaymentMix,
+    /// Orders, amount and units per order status.
     StatusBreakdown,
+    /// Revenue, orders, sessions and conversion per region.
     RegionBreakdown,
+    /// The products with the most revenue from completed orders (limit 10 by default).
     TopProducts,
+    /// The customers with the most revenue from completed orders (limit 10 by default).
     TopCustomers,
+    /// Orders and revenue per ISO weekday (1 = Monday) and UTC hour: a 7 × 24 grid.
     WeekdayHour,
+    /// Raw order lines, newest first (limit 1,000 by default; takes an offset).
     Transactions,
 }
 
 impl ViewKind {
+    /// Every view.
     pub const ALL: [ViewKind; 10] = [
         ViewKind::Kpis,
         ViewKind::RevenueTrend,
@@ -50,6 +62,7 @@ impl ViewKind {
         ViewKind::StatusBreakdown,
     ];
 
+    /// The view's name as the CLI and HTTP spell it (`revenue_trend`).
     pub fn as_str(self) -> &'static str {
         match self {
             ViewKind::Kpis => "kpis",
@@ -98,23 +111,30 @@ impl FromStr for ViewKind {
 }
 
 /// Most buckets a trend may have (granularity over range).
-pub const MAX_BUCKETS: i64 = 100_000;
+pub(crate) const MAX_BUCKETS: i64 = 100_000;
 /// Longest "last N minutes" range: 100 years.
-pub const MAX_LAST_MINUTES: i64 = 100 * 366 * 24 * 60;
+pub(crate) const MAX_LAST_MINUTES: i64 = 100 * 366 * 24 * 60;
 
 /// Bucket width of a time series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
+    /// One minute (`minute`; also `1m`, `min`).
     Minute,
+    /// Five minutes (`5m`).
     FiveMinutes,
+    /// Fifteen minutes (`15m`).
     FifteenMinutes,
+    /// One hour (`hour`; also `1h`, `h`).
     Hour,
+    /// One UTC day (`day`; also `1d`, `d`).
     Day,
+    /// One week from Monday 00:00 UTC (`week`; also `1w`, `w`).
     Week,
 }
 
 impl Granularity {
+    /// Every granularity, finest first.
     pub const ALL: [Granularity; 6] = [
         Granularity::Minute,
         Granularity::FiveMinutes,
@@ -124,6 +144,7 @@ impl Granularity {
         Granularity::Week,
     ];
 
+    /// The granularity's name in requests (`minute`, `5m`, `15m`, `hour`, `day`, `week`).
     pub fn as_str(self) -> &'static str {
         match self {
             Granularity::Minute => "minute",
@@ -135,6 +156,7 @@ impl Granularity {
         }
     }
 
+    /// Bucket width in seconds.
     pub fn seconds(self) -> i64 {
         match self {
             Granularity::Minute => 60,
@@ -192,10 +214,15 @@ pub enum TimeRange {
     All,
     /// The last `minutes` up to the newest ingested event (or the wall
     /// clock, when the newest event is stamped later).
-    Last { minutes: i64 },
+    Last {
+        /// How far back, minutes.
+        minutes: i64,
+    },
     /// `[from, to)`.
     Between {
+        /// First instant included.
         from: DateTime<Utc>,
+        /// First instant excluded.
         to: DateTime<Utc>,
     },
 }
@@ -233,11 +260,17 @@ impl TimeRange {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Filters {
+    /// The time range (all data by default).
     pub range: TimeRange,
+    /// Product categories (`category=`).
     pub categories: Vec<String>,
+    /// Payment methods (`payment_method=`).
     pub payment_methods: Vec<String>,
+    /// Regions (`region=`).
     pub regions: Vec<String>,
+    /// Channels (`channel=`): `web`, `mobile`, `store`.
     pub channels: Vec<String>,
+    /// Order statuses (`status=`): `completed`, `pending`, `failed`, `refunded`.
     pub statuses: Vec<String>,
 }
 
@@ -269,7 +302,9 @@ impl Filters {
 /// A checked request for one view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ViewRequest {
+    /// The view asked for.
     pub view: ViewKind,
+    /// The range and dimension filters.
     pub filters: Filters,
     /// `None` = automatic for the range.
     pub granularity: Option<Granularity>,
@@ -280,6 +315,8 @@ pub struct ViewRequest {
 }
 
 impl ViewRequest {
+    /// A request for `view` over all data: no filters, automatic granularity,
+    /// the view's default limit.
     pub fn new(view: ViewKind) -> Self {
         Self {
             view,
@@ -290,11 +327,13 @@ impl ViewRequest {
         }
     }
 
+    /// The request with its range replaced by `range`.
     pub fn with_range(mut self, range: TimeRange) -> Self {
         self.filters.range = range;
         self
     }
 
+    /// The request with its filters (range included) replaced by `filters`.
     pub fn with_filters(mut self, filters: Filters) -> Self {
         self.filters = filters;
         self

@@ -20,6 +20,10 @@
 //! | parent | `F` / `X` | an Arrow IPC frame / an error text |
 //! | child | `D` / `E` | the result frame / a JSON [`ScriptError`] |
 
+// The child's rlimit and the parent's signals are libc calls: each says
+// why it is sound.
+#![allow(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,10 +39,10 @@ use crate::script::frames::FrameSource;
 use crate::script::ScriptError;
 
 /// Largest message either side accepts (a result frame, a table).
-pub const MAX_MESSAGE: usize = 1 << 30;
+pub(crate) const MAX_MESSAGE: usize = 1 << 30;
 
 /// Memory a script's process may use by default, in MiB.
-pub const DEFAULT_MEMORY_MB: u64 = 4096;
+pub(crate) const DEFAULT_MEMORY_MB: u64 = 4096;
 
 /// The stack of the thread a script runs on in its process.
 const SCRIPT_STACK: usize = 2 << 20;
@@ -92,11 +96,11 @@ const PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), "/script-host-1");
 
 /// Largest result frame a script may hand back, in memory (the parent
 /// decodes it: a script must not be able to exhaust the parent's memory).
-pub const MAX_RESULT_BYTES: usize = 256 << 20;
+pub(crate) const MAX_RESULT_BYTES: usize = 256 << 20;
 
 /// What the parent asks the child to run.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RunRequest {
+pub(crate) struct RunRequest {
     /// [`PROTOCOL`] of the parent.
     pub protocol: String,
     /// The script's file name (for errors).

@@ -22,11 +22,14 @@ use super::request::{Filters, Granularity, ViewKind};
 /// A resolved, minute-aligned `[from, to)`, or everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
+    /// Start, inclusive.
     pub from: DateTime<Utc>,
+    /// End, exclusive.
     pub to: DateTime<Utc>,
 }
 
 impl Span {
+    /// The span's length.
     pub fn len(&self) -> Duration {
         self.to - self.from
     }
@@ -42,9 +45,12 @@ impl Span {
 
 /// The rollup grains, finest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Grain {
+pub(crate) enum Grain {
+    /// Per-minute buckets (`grain = 'minute'`).
     Minute,
+    /// Per-hour buckets (`grain = 'hour'`).
     Hour,
+    /// Per-day buckets, UTC (`grain = 'day'`).
     Day,
 }
 
@@ -66,7 +72,7 @@ impl Grain {
     }
 
     /// The coarsest grain whose buckets nest in buckets of `g`.
-    pub fn for_granularity(g: Granularity) -> Grain {
+    pub(crate) fn for_granularity(g: Granularity) -> Grain {
         match g {
             Granularity::Minute | Granularity::FiveMinutes | Granularity::FifteenMinutes => {
                 Grain::Minute
@@ -100,7 +106,7 @@ pub fn minute_span(from: DateTime<Utc>, to: DateTime<Utc>) -> Span {
 }
 
 /// Cuts `span` into pieces of the coarsest grains up to `max`.
-pub fn tiers(span: Span, max: Grain) -> Vec<(Grain, Span)> {
+pub(crate) fn tiers(span: Span, max: Grain) -> Vec<(Grain, Span)> {
     fn cut(span: Span, grain: Grain, max: Grain, out: &mut Vec<(Grain, Span)>) {
         if span.from >= span.to {
             return;
@@ -162,6 +168,7 @@ pub fn text(s: &str) -> String {
     out
 }
 
+/// A `timestamptz` literal of `t`, to the microsecond.
 pub fn ts(t: DateTime<Utc>) -> String {
     format!(
         "'{}'::timestamptz",
@@ -322,7 +329,9 @@ const COMPLETED: &str = "FILTER (WHERE status = 'completed')";
 
 /// A statement and the columns it returns.
 pub struct Query {
+    /// The statement, filters written in as literals.
     pub sql: String,
+    /// Its result columns, in order.
     pub columns: Vec<Column>,
     /// When not empty: statements whose rows, in this order, are the rows of
     /// `sql` (its `UNION ALL` parts), to be run concurrently.
@@ -346,6 +355,9 @@ impl Query {
 
 use ColType::{Float as F, Int as I, Text as T, Time as TS};
 
+/// The `kpis` view: a `current` row for `span` and a `previous` row for the
+/// period of the same length before it (all nulls when there is no span).
+/// Revenue, units and average order value count completed orders only.
 pub fn kpis(f: &Filters, span: Option<Span>) -> Query {
     let period = |label: &str, span: Option<Span>| {
         let customers = distinct_customers(f, span);
@@ -420,6 +432,8 @@ fn bucket_expr(g: Granularity, x: &str) -> String {
     }
 }
 
+/// The `revenue_trend` view: one row per bucket of `g` (empty buckets
+/// included), oldest first; revenue counts completed orders.
 pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
     let grain = Grain::for_granularity(g);
     let b = bucket_expr(g, "bucket");
@@ -474,6 +488,7 @@ pub fn revenue_trend(f: &Filters, span: Option<Span>, g: Granularity) -> Query {
     )
 }
 
+/// The `category_performance` view: one row per category, most revenue first.
 pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
     let sql = format!(
         "SELECT category, coalesce(rev, 0)::float8 AS revenue, o::int8 AS orders,
@@ -500,6 +515,7 @@ pub fn category_performance(f: &Filters, span: Option<Span>) -> Query {
     )
 }
 
+/// The `payment_mix` view: one row per payment method, most orders first.
 pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
     let sql = format!(
         "SELECT payment_method, o::int8 AS orders, coalesce(c, 0)::int8 AS completed_orders,
@@ -529,6 +545,8 @@ pub fn payment_mix(f: &Filters, span: Option<Span>) -> Query {
     )
 }
 
+/// The `status_breakdown` view: one row per status, most orders first;
+/// `amount` sums every order of the status, not only completed ones.
 pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
     let sql = format!(
         "SELECT status, o::int8 AS orders, amt::float8 AS amount, u::int8 AS units,
@@ -552,6 +570,8 @@ pub fn status_breakdown(f: &Filters, span: Option<Span>) -> Query {
     )
 }
 
+/// The `region_breakdown` view: one row per region with sales or sessions,
+/// most revenue first.
 pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
     let t = rollup_time(span, Grain::Day);
     let sql = format!(
@@ -582,6 +602,9 @@ pub fn region_breakdown(f: &Filters, span: Option<Span>) -> Query {
     )
 }
 
+/// The `top_products` view: the `limit` products with the most completed
+/// revenue. All time and unfiltered, it reads the `products` totals instead
+/// of `transactions`.
 pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     let sql = if span.is_none() && f.no_dimensions() {
         // All time, unfiltered: the running totals ingest keeps per product.
@@ -617,6 +640,9 @@ pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     )
 }
 
+/// The `top_customers` view: the `limit` customers with the most completed
+/// revenue. All time and unfiltered, it reads the `customers` totals instead
+/// of `transactions`.
 pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     let sql = if span.is_none() && f.no_dimensions() {
         format!(
@@ -649,6 +675,8 @@ pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     )
 }
 
+/// The `weekday_hour` view: all 7 × 24 cells of ISO weekday (1 = Monday) and
+/// UTC hour, empty ones as zeros.
 pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
     let sql = format!(
         "WITH x AS (

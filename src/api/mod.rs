@@ -27,9 +27,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-mod metrics;
+mod prometheus;
 
-pub use metrics::{LagSource, Telemetry};
+pub use prometheus::Telemetry;
 
 use crate::analytics::{ViewKind, ViewRequest};
 use crate::generator::{Clock, Generator, GeneratorParams, ParamsError};
@@ -37,21 +37,21 @@ use crate::pipeline::doctor::{check_kafka, check_postgres, check_redis, Check};
 use crate::pipeline::Pacer;
 
 /// Largest `rate` accepted by `/stream`, events per second.
-pub const MAX_STREAM_RATE: f64 = 100_000.0;
+pub(crate) const MAX_STREAM_RATE: f64 = 100_000.0;
 /// Largest `count` accepted by `/stream`.
-pub const MAX_STREAM_COUNT: u64 = 10_000_000;
+pub(crate) const MAX_STREAM_COUNT: u64 = 10_000_000;
 /// Default `rate` of `/stream`.
-pub const DEFAULT_STREAM_RATE: f64 = 10.0;
+pub(crate) const DEFAULT_STREAM_RATE: f64 = 10.0;
 /// Smallest `rate` accepted by `/stream` (one event per 10 s).
-pub const MIN_STREAM_RATE: f64 = 0.1;
+pub(crate) const MIN_STREAM_RATE: f64 = 0.1;
 /// Longest a `/stream` response lasts, whatever its count.
-pub const MAX_STREAM_DURATION: Duration = Duration::from_secs(3_600);
+pub(crate) const MAX_STREAM_DURATION: Duration = Duration::from_secs(3_600);
 /// Streams served at once; more get `429`.
 pub const MAX_CONCURRENT_STREAMS: usize = 8;
 /// Longest a `/view` request waits for its answer (`503` after).
-pub const VIEW_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const VIEW_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `/health` answer is reused.
-pub const HEALTH_CACHE: Duration = Duration::from_secs(3);
+pub(crate) const HEALTH_CACHE: Duration = Duration::from_secs(3);
 
 /// The API token from `SALESPULSE_API_TOKEN` (environment only: never
 /// read from or written to a file).
@@ -93,8 +93,12 @@ fn host_is_loopback(host: &str) -> bool {
 /// What `/health` checks.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTargets {
+    /// Kafka bootstrap servers to ping; `None` reports Kafka as not
+    /// configured (unhealthy).
     pub kafka_brokers: Option<String>,
+    /// PostgreSQL URL to connect to; `None` reports it as not configured.
     pub database_url: Option<String>,
+    /// Redis URL to `PING`; `None` reports it as not configured.
     pub redis_url: Option<String>,
 }
 
@@ -113,6 +117,9 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// State for a generator of `params`: `/event` draws from one seeded with
+    /// `seed`, and each `/stream` without a `seed` gets one derived from it.
+    /// Open (no token) and without telemetry until the `with_*` calls.
     pub fn new(
         params: GeneratorParams,
         seed: u64,
@@ -187,7 +194,7 @@ impl ApiState {
 }
 
 /// The API's routes, guarded for a server bound to `bound`.
-pub fn router(state: Arc<ApiState>, bound: std::net::SocketAddr) -> Router {
+pub(crate) fn router(state: Arc<ApiState>, bound: std::net::SocketAddr) -> Router {
     let guard = Arc::new(Guard {
         bound,
         token: state.token.clone(),
@@ -316,9 +323,15 @@ async fn event(State(s): State<Arc<ApiState>>) -> Response {
 
 /// Parsed `/stream` parameters.
 #[derive(Debug, PartialEq)]
-pub struct StreamParams {
+pub(crate) struct StreamParams {
+    /// Events per second, [`MIN_STREAM_RATE`]..=[`MAX_STREAM_RATE`]; default
+    /// [`DEFAULT_STREAM_RATE`].
     pub rate: f64,
+    /// Events to send, 1..=[`MAX_STREAM_COUNT`]; `None`: until
+    /// [`MAX_STREAM_DURATION`].
     pub count: Option<u64>,
+    /// Generator seed; `None`: one derived from the server's seed, new for
+    /// each stream.
     pub seed: Option<u64>,
 }
 

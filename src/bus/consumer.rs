@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -26,6 +26,9 @@ pub trait OffsetSource: Send + Sync + 'static {
     fn stored_offsets(&self, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>, String>;
 }
 
+/// The ingest consumer's context: on every assignment it starts each
+/// partition at the offset its [`OffsetSource`] stored, and it counts
+/// assignment changes ([`IngestContext::generation`]).
 pub struct IngestContext {
     source: Box<dyn OffsetSource>,
     generation: AtomicU64,
@@ -33,6 +36,7 @@ pub struct IngestContext {
     starts: Mutex<HashMap<i32, i64>>,
 }
 
+/// A consumer whose assignments go through [`IngestContext`].
 pub type IngestConsumer = BaseConsumer<IngestContext>;
 
 impl IngestContext {
@@ -48,6 +52,62 @@ impl IngestContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+impl IngestContext {
+    /// Sets each partition's start in `tpl` to the offset its sink stored
+    /// (the beginning when none is stored, or when the stored one is past
+    /// the end of the log), recording them in `starts`.
+    fn set_start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        starts: &mut HashMap<i32, i64>,
+        by_topic: HashMap<String, Vec<i32>>,
+        tpl: &mut TopicPartitionList,
+    ) {
+        for (topic, parts) in by_topic {
+            match self.source.stored_offsets(&topic, &parts) {
+                Ok(mut stored) => {
+                    for p in parts {
+                        // A stored offset past the end of the log means the
+                        // topic was recreated or truncated: its records are
+                        // new ones, so read them from the start (keys make
+                        // re-reads harmless) rather than skip them.
+                        if let Some(o) = stored.get(&p).copied() {
+                            if let Ok((_, high)) =
+                                consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                            {
+                                if o > high {
+                                    tracing::error!(%topic, partition = p, stored = o, log_end = high,
+                                        "stored offset is past the end of the log (topic recreated?); reading the partition from the beginning");
+                                    stored.remove(&p);
+                                }
+                            }
+                        }
+                        let offset = stored
+                            .get(&p)
+                            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        if let Some(o) = stored.get(&p) {
+                            starts.insert(p, *o);
+                        }
+                        if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                            tracing::error!(%topic, partition = p, error = %e, "cannot set start offset");
+                        }
+                    }
+                    tracing::info!(%topic, partitions = ?stored, "assigned; starting from stored offsets");
+                }
+                Err(e) => {
+                    // Kafka's committed offsets are only ever committed after the
+                    // sink's transaction, so they are never ahead of it: starting
+                    // there may re-read (deduplicated downstream) but never skips.
+                    tracing::warn!(%topic, error = %e, "stored offsets unavailable; starting from Kafka's committed offsets");
+                    for p in parts {
+                        let _ = tpl.set_partition_offset(&topic, p, Offset::Stored);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -71,48 +131,7 @@ impl ConsumerContext for IngestContext {
                         .or_default()
                         .push(e.partition());
                 }
-                for (topic, parts) in by_topic {
-                    match self.source.stored_offsets(&topic, &parts) {
-                        Ok(mut stored) => {
-                            for p in parts {
-                                // A stored offset past the end of the log means the
-                                // topic was recreated or truncated: its records are
-                                // new ones, so read them from the start (keys make
-                                // re-reads harmless) rather than skip them.
-                                if let Some(o) = stored.get(&p).copied() {
-                                    if let Ok((_, high)) =
-                                        consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
-                                    {
-                                        if o > high {
-                                            tracing::error!(%topic, partition = p, stored = o, log_end = high,
-                                                "stored offset is past the end of the log (topic recreated?); reading the partition from the beginning");
-                                            stored.remove(&p);
-                                        }
-                                    }
-                                }
-                                let offset = stored
-                                    .get(&p)
-                                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                                if let Some(o) = stored.get(&p) {
-                                    starts.insert(p, *o);
-                                }
-                                if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
-                                    tracing::error!(%topic, partition = p, error = %e, "cannot set start offset");
-                                }
-                            }
-                            tracing::info!(%topic, partitions = ?stored, "assigned; starting from stored offsets");
-                        }
-                        Err(e) => {
-                            // Kafka's committed offsets are only ever committed after the
-                            // sink's transaction, so they are never ahead of it: starting
-                            // there may re-read (deduplicated downstream) but never skips.
-                            tracing::warn!(%topic, error = %e, "stored offsets unavailable; starting from Kafka's committed offsets");
-                            for p in parts {
-                                let _ = tpl.set_partition_offset(&topic, p, Offset::Stored);
-                            }
-                        }
-                    }
-                }
+                self.set_start_offsets(consumer, &mut starts, by_topic, tpl);
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
@@ -133,12 +152,71 @@ impl ConsumerContext for IngestContext {
     }
 }
 
-/// A consumer in `group_id`, subscribed to `topic`, with manual commits.
+pub use crate::config::Assignment;
+
+/// For [`Assignment::Static`]: assigns `consumer` the partitions of `topic`
+/// that exist and `keep` accepts, each from its stored offset, unless that
+/// is what it reads already (then [`IngestContext::generation`] stays).
+/// Returns every partition the topic has. A metadata answer with an error,
+/// or without the topic, is an error (the assignment stays as it was).
+/// `timeout` bounds the metadata request.
+pub fn assign_partitions(
+    consumer: &IngestConsumer,
+    topic: &str,
+    keep: impl Fn(i32) -> bool,
+    timeout: Duration,
+) -> Result<Vec<i32>, BusError> {
+    let meta = consumer.fetch_metadata(Some(topic), timeout)?;
+    let t = meta
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(BusError::Kafka(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )))?;
+    if let Some(e) = t.error() {
+        return Err(BusError::Kafka(KafkaError::MetadataFetch(e.into())));
+    }
+    let mut all: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    all.sort_unstable();
+    let parts: Vec<i32> = all.iter().copied().filter(|p| keep(*p)).collect();
+    let mut current: Vec<i32> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect();
+    current.sort_unstable();
+    if parts == current {
+        return Ok(all);
+    }
+    let ctx = consumer.context();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition(topic, *p);
+    }
+    {
+        let mut starts = ctx.starts.lock().unwrap_or_else(|p| p.into_inner());
+        starts.clear();
+        let by_topic = HashMap::from([(topic.to_owned(), parts.clone())]);
+        ctx.set_start_offsets(consumer, &mut starts, by_topic, &mut tpl);
+        consumer.assign(&tpl)?;
+    }
+    ctx.generation.fetch_add(1, Ordering::AcqRel);
+    tracing::info!(%topic, partitions = ?parts, "reading assigned partitions (no consumer group)");
+    Ok(all)
+}
+
+/// A consumer in `group_id` for `topic`, with manual commits: subscribed
+/// (the group assigns partitions) for [`Assignment::Group`]; for
+/// [`Assignment::Static`] it reads nothing until [`assign_partitions`].
 pub fn ingest_consumer(
     brokers: &str,
     group_id: &str,
     topic: &str,
     session_timeout_ms: u32,
+    assignment: &Assignment,
     source: Box<dyn OffsetSource>,
 ) -> Result<IngestConsumer, BusError> {
     let ctx = IngestContext {
@@ -160,7 +238,9 @@ pub fn ingest_consumer(
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "65536")
         .create_with_context(ctx)?;
-    consumer.subscribe(&[topic])?;
+    if *assignment == Assignment::Group {
+        consumer.subscribe(&[topic])?;
+    }
     Ok(consumer)
 }
 
@@ -175,4 +255,23 @@ pub fn commit_async(
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
     }
     consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Assignment;
+
+    #[test]
+    fn assignments_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!("group".parse(), Ok(Assignment::Group));
+        assert_eq!("all".parse(), Ok(Assignment::Static(None)));
+        assert_eq!(
+            " 4, 0,2,2 ".parse(),
+            Ok(Assignment::Static(Some(vec![0, 2, 4])))
+        );
+        for bad in ["", "0,", "-1", "x", "0;1", "groups"] {
+            let err = bad.parse::<Assignment>().unwrap_err();
+            assert!(err.contains("group, all, or partitions"), "{bad}: {err}");
+        }
+    }
 }

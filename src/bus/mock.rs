@@ -6,6 +6,10 @@
 //! fixed port sits in front of it and is advertised in metadata, so other
 //! processes can find it at a stable address.
 
+// librdkafka's mock-cluster API has no safe binding: each call below
+// says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::{CStr, CString};
 
 use rdkafka::config::ClientConfig;
@@ -15,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::BusError;
 
+/// librdkafka's in-process mock Kafka cluster, optionally behind a TCP
+/// forwarder on a fixed port; dropping it shuts both down.
 pub struct EmbeddedBroker {
     /// Owns the mock cluster; dropping it shuts the cluster down.
     client: BaseProducer,

@@ -14,24 +14,62 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
-pub use consumer::{commit_async, ingest_consumer, IngestConsumer, IngestContext, OffsetSource};
+pub use consumer::{
+    assign_partitions, commit_async, ingest_consumer, Assignment, IngestConsumer, IngestContext,
+    OffsetSource,
+};
 pub use mock::EmbeddedBroker;
 pub use producer::{backoff, EventProducer, ProducerConfig, ProducerStats};
 
+/// Errors of the Kafka layer.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// An error from librdkafka.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A topic could not be created, or did not show in metadata with
+    /// leaders within 30 s.
     #[error("creating topic {topic}: {reason}")]
-    CreateTopic { topic: String, reason: String },
+    CreateTopic {
+        /// The topic's name.
+        topic: String,
+        /// The broker's error code, or what did not happen in time.
+        reason: String,
+    },
+    /// The brokers did not answer a metadata request ([`ping`]).
     #[error("broker at {brokers} unreachable: {reason}")]
-    Unreachable { brokers: String, reason: String },
+    Unreachable {
+        /// The bootstrap servers asked.
+        brokers: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// Messages were given up on after all attempts, or a flush timed out
+    /// with messages still in flight.
     #[error("{failed} message(s) could not be delivered after retries: {last_error}")]
-    Undelivered { failed: u64, last_error: String },
+    Undelivered {
+        /// Messages failed since the last flush (on a timeout: still in flight).
+        failed: u64,
+        /// The latest delivery error, or that the flush timed out.
+        last_error: String,
+    },
+    /// The embedded mock broker failed; the text says how.
     #[error("embedded broker: {0}")]
     Embedded(String),
+    /// Given up because a stop was asked for.
     #[error("cancelled: stopping")]
     Cancelled,
+}
+
+/// Security properties every client gets (`security.protocol`, `ssl.*`).
+static SECURITY: std::sync::RwLock<Vec<(String, String)>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets how every Kafka client made from now on talks to the brokers:
+/// librdkafka security properties such as `security.protocol=ssl` and
+/// `ssl.ca.location` (see [`crate::config::Config::kafka_security`]). Set
+/// once at startup, from the configuration.
+pub fn set_security(props: Vec<(String, String)>) {
+    *SECURITY.write().unwrap_or_else(|p| p.into_inner()) = props;
 }
 
 /// Settings shared by every client of this project.
@@ -43,6 +81,9 @@ pub fn base_config(brokers: &str) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
         .set("socket.keepalive.enable", "true");
+    for (k, v) in SECURITY.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        c.set(k, v);
+    }
     c
 }
 
@@ -141,6 +182,7 @@ pub struct OffsetProbe {
 }
 
 impl OffsetProbe {
+    /// Creates the client for `brokers` (3 s connection setup timeout).
     pub fn new(brokers: &str) -> Result<Self, BusError> {
         Ok(Self {
             client: base_config(brokers)

@@ -19,17 +19,23 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 use super::{base_config, BusError};
 
+/// Settings of an [`EventProducer`].
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
+    /// Kafka bootstrap servers.
     pub brokers: String,
+    /// How long librdkafka waits to fill a batch (`linger.ms`), in ms.
     pub linger_ms: u32,
+    /// Idempotent producer (`enable.idempotence`).
     pub idempotence: bool,
+    /// How long librdkafka retries one message (`message.timeout.ms`), in ms.
     pub message_timeout_ms: u32,
     /// Application-level attempts per message (each one a full librdkafka retry cycle).
     pub max_attempts: u32,
 }
 
 impl ProducerConfig {
+    /// Settings from `cfg` for `brokers`, with 5 attempts per message.
     pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
         Self {
             brokers: brokers.to_owned(),
@@ -44,9 +50,13 @@ impl ProducerConfig {
 /// Live counters, shared with whoever reports on the producer.
 #[derive(Debug, Default)]
 pub struct ProducerStats {
+    /// Records enqueued by a send (retries are not counted again).
     pub sent: AtomicU64,
+    /// Messages acknowledged by the broker.
     pub delivered: AtomicU64,
+    /// Failed deliveries re-enqueued for another attempt.
     pub retried: AtomicU64,
+    /// Messages given up on: out of attempts, or a non-retriable error.
     pub failed: AtomicU64,
     /// Highest delivered offset per partition.
     high_offsets: Mutex<HashMap<i32, i64>>,
@@ -62,6 +72,7 @@ impl ProducerStats {
         v
     }
 
+    /// The latest delivery error, if any (kept after later deliveries succeed).
     pub fn last_error(&self) -> Option<String> {
         self.last_error
             .lock()
@@ -78,13 +89,28 @@ struct Retry {
     ready_at: Instant,
 }
 
-pub struct DeliveryTracker {
+/// The producer's context: counts deliveries into [`ProducerStats`] and
+/// queues failed messages for another attempt after [`backoff`].
+pub(crate) struct DeliveryTracker {
     stats: Arc<ProducerStats>,
     retries: Mutex<VecDeque<Retry>>,
     max_attempts: usize,
 }
 
 impl ClientContext for DeliveryTracker {}
+
+/// Whether a send failed because the client's metadata lacks the topic or
+/// the partition.
+fn unknown_topic(e: &BusError) -> bool {
+    matches!(
+        e,
+        BusError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        ))
+    )
+}
 
 fn retriable(e: &KafkaError) -> bool {
     !matches!(
@@ -151,15 +177,20 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
+/// A producer for one topic: acks=all, lz4, idempotent when configured, with
+/// application-level retries on top of librdkafka's (see the module docs).
 pub struct EventProducer {
     inner: ThreadedProducer<DeliveryTracker>,
     topic: String,
     stats: Arc<ProducerStats>,
+    /// How long a message may take (`message.timeout.ms`).
+    message_timeout: Duration,
     /// Failures already reported by a flush.
     failed_reported: AtomicU64,
 }
 
 impl EventProducer {
+    /// Creates a producer for `topic` with `cfg`'s settings.
     pub fn new(cfg: &ProducerConfig, topic: &str) -> Result<Self, BusError> {
         let stats = Arc::new(ProducerStats::default());
         let ctx = DeliveryTracker {
@@ -183,14 +214,17 @@ impl EventProducer {
             inner,
             topic: topic.to_owned(),
             stats,
+            message_timeout: Duration::from_millis(u64::from(cfg.message_timeout_ms)),
             failed_reported: AtomicU64::new(0),
         })
     }
 
+    /// The live counters, to share with whoever reports on them.
     pub fn stats(&self) -> &Arc<ProducerStats> {
         &self.stats
     }
 
+    /// The topic this producer writes to.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -201,6 +235,45 @@ impl EventProducer {
         self.enqueue(key, payload, 0, None)?;
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`EventProducer::send`] that rides out a broker restart: while the
+    /// client's metadata lacks a topic this producer has delivered to
+    /// before (a restarting broker can answer metadata before it has
+    /// loaded its topics, and librdkafka then refuses sends to the topic),
+    /// it waits and tries again, for as long as a message may take
+    /// (`message.timeout.ms`), or until `cancel` returns true
+    /// ([`BusError::Cancelled`]). A topic never delivered to fails at once.
+    pub fn send_patiently(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<(), BusError> {
+        let mut since: Option<Instant> = None;
+        loop {
+            match self.send(key, payload) {
+                Err(e) if unknown_topic(&e) && self.stats.delivered.load(Ordering::Relaxed) > 0 => {
+                    let first = *since.get_or_insert_with(|| {
+                        tracing::warn!(topic = %self.topic, error = %e, "the broker does not know the topic for now; waiting");
+                        Instant::now()
+                    });
+                    if first.elapsed() >= self.message_timeout {
+                        return Err(e);
+                    }
+                    if cancel() {
+                        return Err(BusError::Cancelled);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                done => {
+                    if since.is_some() && done.is_ok() {
+                        tracing::info!(topic = %self.topic, "the broker knows the topic again");
+                    }
+                    return done;
+                }
+            }
+        }
     }
 
     /// Enqueues one record with headers (used for the dead-letter topic).

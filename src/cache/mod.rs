@@ -49,14 +49,79 @@ const MAGIC: &[u8; 4] = b"SPF1";
 /// Length of the HMAC-SHA256 tag after the magic.
 const TAG_LEN: usize = 32;
 
+/// A Redis client for `url`: `redis://` in the clear, or `rediss://` over
+/// TLS. A TLS server's certificate is checked against the system's roots, or
+/// against the PEM file named by the URL's `sslrootcert` query parameter
+/// (`rediss://:pw@host:6380/0?sslrootcert=/etc/ssl/my-ca.pem`, as libpq
+/// names it), which is read here and removed before the URL reaches the
+/// driver. There is no way to turn verification off.
+pub fn redis_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    let invalid = |what: String| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "invalid Redis URL",
+            what,
+        ))
+    };
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return redis::Client::open(url);
+    };
+    let mut ca = None;
+    let rest: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(k, v)| {
+            if k == "sslrootcert" {
+                ca = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    // rustls picks its crypto provider from crate features; name it, so
+    // that a second provider coming in with some dependency cannot make
+    // TLS connections fail.
+    if parsed.scheme() == "rediss" {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let Some(ca) = ca else {
+        return redis::Client::open(url);
+    };
+    if parsed.scheme() != "rediss" {
+        return Err(invalid(format!(
+            "sslrootcert is for TLS: use rediss:// instead of {}://",
+            parsed.scheme()
+        )));
+    }
+    let root =
+        std::fs::read(&ca).map_err(|e| invalid(format!("cannot read sslrootcert {ca}: {e}")))?;
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    redis::Client::build_with_tls(
+        parsed.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
+        },
+    )
+}
+
+/// A Redis or encoding failure; a request that meets one computes without the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// Redis refused a command or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the given time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A computed frame could not be encoded as Arrow IPC for storing.
     #[error("frame encoding: {0}")]
     Codec(#[from] PolarsError),
+    /// Redis is left alone after a recent error (the text), or caching is off.
     #[error("redis is being skipped after an error: {0}")]
     BackingOff(String),
 }
@@ -76,8 +141,11 @@ pub enum Outcome {
 /// Counters of one view.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ViewCounters {
+    /// Requests answered from Redis or by joining another's computation.
     pub hits: u64,
+    /// Requests computed here and stored in Redis.
     pub misses: u64,
+    /// Requests computed without the cache (Redis failing or caching off).
     pub bypasses: u64,
     /// Redis errors (each also counts as a bypass).
     pub errors: u64,
@@ -88,9 +156,11 @@ pub struct ViewCounters {
 /// What the UI and `/metrics` show about the cache.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CacheStatus {
+    /// Whether caching is on (a TTL above zero).
     pub enabled: bool,
     /// `None` = working; else the last error.
     pub error: Option<String>,
+    /// How long cached frames live, in seconds (0 when caching is off).
     pub ttl_secs: u64,
 }
 
@@ -100,6 +170,8 @@ struct Health {
     last_error: Option<(Instant, String)>,
 }
 
+/// The frame cache: Redis values with single flight, bypass on errors and a
+/// bound on concurrent computations. Share it as `Arc<FrameCache>`.
 pub struct FrameCache {
     client: Option<redis::Client>,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
@@ -119,10 +191,10 @@ pub struct FrameCache {
 }
 
 /// Computations run at once by default (see [`FrameCache::with_compute_limit`]).
-pub const DEFAULT_COMPUTE_LIMIT: usize = 4;
+pub(crate) const DEFAULT_COMPUTE_LIMIT: usize = 4;
 
 /// How long a computation waits for a free slot before it fails as busy.
-pub const COMPUTE_SLOT_WAIT: Duration = Duration::from_secs(20);
+pub(crate) const COMPUTE_SLOT_WAIT: Duration = Duration::from_secs(20);
 
 /// A shared computation that ended without an answer: it panicked, the
 /// runtime shut down under it, or too many others were running.
@@ -199,7 +271,7 @@ fn open<'a>(key: &[u8; 32], redis_key: &str, value: &'a [u8]) -> Option<&'a [u8]
 /// `SALESPULSE_DATA_DIR`, else the default; 32 random bytes, created 0600
 /// on first use and refused unless private to this user), else a key of
 /// this process only.
-pub fn installation_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
+pub(crate) fn installation_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
     if let Some(k) = std::env::var_os("SALESPULSE_CACHE_KEY").filter(|k| !k.is_empty()) {
         return Sha256::digest(k.as_encoded_bytes()).into();
     }
@@ -224,6 +296,7 @@ pub fn installation_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
 
 /// Reads the key file, or creates it atomically (written aside, then
 /// hard-linked into place, so a reader never sees it half-written).
+#[allow(unsafe_code)] // geteuid, below
 fn key_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     let read = |p: &std::path::Path| -> std::io::Result<[u8; 32]> {
         #[cfg(unix)]
@@ -314,7 +387,7 @@ impl FrameCache {
         let client = if ttl.is_zero() {
             None
         } else {
-            Some(redis::Client::open(url)?)
+            Some(redis_client(url)?)
         };
         Ok(Self {
             client,
@@ -400,12 +473,6 @@ impl FrameCache {
         awaited
     }
 
-    /// Uses `key` to authenticate values instead of the installation's.
-    pub fn with_key(mut self, key: [u8; 32]) -> Self {
-        self.key = key;
-        self
-    }
-
     /// A cache that never uses Redis (every request is a bypass).
     pub fn disabled() -> Self {
         Self {
@@ -423,6 +490,8 @@ impl FrameCache {
         }
     }
 
+    /// The current status, from the last request's outcome (no Redis round trip;
+    /// see [`FrameCache::probe`]).
     pub fn status(&self) -> CacheStatus {
         let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         CacheStatus {
@@ -432,6 +501,7 @@ impl FrameCache {
         }
     }
 
+    /// A snapshot of the counters, by view name.
     pub fn counters(&self) -> BTreeMap<String, ViewCounters> {
         self.counters
             .lock()

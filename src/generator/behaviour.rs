@@ -31,9 +31,25 @@ pub const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
     ),
 ];
 
+/// Data limits of shop and scenario scripts: room for the largest shop
+/// [`GeneratorParams::check`] accepts, and a bound on how deep a value can
+/// nest (Rhai counts nested items against these).
+const SHOP_MAX_ITEMS: usize = 100_000;
+
+/// Stack of the thread a shop or scenario script runs on: a value nested as
+/// deep as [`SHOP_MAX_ITEMS`] allows is built, copied and dropped there
+/// (reserved address space; only what is used is memory).
+const SCRIPT_STACK: usize = 256 << 20;
+
 fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
-    S.get_or_init(|| Sandbox::new(Limits::default()))
+    S.get_or_init(|| {
+        Sandbox::new(Limits {
+            max_array_size: SHOP_MAX_ITEMS,
+            max_map_size: SHOP_MAX_ITEMS,
+            ..Limits::default()
+        })
+    })
 }
 
 /// The built-in shop, evaluated once.
@@ -57,15 +73,31 @@ pub fn builtin() -> &'static GeneratorParams {
 /// What a behaviour script is.
 #[derive(Clone, Debug)]
 pub enum Behaviour {
+    /// A shop script: the parameters it gives, over the built-in shop's.
     Shop(Box<GeneratorParams>),
+    /// A scenario script (its result has a `scenario` name), checked.
     Scenario(Box<Scenario>),
 }
 
+/// Runs a behaviour script in this process, on a thread of its own whose
+/// stack holds the deepest value the limits allow, so that a script nesting
+/// data (`a = [a]` in a loop) ends with an error instead of overflowing the
+/// caller's stack; only a shallow JSON value comes back.
 fn eval(file: &str, source: &str) -> Result<serde_json::Value, ScriptError> {
-    let s = sandbox();
-    let ast = s.compile(file, source)?;
-    let v = s.eval_ast(file, &ast, None)?;
-    to_json(file, &v)
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("behaviour-script".into())
+            .stack_size(SCRIPT_STACK)
+            .spawn_scoped(scope, || {
+                let s = sandbox();
+                let ast = s.compile(file, source)?;
+                let v = s.eval_ast(file, &ast, None)?;
+                to_json(file, &v)
+            })
+            .map_err(|e| ScriptError::new(file, format!("cannot start its thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(ScriptError::new(file, "the script's thread failed")))
+    })
 }
 
 /// Evaluates a shop script. Fields the script leaves out keep the built-in
@@ -200,6 +232,32 @@ mod tests {
         assert!(e.message.contains("customers must be within"), "{e}");
         let e = shop_from_source("mine.rhai", "#{ sessions_per_hour: 1e300 }").unwrap_err();
         assert!(e.message.contains("sessions_per_hour"), "{e}");
+    }
+
+    #[test]
+    fn deeply_nested_data_is_an_error_not_a_crash() {
+        // Within the size limits, but nested deeper than data may be.
+        let e = shop_from_source(
+            "deep.rhai",
+            "let a = []; for i in 0..5000 { a = [a]; } #{ categories: a }",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("nested deeper than 64"), "{e}");
+        // Growing until a limit stops it: the deep value is dropped on the
+        // script's own thread, and this process goes on.
+        let e = shop_from_source("bomb.rhai", "let a = []; loop { a = [a]; }").unwrap_err();
+        assert!(
+            ["over the limit", "ran longer", "operations"]
+                .iter()
+                .any(|m| e.message.contains(m)),
+            "{e}"
+        );
+        assert_eq!(
+            shop_from_source("fine.rhai", "#{ customers: 7 }")
+                .unwrap()
+                .customers,
+            7
+        );
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! [`GeneratorParams::population_seed`]; behaviour (who visits when, what they
 //! buy) comes from the run's seed. Each step simulates one shopping session and
 //! emits its sale events followed by one session event.
+//!
+//! ## Indexing
+//! The simulation indexes its own tables (regions, countries, customers,
+//! products, payment methods, status mix) with indices drawn from pickers
+//! built over those same tables in [`Generator::new`], after
+//! [`GeneratorParams::validate`] has refused every empty table. Those
+//! functions allow `clippy::indexing_slicing` and say so; nothing indexes
+//! with a value from outside.
 
 pub mod behaviour;
 mod params;
@@ -150,6 +158,10 @@ fn poisson(rng: &mut impl Rng, lambda: f64, cap: u32) -> u32 {
 }
 
 impl Generator {
+    /// A generator of the shop `params`: the population comes from its
+    /// `population_seed`, behaviour from `seed`, timestamps from `clock`. Fails
+    /// when the parameters are invalid.
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     pub fn new(params: GeneratorParams, seed: u64, clock: Clock) -> Result<Self, ParamsError> {
         params.validate()?;
         let mut pop = ChaCha8Rng::seed_from_u64(params.population_seed);
@@ -273,6 +285,7 @@ impl Generator {
         })
     }
 
+    /// The shop the generator currently runs.
     pub fn params(&self) -> &GeneratorParams {
         &self.params
     }
@@ -299,8 +312,9 @@ impl Generator {
         self.effective.traffic
     }
 
+    #[cfg(test)]
     /// Names of the scenarios in effect now.
-    pub fn scenarios_in_effect(&self) -> Vec<String> {
+    pub(crate) fn scenarios_in_effect(&self) -> Vec<String> {
         let now = self.sim_now;
         self.scenarios
             .iter()
@@ -370,6 +384,7 @@ impl Generator {
     }
 
     /// Folds the scenarios whose window holds `now` into the effective tables.
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn apply_scenarios(&mut self, now: DateTime<Utc>) {
         let mut next: Option<DateTime<Utc>> = None;
         let mut on = Vec::new();
@@ -489,9 +504,12 @@ impl Generator {
     }
 
     fn seasonality(&self, t: DateTime<Utc>) -> (f64, f64) {
-        let hour = self.hour_norm[t.hour() as usize];
-        let day = self.weekday_norm[t.weekday().num_days_from_monday() as usize];
-        (hour, day)
+        let hour = self.hour_norm.get(t.hour() as usize).copied();
+        let day = self
+            .weekday_norm
+            .get(t.weekday().num_days_from_monday() as usize)
+            .copied();
+        (hour.unwrap_or(1.0), day.unwrap_or(1.0))
     }
 
     /// Advances the simulated clock by one seasonal inter-arrival time.
@@ -510,6 +528,7 @@ impl Generator {
         }
     }
 
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn simulate_session(&mut self) {
         self.sessions += 1;
         if self.switch.is_some() || self.next_boundary.is_some() {
@@ -582,6 +601,7 @@ impl Generator {
         }));
     }
 
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn sale(
         &mut self,
         ci: usize,
@@ -645,6 +665,7 @@ impl Generator {
 impl Generator {
     /// A customer whose payment failed in an outage may pay again at once
     /// with another of their region's methods.
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn retry_after_outage(&mut self, failed: &SaleEvent, ci: usize) -> Option<SaleEvent> {
         let (method, _, retry) = self.effective.outage.as_ref()?;
         if failed.status != Status::Failed || &failed.payment_method != method {
@@ -865,7 +886,7 @@ mod tests {
 
     fn sim(seed: u64) -> Generator {
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
-        Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start)).unwrap()
+        Generator::new(GeneratorParams::builtin(), seed, Clock::Simulated(start)).unwrap()
     }
 
     #[test]
@@ -886,7 +907,7 @@ mod tests {
             let e = g.next_event();
             assert_eq!(e.validate(now), vec![], "{e:?}");
         }
-        let mut w = Generator::new(GeneratorParams::default(), 1, Clock::Wall).unwrap();
+        let mut w = Generator::new(GeneratorParams::builtin(), 1, Clock::Wall).unwrap();
         for _ in 0..2_000 {
             let e = w.next_event();
             assert_eq!(e.validate(Utc::now()), vec![], "{e:?}");
@@ -939,11 +960,11 @@ mod tests {
 
     #[test]
     fn bad_params_are_rejected_with_a_message() {
-        let mut p = GeneratorParams::default();
+        let mut p = GeneratorParams::builtin();
         p.hour_weights.pop();
         let err = Generator::new(p, 1, Clock::Wall).err().unwrap();
         assert!(err.to_string().contains("hour_weights"), "{err}");
-        let mut p = GeneratorParams::default();
+        let mut p = GeneratorParams::builtin();
         p.channels[0].conversion = 1.5;
         assert!(Generator::new(p, 1, Clock::Wall).is_err());
     }
@@ -978,7 +999,7 @@ mod tests {
         }
         let params = GeneratorParams {
             sessions_per_hour: 57_600.0,
-            ..GeneratorParams::default()
+            ..GeneratorParams::builtin()
         };
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
         Generator::new(params, seed, Clock::Simulated(start))
@@ -1014,7 +1035,7 @@ mod tests {
 
     #[test]
     fn a_flash_sale_shifts_demand_traffic_and_discounts_measurably() {
-        let cats: Vec<String> = GeneratorParams::default()
+        let cats: Vec<String> = GeneratorParams::builtin()
             .categories
             .iter()
             .map(|c| c.name.clone())
@@ -1154,7 +1175,7 @@ mod tests {
         }
         board.set_shop(GeneratorParams {
             customers: 100,
-            ..GeneratorParams::default()
+            ..GeneratorParams::builtin()
         });
         let mut seen = std::collections::HashSet::new();
         for _ in 0..5_000 {
@@ -1170,11 +1191,11 @@ mod tests {
     fn scenarios_naming_what_the_shop_lacks_are_refused() {
         let mut s = scenario("flash_sale.rhai");
         s.effects.categories.insert("Spaceships".into(), 2.0);
-        let e = check_scenario(&GeneratorParams::default(), &s).unwrap_err();
+        let e = check_scenario(&GeneratorParams::builtin(), &s).unwrap_err();
         assert!(e.contains("Spaceships") && e.contains("Electronics"), "{e}");
         let mut s = scenario("payment_outage.rhai");
         s.effects.payment_outage.as_mut().unwrap().method = "iou".into();
-        let e = check_scenario(&GeneratorParams::default(), &s).unwrap_err();
+        let e = check_scenario(&GeneratorParams::builtin(), &s).unwrap_err();
         assert!(e.contains("iou") && e.contains("paypal"), "{e}");
     }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Status};
 
+/// A simulated shop: its population, catalogue, geography, traffic and order
+/// behaviour. What a shop script gives; unknown fields are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorParams {
@@ -61,9 +63,11 @@ pub struct GeneratorParams {
     pub sessions_per_hour: f64,
 }
 
+/// One product category of the catalogue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CategorySpec {
+    /// Category name, as events carry it in `category`.
     pub name: String,
     /// Share of demand.
     pub weight: f64,
@@ -82,6 +86,7 @@ pub struct CategorySpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentSpec {
+    /// The segment's name, for people (events do not carry it).
     pub name: String,
     /// Share of the population.
     pub share: f64,
@@ -100,49 +105,65 @@ fn one() -> f64 {
     1.0
 }
 
+/// A region: its share of the customers, its countries and how people there pay.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSpec {
+    /// Region name, as events carry it in `region`.
     pub name: String,
+    /// Relative share of the customers who live in the region.
     pub weight: f64,
+    /// Its countries (ISO 3166-1 alpha-2 codes), weighted by share of its customers.
     pub countries: Vec<Share>,
+    /// Payment methods used in the region, weighted by how often they are used.
     pub payment_mix: Vec<Share>,
 }
 
+/// A name with a relative weight; weights need not sum to 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Share {
+    /// What is picked (a country code, a payment method).
     pub name: String,
+    /// Relative weight: finite and non-negative.
     pub weight: f64,
 }
 
+/// A sales channel: its share of sessions and how often they order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
+    /// Which channel (`web`, `mobile` or `store`).
     pub channel: Channel,
+    /// Relative share of sessions.
     pub weight: f64,
+    /// Probability that a session on this channel orders, within 0..=1.
     pub conversion: f64,
 }
 
+/// How often orders end in one status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusShare {
+    /// The status.
     pub status: Status,
+    /// Relative frequency.
     pub weight: f64,
 }
 
+/// A parameter set the generator cannot run; the message names the parameter.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid generator parameters: {0}")]
 pub struct ParamsError(pub String);
 
-impl Default for GeneratorParams {
-    /// The built-in shop: `scripts/generator/default.rhai` (embedded).
-    fn default() -> Self {
+impl GeneratorParams {
+    /// The built-in shop, `scripts/generator/default.rhai` (embedded): the
+    /// script runs once per process, on first use; later calls clone the
+    /// result. (Not `Default`: building it runs the script engine.)
+    pub fn builtin() -> Self {
         super::behaviour::builtin().clone()
     }
-}
 
-impl GeneratorParams {
     /// A bare but valid shop: one of everything. Only used should the
     /// embedded default script ever fail (a test makes sure it does not).
     pub fn fallback() -> Self {
@@ -197,11 +218,11 @@ impl GeneratorParams {
 
 /// Most customers a shop may have (each is a row in memory and in the
 /// customers table).
-pub const MAX_CUSTOMERS: u64 = 10_000_000;
+pub(crate) const MAX_CUSTOMERS: u64 = 10_000_000;
 /// Most products over all categories.
-pub const MAX_PRODUCTS: u64 = 1_000_000;
+pub(crate) const MAX_PRODUCTS: u64 = 1_000_000;
 /// Most entries of any list (categories, items, regions, countries …).
-pub const MAX_LIST: usize = 10_000;
+pub(crate) const MAX_LIST: usize = 10_000;
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), ParamsError> {
     if ok {

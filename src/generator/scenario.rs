@@ -17,12 +17,14 @@ use super::GeneratorParams;
 pub struct Scenario {
     /// Its name, as the app shows it.
     pub scenario: String,
+    /// What it does, for people (empty if the script gives none).
     #[serde(default)]
     pub description: String,
     /// How long it lasts once on (`None`: until switched off). Generator
     /// time: simulated minutes on a simulated clock.
     #[serde(default)]
     pub duration_minutes: Option<f64>,
+    /// What it changes while on.
     pub effects: Effects,
     /// The script it came from.
     #[serde(skip)]
@@ -40,8 +42,11 @@ pub struct Effects {
     pub conversion: f64,
     /// Demand for products of a category, × this (by category name).
     pub categories: BTreeMap<String, f64>,
+    /// Extra discounts on order lines (`None`: the shop's own only).
     pub discount: Option<Discount>,
+    /// A payment method failing (`None`: no outage).
     pub payment_outage: Option<PaymentOutage>,
+    /// New products entering the catalogue (`None`: no launch).
     pub launch: Option<Launch>,
 }
 
@@ -69,6 +74,7 @@ pub struct Discount {
     pub probability: f64,
     /// Discount range as fractions of the line's gross amount.
     pub min_fraction: f64,
+    /// Upper end of that range: at least `min_fraction`, at most 0.95.
     pub max_fraction: f64,
 }
 
@@ -76,6 +82,7 @@ pub struct Discount {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentOutage {
+    /// The failing method, as the shop's payment mixes name it (`paypal`).
     pub method: String,
     /// Share of its payments that fail.
     pub failure_rate: f64,
@@ -97,11 +104,16 @@ fn one_product() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Launch {
+    /// Category of the new products; must be one of the shop's.
     pub category: String,
+    /// Product name, 1 to 200 bytes; numbered (`name 1`, `name 2`, …) when
+    /// several products launch.
     pub name: String,
+    /// Unit price of each new product, in the shop's currency.
     pub price: f64,
     /// Share of all demand the new products take while on.
     pub share: f64,
+    /// How many products launch, 1 to 100 (1 by default).
     #[serde(default = "one_product")]
     pub products: u32,
 }
@@ -169,6 +181,7 @@ impl Scenario {
         Ok(())
     }
 
+    /// How long it lasts once on (`None`: until switched off).
     pub fn duration(&self) -> Option<Duration> {
         self.duration_minutes
             .map(|m| Duration::from_secs_f64(m * 60.0))
@@ -178,6 +191,7 @@ impl Scenario {
 /// A scenario that is on.
 #[derive(Clone, Debug)]
 pub struct Active {
+    /// The scenario.
     pub scenario: Arc<Scenario>,
     /// When it was switched on (wall clock; what the app shows).
     pub switched_on: Instant,
@@ -208,6 +222,7 @@ struct Board {
 }
 
 impl Switchboard {
+    /// An empty switchboard, shared: no new shop, no scenario on.
     pub fn new() -> Arc<Self> {
         Arc::default()
     }
@@ -263,6 +278,7 @@ impl Switchboard {
         self.with(|b| b.active.clone())
     }
 
+    /// Bumped by every change (a shop set, a scenario switched on or off).
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }

@@ -10,9 +10,12 @@ use crate::store::{self, find_pg_bin_dir, EmbeddedPostgres};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The outcome of checking one service.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Check {
+    /// The service: `kafka`, `postgres` or `redis`.
     pub name: &'static str,
+    /// Whether the service answered.
     pub ok: bool,
     /// What was checked and what was found.
     pub detail: String,
@@ -46,6 +49,8 @@ impl Check {
     }
 }
 
+/// Asks `brokers` for metadata (3 s timeout) and reports how many
+/// brokers there are.
 pub async fn check_kafka(brokers: &str) -> Check {
     let b = brokers.to_owned();
     let r = tokio::task::spawn_blocking(move || bus::ping(&b, TIMEOUT)).await;
@@ -61,6 +66,8 @@ pub async fn check_kafka(brokers: &str) -> Check {
     }
 }
 
+/// Connects to `url` and reads the server version, within 3 s; the URL
+/// is shown redacted.
 pub async fn check_postgres(url: &str) -> Check {
     let shown = redact_url(url);
     let attempt = async {
@@ -83,10 +90,12 @@ pub async fn check_postgres(url: &str) -> Check {
     }
 }
 
+/// Connects to `url` and sends `PING`, within 3 s; the URL is shown
+/// redacted.
 pub async fn check_redis(url: &str) -> Check {
     let shown = redact_url(url);
     let attempt = async {
-        let client = redis::Client::open(url)?;
+        let client = crate::cache::redis_client(url)?;
         let mut con = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut con).await
     };

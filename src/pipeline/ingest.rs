@@ -27,12 +27,18 @@ use crate::store::{Batch, Fault, Refused, Store, StoreError};
 /// outages are retried until the service is back.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// A Kafka client could not be created (the consumer, also on a rejoin,
+    /// or the dead-letter producer).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A PostgreSQL error.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A problem only a person can fix (e.g. credentials, a missing table or
+    /// permission); retrying would not help.
     #[error("ingest cannot go on until this is fixed: {0}")]
     Config(String),
+    /// A batch's blocking write task panicked or was cancelled.
     #[error("writer task failed: {0}")]
     Task(String),
 }
@@ -52,23 +58,42 @@ const STOP_GRACE: Duration = Duration::from_millis(700);
 /// back is noticed within this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// What one ingest worker reads, how it batches, and where rejects go.
 #[derive(Clone, Debug)]
 pub struct IngestSettings {
+    /// Kafka bootstrap servers.
     pub brokers: String,
     /// How far past the wall clock an event may be stamped.
     pub max_future_skew: chrono::Duration,
+    /// Consumer group; also the key of the offsets stored in PostgreSQL.
     pub group_id: String,
+    /// Topic to ingest.
     pub topic: String,
+    /// Topic rejected records are sent to.
     pub dlq_topic: String,
+    /// Records a lane buffers before it writes them as one batch.
     pub batch_size: usize,
+    /// Longest a lane's batch waits to fill, from its first record.
     pub batch_timeout: Duration,
     /// Parallel write lanes per worker.
     pub lanes: usize,
+    /// Consumer group session timeout, in ms; also paces the stall
+    /// watchdog (three times this, at least 15 s).
     pub session_timeout_ms: u32,
+    /// Consumer group, or partitions read without one.
+    pub assignment: bus::Assignment,
+    /// Without a group, this worker reads the partitions `p` with
+    /// `p % share.1 == share.0` of those: `(i, n)` for the i-th of n workers
+    /// of one process (see [`crate::pipeline::spawn_workers`]).
+    pub share: (usize, usize),
+    /// Producer settings for the dead-letter topic.
     pub dlq_producer: ProducerConfig,
 }
 
 impl IngestSettings {
+    /// Settings from `cfg`, reading from `brokers`, as the only worker of its
+    /// process (`share` is `(0, 1)`); an unparsable `ingest_partitions`
+    /// (rejected earlier by [`crate::config::Config::check`]) means the group.
     pub fn from_config(cfg: &crate::config::Config, brokers: &str) -> Self {
         Self {
             brokers: brokers.to_owned(),
@@ -83,6 +108,12 @@ impl IngestSettings {
             batch_timeout: Duration::from_millis(cfg.batch_timeout_ms),
             lanes: cfg.ingest_lanes,
             session_timeout_ms: cfg.kafka_session_timeout_ms,
+            // Checked when the configuration was loaded.
+            assignment: cfg
+                .ingest_partitions
+                .parse()
+                .unwrap_or(bus::Assignment::Group),
+            share: (0, 1),
             dlq_producer: ProducerConfig::from_config(cfg, brokers),
         }
     }
@@ -91,13 +122,23 @@ impl IngestSettings {
 /// Live counters of one or more workers.
 #[derive(Debug, Default)]
 pub struct IngestStats {
+    /// Records received from Kafka (re-reads after a rebalance count again).
     pub consumed: AtomicU64,
+    /// Sale rows newly inserted.
     pub sales: AtomicU64,
+    /// Session rows newly inserted.
     pub sessions: AtomicU64,
+    /// Identical redeliveries, skipped by the store.
     pub duplicates: AtomicU64,
+    /// Records sent to the dead-letter topic (invalid, or refused by the
+    /// database).
     pub dead_lettered: AtomicU64,
+    /// Batches committed to PostgreSQL.
     pub batches: AtomicU64,
+    /// Batch writes that failed transiently and were tried again.
     pub write_retries: AtomicU64,
+    /// Buffered records dropped on an assignment change or a rejoin; they are
+    /// read again from the stored offsets.
     pub dropped_on_rebalance: AtomicU64,
     /// Times a worker found itself stuck (records waiting and none arriving,
     /// or nobody in the group holding a partition) and rejoined its group.
@@ -603,6 +644,15 @@ fn health_id() -> u64 {
 /// broker answers again.
 const BROKER_PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a worker without a group looks for partitions added to its
+/// topic.
+const REASSIGN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a worker without a group waits for the topic's metadata while
+/// it reads nothing yet (a busy broker can take seconds to answer a new
+/// client).
+const FIRST_ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Lane {
     fn new() -> Self {
         Self {
@@ -642,10 +692,34 @@ pub fn run_worker(
             &settings.group_id,
             &settings.topic,
             settings.session_timeout_ms,
+            &settings.assignment,
             Box::new(source),
         )
     };
-    settle_before_joining(settings, &offsets_store, &rt, &stop);
+    // Without a group, the partitions to read; and when to check them next
+    // (at once, then whenever the check failed or partitions may have been
+    // added).
+    let wanted = match &settings.assignment {
+        bus::Assignment::Group => None,
+        bus::Assignment::Static(parts) => Some(parts.clone()),
+    };
+    let mut next_assign: Option<Instant> = wanted.as_ref().map(|_| Instant::now());
+    let (share, of) = (settings.share.0, settings.share.1.max(1));
+    // Whether this worker reads partition `p` (every one in a group: the
+    // coordinator decides there).
+    let reads = |p: i32| -> bool {
+        match &wanted {
+            None => true,
+            Some(list) => {
+                list.as_ref().is_none_or(|l| l.contains(&p))
+                    && usize::try_from(p).is_ok_and(|p| p % of == share)
+            }
+        }
+    };
+    let mut missing_reported: Vec<i32> = Vec::new();
+    if wanted.is_none() {
+        settle_before_joining(settings, &offsets_store, &rt, &stop);
+    }
     let mut consumer = new_consumer()?;
     let writer = Arc::new(Writer {
         settings: settings.clone(),
@@ -689,6 +763,45 @@ pub fn run_worker(
                 .min()
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
+            if let (Some(parts), Some(at)) = (&wanted, next_assign) {
+                if Instant::now() >= at {
+                    // A new client's first metadata request waits for its
+                    // connection: give it time while nothing is read yet
+                    // (a stop then waits for it); later checks are short.
+                    let unassigned = !consumer.assignment().is_ok_and(|a| a.count() > 0);
+                    let timeout = if unassigned {
+                        FIRST_ASSIGN_TIMEOUT
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    next_assign = Some(
+                        match bus::assign_partitions(&consumer, topic, reads, timeout) {
+                            Ok(all) => {
+                                let missing: Vec<i32> = parts
+                                    .iter()
+                                    .flatten()
+                                    .copied()
+                                    .filter(|p| !all.contains(p))
+                                    .collect();
+                                if !missing.is_empty() && missing != missing_reported {
+                                    tracing::warn!(%topic, partitions = ?missing, "ingest_partitions names partitions the topic does not have (yet)");
+                                }
+                                missing_reported = missing;
+                                Instant::now() + REASSIGN_EVERY
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot assign partitions yet; retrying");
+                                Instant::now()
+                                    + if unassigned {
+                                        Duration::from_millis(100)
+                                    } else {
+                                        BROKER_PROBE_EVERY
+                                    }
+                            }
+                        },
+                    );
+                }
+            }
             let polled = consumer.poll(wait);
             let g = consumer.context().generation();
             if g != generation {
@@ -727,8 +840,12 @@ pub fn run_worker(
                             .offsets_skipped
                             .fetch_add(gap as u64, Ordering::Relaxed);
                     }
-                    let n = lanes.len();
-                    let lane = &mut lanes[p.rem_euclid(n as i32) as usize];
+                    let n = lanes.len().max(1);
+                    // `lanes` has at least one lane (built with `max(1)`),
+                    // so the index is always in range.
+                    let Some(lane) = lanes.get_mut(p.rem_euclid(n as i32) as usize) else {
+                        continue;
+                    };
                     lane.pending
                         .add(p, o, m.key(), m.payload(), settings.max_future_skew);
                     if lane.deadline.is_none() {
@@ -755,8 +872,14 @@ pub fn run_worker(
                 next_stall_check = Instant::now() + stall_wait;
             }
             if Instant::now() >= next_stall_check {
-                let sample =
-                    sample_progress(&consumer, &rt, &offsets_store, &settings.group_id, topic);
+                let sample = sample_progress(
+                    &consumer,
+                    &rt,
+                    &offsets_store,
+                    &settings.group_id,
+                    topic,
+                    reads,
+                );
                 let stuck = match (&last_sample, &sample) {
                     (Some(before), Some(now)) => stuck_partitions(before, now),
                     _ => Vec::new(),
@@ -769,7 +892,7 @@ pub fn run_worker(
                         group = %settings.group_id,
                         partitions = ?stuck,
                         idle_s = stall_wait.as_secs(),
-                        "ingest is stuck (records wait, none stored): leaving and rejoining the consumer group"
+                        "ingest is stuck (records wait, none stored): starting a new Kafka consumer (a group member rejoins)"
                     );
                     for lane in &mut lanes {
                         finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
@@ -784,6 +907,7 @@ pub fn run_worker(
                     // Dropping it closes it: it leaves the group.
                     drop(consumer);
                     consumer = new_consumer()?;
+                    next_assign = wanted.as_ref().map(|_| Instant::now());
                     generation = consumer.context().generation();
                     expected = consumer.context().assigned_starts();
                     stall_wait = (stall_wait * 2).min(MAX_STALL_WAIT);
@@ -870,8 +994,9 @@ const MIN_STALL_WAIT: Duration = Duration::from_secs(15);
 /// The longest: a rejoin that did not help doubles the wait up to this.
 const MAX_STALL_WAIT: Duration = Duration::from_secs(600);
 
-/// The partitions of `topic` with records past the offset stored for
-/// `group` (its log end is further), each with that stored offset; `None`
+/// The partitions of `topic` this worker `reads` (in a group: all of them,
+/// whoever holds them) with records past the offset stored for `group`
+/// (its log end is further), each with that stored offset; `None`
 /// when either side cannot be read now (then there is no judgement).
 fn sample_progress(
     consumer: &bus::IngestConsumer,
@@ -879,6 +1004,7 @@ fn sample_progress(
     store: &Store,
     group: &str,
     topic: &str,
+    reads: impl Fn(i32) -> bool,
 ) -> Option<HashMap<i32, i64>> {
     let timeout = Duration::from_secs(2);
     let meta = consumer.fetch_metadata(Some(topic), timeout).ok()?;
@@ -887,6 +1013,7 @@ fn sample_progress(
         .iter()
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .filter(|p| reads(*p))
         .collect();
     let stored = rt
         .block_on(async {

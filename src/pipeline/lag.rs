@@ -9,9 +9,13 @@ use crate::store::Store;
 /// Where a consumer group's lag is read from.
 #[derive(Clone)]
 pub struct LagSource {
+    /// Kafka bootstrap servers the high watermarks are read from.
     pub brokers: String,
+    /// The topic whose lag is reported.
     pub topic: String,
+    /// The consumer group whose stored offsets count as committed.
     pub group: String,
+    /// The store holding the offsets ingest writes with the data.
     pub store: Store,
 }
 

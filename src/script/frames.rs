@@ -101,7 +101,8 @@ pub struct Frame {
 }
 
 impl Frame {
-    pub fn from_df(df: DataFrame) -> Self {
+    /// A handle on rows already at hand: reading it runs nothing.
+    pub(crate) fn from_df(df: DataFrame) -> Self {
         let lf = df.clone().lazy();
         let done = OnceLock::new();
         let _ = done.set(df);
@@ -142,7 +143,7 @@ impl Frame {
 
 /// An expression (`col("x") * 2`, `col("amount").sum()`, …).
 #[derive(Clone)]
-pub struct ScriptExpr(pub Expr);
+pub(crate) struct ScriptExpr(pub Expr);
 
 /// One column of values.
 #[derive(Clone)]
@@ -150,14 +151,14 @@ pub struct ScriptSeries(pub Series);
 
 /// A frame grouped by keys, waiting for `agg`.
 #[derive(Clone)]
-pub struct GroupBy {
+pub(crate) struct GroupBy {
     lf: LazyFrame,
     by: Vec<Expr>,
 }
 
 /// `when(cond).then(a)`, waiting for `otherwise`.
 #[derive(Clone)]
-pub struct WhenThen {
+pub(crate) struct WhenThen {
     cond: Expr,
     then: Expr,
 }
@@ -231,7 +232,7 @@ fn names(v: &Dynamic) -> R<Vec<String>> {
 
 /// A value out of a frame as a script value: integers as integers, floats
 /// as floats, times as ISO-8601 text, null as `()`.
-pub fn any_to_dynamic(v: AnyValue<'_>) -> Dynamic {
+pub(crate) fn any_to_dynamic(v: AnyValue<'_>) -> Dynamic {
     match v {
         AnyValue::Null => Dynamic::UNIT,
         AnyValue::Boolean(b) => b.into(),
@@ -308,7 +309,7 @@ fn frame_of(m: &Map) -> R<Frame> {
 
 /// Script options (`#{ last: "7d", category: ["Books", "Toys"] }`) as
 /// `key=value` pairs; lists join with commas.
-pub fn option_pairs(m: &Map) -> R<Vec<(String, String)>> {
+pub(crate) fn option_pairs(m: &Map) -> R<Vec<(String, String)>> {
     let text = |v: &Dynamic| -> R<String> {
         if v.is_string() || v.is_int() || v.is_float() || v.is_bool() {
             Ok(v.to_string())
@@ -960,7 +961,10 @@ pub fn register(engine: &mut Engine) {
                     df.width()
                 ));
             }
-            value_at(df.columns()[0].as_materialized_series(), 0)
+            match df.columns().first() {
+                Some(c) => value_at(c.as_materialized_series(), 0),
+                None => fail("item() needs a 1 × 1 frame, this one has no column".to_owned()),
+            }
         })
         .register_fn("rows", |f: &mut Frame| -> R<Array> {
             let df = f.collect()?;
@@ -1032,8 +1036,11 @@ fn check_every(every: &str) -> R<()> {
 /// What a script gave back, as data.
 #[derive(Clone, Debug)]
 pub enum Value {
+    /// A number (an integer is converted to a float).
     Scalar(f64),
+    /// One column of values.
     Series(Series),
+    /// A frame, its plan already run.
     Frame(DataFrame),
 }
 

@@ -19,11 +19,17 @@ use rhai::{Dynamic, Engine, EvalAltResult, ParseError, Position, AST};
 /// Limits of one script run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
+    /// Most Rhai operations one run may perform.
     pub max_operations: u64,
+    /// Deepest nesting of function calls.
     pub max_call_levels: usize,
+    /// Deepest nesting of expressions, at top level and inside functions.
     pub max_expr_depth: usize,
+    /// Longest string, in bytes.
     pub max_string_size: usize,
+    /// Most items in one array.
     pub max_array_size: usize,
+    /// Most entries in one object map.
     pub max_map_size: usize,
     /// Wall-clock time of one run.
     pub timeout: Duration,
@@ -47,14 +53,18 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{}", self.render())]
 pub struct ScriptError {
+    /// The script's file name.
     pub file: String,
     /// 1-based; `None` when the error has no position (e.g. a bad result).
     pub line: Option<usize>,
+    /// 1-based column on `line`; `None` when unknown.
     pub column: Option<usize>,
+    /// What went wrong, readable on its own.
     pub message: String,
 }
 
 impl ScriptError {
+    /// An error in `file` with no position.
     pub fn new(file: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
@@ -189,14 +199,17 @@ impl Sandbox {
         Self { engine, limits }
     }
 
+    /// The engine, to register functions on before the sandbox is shared.
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
     }
 
+    /// The engine, limits and restrictions applied.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The limits every run gets.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -241,7 +254,22 @@ impl Sandbox {
 /// A script value as JSON: integers stay integers, floats floats, maps
 /// objects, arrays arrays, `()` null. Other types are refused by name.
 pub fn to_json(file: &str, v: &Dynamic) -> Result<serde_json::Value, ScriptError> {
+    to_json_within(file, v, MAX_DATA_DEPTH)
+}
+
+/// How deep a script's value may nest to be used as data (arrays and maps
+/// in one another): far more than any shop or scenario needs, and shallow
+/// enough that converting and dropping it cannot exhaust a thread's stack.
+pub(crate) const MAX_DATA_DEPTH: usize = 64;
+
+fn to_json_within(file: &str, v: &Dynamic, depth: usize) -> Result<serde_json::Value, ScriptError> {
     use serde_json::Value;
+    let Some(depth) = depth.checked_sub(1) else {
+        return Err(ScriptError::new(
+            file,
+            format!("data nested deeper than {MAX_DATA_DEPTH} levels"),
+        ));
+    };
     if v.is_unit() {
         return Ok(Value::Null);
     }
@@ -260,14 +288,14 @@ pub fn to_json(file: &str, v: &Dynamic) -> Result<serde_json::Value, ScriptError
     if let Some(a) = v.read_lock::<rhai::Array>() {
         return a
             .iter()
-            .map(|x| to_json(file, x))
+            .map(|x| to_json_within(file, x, depth))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array);
     }
     if let Some(m) = v.read_lock::<rhai::Map>() {
         let mut out = serde_json::Map::new();
         for (k, x) in m.iter() {
-            out.insert(k.to_string(), to_json(file, x)?);
+            out.insert(k.to_string(), to_json_within(file, x, depth)?);
         }
         return Ok(Value::Object(out));
     }
@@ -277,8 +305,9 @@ pub fn to_json(file: &str, v: &Dynamic) -> Result<serde_json::Value, ScriptError
     ))
 }
 
+#[cfg(test)]
 /// Deserializes a script's value into `T`, naming the field that is wrong.
-pub fn from_value<T: serde::de::DeserializeOwned>(
+pub(crate) fn from_value<T: serde::de::DeserializeOwned>(
     file: &str,
     v: &Dynamic,
 ) -> Result<T, ScriptError> {

@@ -25,10 +25,16 @@ use super::{create_database_if_missing, StoreError};
 const ROLE: &str = "salespulse";
 const DATABASE: &str = "salespulse";
 
+/// A running private cluster, as made or found by [`EmbeddedPostgres::ensure`].
 #[derive(Clone, Debug)]
 pub struct EmbeddedPostgres {
+    /// URL of database `salespulse` on it, with the role's password in it: redact
+    /// before printing.
     pub url: String,
+    /// The cluster's data directory (what `pg_ctl -D` takes).
     pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1 the server listens on; that of an already running
+    /// cluster when it differs from the one asked for.
     pub port: u16,
 }
 
@@ -103,6 +109,7 @@ pub fn find_pg_bin_dir() -> Option<PathBuf> {
 }
 
 #[cfg(unix)]
+#[allow(unsafe_code)] // geteuid has no preconditions
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -146,7 +153,7 @@ fn ok_or_explain(
         let lines: Vec<&str> = tail.lines().collect();
         let from = lines.len().saturating_sub(8);
         msg.push_str("\nserver log:\n");
-        msg.push_str(&lines[from..].join("\n"));
+        msg.push_str(&lines.get(from..).unwrap_or_default().join("\n"));
     }
     Err(StoreError::Embedded(msg))
 }
@@ -284,7 +291,7 @@ impl EmbeddedPostgres {
     /// Where the cluster lives: `<data root>/postgres`. As root with no
     /// explicit data root, `/var/lib/salespulse/postgres` (the `postgres`
     /// user cannot enter root's home).
-    pub fn cluster_dir(data_root: Option<&Path>) -> PathBuf {
+    pub(crate) fn cluster_dir(data_root: Option<&Path>) -> PathBuf {
         match data_root {
             Some(d) => d.join("postgres"),
             None if is_root() => PathBuf::from("/var/lib/salespulse/postgres"),

@@ -25,25 +25,46 @@ pub use write::{
 
 use crate::config::redact_url;
 
+/// Failures of the store: connecting, migrating, writing and reading.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database URL does not parse; `url` has its password redacted.
     #[error("invalid database URL {url}: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL, redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An error from the database or the connection to it.
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// Applying the migrations failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Setting up, starting or stopping the embedded PostgreSQL cluster failed.
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+    /// The `before_commit` hook of [`Store::write_batch_with`] failed (e.g. the
+    /// dead-letter send); nothing of the batch was committed.
     #[error("before commit: {0}")]
     BeforeCommit(String),
+    /// The database refused every record of a batch for one reason that is not
+    /// about their values (schema or server trouble); retried as transient.
     #[error("{0}")]
     Systemic(String),
+    /// The database was migrated by a newer salespulse: its schema version
+    /// (`found`) is above the highest migration this build knows (`known`).
     #[error(
         "the database has schema version {found}, newer than this salespulse knows (up to {known}): \
          upgrade salespulse, or point DATABASE_URL at another database"
     )]
-    NewerSchema { found: i64, known: i64 },
+    NewerSchema {
+        /// The database's schema version.
+        found: i64,
+        /// The highest version this build knows.
+        known: i64,
+    },
 }
 
 /// What kind of failure an error is, which decides what ingest does with it.
@@ -81,12 +102,6 @@ impl StoreError {
             | StoreError::NewerSchema { .. } => Fault::Config,
             StoreError::BeforeCommit(_) | StoreError::Systemic(_) => Fault::Transient,
         }
-    }
-
-    /// Whether retrying the same operation may succeed (lost connection,
-    /// deadlock, serialization failure, server restarting, timeouts).
-    pub fn is_transient(&self) -> bool {
-        self.fault() == Fault::Transient
     }
 
     /// The SQLSTATE of a database error.
@@ -140,11 +155,14 @@ fn fault_of_sqlstate(code: &str) -> Fault {
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A handle on the database: a connection pool (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
 }
 
+/// Connection options for `url`: application name `salespulse`, the given
+/// statement timeout, JIT off and `work_mem` 64 MB.
 pub fn connect_options(
     url: &str,
     statement_timeout: Duration,
@@ -190,10 +208,7 @@ impl Store {
         Ok(Self { pool })
     }
 
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
+    /// The underlying connection pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -704,11 +704,15 @@ const COPY_SESSIONS: &str = concat!("COPY sessions (", session_columns!(), ") FR
 
 /// A batch as `COPY ... FROM STDIN` text-format data, exactly as ingest sends it.
 pub struct CopyRows {
+    /// Rows for `transactions`, one line each, in [`TRANSACTION_COLUMNS`] order.
     pub transactions: Vec<u8>,
+    /// Rows for `sessions`, one line each, in [`SESSION_COLUMNS`] order.
     pub sessions: Vec<u8>,
 }
 
 impl CopyRows {
+    /// Encodes every row of `batch` (amounts rounded to cents), without dropping
+    /// repeats or rows that exist already.
     pub fn of(batch: &Batch) -> Self {
         let sales: Vec<_> = batch.sales.iter().collect();
         let sessions: Vec<_> = batch.sessions.iter().collect();
@@ -755,6 +759,7 @@ fn time(buf: &mut Vec<u8>, t: DateTime<Utc>) {
 mod itoa_like {
     /// Integer formatting without allocation.
     pub trait Int {
+        /// Appends the number in decimal to `buf`.
         fn write(self, buf: &mut Vec<u8>);
     }
 
@@ -833,6 +838,22 @@ fn encode_sessions(rows: &[&(SessionEvent, i32, i64)]) -> Vec<u8> {
         b.push(b'\n');
     }
     b
+}
+
+/// `UNNEST($a::type[], $b::type[], …) AS t(name, …)` over the rows of a
+/// map (or slice): one array per named column, each bound from its
+/// closure over the `(key, value)` items.
+macro_rules! unnest {
+    ($args:expr, $rows:expr, $($name:ident : $ty:literal = $f:expr),+ $(,)?) => {{
+        let arrays = [$(
+            format!("{}::{}[]", $args.bind($rows.iter().map($f).collect::<Vec<_>>())?, $ty)
+        ),+];
+        format!(
+            "UNNEST({}) AS t({})",
+            arrays.join(", "),
+            [$(stringify!($name)),+].join(", ")
+        )
+    }};
 }
 
 /// The rollup grains and their bucket widths in seconds. Every row is folded
@@ -1052,6 +1073,10 @@ impl<'a> Aggregates<'a> {
         c
     }
 
+    /// Folds the aggregates into the derived tables and advances the
+    /// offsets and watermarks, in one statement. Each table's new rows go in
+    /// as one array per column, bound where the column is named (see
+    /// [`Arrays`] and [`unnest!`]).
     async fn upsert(
         &self,
         conn: &mut PgConnection,
@@ -1059,149 +1084,86 @@ impl<'a> Aggregates<'a> {
         topic: &str,
         offsets: &[(i32, i64)],
     ) -> Result<(), StoreError> {
-        macro_rules! cols {
-            ($map:expr, $($f:expr),+) => {
-                ( $( $map.iter().map($f).collect::<Vec<_>>(), )+ )
-            };
-        }
-        let s = cols!(
-            self.sales,
-            |(k, _)| k.0,
-            |(k, _)| k.1,
-            |(k, _)| k.2,
-            |(k, _)| k.3,
-            |(k, _)| k.4,
-            |(k, _)| k.5,
-            |(k, _)| k.6,
-            |(_, v)| v.orders,
-            |(_, v)| v.units,
-            |(_, v)| v.revenue,
-            |(_, v)| v.discount
+        let mut a = Arrays::default();
+        let sales = unnest!(a, self.sales,
+            grain: "text" = |(k, _)| k.0,
+            bucket: "timestamptz" = |(k, _)| k.1,
+            category: "text" = |(k, _)| k.2,
+            payment_method: "text" = |(k, _)| k.3,
+            status: "text" = |(k, _)| k.4,
+            region: "text" = |(k, _)| k.5,
+            channel: "text" = |(k, _)| k.6,
+            orders: "int8" = |(_, v)| v.orders,
+            units: "int8" = |(_, v)| v.units,
+            revenue: "int8" = |(_, v)| v.revenue,
+            discount: "int8" = |(_, v)| v.discount,
         );
-        let m = cols!(
-            self.sessions,
-            |(k, _)| k.0,
-            |(k, _)| k.1,
-            |(k, _)| k.2,
-            |(k, _)| k.3,
-            |(_, v)| v.sessions,
-            |(_, v)| v.converted,
-            |(_, v)| v.orders,
-            |(_, v)| v.page_views
+        let lite = unnest!(a, self.lite,
+            grain: "text" = |(k, _)| k.0,
+            bucket: "timestamptz" = |(k, _)| k.1,
+            category: "text" = |(k, _)| k.2,
+            payment_method: "text" = |(k, _)| k.3,
+            status: "text" = |(k, _)| k.4,
+            orders: "int8" = |(_, v)| v.orders,
+            units: "int8" = |(_, v)| v.units,
+            revenue: "int8" = |(_, v)| v.revenue,
+            discount: "int8" = |(_, v)| v.discount,
         );
-        let c = cols!(
-            self.customers,
-            |(k, _)| *k,
-            |(_, v)| v.region,
-            |(_, v)| v.country,
-            |(_, v)| v.first,
-            |(_, v)| v.last,
-            |(_, v)| v.sessions,
-            |(_, v)| v.orders,
-            |(_, v)| v.completed,
-            |(_, v)| v.units,
-            |(_, v)| v.spent
+        let days = unnest!(a, self.customer_days,
+            day: "timestamptz" = |(d, _)| *d,
+            customer_id: "text" = |(_, c)| *c,
         );
-        let p = cols!(
-            self.products,
-            |(k, _)| *k,
-            |(_, v)| v.name,
-            |(_, v)| v.category,
-            |(_, v)| v.price,
-            |(_, v)| v.first,
-            |(_, v)| v.last,
-            |(_, v)| v.orders,
-            |(_, v)| v.units,
-            |(_, v)| v.revenue
+        let sessions = unnest!(a, self.sessions,
+            grain: "text" = |(k, _)| k.0,
+            bucket: "timestamptz" = |(k, _)| k.1,
+            region: "text" = |(k, _)| k.2,
+            channel: "text" = |(k, _)| k.3,
+            sessions: "int8" = |(_, v)| v.sessions,
+            converted: "int8" = |(_, v)| v.converted,
+            orders: "int8" = |(_, v)| v.orders,
+            page_views: "int8" = |(_, v)| v.page_views,
         );
-        let l = cols!(
-            self.lite,
-            |(k, _)| k.0,
-            |(k, _)| k.1,
-            |(k, _)| k.2,
-            |(k, _)| k.3,
-            |(k, _)| k.4,
-            |(_, v)| v.orders,
-            |(_, v)| v.units,
-            |(_, v)| v.revenue,
-            |(_, v)| v.discount
+        let customers = unnest!(a, self.customers,
+            id: "text" = |(k, _)| *k,
+            region: "text" = |(_, v)| v.region,
+            country: "text" = |(_, v)| v.country,
+            first_seen: "timestamptz" = |(_, v)| v.first,
+            last_seen: "timestamptz" = |(_, v)| v.last,
+            sessions: "int8" = |(_, v)| v.sessions,
+            orders: "int8" = |(_, v)| v.orders,
+            completed: "int8" = |(_, v)| v.completed,
+            units: "int8" = |(_, v)| v.units,
+            spent: "int8" = |(_, v)| v.spent,
         );
-        let (days, day_customers): (Vec<DateTime<Utc>>, Vec<&str>) =
-            self.customer_days.iter().copied().unzip();
-        let (parts, next): (Vec<i32>, Vec<i64>) = offsets.iter().copied().unzip();
-        let w = cols!(self.spans, |(k, _)| *k, |(_, v)| v.min, |(_, v)| v.max);
-        sqlx::query(UPSERT_AGGREGATES)
-            .bind(s.0)
-            .bind(s.1)
-            .bind(s.2)
-            .bind(s.3)
-            .bind(s.4)
-            .bind(s.5)
-            .bind(s.6)
-            .bind(s.7)
-            .bind(s.8)
-            .bind(s.9)
-            .bind(s.10)
-            .bind(m.0)
-            .bind(m.1)
-            .bind(m.2)
-            .bind(m.3)
-            .bind(m.4)
-            .bind(m.5)
-            .bind(m.6)
-            .bind(m.7)
-            .bind(c.0)
-            .bind(c.1)
-            .bind(c.2)
-            .bind(c.3)
-            .bind(c.4)
-            .bind(c.5)
-            .bind(c.6)
-            .bind(c.7)
-            .bind(c.8)
-            .bind(c.9)
-            .bind(p.0)
-            .bind(p.1)
-            .bind(p.2)
-            .bind(p.3)
-            .bind(p.4)
-            .bind(p.5)
-            .bind(p.6)
-            .bind(p.7)
-            .bind(p.8)
-            .bind(group)
-            .bind(topic)
-            .bind(parts)
-            .bind(next)
-            .bind(w.0)
-            .bind(w.1)
-            .bind(w.2)
-            .bind(l.0)
-            .bind(l.1)
-            .bind(l.2)
-            .bind(l.3)
-            .bind(l.4)
-            .bind(l.5)
-            .bind(l.6)
-            .bind(l.7)
-            .bind(l.8)
-            .bind(days)
-            .bind(day_customers)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-}
-
-/// Money arrives in cents and is stored as numeric (cents / 100.0, exact).
-const UPSERT_AGGREGATES: &str = r#"
+        let products = unnest!(a, self.products,
+            id: "text" = |(k, _)| *k,
+            name: "text" = |(_, v)| v.name,
+            category: "text" = |(_, v)| v.category,
+            price: "int8" = |(_, v)| v.price,
+            first_seen: "timestamptz" = |(_, v)| v.first,
+            last_seen: "timestamptz" = |(_, v)| v.last,
+            orders: "int8" = |(_, v)| v.orders,
+            units: "int8" = |(_, v)| v.units,
+            revenue: "int8" = |(_, v)| v.revenue,
+        );
+        let spans = unnest!(a, self.spans,
+            partition: "int4" = |(p, _)| *p,
+            min_at: "timestamptz" = |(_, s)| s.min,
+            max_at: "timestamptz" = |(_, s)| s.max,
+        );
+        let next = unnest!(a, offsets,
+            partition: "int4" = |(p, _)| *p,
+            next_offset: "int8" = |(_, o)| *o,
+        );
+        let (group, topic) = (a.bind(group)?, a.bind(topic)?);
+        let sql = format!(
+            r#"
 WITH sales_rollup AS (
     INSERT INTO sales_metrics AS m (grain, bucket, category, payment_method, status, region,
         channel, orders, units, revenue, discount)
-    SELECT g, b, c, pm, st, r, ch, o, u, rev / 100.0, d / 100.0
-    FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
-        AS t(g, b, c, pm, st, r, ch, o, u, rev, d)
+    SELECT grain, bucket, category, payment_method, status, region, channel, orders, units,
+        revenue / 100.0, discount / 100.0
+    FROM {sales}
     ON CONFLICT (grain, bucket, category, payment_method, status, region, channel) DO UPDATE SET
         orders = m.orders + EXCLUDED.orders,
         units = m.units + EXCLUDED.units,
@@ -1211,9 +1173,9 @@ WITH sales_rollup AS (
 lite_rollup AS (
     INSERT INTO sales_metrics_lite AS m (grain, bucket, category, payment_method, status,
         orders, units, revenue, discount)
-    SELECT g, b, c, pm, st, o, u, rev / 100.0, d / 100.0
-    FROM UNNEST($46::text[], $47::timestamptz[], $48::text[], $49::text[], $50::text[],
-        $51::int8[], $52::int8[], $53::int8[], $54::int8[]) AS t(g, b, c, pm, st, o, u, rev, d)
+    SELECT grain, bucket, category, payment_method, status, orders, units, revenue / 100.0,
+        discount / 100.0
+    FROM {lite}
     ON CONFLICT (grain, bucket, category, payment_method, status) DO UPDATE SET
         orders = m.orders + EXCLUDED.orders,
         units = m.units + EXCLUDED.units,
@@ -1222,14 +1184,14 @@ lite_rollup AS (
 ),
 days AS (
     INSERT INTO customer_days (day, customer_id)
-    SELECT * FROM UNNEST($55::timestamptz[], $56::text[])
+    SELECT day, customer_id FROM {days}
     ON CONFLICT DO NOTHING
 ),
 session_rollup AS (
     INSERT INTO session_metrics AS m (grain, bucket, region, channel, sessions,
         converted_sessions, orders, page_views)
-    SELECT * FROM UNNEST($12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::int8[],
-        $17::int8[], $18::int8[], $19::int8[])
+    SELECT grain, bucket, region, channel, sessions, converted, orders, page_views
+    FROM {sessions}
     ON CONFLICT (grain, bucket, region, channel) DO UPDATE SET
         sessions = m.sessions + EXCLUDED.sessions,
         converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
@@ -1239,10 +1201,9 @@ session_rollup AS (
 cust AS (
     INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
         orders, completed_orders, units, total_spent)
-    SELECT id, r, co, f, l, s, o, cp, u, sp / 100.0
-    FROM UNNEST($20::text[], $21::text[], $22::text[], $23::timestamptz[], $24::timestamptz[],
-        $25::int8[], $26::int8[], $27::int8[], $28::int8[], $29::int8[])
-        AS t(id, r, co, f, l, s, o, cp, u, sp)
+    SELECT id, region, country, first_seen, last_seen, sessions, orders, completed, units,
+        spent / 100.0
+    FROM {customers}
     ON CONFLICT (customer_id) DO UPDATE SET
         first_seen = least(c.first_seen, EXCLUDED.first_seen),
         last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
@@ -1255,10 +1216,9 @@ cust AS (
 prod AS (
     INSERT INTO products AS p (product_id, name, category, list_price, first_seen, last_seen,
         orders, units, revenue)
-    SELECT id, n, c, pr / 100.0, f, l, o, u, rev / 100.0
-    FROM UNNEST($30::text[], $31::text[], $32::text[], $33::int8[], $34::timestamptz[],
-        $35::timestamptz[], $36::int8[], $37::int8[], $38::int8[])
-        AS t(id, n, c, pr, f, l, o, u, rev)
+    SELECT id, name, category, price / 100.0, first_seen, last_seen, orders, units,
+        revenue / 100.0
+    FROM {products}
     ON CONFLICT (product_id) DO UPDATE SET
         name = EXCLUDED.name,
         list_price = EXCLUDED.list_price,
@@ -1271,8 +1231,8 @@ prod AS (
 watermarks AS (
     INSERT INTO ingest_watermarks AS w (topic, partition, commits, late_commits, max_event_at,
         last_min_at, updated_at)
-    SELECT $40, p, 1, 1, mx, mn, now()
-    FROM UNNEST($43::int4[], $44::timestamptz[], $45::timestamptz[]) AS t(p, mn, mx)
+    SELECT {topic}, partition, 1, 1, max_at, min_at, now()
+    FROM {spans}
     ON CONFLICT (topic, partition) DO UPDATE SET
         commits = w.commits + 1,
         late_commits = w.late_commits
@@ -1282,11 +1242,42 @@ watermarks AS (
         updated_at = now()
 )
 INSERT INTO ingest_offsets AS o (consumer_group, topic, partition, next_offset, updated_at)
-SELECT $39, $40, p, n, now() FROM UNNEST($41::int4[], $42::int8[]) AS t(p, n)
+SELECT {group}, {topic}, partition, next_offset, now()
+FROM {next}
 ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
     next_offset = greatest(o.next_offset, EXCLUDED.next_offset),
     updated_at = now()
-"#;
+"#
+        );
+        // The text is the same for every batch (only the bound values
+        // change), so the prepared statement is reused.
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The arguments of one statement, bound one by one where they are named,
+/// so that no placeholder is numbered by hand.
+#[derive(Default)]
+struct Arrays {
+    args: sqlx::postgres::PgArguments,
+}
+
+impl Arrays {
+    /// Binds `value` as the next argument; returns its placeholder (`$n`).
+    fn bind<'t, T>(&mut self, value: T) -> Result<String, StoreError>
+    where
+        T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+    {
+        use sqlx::Arguments;
+        self.args
+            .add(value)
+            .map_err(|e| StoreError::Systemic(format!("binding an upsert argument: {e}")))?;
+        Ok(format!("${}", self.args.len()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

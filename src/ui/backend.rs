@@ -19,13 +19,14 @@ use polars::prelude::DataFrame;
 
 use super::model::{Dashboard, MetricPanel, MetricView, TableData, DASHBOARD_VIEWS};
 use super::scripting::{self, Catalog, ScriptKind};
+use super::widgets::SortBy;
 use crate::analytics::export::{self, ExportFormat, ExportReport};
 use crate::analytics::metrics::{Metric, MetricInfo, MetricKind};
 use crate::analytics::{Analytics, Dimensions, Filters, ViewRequest};
 use crate::cache::CacheStatus;
 use crate::config::{redact_url, Config};
-use crate::pipeline::live::{Counters, LiveOptions, LivePipeline, RunState, ServiceHealth};
 use crate::script::ScriptError;
+use crate::services::live::{Counters, LiveOptions, LivePipeline, RunState, ServiceHealth};
 
 /// What the UI asks for.
 pub enum Command {
@@ -33,27 +34,53 @@ pub enum Command {
     /// `seq`), then, with `every`, recomputed on that interval — sent again
     /// only when the numbers changed.
     Watch(Watch),
-    /// One view (or raw transactions) for the explorer.
+    /// One view (or raw transactions) for the explorer, in `sort`'s order
+    /// when given.
     Explore {
+        /// Answer tag: only the newest request's answer is shown.
         seq: u64,
+        /// The view and its filters.
         req: ViewRequest,
+        /// The order to return the rows in, if any.
+        sort: Option<SortBy>,
     },
+    /// The row order of `table` sorted by `sort` (computed off the UI
+    /// thread: a table can hold a million rows).
+    Sort {
+        /// Answer tag (the table's explore request).
+        seq: u64,
+        /// The table shown.
+        table: Arc<TableData>,
+        /// Column and direction.
+        sort: SortBy,
+    },
+    /// Starts generation and ingest.
     Start {
+        /// Events per second; `None` = as fast as possible.
         rate: Option<f64>,
     },
+    /// Pauses (`true`) or resumes generation.
     SetPaused(bool),
+    /// Changes the generation rate (`None` = as fast as possible).
     SetRate(Option<f64>),
+    /// Stops generation, lets ingest catch up, stops ingest.
     Stop,
     /// Writes every row of `req` to `path`.
     Export {
+        /// The view to export (all its rows, not the explorer's page).
         req: ViewRequest,
+        /// The file to write.
         path: PathBuf,
+        /// CSV or Parquet.
         format: ExportFormat,
     },
     /// Writes a frame (a script's result) to `path`.
     ExportFrame {
+        /// The frame to write.
         frame: Arc<DataFrame>,
+        /// The file to write.
         path: PathBuf,
+        /// CSV or Parquet.
         format: ExportFormat,
     },
     /// Awaits a native file dialog (created on the UI thread) and reports
@@ -62,27 +89,36 @@ pub enum Command {
     /// Runs a script's text as it is in the editor (not saved), under
     /// `filters`; the answer carries `seq`. A newer run cancels an older one.
     RunScript {
+        /// Answer tag: only the newest run's answer is shown.
         seq: u64,
+        /// The script's path inside the scripts folder (decides its kind).
         rel: String,
+        /// The script's text.
         text: String,
+        /// Filters a metric script runs under.
         filters: Filters,
     },
     /// Stops the script running.
     CancelScript,
     /// Writes a script to the scripts folder (`rel` inside it).
     SaveScript {
+        /// The path inside the scripts folder.
         rel: String,
+        /// The text to write.
         text: String,
     },
     /// Switches the scenario of script `rel` on or off.
     Scenario {
+        /// The scenario script's path inside the scripts folder.
         rel: String,
+        /// On (`true`) or off.
         on: bool,
     },
     /// Makes the shop script `rel` the generator's.
     UseShop(String),
     /// Stops the pipeline and ends the backend; `done` is sent when finished.
     Shutdown {
+        /// Receives `()` once everything has stopped.
         done: mpsc::Sender<()>,
     },
 }
@@ -90,42 +126,62 @@ pub enum Command {
 /// What the dashboard watches.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Watch {
+    /// Answer tag: only the newest watch's answers are shown.
     pub seq: u64,
+    /// The filters of every view on the dashboard.
     pub filters: Filters,
+    /// Recompute on this interval; `None` = once.
     pub every: Option<Duration>,
 }
 
 /// Where the services stand.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServiceState {
+    /// Being opened (the embedded database can take seconds).
     Opening,
+    /// Open; the addresses in use, passwords redacted.
     Ready {
+        /// Kafka bootstrap servers.
         brokers: String,
+        /// The database URL, redacted.
         database: String,
+        /// The Redis URL, redacted.
         redis: String,
+        /// Whether the broker is the in-process mock cluster.
         embedded_broker: bool,
     },
+    /// Could not be opened (the text says which service and why).
     Failed(String),
 }
 
 /// One sample of everything the pipeline panel shows.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Telemetry {
+pub struct PipelineSample {
     /// Seconds since the backend started.
     pub at: f64,
+    /// Where the generator stands.
     pub state: RunState,
     /// Generation rate setting when running (`None` inside = unlimited).
     pub rate: Option<Option<f64>>,
+    /// Counters since the services were opened.
     pub counters: Counters,
     /// Whether ingest writes succeed or are being retried.
     pub ingest: crate::pipeline::ingest::IngestHealth,
+    /// Consumer lag per partition, or why it is unknown.
     pub lag: Result<Vec<(i32, i64)>, String>,
+    /// Database connections open.
     pub pool_open: u32,
+    /// Database connections open and idle.
     pub pool_idle: u32,
+    /// Most database connections the pool opens.
     pub pool_max: u32,
+    /// Whether the Redis frame cache is in use, and if not why.
     pub cache: CacheStatus,
+    /// Frame cache hits since start.
     pub cache_hits: u64,
+    /// Frame cache misses since start.
     pub cache_misses: u64,
+    /// The last service checks, once they have run.
     pub health: Option<ServiceHealth>,
     /// The shop script in use (relative to the scripts folder).
     pub shop: String,
@@ -137,8 +193,11 @@ pub struct Telemetry {
 /// A scenario that is on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScenarioOn {
+    /// The scenario's name.
     pub name: String,
+    /// Its script, relative to the scripts folder.
     pub rel: String,
+    /// Wall-clock seconds left (`None`: until switched off; 0: ended).
     pub remaining_secs: Option<u64>,
 }
 
@@ -147,35 +206,88 @@ pub struct ScenarioOn {
 pub struct ScriptOutput {
     /// Set for metric scripts.
     pub info: Option<MetricInfo>,
+    /// The frame the script returned (or made of its value).
     pub frame: Arc<DataFrame>,
+    /// How to show it.
     pub view: MetricView,
     /// One line about it (rows, what a generator script defines, timing).
     pub summary: String,
 }
 
+/// A table for the explorer, and its row order when it was asked sorted.
+#[derive(Clone, Debug)]
+pub struct Explored {
+    /// The rows, formatted.
+    pub table: Arc<TableData>,
+    /// The sort asked for and the row order it gives.
+    pub order: Option<(SortBy, Vec<usize>)>,
+}
+
+/// Sorts `table` by `sort` on a blocking thread (it can be large).
+async fn sorted_order(table: Arc<TableData>, sort: SortBy) -> Vec<usize> {
+    tokio::task::spawn_blocking(move || table.sorted_order(sort.column, sort.descending))
+        .await
+        .unwrap_or_default()
+}
+
+/// Answers [`Command::Sort`] from a task (it needs no service).
+fn sort_in_background(out: &Outbox, seq: u64, table: Arc<TableData>, sort: SortBy) {
+    let out = out.clone();
+    tokio::spawn(async move {
+        let order = sorted_order(table, sort).await;
+        out.send(Update::Sorted { seq, sort, order });
+    });
+}
+
 /// What the backend tells the UI.
 pub enum Update {
+    /// The services changed state.
     Services(ServiceState),
+    /// The dashboard for a [`Watch`].
     Dashboard {
+        /// The watch's tag.
         seq: u64,
+        /// The views, or why they could not be computed.
         result: Result<Arc<Dashboard>, String>,
     },
+    /// The answer to [`Command::Explore`].
     Explore {
+        /// The request's tag.
         seq: u64,
-        result: Result<Arc<TableData>, String>,
+        /// The table, or why it could not be loaded.
+        result: Result<Explored, String>,
     },
-    Telemetry(Box<Telemetry>),
+    /// The answer to [`Command::Sort`].
+    Sorted {
+        /// The request's tag.
+        seq: u64,
+        /// The sort that was asked for.
+        sort: SortBy,
+        /// Row indices in that order.
+        order: Vec<usize>,
+    },
+    /// A new sample for the pipeline panel (about once a second).
+    Telemetry(Box<PipelineSample>),
+    /// The filter choices (categories, regions, …) in the data.
     Dimensions(Dimensions),
+    /// Rows written so far by an export.
     ExportProgress {
+        /// Rows written.
         done: u64,
+        /// Rows in all, when known.
         total: Option<u64>,
     },
+    /// An export ended: what was written, or why not.
     ExportDone(Result<ExportReport, String>),
+    /// The path chosen in a file dialog (`None`: cancelled).
     ExportPath(Option<PathBuf>),
     /// The scripts folder, rescanned (sent at start and on every change).
     Scripts(Arc<Catalog>),
+    /// The answer to [`Command::RunScript`].
     ScriptRun {
+        /// The run's tag.
         seq: u64,
+        /// The output, or the script's error with its position.
         result: Result<Arc<ScriptOutput>, ScriptError>,
     },
     /// A script was saved (its relative path) or could not be.
@@ -192,6 +304,7 @@ impl Update {
             Update::Services(_) => "services",
             Update::Dashboard { .. } => "dashboard",
             Update::Explore { .. } => "explore",
+            Update::Sorted { .. } => "sorted",
             Update::Telemetry(_) => "telemetry",
             Update::Dimensions(_) => "dimensions",
             Update::ExportProgress { .. } => "export progress",
@@ -254,10 +367,16 @@ impl BackendHandle {
 
     /// Stops the pipeline and waits up to `timeout` for it (app exit).
     pub fn shutdown(&self, timeout: Duration) {
-        let (done, wait) = mpsc::channel();
-        if self.send(Command::Shutdown { done }) {
+        if let Some(wait) = self.begin_shutdown() {
             let _ = wait.recv_timeout(timeout);
         }
+    }
+
+    /// Asks the backend to stop the pipeline and end, without waiting:
+    /// the returned receiver gets `()` once it has (`None`: it had ended).
+    pub fn begin_shutdown(&self) -> Option<mpsc::Receiver<()>> {
+        let (done, wait) = mpsc::channel();
+        self.send(Command::Shutdown { done }).then_some(wait)
     }
 }
 
@@ -524,6 +643,9 @@ async fn run(
                         seq,
                         result: Err(format!("services unavailable: {msg}")),
                     }),
+                    Command::Sort { seq, table, sort } => {
+                        sort_in_background(&out, seq, table, sort)
+                    }
                     Command::AwaitPath(f) => {
                         let out = out.clone();
                         tokio::spawn(async move { out.send(Update::ExportPath(f.await)) });
@@ -556,7 +678,7 @@ async fn run(
     ));
     let mut script_tick = tokio::time::interval(SCRIPTS_EVERY);
     script_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut sent: Option<Telemetry> = None;
+    let mut sent: Option<PipelineSample> = None;
     let mut health: Option<ServiceHealth> = None;
     let mut health_at: Option<Instant> = None;
     let mut dims_at = Instant::now();
@@ -624,14 +746,14 @@ async fn run(
 /// Equal but for when it was taken, and, with the pipeline stopped, for the
 /// pool's open and idle counts (which only flicker with the app's own
 /// polling then): an idle window is not woken for them.
-fn same_sample(a: &Telemetry, b: &Telemetry) -> bool {
+fn same_sample(a: &PipelineSample, b: &PipelineSample) -> bool {
     let idle = matches!(b.state, RunState::Stopped) && a.state == b.state;
     let (pool_open, pool_idle) = if idle {
         (a.pool_open, a.pool_idle)
     } else {
         (b.pool_open, b.pool_idle)
     };
-    a == &Telemetry {
+    a == &PipelineSample {
         at: a.at,
         pool_open,
         pool_idle,
@@ -852,16 +974,33 @@ async fn handle(c: Command, live: &mut LivePipeline, desk: &mut ScriptDesk, out:
                 out.send(Update::ExportDone(r));
             });
         }
-        Command::Explore { seq, req } => {
+        Command::Explore { seq, req, sort } => {
             let (a, out) = (live.analytics().clone(), out.clone());
             tokio::spawn(async move {
-                let result = match a.view(&req).await {
-                    Ok(r) => TableData::from_frame(&r.frame).map(Arc::new),
+                let table = match a.view(&req).await {
+                    Ok(r) => {
+                        // Formatting a large frame is CPU work too.
+                        tokio::task::spawn_blocking(move || TableData::from_frame(&r.frame))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("formatting the table: {e}")))
+                            .map(Arc::new)
+                    }
                     Err(e) => Err(e.to_string()),
+                };
+                let result = match table {
+                    Ok(table) => {
+                        let order = match sort.filter(|s| s.column < table.columns.len()) {
+                            Some(s) => Some((s, sorted_order(Arc::clone(&table), s).await)),
+                            None => None,
+                        };
+                        Ok(Explored { table, order })
+                    }
+                    Err(e) => Err(e),
                 };
                 out.send(Update::Explore { seq, result });
             });
         }
+        Command::Sort { seq, table, sort } => sort_in_background(out, seq, table, sort),
         Command::Start { rate } => start(live, rate, out),
         Command::SetPaused(p) => live.set_paused(p),
         Command::SetRate(r) => live.set_rate(r),
@@ -967,13 +1106,13 @@ async fn telemetry(
     desk: &ScriptDesk,
     started: Instant,
     health: Option<ServiceHealth>,
-) -> Telemetry {
+) -> PipelineSample {
     let lag = live.lag().await;
     let state = live.state();
     let pool = live.store().pool();
     let cache = live.analytics().cache();
     let counters = cache.counters();
-    Telemetry {
+    PipelineSample {
         at: started.elapsed().as_secs_f64(),
         state,
         rate: live.rate(),

@@ -7,15 +7,20 @@ use egui::{Color32, FontId};
 
 /// What a piece of source is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Token {
+pub(crate) enum Token {
+    /// A `//` or `/* */` comment.
     Comment,
+    /// A string or character literal.
     Str,
+    /// A number literal.
     Number,
+    /// A Rhai keyword.
     Keyword,
     /// A function salespulse adds (`col`, `view`, `sql`, …).
     Builtin,
     /// A `const` the metric header reads (`NAME`, `KIND`, …).
     Header,
+    /// Anything else.
     Plain,
 }
 
@@ -26,7 +31,7 @@ const KEYWORDS: [&str; 27] = [
 ];
 
 /// The functions of `scripts/README.md`.
-pub const BUILTINS: [&str; 62] = [
+pub(crate) const BUILTINS: [&str; 62] = [
     "view",
     "table",
     "transactions",
@@ -94,7 +99,7 @@ pub const BUILTINS: [&str; 62] = [
 const HEADER: [&str; 4] = ["NAME", "KIND", "FORMAT", "DESCRIPTION"];
 
 /// Splits `src` into tokens (byte ranges cover all of it, in order).
-pub fn tokens(src: &str) -> Vec<(std::ops::Range<usize>, Token)> {
+pub(crate) fn tokens(src: &str) -> Vec<(std::ops::Range<usize>, Token)> {
     let b = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -104,25 +109,25 @@ pub fn tokens(src: &str) -> Vec<(std::ops::Range<usize>, Token)> {
             out.push((from..to, Token::Plain));
         }
     };
-    while i < b.len() {
-        let c = b[i];
+    let at = |i: usize| b.get(i).copied();
+    while let Some(c) = at(i) {
         let start = i;
         let tok = if c == b'/' && b.get(i + 1) == Some(&b'/') {
-            while i < b.len() && b[i] != b'\n' {
+            while at(i).is_some_and(|x| x != b'\n') {
                 i += 1;
             }
             Some(Token::Comment)
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
             i += 2;
-            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+            while at(i).is_some_and(|x| !(x == b'*' && at(i + 1) == Some(b'/'))) {
                 i += 1;
             }
             i = (i + 2).min(b.len());
             Some(Token::Comment)
         } else if c == b'"' || c == b'`' || c == b'\'' {
             i += 1;
-            while i < b.len() && b[i] != c {
-                if b[i] == b'\\' {
+            while let Some(x) = at(i).filter(|x| *x != c) {
+                if x == b'\\' {
                     i += 1;
                 }
                 i += 1;
@@ -130,16 +135,18 @@ pub fn tokens(src: &str) -> Vec<(std::ops::Range<usize>, Token)> {
             i = (i + 1).min(b.len());
             Some(Token::Str)
         } else if c.is_ascii_digit() {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+            while let Some(x) =
+                at(i).filter(|x| x.is_ascii_alphanumeric() || *x == b'.' || *x == b'_')
+            {
                 // `1..5` is a range, not a number.
-                if b[i] == b'.' && b.get(i + 1) == Some(&b'.') {
+                if x == b'.' && at(i + 1) == Some(b'.') {
                     break;
                 }
                 i += 1;
             }
             Some(Token::Number)
         } else if c.is_ascii_alphabetic() || c == b'_' {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            while at(i).is_some_and(|x| x.is_ascii_alphanumeric() || x == b'_') {
                 i += 1;
             }
             let w = &src[start..i];
@@ -187,11 +194,8 @@ fn color(t: Token, dark: bool) -> Color32 {
 /// `src` coloured; `error_line` (1-based) shaded.
 pub fn highlight(src: &str, dark: bool, font: FontId, error_line: Option<usize>) -> LayoutJob {
     let mut job = LayoutJob::default();
-    let shade = if dark {
-        Color32::from_rgba_unmultiplied(0xe0, 0x4f, 0x4f, 70)
-    } else {
-        Color32::from_rgba_unmultiplied(0xe0, 0x4f, 0x4f, 50)
-    };
+    let [on_dark, on_light] = super::widgets::ERROR_SHADE;
+    let shade = if dark { on_dark } else { on_light };
     // Byte range of the error line.
     let err = error_line.and_then(|l| {
         let mut start = 0;
@@ -215,7 +219,7 @@ pub fn highlight(src: &str, dark: bool, font: FontId, error_line: Option<usize>)
         }
         cuts.sort_unstable();
         for w in cuts.windows(2) {
-            let (a, b) = (w[0], w[1]);
+            let &[a, b] = w else { continue };
             let on_error = err.as_ref().is_some_and(|e| a >= e.start && b <= e.end);
             job.append(
                 &src[a..b],

@@ -1,5 +1,8 @@
 //! The dashboard: range and filters, KPI tiles, trend, breakdowns, top tables.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use egui::{RichText, Ui};
 
@@ -7,10 +10,54 @@ use super::model::{count, delta, money, percent, Dashboard, Kpis, MetricPanel, M
 use super::widgets::{self, Better};
 use super::App;
 use crate::analytics::metrics::{MetricFormat, MetricInfo, MetricKind};
-use crate::analytics::TimeRange;
+use crate::analytics::{Filters, TimeRange};
+
+/// What the dashboard shows and what it asked the backend to watch.
+#[derive(Default)]
+pub struct DashboardState {
+    /// The dashboard last received.
+    pub(super) shown: Option<Arc<Dashboard>>,
+    /// Why the last refresh failed.
+    pub(super) error: Option<String>,
+    /// Dashboards received so far.
+    pub(super) received: u64,
+    /// The watch whose first dashboard has not arrived yet.
+    pub(super) pending: Option<u64>,
+    /// What the backend was last asked to watch.
+    pub(super) watching: Option<(Filters, Option<Duration>)>,
+    /// That watch's seq (dashboards of older watches still in flight are
+    /// dropped).
+    pub(super) watch_seq: u64,
+    /// Send the watch again (a refresh was asked for).
+    pub(super) refresh_wanted: bool,
+    /// The custom range being typed.
+    pub(super) custom_from: String,
+    /// The custom range being typed.
+    pub(super) custom_to: String,
+}
+
+impl DashboardState {
+    /// Takes a dashboard of the current watch; older ones are dropped.
+    pub(super) fn apply(&mut self, seq: u64, result: Result<Arc<Dashboard>, String>) {
+        if seq < self.watch_seq {
+            return;
+        }
+        if self.pending == Some(seq) {
+            self.pending = None;
+        }
+        match result {
+            Ok(d) => {
+                self.received += 1;
+                self.shown = Some(d);
+                self.error = None;
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
 
 /// The range presets: label and minutes (`None` = all data).
-pub const RANGES: [(&str, Option<i64>); 5] = [
+pub(crate) const RANGES: [(&str, Option<i64>); 5] = [
     ("15 min", Some(15)),
     ("1 h", Some(60)),
     ("24 h", Some(1_440)),
@@ -60,10 +107,10 @@ impl App {
             let mut open = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(custom);
             if ui.selectable_label(custom || open, "Custom").clicked() {
                 open = !open;
-                if open && self.custom_from.is_empty() {
-                    if let Some(s) = self.dashboard.as_ref().and_then(|d| d.span) {
-                        self.custom_from = s.from.format("%Y-%m-%d %H:%M").to_string();
-                        self.custom_to = s.to.format("%Y-%m-%d %H:%M").to_string();
+                if open && self.dash.custom_from.is_empty() {
+                    if let Some(s) = self.dash.shown.as_ref().and_then(|d| d.span) {
+                        self.dash.custom_from = s.from.format("%Y-%m-%d %H:%M").to_string();
+                        self.dash.custom_to = s.to.format("%Y-%m-%d %H:%M").to_string();
                     }
                 }
             }
@@ -71,17 +118,20 @@ impl App {
             if open {
                 ui.label("from");
                 ui.add(
-                    egui::TextEdit::singleline(&mut self.custom_from)
+                    egui::TextEdit::singleline(&mut self.dash.custom_from)
                         .hint_text("YYYY-MM-DD HH:MM")
                         .desired_width(130.0),
                 );
                 ui.label("to");
                 ui.add(
-                    egui::TextEdit::singleline(&mut self.custom_to)
+                    egui::TextEdit::singleline(&mut self.dash.custom_to)
                         .hint_text("YYYY-MM-DD HH:MM")
                         .desired_width(130.0),
                 );
-                let parsed = (parse_time(&self.custom_from), parse_time(&self.custom_to));
+                let parsed = (
+                    parse_time(&self.dash.custom_from),
+                    parse_time(&self.dash.custom_to),
+                );
                 let valid = matches!(parsed, (Some(f), Some(t)) if f < t);
                 if ui
                     .add_enabled(valid, egui::Button::new("Apply range"))
@@ -92,7 +142,7 @@ impl App {
                         changed = true;
                     }
                 }
-                let untouched = self.custom_from.is_empty() && self.custom_to.is_empty();
+                let untouched = self.dash.custom_from.is_empty() && self.dash.custom_to.is_empty();
                 if !(valid || untouched) {
                     ui.label(
                         RichText::new("times as YYYY-MM-DD [HH:MM] UTC, from before to")
@@ -112,7 +162,7 @@ impl App {
             if ui.button("Refresh now").clicked() {
                 changed = true;
             }
-            if self.pending_refresh.is_some() {
+            if self.dash.pending.is_some() {
                 ui.spinner();
             }
             if changed {
@@ -154,13 +204,10 @@ impl App {
     pub(super) fn dashboard_ui(&mut self, ui: &mut Ui) {
         self.range_bar_ui(ui);
         ui.separator();
-        if let Some(e) = &self.dashboard_error {
-            ui.colored_label(
-                egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
-                format!("refresh failed: {e}"),
-            );
+        if let Some(e) = &self.dash.error {
+            ui.colored_label(widgets::RED, format!("refresh failed: {e}"));
         }
-        let Some(d) = self.dashboard.clone() else {
+        let Some(d) = self.dash.shown.clone() else {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("loading the dashboard…");
@@ -241,10 +288,10 @@ impl App {
 /// A dropdown of checkboxes; returns true when the selection changed.
 fn multi_select_ui(ui: &mut Ui, name: &str, values: &[String], chosen: &mut Vec<String>) -> bool {
     let mut changed = false;
-    let text = match chosen.len() {
-        0 => format!("{name}: any"),
-        1 => format!("{name}: {}", chosen[0]),
-        n => format!("{name}: {n} selected"),
+    let text = match chosen.as_slice() {
+        [] => format!("{name}: any"),
+        [one] => format!("{name}: {one}"),
+        many => format!("{name}: {} selected", many.len()),
     };
     egui::ComboBox::from_id_salt(("filter", name))
         .selected_text(text)

@@ -17,12 +17,15 @@ use super::{code, dashboard, App};
 use crate::analytics::export::ExportFormat;
 use crate::script::ScriptError;
 
+/// Runs the open script (Ctrl/Cmd+Enter).
 pub const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
-pub const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
+/// Saves the open script (Ctrl/Cmd+S).
+pub(crate) const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
 
 /// What the Scripts panel holds.
 #[derive(Default)]
 pub struct ScriptsState {
+    /// The scripts folder as last scanned by the backend.
     pub catalog: Option<Arc<Catalog>>,
     /// The open script (relative path).
     pub open: Option<String>,
@@ -32,27 +35,43 @@ pub struct ScriptsState {
     pub drafts: BTreeMap<String, String>,
     /// The open script changed on disk while it had unsaved edits.
     pub disk_changed: bool,
+    /// The run asked of the backend and not answered yet.
     pub pending: Option<u64>,
+    /// The last run's output, or its error.
     pub result: Option<Result<Arc<ScriptOutput>, ScriptError>>,
     /// The text a save in flight writes.
     pub saving: Option<(String, String)>,
+    /// The name typed for a new script.
     pub new_name: String,
+    /// Where to export the result.
     pub export_path: String,
+    /// The export format (`None` = from the file's extension).
     pub export_format: Option<ExportFormat>,
     /// An export of the result is in flight / a file dialog is open for it.
     pub exporting: bool,
+    /// A file dialog is open for the export path.
     pub browsing: bool,
+    /// The last export: what was written, or why not.
     pub export_result: Option<Result<String, String>>,
     highlight: Option<(u64, bool, Option<usize>, egui::text::LayoutJob)>,
 }
 
 impl ScriptsState {
+    /// Takes the answer to the run asked last; older answers are dropped.
+    pub(super) fn apply_run(&mut self, seq: u64, result: Result<Arc<ScriptOutput>, ScriptError>) {
+        if self.pending == Some(seq) {
+            self.pending = None;
+            self.result = Some(result);
+        }
+    }
+
     /// The open script's text on disk (`None`: new, not saved yet).
     pub fn on_disk(&self) -> Option<&str> {
         let rel = self.open.as_deref()?;
         self.catalog.as_ref()?.get(rel).map(|f| f.text.as_str())
     }
 
+    /// Whether the open script has edits not saved.
     pub fn dirty(&self) -> bool {
         self.open.is_some() && self.on_disk() != Some(self.text.as_str())
     }
@@ -505,7 +524,7 @@ impl App {
     }
 
     /// Saves the editor's text to its file.
-    pub fn save_script(&mut self) {
+    pub(crate) fn save_script(&mut self) {
         let Some(rel) = self.scripts.open.clone() else {
             return;
         };

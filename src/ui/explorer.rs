@@ -2,15 +2,75 @@
 //! exportable to CSV or Parquet.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use egui::{RichText, Ui};
 
-use super::backend::Command;
-use super::model::count;
-use super::widgets;
+use super::backend::{Command, Explored};
+use super::model::{count, TableData};
+use super::widgets::{self, SortBy};
 use super::App;
 use crate::analytics::export::ExportFormat;
 use crate::analytics::{ViewKind, ViewRequest};
+
+/// What the explorer shows and does.
+#[derive(Default)]
+pub struct ExplorerState {
+    /// The view shown (`None` = raw transactions).
+    pub view: Option<ViewKind>,
+    /// Rows asked for.
+    pub limit: u64,
+    /// The rows shown.
+    pub table: Option<Arc<TableData>>,
+    /// Row order when sorted (indices into `table`).
+    pub order: Option<Vec<usize>>,
+    /// The sort in effect.
+    pub sort: Option<SortBy>,
+    /// The sort asked of the backend and not answered yet.
+    pub sorting: Option<u64>,
+    /// The load asked of the backend and not answered yet.
+    pub pending: Option<u64>,
+    /// Why the last load failed.
+    pub error: Option<String>,
+    /// Where to export.
+    pub export_path: String,
+    /// The export format (`None` = from the file's extension).
+    pub export_format: Option<ExportFormat>,
+    /// Export every row of the view, not only those shown.
+    pub export_all: bool,
+    /// Rows written and in all, while an export runs.
+    pub export_progress: Option<(u64, Option<u64>)>,
+    /// The last export: what was written, or why not.
+    pub export_result: Option<Result<String, String>>,
+}
+
+impl ExplorerState {
+    /// Takes the answer to the load asked last; older answers are dropped.
+    pub(super) fn apply_explored(&mut self, seq: u64, result: Result<Explored, String>) {
+        if self.pending != Some(seq) {
+            return;
+        }
+        self.pending = None;
+        match result {
+            Ok(e) => {
+                self.sort = e.order.as_ref().map(|(s, _)| *s);
+                self.order = e.order.map(|(_, o)| o);
+                self.table = Some(e.table);
+                self.error = None;
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Takes the row order of the sort asked last.
+    pub(super) fn apply_sorted(&mut self, seq: u64, sort: SortBy, order: Vec<usize>) {
+        if self.sorting == Some(seq) {
+            self.sorting = None;
+            self.sort = Some(sort);
+            self.order = Some(order);
+        }
+    }
+}
 
 impl App {
     fn explorer_request(&self, view: ViewKind, for_export: bool) -> ViewRequest {
@@ -23,14 +83,20 @@ impl App {
         req
     }
 
-    pub(super) fn load_explorer(&mut self) {
+    /// Asks the backend for the explorer's view with its filters and row
+    /// limit (what the Load button does; benches and tests call it too).
+    pub fn load_explorer(&mut self) {
         let Some(view) = self.explorer.view else {
             return;
         };
         let seq = self.seq();
         let req = self.explorer_request(view, false);
         self.explorer.pending = Some(seq);
-        self.send(Command::Explore { seq, req });
+        self.send(Command::Explore {
+            seq,
+            req,
+            sort: self.explorer.sort,
+        });
     }
 
     pub(super) fn explorer_ui(&mut self, ui: &mut Ui) {
@@ -64,7 +130,7 @@ impl App {
             {
                 reload = true;
             }
-            if self.explorer.pending.is_some() {
+            if self.explorer.pending.is_some() || self.explorer.sorting.is_some() {
                 ui.spinner();
             }
             ui.label(
@@ -75,6 +141,7 @@ impl App {
             if reload && chosen.is_some() {
                 if chosen != current {
                     self.explorer.sort = None;
+                    self.explorer.sorting = None;
                     self.explorer.table = None;
                 }
                 self.explorer.view = chosen;
@@ -82,7 +149,7 @@ impl App {
             }
         });
         if let Some(e) = &self.explorer.error {
-            ui.colored_label(egui::Color32::from_rgb(0xe0, 0x4f, 0x4f), e);
+            ui.colored_label(widgets::RED, e);
         }
         self.export_bar_ui(ui);
         ui.separator();
@@ -104,8 +171,14 @@ impl App {
             self.explorer.sort,
             h,
         ) {
-            self.explorer.order = Some(table.sorted_order(s.column, s.descending));
-            self.explorer.sort = Some(s);
+            // The backend sorts; the table keeps its order until then.
+            let seq = self.seq();
+            self.explorer.sorting = Some(seq);
+            self.send(Command::Sort {
+                seq,
+                table: Arc::clone(&table),
+                sort: s,
+            });
         }
     }
 
@@ -170,10 +243,7 @@ impl App {
                 ui.label(RichText::new(m).small());
             }
             Some(Err(e)) => {
-                ui.colored_label(
-                    egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
-                    format!("export failed: {e}"),
-                );
+                ui.colored_label(widgets::RED, format!("export failed: {e}"));
             }
             None => {}
         }

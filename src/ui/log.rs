@@ -14,13 +14,18 @@ use tracing_subscriber::Layer;
 /// Lines kept.
 pub const LOG_LINES: usize = 2_000;
 
+/// One log line as the log panel shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
     /// Increases by one per line, for "what is new since".
     pub seq: u64,
+    /// When it was logged.
     pub time: chrono::DateTime<chrono::Utc>,
+    /// Its level.
     pub level: Level,
+    /// The module that logged it.
     pub target: String,
+    /// The message and its fields.
     pub text: String,
 }
 
@@ -43,6 +48,7 @@ impl LogBuffer {
         let _ = self.repaint.set(ctx.clone());
     }
 
+    /// Appends a line, dropping the oldest beyond [`LOG_LINES`].
     pub fn push(&self, level: Level, target: &str, text: String) {
         {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,6 +90,7 @@ impl LogBuffer {
     }
 }
 
+/// A `tracing` layer that copies every event into a [`LogBuffer`].
 pub struct LogLayer {
     buf: LogBuffer,
 }

@@ -7,14 +7,13 @@
 //! window does no work between refreshes.
 
 pub mod backend;
-pub mod bench;
 pub mod code;
 mod dashboard;
 pub mod editor;
 mod explorer;
 pub mod log;
 pub mod model;
-mod pipeline;
+mod pipeline_panel;
 pub mod scripting;
 pub mod settings;
 pub mod widgets;
@@ -27,25 +26,31 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 use crate::analytics::export::ExportFormat;
-use crate::analytics::{Dimensions, Filters, ViewKind};
+use crate::analytics::{Dimensions, ViewKind};
 use crate::config::Config;
-use backend::{BackendHandle, Command, ServiceState, Telemetry, Update, Watch};
+use backend::{BackendHandle, Command, PipelineSample, ServiceState, Update, Watch};
+use explorer::ExplorerState;
 use log::LogBuffer;
-use model::{Dashboard, RateHistory, Sample, TableData};
+use model::Dashboard;
 use settings::{Settings, Theme};
-use widgets::SortBy;
 
 /// The panels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Tab {
+    /// Live KPIs and charts.
     Dashboard,
+    /// Generator, broker, ingest and service health.
     Pipeline,
+    /// Views as tables, with export.
     Explorer,
+    /// The script editor.
     Scripts,
+    /// Services, theme and refresh settings.
     Settings,
 }
 
 impl Tab {
+    /// Every tab, in the order shown.
     pub const ALL: [Tab; 5] = [
         Tab::Dashboard,
         Tab::Pipeline,
@@ -54,6 +59,7 @@ impl Tab {
         Tab::Settings,
     ];
 
+    /// The name on the tab.
     pub fn label(self) -> &'static str {
         match self {
             Tab::Dashboard => "Dashboard",
@@ -67,32 +73,18 @@ impl Tab {
 
 /// A short message in the corner.
 #[derive(Clone, Debug)]
-pub struct Toast {
+pub(crate) struct Toast {
+    /// The message.
     pub text: String,
+    /// How it is coloured.
     pub level: tracing::Level,
+    /// When it goes away.
     pub until: Instant,
-}
-
-/// What the explorer shows and does.
-#[derive(Default)]
-pub struct ExplorerState {
-    pub view: Option<ViewKind>,
-    pub limit: u64,
-    pub table: Option<Arc<TableData>>,
-    pub order: Option<Vec<usize>>,
-    pub sort: Option<SortBy>,
-    pub pending: Option<u64>,
-    pub error: Option<String>,
-    pub export_path: String,
-    pub export_format: Option<ExportFormat>,
-    pub export_all: bool,
-    pub export_progress: Option<(u64, Option<u64>)>,
-    pub export_result: Option<Result<String, String>>,
 }
 
 /// Per-frame timing for the debug overlay.
 #[derive(Default)]
-pub struct FrameStats {
+pub(crate) struct FrameStats {
     recent: VecDeque<f32>,
 }
 
@@ -122,32 +114,21 @@ pub struct App {
     pub settings: Settings,
     /// What the settings panel edits.
     draft: Settings,
+    /// The panel shown.
     pub tab: Tab,
+    /// Where the services stand.
     pub services: ServiceState,
     dims: Dimensions,
-    // Dashboard.
-    dashboard: Option<Arc<Dashboard>>,
-    dashboard_error: Option<String>,
-    /// Dashboards received so far.
-    dashboards: u64,
+    /// The dashboard's state.
+    dash: dashboard::DashboardState,
     /// Updates received from the backend, and log lines, by kind: what
     /// woke the window (the idle bench reports it).
     received: std::collections::BTreeMap<&'static str, u64>,
     next_seq: u64,
-    /// The watch whose first dashboard has not arrived yet.
-    pending_refresh: Option<u64>,
-    /// What the backend was last asked to watch, and that watch's seq
-    /// (dashboards of older watches still in flight are dropped).
-    watching: Option<(Filters, Option<Duration>)>,
-    watch_seq: u64,
-    refresh_wanted: bool,
-    custom_from: String,
-    custom_to: String,
-    // Pipeline.
-    telemetry: Option<Box<Telemetry>>,
-    history: RateHistory,
-    rate_input: f64,
+    /// The pipeline panel's state.
+    pipeline: pipeline_panel::PipelineState,
     // Explorer.
+    /// The explorer's state.
     pub explorer: ExplorerState,
     /// Load the explorer's view once the services are up.
     explorer_autoload: bool,
@@ -177,20 +158,16 @@ impl App {
             tab: Tab::Dashboard,
             services: ServiceState::Opening,
             dims: Dimensions::default(),
-            dashboard: None,
-            dashboard_error: None,
-            dashboards: 0,
+            dash: dashboard::DashboardState {
+                refresh_wanted: true,
+                ..Default::default()
+            },
             received: Default::default(),
             next_seq: 1,
-            pending_refresh: None,
-            watching: None,
-            watch_seq: 0,
-            refresh_wanted: true,
-            custom_from: String::new(),
-            custom_to: String::new(),
-            telemetry: None,
-            history: RateHistory::default(),
-            rate_input,
+            pipeline: pipeline_panel::PipelineState {
+                rate_input,
+                ..Default::default()
+            },
             explorer: ExplorerState {
                 limit: 1_000,
                 export_all: true,
@@ -212,18 +189,19 @@ impl App {
         &self.scripts
     }
 
+    /// The script editor's state (for tests and benches).
     pub fn scripts_mut(&mut self) -> &mut editor::ScriptsState {
         &mut self.scripts
     }
 
     /// The dashboard last received.
     pub fn dashboard(&self) -> Option<&Dashboard> {
-        self.dashboard.as_deref()
+        self.dash.shown.as_deref()
     }
 
     /// How many dashboards have arrived (each refresh adds one).
     pub fn dashboards_received(&self) -> u64 {
-        self.dashboards
+        self.dash.received
     }
 
     /// Updates received so far by kind (see [`Update::kind`]), and
@@ -232,12 +210,9 @@ impl App {
         &self.received
     }
 
-    pub fn telemetry(&self) -> Option<&Telemetry> {
-        self.telemetry.as_deref()
-    }
-
-    pub fn frame_stats(&self) -> &FrameStats {
-        &self.frames
+    /// The last pipeline sample, once one came.
+    pub fn telemetry(&self) -> Option<&PipelineSample> {
+        self.pipeline.telemetry.as_deref()
     }
 
     fn send(&mut self, c: Command) {
@@ -297,19 +272,28 @@ impl App {
             let (done, _wait) = std::sync::mpsc::channel();
             b.send(Command::Shutdown { done });
         }
-        self.telemetry = None;
-        self.dashboard = None;
-        self.pending_refresh = None;
-        self.watching = None;
-        self.refresh_wanted = true;
+        self.pipeline.telemetry = None;
+        self.dash = dashboard::DashboardState {
+            custom_from: std::mem::take(&mut self.dash.custom_from),
+            custom_to: std::mem::take(&mut self.dash.custom_to),
+            refresh_wanted: true,
+            ..Default::default()
+        };
         self.start_backend(ctx);
     }
 
-    /// Stops the pipeline (waiting up to `timeout`), for app exit.
+    /// Stops the pipeline, waiting up to `timeout` (benches and tests; the
+    /// window uses [`App::begin_shutdown`]).
     pub fn shutdown(&mut self, timeout: Duration) {
         if let Some(b) = self.backend.take() {
             b.shutdown(timeout);
         }
+    }
+
+    /// Asks the backend to stop the pipeline without waiting; the receiver
+    /// gets `()` once it has.
+    pub fn begin_shutdown(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.backend.take().and_then(|b| b.begin_shutdown())
     }
 
     /// Applies what the backend sent since the last frame.
@@ -327,7 +311,7 @@ impl App {
                         self.toast(tracing::Level::ERROR, format!("services unavailable: {e}"));
                     }
                     if matches!(s, ServiceState::Ready { .. }) {
-                        self.refresh_wanted = true;
+                        self.dash.refresh_wanted = true;
                         if std::mem::take(&mut self.explorer_autoload) {
                             self.services = s;
                             self.load_explorer();
@@ -336,46 +320,10 @@ impl App {
                     }
                     self.services = s;
                 }
-                Update::Dashboard { seq, .. } if seq < self.watch_seq => {}
-                Update::Dashboard { seq, result } => {
-                    if self.pending_refresh == Some(seq) {
-                        self.pending_refresh = None;
-                    }
-                    match result {
-                        Ok(d) => {
-                            self.dashboards += 1;
-                            self.dashboard = Some(d);
-                            self.dashboard_error = None;
-                        }
-                        Err(e) => self.dashboard_error = Some(e),
-                    }
-                }
-                Update::Explore { seq, result } => {
-                    if self.explorer.pending == Some(seq) {
-                        self.explorer.pending = None;
-                        match result {
-                            Ok(t) => {
-                                self.explorer.order = self
-                                    .explorer
-                                    .sort
-                                    .filter(|s| s.column < t.columns.len())
-                                    .map(|s| t.sorted_order(s.column, s.descending));
-                                self.explorer.table = Some(t);
-                                self.explorer.error = None;
-                            }
-                            Err(e) => self.explorer.error = Some(e),
-                        }
-                    }
-                }
-                Update::Telemetry(t) => {
-                    self.history.push(Sample {
-                        t: t.at,
-                        produced: t.counters.produced,
-                        ingested: t.counters.ingested,
-                        dead_lettered: t.counters.dead_lettered,
-                    });
-                    self.telemetry = Some(t);
-                }
+                Update::Dashboard { seq, result } => self.dash.apply(seq, result),
+                Update::Explore { seq, result } => self.explorer.apply_explored(seq, result),
+                Update::Sorted { seq, sort, order } => self.explorer.apply_sorted(seq, sort, order),
+                Update::Telemetry(t) => self.pipeline.apply(t),
                 Update::Dimensions(d) => self.dims = d,
                 Update::ExportProgress { done, total } => {
                     self.explorer.export_progress = Some((done, total));
@@ -409,12 +357,7 @@ impl App {
                         self.run_script();
                     }
                 }
-                Update::ScriptRun { seq, result } => {
-                    if self.scripts.pending == Some(seq) {
-                        self.scripts.pending = None;
-                        self.scripts.result = Some(result);
-                    }
-                }
+                Update::ScriptRun { seq, result } => self.scripts.apply_run(seq, result),
                 Update::ScriptSaved(r) => match r {
                     Ok(rel) => {
                         if let Some((r, _)) = self.scripts.saving.take() {
@@ -437,7 +380,6 @@ impl App {
         }
     }
 
-    /// New warnings and errors from the log become toasts.
     /// An export's outcome as the line the panel shows, also as a toast.
     fn export_done(
         &mut self,
@@ -481,10 +423,10 @@ impl App {
         let new = self.logs.since(self.log_seen);
         for l in new {
             self.log_seen = l.seq + 1;
+            // Log lines stay in the log (the pipeline panel shows it): an
+            // error reaches the user once, as a toast or a panel's state,
+            // from the update that carries it.
             *self.received.entry("log line").or_default() += 1;
-            if l.level <= tracing::Level::WARN {
-                self.toast(l.level, l.text);
-            }
         }
     }
 
@@ -500,23 +442,23 @@ impl App {
             .auto_refresh
             .then(|| Duration::from_secs_f64(self.settings.refresh_secs.max(1.0)));
         let want = (self.settings.filters.clone(), every);
-        if self.refresh_wanted || self.watching.as_ref() != Some(&want) {
+        if self.dash.refresh_wanted || self.dash.watching.as_ref() != Some(&want) {
             let seq = self.seq();
             self.send(Command::Watch(Watch {
                 seq,
                 filters: want.0.clone(),
                 every,
             }));
-            self.pending_refresh = Some(seq);
-            self.watch_seq = seq;
-            self.watching = Some(want);
-            self.refresh_wanted = false;
+            self.dash.pending = Some(seq);
+            self.dash.watch_seq = seq;
+            self.dash.watching = Some(want);
+            self.dash.refresh_wanted = false;
         }
     }
 
     /// Asks for a refresh now (filters changed, or the user asked).
     pub fn request_refresh(&mut self) {
-        self.refresh_wanted = true;
+        self.dash.refresh_wanted = true;
     }
 
     fn apply_theme(&self, ctx: &egui::Context) {
@@ -587,16 +529,12 @@ impl App {
                 }
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                let (text, color) = match self.telemetry.as_ref().map(|t| &t.state) {
+                let (text, color) = match self.pipeline.telemetry.as_ref().map(|t| &t.state) {
                     Some(s) => (
                         format!("pipeline {}", s.label()),
                         match s {
-                            crate::pipeline::live::RunState::Running => {
-                                egui::Color32::from_rgb(0x3c, 0xb0, 0x5a)
-                            }
-                            crate::pipeline::live::RunState::Failed(_) => {
-                                egui::Color32::from_rgb(0xe0, 0x4f, 0x4f)
-                            }
+                            crate::services::live::RunState::Running => widgets::GREEN,
+                            crate::services::live::RunState::Failed(_) => widgets::RED,
                             _ => ui.visuals().weak_text_color(),
                         },
                     ),
@@ -628,18 +566,18 @@ impl App {
                     ));
                 }
                 ServiceState::Failed(e) => {
-                    ui.colored_label(
-                        egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
-                        format!("services unavailable: {e}"),
-                    );
+                    ui.colored_label(widgets::RED, format!("services unavailable: {e}"));
                     if ui.button("Retry").clicked() {
                         let ctx = ui.ctx().clone();
                         self.reconnect(&ctx);
                     }
                 }
             }
-            if let Some(t) = &self.telemetry {
+            if let Some(t) = &self.pipeline.telemetry {
                 ui.separator();
+                if let Some(e) = &t.cache.error {
+                    ui.colored_label(widgets::AMBER, format!("frame cache bypassed: {e}"));
+                }
                 let total = t.cache_hits + t.cache_misses;
                 if total > 0 {
                     ui.label(format!(
@@ -664,9 +602,9 @@ impl App {
                 let mut dismiss = None;
                 for (i, t) in self.toasts.iter().enumerate() {
                     let color = match t.level {
-                        tracing::Level::ERROR => egui::Color32::from_rgb(0xe0, 0x4f, 0x4f),
-                        tracing::Level::WARN => egui::Color32::from_rgb(0xed, 0xa2, 0x2b),
-                        _ => egui::Color32::from_rgb(0x4e, 0x79, 0xa7),
+                        tracing::Level::ERROR => widgets::RED,
+                        tracing::Level::WARN => widgets::AMBER,
+                        _ => widgets::BLUE,
                     };
                     egui::Frame::popup(ui.style())
                         .stroke(egui::Stroke::new(1.0, color))
@@ -706,7 +644,7 @@ impl App {
     /// `metrics/basket_size_distribution.rhai`) opens and runs a script and
     /// `SALESPULSE_SCENARIOS` (comma-separated scenario files) switches
     /// scenarios on: for demos, measurements and the screenshot script.
-    pub fn apply_startup_env(&mut self) {
+    pub(crate) fn apply_startup_env(&mut self) {
         if let Ok(v) = std::env::var("SALESPULSE_SCRIPT") {
             self.startup_script = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
         }
@@ -730,7 +668,7 @@ impl App {
             match v.trim().parse::<f64>() {
                 Ok(r) if r >= 0.0 => {
                     self.settings.rate = r;
-                    self.rate_input = r;
+                    self.pipeline.rate_input = r;
                 }
                 _ => tracing::warn!("SALESPULSE_RATE={v:?} is not a rate"),
             }
@@ -783,8 +721,11 @@ impl Drop for App {
 }
 
 /// The eframe shell around [`App`]: persistence and exit.
-pub struct Workbench {
+pub(crate) struct Workbench {
+    /// The app in the window.
     pub app: App,
+    /// Where `on_exit` leaves the signal that the pipeline has stopped.
+    exit: Arc<std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
 }
 
 impl eframe::App for Workbench {
@@ -797,7 +738,10 @@ impl eframe::App for Workbench {
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        self.app.shutdown(Duration::from_secs(8));
+        // The window thread does not wait: `run` waits for the pipeline to
+        // stop once the window is gone.
+        let wait = self.app.begin_shutdown();
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = wait;
     }
 }
 
@@ -811,15 +755,27 @@ pub fn run(rt: Handle, base_config: Config, logs: LogBuffer) -> anyhow::Result<(
         persist_window: true,
         ..Default::default()
     };
-    eframe::run_native(
+    let exit = Arc::new(std::sync::Mutex::new(None));
+    let exit_slot = Arc::clone(&exit);
+    let opened = eframe::run_native(
         "salespulse",
         options,
         Box::new(move |cc| {
             let settings = settings::load(cc.storage, &base_config, |var| std::env::var(var).ok());
             let mut app = App::new(rt, base_config, settings, logs);
             app.apply_startup_env();
-            Ok(Box::new(Workbench { app }))
+            Ok(Box::new(Workbench {
+                app,
+                exit: Arc::clone(&exit_slot),
+            }))
         }),
     )
-    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"));
+    let wait = exit.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(wait) = wait {
+        if wait.recv_timeout(Duration::from_secs(8)).is_err() {
+            tracing::warn!("the pipeline did not stop within 8 s; exiting anyway");
+        }
+    }
+    opened
 }

@@ -34,19 +34,28 @@ fn texts(df: &DataFrame, name: &str) -> Result<Vec<String>, String> {
 /// The KPI tiles of one period.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Kpis {
+    /// Revenue of completed sales.
     pub revenue: f64,
+    /// Completed orders.
     pub orders: f64,
+    /// Revenue per order (`None` without orders).
     pub avg_order_value: Option<f64>,
+    /// Orders per session (`None` without sessions).
     pub conversion_rate: Option<f64>,
+    /// Refunded share of orders (`None` without orders).
     pub refund_rate: Option<f64>,
+    /// Distinct customers who ordered.
     pub customers: f64,
 }
 
 /// One labelled part of a whole (a bar, a slice of a donut).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Part {
+    /// What the part is (a category, a payment method, …).
     pub label: String,
+    /// Its revenue.
     pub value: f64,
+    /// Its orders.
     pub orders: f64,
     /// Share of the whole, 0..=1.
     pub share: f64,
@@ -55,6 +64,7 @@ pub struct Part {
 /// A table of formatted cells, with sort keys for numeric columns.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TableData {
+    /// Column names, in order.
     pub columns: Vec<String>,
     /// Row-major formatted cells.
     pub rows: Vec<Vec<String>>,
@@ -114,7 +124,12 @@ impl TableData {
             numeric.push(keys);
         }
         let rows = (0..height)
-            .map(|r| cells.iter().map(|c| c[r].clone()).collect())
+            .map(|r| {
+                cells
+                    .iter()
+                    .map(|c| c.get(r).cloned().unwrap_or_default())
+                    .collect()
+            })
             .collect();
         Ok(Self {
             columns,
@@ -129,7 +144,8 @@ impl TableData {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         match self.numeric.get(col).and_then(|k| k.as_ref()) {
             Some(keys) => order.sort_by(|&a, &b| {
-                let o = keys[a].total_cmp(&keys[b]);
+                let key = |i: usize| keys.get(i).copied().unwrap_or(f64::NAN);
+                let o = key(a).total_cmp(&key(b));
                 if descending {
                     o.reverse()
                 } else {
@@ -137,7 +153,8 @@ impl TableData {
                 }
             }),
             None => order.sort_by(|&a, &b| {
-                let o = self.rows[a][col].cmp(&self.rows[b][col]);
+                let cell = |i: usize| self.rows.get(i).and_then(|r| r.get(col));
+                let o = cell(a).cmp(&cell(b));
                 if descending {
                     o.reverse()
                 } else {
@@ -152,23 +169,33 @@ impl TableData {
 /// Everything the dashboard shows, from one refresh.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dashboard {
+    /// KPIs of the period filtered.
     pub current: Kpis,
+    /// KPIs of the period before it, of the same length, for the deltas.
     pub previous: Option<Kpis>,
     /// `[unix seconds, revenue]` per bucket.
     pub trend_revenue: Vec<[f64; 2]>,
     /// `[unix seconds, orders]` per bucket.
     pub trend_orders: Vec<[f64; 2]>,
+    /// Bucket size of the trends (`None` without data).
     pub granularity: Option<Granularity>,
+    /// Revenue by category.
     pub categories: Vec<Part>,
+    /// Revenue by payment method.
     pub payments: Vec<Part>,
+    /// Orders by status.
     pub statuses: Vec<Part>,
+    /// Best-selling products.
     pub top_products: TableData,
+    /// Customers who spent most.
     pub top_customers: TableData,
+    /// First and last event time in the data.
     pub span: Option<Span>,
     /// Wall time of the whole refresh.
     pub elapsed: Duration,
     /// Views answered from the cache, of all views.
     pub cached: usize,
+    /// Views computed, of all kinds.
     pub views: usize,
     /// The custom metrics (scripts), in file order.
     pub metrics: Vec<MetricPanel>,
@@ -177,18 +204,26 @@ pub struct Dashboard {
 /// How a custom metric's value is drawn.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetricView {
+    /// One number, with the previous period's for the delta.
     Kpi {
+        /// The value (`None`: no data).
         value: Option<f64>,
+        /// The previous period's value, when the metric has one.
         previous: Option<f64>,
     },
     /// Lines: `[x, y]` points per named series; x is unix seconds when
     /// `x_time`.
     Line {
+        /// The x column's name.
         x_name: String,
+        /// Whether x is a time (drawn as dates).
         x_time: bool,
+        /// Series name and its points.
         series: Vec<(String, Vec<[f64; 2]>)>,
     },
+    /// Bars, one per labelled part.
     Bar(Vec<Part>),
+    /// A table.
     Table(TableData),
 }
 
@@ -196,7 +231,9 @@ pub enum MetricView {
 /// is none (`None`: not computed yet).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricPanel {
+    /// The metric's name, kind and script.
     pub info: MetricInfo,
+    /// Its value drawn, or why not (`None`: not computed yet).
     pub view: Option<Result<MetricView, String>>,
 }
 
@@ -218,20 +255,23 @@ impl MetricView {
                 previous,
             }),
             MetricKind::Line => {
-                let (x_name, x_time, xs, ys) = if cols.len() == 1 {
-                    let xs = (0..df.height()).map(|i| Some(i as f64)).collect::<Vec<_>>();
-                    ("row".to_owned(), false, xs, cols)
-                } else {
-                    let x = &cols[0];
-                    let time = matches!(x.dtype(), DataType::Datetime(_, _));
-                    let mut xs = floats(df, x.name().as_str())?;
-                    if time {
-                        // Microseconds → seconds (the time axis).
-                        for v in xs.iter_mut().flatten() {
-                            *v /= 1e6;
-                        }
+                let (x_name, x_time, xs, ys) = match cols {
+                    [] => return Err("a line metric needs at least one column".to_owned()),
+                    [_] => {
+                        let xs = (0..df.height()).map(|i| Some(i as f64)).collect::<Vec<_>>();
+                        ("row".to_owned(), false, xs, cols)
                     }
-                    (x.name().to_string(), time, xs, &cols[1..])
+                    [x, ys @ ..] => {
+                        let time = matches!(x.dtype(), DataType::Datetime(_, _));
+                        let mut xs = floats(df, x.name().as_str())?;
+                        if time {
+                            // Microseconds → seconds (the time axis).
+                            for v in xs.iter_mut().flatten() {
+                                *v /= 1e6;
+                            }
+                        }
+                        (x.name().to_string(), time, xs, ys)
+                    }
                 };
                 let series = ys
                     .iter()
@@ -253,16 +293,16 @@ impl MetricView {
                 })
             }
             MetricKind::Bar => {
-                let (labels, values) = if cols.len() == 1 {
-                    (
+                let (labels, values) = match cols {
+                    [] => return Err("a bar metric needs at least one column".to_owned()),
+                    [only] => (
                         (1..=df.height()).map(|i| i.to_string()).collect(),
-                        floats(df, cols[0].name().as_str())?,
-                    )
-                } else {
-                    (
-                        texts(df, cols[0].name().as_str())?,
-                        floats(df, cols[1].name().as_str())?,
-                    )
+                        floats(df, only.name().as_str())?,
+                    ),
+                    [label, value, ..] => (
+                        texts(df, label.name().as_str())?,
+                        floats(df, value.name().as_str())?,
+                    ),
                 };
                 let total: f64 = values.iter().flatten().sum();
                 Ok(MetricView::Bar(
@@ -315,6 +355,11 @@ fn kpis_row(df: &DataFrame, row: usize) -> Result<Option<Kpis>, String> {
     }))
 }
 
+/// The `i`th value of a column, 0 when null or missing.
+fn nth(column: &[Option<f64>], i: usize) -> f64 {
+    column.get(i).copied().flatten().unwrap_or(0.0)
+}
+
 fn parts(df: &DataFrame, label: &str, value: &str, share: &str) -> Result<Vec<Part>, String> {
     let labels = texts(df, label)?;
     let values = floats(df, value)?;
@@ -325,9 +370,9 @@ fn parts(df: &DataFrame, label: &str, value: &str, share: &str) -> Result<Vec<Pa
         .enumerate()
         .map(|(i, label)| Part {
             label,
-            value: values[i].unwrap_or(0.0),
-            orders: orders[i].unwrap_or(0.0),
-            share: shares[i].unwrap_or(0.0),
+            value: nth(&values, i),
+            orders: nth(&orders, i),
+            share: nth(&shares, i),
         })
         .collect())
 }
@@ -397,8 +442,11 @@ impl Dashboard {
 pub struct Sample {
     /// Seconds since the app started.
     pub t: f64,
+    /// Events acknowledged by the broker so far.
     pub produced: u64,
+    /// Rows ingested so far.
     pub ingested: u64,
+    /// Records dead-lettered so far.
     pub dead_lettered: u64,
 }
 
@@ -409,9 +457,10 @@ pub struct RateHistory {
 }
 
 /// Samples kept: 5 minutes at one per second.
-pub const HISTORY_SAMPLES: usize = 300;
+pub(crate) const HISTORY_SAMPLES: usize = 300;
 
 impl RateHistory {
+    /// Adds a sample; one not newer than the last is ignored.
     pub fn push(&mut self, s: Sample) {
         if self.samples.back().is_some_and(|b| s.t <= b.t) {
             return;
@@ -434,8 +483,9 @@ impl RateHistory {
             .collect()
     }
 
+    #[cfg(test)]
     /// The latest rate of one counter, averaged over up to `window` seconds.
-    pub fn latest_rate(&self, window: f64, get: impl Fn(&Sample) -> u64) -> Option<f64> {
+    pub(crate) fn latest_rate(&self, window: f64, get: impl Fn(&Sample) -> u64) -> Option<f64> {
         let last = self.samples.back()?;
         let first = self
             .samples
@@ -480,6 +530,7 @@ fn thousands(n: u128) -> String {
     out
 }
 
+/// A share (0..=1) as a percentage with one decimal.
 pub fn percent(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
@@ -542,5 +593,14 @@ mod tests {
         assert_eq!(t.sorted_order(1, false), vec![1, 0, 2]);
         assert_eq!(t.sorted_order(1, true), vec![2, 0, 1]);
         assert_eq!(t.sorted_order(0, false), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn a_line_metric_without_columns_is_an_error() {
+        let empty = DataFrame::empty();
+        let e = MetricView::from_frame(MetricKind::Line, &empty, None).unwrap_err();
+        assert!(e.contains("at least one column"), "{e}");
+        let one = polars::df! { "y" => [1.0f64, 2.0] }.unwrap();
+        assert!(MetricView::from_frame(MetricKind::Line, &one, None).is_ok());
     }
 }

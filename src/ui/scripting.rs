@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::analytics::metrics::{Metric, MetricInfo, BUILTIN_METRICS};
+use crate::analytics::metrics::{Metric, BUILTIN_METRICS};
 use crate::generator::behaviour::{self, Behaviour, BUILTIN_SCENARIOS, BUILTIN_SHOP};
 use crate::generator::Scenario;
 use crate::script::ScriptError;
@@ -15,8 +15,11 @@ use crate::script::ScriptError;
 /// What a script file is.
 #[derive(Clone, Debug)]
 pub enum ScriptKind {
+    /// A metric (under `metrics/`), compiled.
     Metric(Arc<Metric>),
+    /// The shop's behaviour (`shop.rhai`).
     Shop,
+    /// A scenario (under `scenarios/`), run.
     Scenario(Arc<Scenario>),
     /// It does not compile or run; the error says where.
     Broken(ScriptError),
@@ -27,12 +30,16 @@ pub enum ScriptKind {
 pub struct ScriptFile {
     /// Relative to the scripts folder, with `/` (`metrics/basket.rhai`).
     pub rel: String,
+    /// Its full path.
     pub path: PathBuf,
+    /// Its text as on disk.
     pub text: String,
+    /// What it is, or why it does not run.
     pub kind: ScriptKind,
 }
 
 impl ScriptFile {
+    /// Whether it lives under `metrics/`.
     pub fn is_metric_file(&self) -> bool {
         self.rel.starts_with("metrics/")
     }
@@ -47,6 +54,7 @@ impl ScriptFile {
         }
     }
 
+    /// Why it does not run, if it does not.
     pub fn error(&self) -> Option<&ScriptError> {
         match &self.kind {
             ScriptKind::Broken(e) => Some(e),
@@ -58,7 +66,9 @@ impl ScriptFile {
 /// Every script of the folder, sorted by relative path.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
+    /// The scripts folder.
     pub dir: PathBuf,
+    /// Its scripts, sorted by relative path.
     pub files: Vec<ScriptFile>,
     /// Why the folder could not be read, if it could not.
     pub error: Option<String>,
@@ -162,6 +172,7 @@ impl Catalog {
         }
     }
 
+    /// The script at `rel`, if the folder has it.
     pub fn get(&self, rel: &str) -> Option<&ScriptFile> {
         self.files.iter().find(|f| f.rel == rel)
     }
@@ -175,11 +186,6 @@ impl Catalog {
                 _ => None,
             })
             .collect()
-    }
-
-    /// The metric infos, for the dashboard's placeholders.
-    pub fn metric_infos(&self) -> Vec<MetricInfo> {
-        self.metrics().iter().map(|m| m.info.clone()).collect()
     }
 
     /// The scenarios that load.
@@ -205,23 +211,7 @@ pub fn default_dir(configured: Option<&Path>) -> PathBuf {
     if SUBDIRS.iter().any(|s| local.join(s).is_dir()) {
         return local;
     }
-    data_dir().join("salespulse").join("scripts")
-}
-
-fn data_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    if cfg!(windows) {
-        env("APPDATA").unwrap_or_else(|| PathBuf::from("."))
-    } else if cfg!(target_os = "macos") {
-        env("HOME").map_or_else(
-            || PathBuf::from("."),
-            |h| h.join("Library").join("Application Support"),
-        )
-    } else {
-        env("XDG_DATA_HOME")
-            .or_else(|| env("HOME").map(|h| h.join(".local").join("share")))
-            .unwrap_or_else(|| PathBuf::from("."))
-    }
+    crate::config::default_data_dir().join("scripts")
 }
 
 /// Writes the shipped scripts that `dir` does not have yet (never

@@ -6,11 +6,14 @@ use crate::analytics::Filters;
 use crate::config::{redact_url, Config};
 
 /// Key of the settings in eframe's storage.
-pub const STORAGE_KEY: &str = "salespulse.settings";
+pub(crate) const STORAGE_KEY: &str = "salespulse.settings";
 
+/// The colour scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Theme {
+    /// Light text on dark.
     Dark,
+    /// Dark text on light.
     Light,
 }
 
@@ -22,13 +25,19 @@ pub struct Settings {
     pub kafka_brokers: String,
     /// Empty = embedded.
     pub database_url: String,
+    /// Redis for the frame cache.
     pub redis_url: String,
+    /// Partitions of the topic.
     pub partitions: i32,
+    /// Most records an ingest batch holds.
     pub batch_size: usize,
+    /// How long cached frames live, seconds.
     pub cache_ttl_secs: u64,
     /// Dashboard auto-refresh interval, seconds.
     pub refresh_secs: f64,
+    /// Refresh the dashboard on the interval.
     pub auto_refresh: bool,
+    /// The colour scheme.
     pub theme: Theme,
     /// Generation rate when started from the app, events/s (0 = as fast as possible).
     pub rate: f64,
@@ -36,6 +45,7 @@ pub struct Settings {
     pub filters: Filters,
     /// Start generating when the app opens.
     pub autostart: bool,
+    /// Show frame timings.
     pub debug_overlay: bool,
 }
 
@@ -46,6 +56,7 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The settings `cfg` implies.
     pub fn from_config(cfg: &Config) -> Self {
         Self {
             kafka_brokers: cfg.kafka_brokers.clone().unwrap_or_default(),

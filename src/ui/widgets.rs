@@ -4,13 +4,23 @@ use egui::{Color32, RichText, Sense, Stroke, Ui, Vec2};
 
 use super::model::{percent, Part, TableData};
 
-/// A qualitative palette that reads on dark and light backgrounds.
-/// Status colours: ok, failed, attention.
+/// Status colour: ok, up.
 pub const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
+/// Status colour: failed, an error.
 pub const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
+/// Status colour: needs attention, a warning.
 pub const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
+/// Neutral information (an info toast).
+pub const BLUE: Color32 = Color32::from_rgb(0x4e, 0x79, 0xa7);
+/// [`RED`] shading behind an error line in the code editor, on a dark and
+/// on a light background.
+pub const ERROR_SHADE: [Color32; 2] = [
+    Color32::from_rgba_unmultiplied_const(0xe0, 0x4f, 0x4f, 70),
+    Color32::from_rgba_unmultiplied_const(0xe0, 0x4f, 0x4f, 50),
+];
 
-pub const PALETTE: [Color32; 10] = [
+/// A qualitative palette that reads on dark and light backgrounds.
+pub(crate) const PALETTE: [Color32; 10] = [
     Color32::from_rgb(0x4e, 0x79, 0xa7),
     Color32::from_rgb(0xf2, 0x8e, 0x2b),
     Color32::from_rgb(0xe1, 0x57, 0x59),
@@ -23,14 +33,20 @@ pub const PALETTE: [Color32; 10] = [
     Color32::from_rgb(0xba, 0xb0, 0xac),
 ];
 
+/// The `i`th colour of the chart palette (it repeats).
 pub fn color(i: usize) -> Color32 {
-    PALETTE[i % PALETTE.len()]
+    PALETTE
+        .get(i % PALETTE.len())
+        .copied()
+        .unwrap_or(Color32::GRAY)
 }
 
 /// Whether a rise is good news (revenue) or bad (refund rate).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Better {
+    /// A rise is good news.
     Up,
+    /// A fall is good news.
     Down,
 }
 
@@ -129,8 +145,7 @@ pub fn donut_ui(ui: &mut Ui, parts: &[Part], diameter: f32) {
                 a0 = a1;
             }
         }
-        if let Some(i) = hovered {
-            let p = &parts[i];
+        if let Some(p) = hovered.and_then(|i| parts.get(i)) {
             resp.on_hover_text(format!(
                 "{}: {} ({:.0} orders)",
                 p.label,
@@ -180,7 +195,9 @@ pub fn sparkline_ui(ui: &mut Ui, id: &str, title: &str, points: &[[f64; 2]], c: 
 /// Sorting of a table: column and direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SortBy {
+    /// Column index.
     pub column: usize,
+    /// Largest first.
     pub descending: bool,
 }
 

@@ -106,14 +106,14 @@ pub async fn drain_and_stop(
 
 /// `run` options for `events` seeded events on the tests' simulated clock
 /// (the same events [`expected`] and [`assert_exactly`] describe).
-pub fn run_options(events: u64, seed: u64) -> salespulse::pipeline::RunOptions {
-    salespulse::pipeline::RunOptions {
+pub fn run_options(events: u64, seed: u64) -> salespulse::services::RunOptions {
+    salespulse::services::RunOptions {
         events: Some(events),
         rate: None,
         seed,
         workers: 1,
         clock: Clock::Simulated(sim_start()),
-        params: GeneratorParams::default(),
+        params: GeneratorParams::builtin(),
         scenarios: Vec::new(),
         http: None,
     }
@@ -125,7 +125,7 @@ fn sim_start() -> chrono::DateTime<Utc> {
 
 pub fn sim_generator(seed: u64) -> Generator {
     Generator::new(
-        GeneratorParams::default(),
+        GeneratorParams::builtin(),
         seed,
         Clock::Simulated(sim_start()),
     )
@@ -405,7 +405,7 @@ pub async fn write_events(
 pub fn sparse_generator(seed: u64, sessions_per_hour: f64) -> Generator {
     let params = GeneratorParams {
         sessions_per_hour,
-        ..GeneratorParams::default()
+        ..GeneratorParams::builtin()
     };
     Generator::new(params, seed, Clock::Simulated(sim_start())).unwrap()
 }

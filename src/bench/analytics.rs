@@ -34,20 +34,29 @@ use crate::event::{Event, SaleEvent};
 use crate::generator::{Clock, Generator, GeneratorParams};
 use crate::store::{self, Batch, CopyRows, Store, TRANSACTION_COLUMNS};
 
+/// What `bench analytics` loads and measures.
 #[derive(Clone, Debug)]
 pub struct AnalyticsBenchOptions {
+    /// Transactions to load (generated with the seed).
     pub transactions: u64,
+    /// Days the transactions span.
     pub days: u32,
+    /// Seed of the generator.
     pub seed: u64,
+    /// Runs per measurement (the median and max are reported).
     pub repeat: usize,
+    /// Load again even when the bench database holds the same data.
     pub reload: bool,
     /// Database to load into (default `salespulse_analytics_bench`).
     pub database: Option<String>,
 }
 
+/// Median and max of repeated runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Timing {
+    /// Median, ms.
     pub median_ms: f64,
+    /// Max, ms.
     pub max_ms: f64,
 }
 
@@ -62,25 +71,41 @@ impl Timing {
     }
 }
 
+/// A dashboard refresh over one time range.
 #[derive(Clone, Debug, Serialize)]
 pub struct RangeResult {
+    /// The range (`1h`, `24h`, `7d`, `all`).
     pub range: String,
+    /// With the frame cache empty (rollups read from PostgreSQL).
     pub cold: Timing,
+    /// Answered from the Redis frame cache.
     pub warm: Timing,
+    /// The same figures by a plain GROUP BY over the raw transactions (the baseline).
     pub group_by: Timing,
 }
 
+/// What `bench analytics` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct AnalyticsBenchReport {
+    /// Transactions in the bench database.
     pub transactions: u64,
+    /// First event time.
     pub span_from: Option<DateTime<Utc>>,
+    /// Last event time.
     pub span_to: Option<DateTime<Utc>>,
+    /// Seconds the load took (`None`: the data was reused).
     pub load_secs: Option<f64>,
+    /// Rows of `sales_metrics`, all grains.
     pub rollup_rows: i64,
+    /// One result per range.
     pub ranges: Vec<RangeResult>,
+    /// Raw transactions the loaders read.
     pub loader_rows: u64,
+    /// Loading them row by row.
     pub loader_rows_mode: Timing,
+    /// Loading them with COPY (CSV).
     pub loader_copy_mode: Timing,
+    /// Runs per measurement.
     pub repeat: usize,
 }
 
@@ -130,11 +155,12 @@ impl std::fmt::Display for AnalyticsBenchReport {
     }
 }
 
+/// Loads (or reuses) the bench database and times dashboard refreshes and loaders.
 pub async fn run(
     cfg: &Config,
     opts: &AnalyticsBenchOptions,
 ) -> anyhow::Result<AnalyticsBenchReport> {
-    let (base_url, _pg) = super::database_url(cfg).await?;
+    let (base_url, _pg) = crate::services::database_url(cfg).await?;
     let db = opts
         .database
         .clone()
@@ -184,7 +210,7 @@ pub async fn run(
     if cache_cfg.cache_ttl_secs == 0 {
         cache_cfg.cache_ttl_secs = 3_600;
     }
-    let analytics = super::analytics(&cache_cfg, &store)?;
+    let analytics = crate::services::analytics(&cache_cfg, &store)?;
     anyhow::ensure!(
         analytics.cache().probe().await.error.is_none(),
         "the bench needs Redis at {} for its warm figures",
@@ -371,7 +397,7 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
     let params = GeneratorParams {
         sessions_per_hour: (opts.transactions as f64 / 0.28 / (f64::from(opts.days.max(1)) * 24.0))
             .max(1.0),
-        ..GeneratorParams::default()
+        ..GeneratorParams::builtin()
     };
     let start = Utc
         .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)

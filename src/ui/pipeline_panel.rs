@@ -2,25 +2,49 @@
 
 use egui::{RichText, Ui};
 
-use super::backend::Command;
-use super::model::{count, percent};
+use super::backend::{Command, PipelineSample};
+use super::model::{count, percent, RateHistory, Sample};
 use super::widgets;
 use super::App;
-use crate::pipeline::live::RunState;
+use crate::services::live::RunState;
 
 use super::widgets::{AMBER, GREEN, RED};
 
+/// What the pipeline panel shows: the last sample and the rates over time.
+#[derive(Default)]
+pub struct PipelineState {
+    /// The last sample, once one came.
+    pub(super) telemetry: Option<Box<PipelineSample>>,
+    /// Counter samples for the rate sparklines.
+    pub(super) history: RateHistory,
+    /// The rate typed in the controls, events/s (0 = as fast as possible).
+    pub(super) rate_input: f64,
+}
+
+impl PipelineState {
+    /// Takes a new sample.
+    pub(super) fn apply(&mut self, t: Box<PipelineSample>) {
+        self.history.push(Sample {
+            t: t.at,
+            produced: t.counters.produced,
+            ingested: t.counters.ingested,
+            dead_lettered: t.counters.dead_lettered,
+        });
+        self.telemetry = Some(t);
+    }
+}
+
 impl App {
     fn controls_ui(&mut self, ui: &mut Ui) {
-        let state = self.telemetry.as_ref().map(|t| t.state.clone());
+        let state = self.pipeline.telemetry.as_ref().map(|t| t.state.clone());
         ui.horizontal_wrapped(|ui| {
             let running = matches!(state, Some(RunState::Running | RunState::Paused));
-            let rate = Some(self.rate_input).filter(|r| *r > 0.0);
+            let rate = Some(self.pipeline.rate_input).filter(|r| *r > 0.0);
             if ui
                 .add_enabled(!running && state.is_some(), egui::Button::new("Start"))
                 .clicked()
             {
-                self.settings.rate = self.rate_input;
+                self.settings.rate = self.pipeline.rate_input;
                 self.send(Command::Start { rate });
             }
             match state {
@@ -50,20 +74,22 @@ impl App {
             ui.separator();
             ui.label("Rate (events/s, 0 = max)");
             let r = ui.add(
-                egui::DragValue::new(&mut self.rate_input)
+                egui::DragValue::new(&mut self.pipeline.rate_input)
                     .range(0.0..=1_000_000.0)
                     .speed(10.0),
             );
             for preset in [50.0, 500.0, 5_000.0] {
                 if ui.small_button(format!("{preset:.0}")).clicked() {
-                    self.rate_input = preset;
+                    self.pipeline.rate_input = preset;
                     self.send(Command::SetRate(Some(preset)));
                     self.settings.rate = preset;
                 }
             }
             if r.changed() {
-                self.settings.rate = self.rate_input;
-                self.send(Command::SetRate(Some(self.rate_input).filter(|r| *r > 0.0)));
+                self.settings.rate = self.pipeline.rate_input;
+                self.send(Command::SetRate(
+                    Some(self.pipeline.rate_input).filter(|r| *r > 0.0),
+                ));
             }
         });
         if let Some(RunState::Failed(e)) = &state {
@@ -75,7 +101,7 @@ impl App {
         ui.heading("Pipeline");
         self.controls_ui(ui);
         ui.separator();
-        let Some(t) = self.telemetry.clone() else {
+        let Some(t) = self.pipeline.telemetry.clone() else {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("waiting for the services…");
@@ -123,16 +149,16 @@ impl App {
                         ("spark_dlq", "dead-lettered", |s| s.dead_lettered, 2),
                     ];
                     for (id, title, get, color) in series {
-                        let points = self.history.rates(get);
+                        let points = self.pipeline.history.rates(get);
                         widgets::sparkline_ui(ui, id, title, &points, widgets::color(color));
                     }
                 });
                 ui.add_space(6.0);
                 self.behaviour_ui(ui, &t);
                 ui.add_space(6.0);
-                ui.columns(2, |c| {
-                    lag_ui(&mut c[0], &t.lag);
-                    resources_ui(&mut c[1], &t);
+                ui.columns_const(|[left, right]| {
+                    lag_ui(left, &t.lag);
+                    resources_ui(right, &t);
                 });
                 ui.add_space(6.0);
                 services_ui(ui, &t);
@@ -142,7 +168,7 @@ impl App {
     }
 
     /// The shop script and the scenarios, switched on and off here.
-    fn behaviour_ui(&mut self, ui: &mut Ui, t: &super::backend::Telemetry) {
+    fn behaviour_ui(&mut self, ui: &mut Ui, t: &super::backend::PipelineSample) {
         let Some(catalog) = self.scripts.catalog.clone() else {
             return;
         };
@@ -282,7 +308,7 @@ fn lag_ui(ui: &mut Ui, lag: &Result<Vec<(i32, i64)>, String>) {
     }
 }
 
-fn resources_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
+fn resources_ui(ui: &mut Ui, t: &super::backend::PipelineSample) {
     ui.label(RichText::new("PostgreSQL pool and cache").strong());
     let used = t.pool_open.saturating_sub(t.pool_idle);
     ui.label(format!(
@@ -318,7 +344,7 @@ fn resources_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
     };
 }
 
-fn services_ui(ui: &mut Ui, t: &super::backend::Telemetry) {
+fn services_ui(ui: &mut Ui, t: &super::backend::PipelineSample) {
     ui.label(RichText::new("Services").strong());
     let Some(h) = &t.health else {
         ui.label(RichText::new("checking…").weak());

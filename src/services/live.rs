@@ -11,22 +11,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{
-    analytics, join_workers, produce_paced, spawn_workers, Backpressure, IngestSettings,
-    IngestStats, Services, EMBEDDED_BACKLOG_PER_PARTITION,
-};
+use super::{analytics, Services};
 use crate::analytics::Analytics;
-use crate::bus::{EventProducer, OffsetProbe, ProducerConfig, ProducerStats};
+use crate::bus::{EventProducer, OffsetProbe, ProducerConfig};
 use crate::config::Config;
 use crate::generator::scenario::Active;
 use crate::generator::{Clock, Generator, GeneratorParams, Scenario, Switchboard};
 use crate::pipeline::doctor::{self, Check};
 use crate::pipeline::lag;
+use crate::pipeline::{
+    produce_paced, Backpressure, IngestSettings, IngestStats, Workers,
+    EMBEDDED_BACKLOG_PER_PARTITION,
+};
 use crate::store::Store;
 
 /// Shared switches of a running producer loop.
 #[derive(Debug)]
-pub struct Control {
+pub(crate) struct Control {
     stop: AtomicBool,
     paused: AtomicBool,
     /// Events per second as f64 bits; 0 = as fast as possible.
@@ -34,6 +35,7 @@ pub struct Control {
 }
 
 impl Control {
+    /// Switches for a loop producing at `rate` events per second (`None` = as fast as possible).
     pub fn new(rate: Option<f64>) -> Self {
         let c = Self {
             stop: AtomicBool::new(false),
@@ -50,18 +52,22 @@ impl Control {
         self.rate.store(r.to_bits(), Ordering::Release);
     }
 
+    /// The rate set now (`None` = as fast as possible).
     pub fn rate(&self) -> Option<f64> {
         Some(f64::from_bits(self.rate.load(Ordering::Acquire))).filter(|r| *r > 0.0)
     }
 
+    /// Pauses (`true`) or resumes the loop.
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
     }
 
-    pub fn is_paused(&self) -> bool {
+    /// Whether the loop is paused.
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
 
+    /// Asks the loop to end after the event in hand.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
@@ -78,14 +84,18 @@ impl Control {
 /// Where the generator stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunState {
+    /// Not started, or stopped on request.
     Stopped,
+    /// Generating and ingesting.
     Running,
+    /// Started, generation paused; ingest goes on.
     Paused,
     /// Stopped by an error (the text says which part and why).
     Failed(String),
 }
 
 impl RunState {
+    /// A one-word name for the status bar.
     pub fn label(&self) -> &'static str {
         match self {
             RunState::Stopped => "stopped",
@@ -101,34 +111,44 @@ impl RunState {
 pub struct Counters {
     /// Events acknowledged by the broker.
     pub produced: u64,
+    /// Events the broker did not acknowledge.
     pub produce_failed: u64,
     /// Rows written to PostgreSQL (sales + sessions).
     pub ingested: u64,
+    /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records skipped as already stored.
     pub duplicates: u64,
+    /// Batches committed.
     pub batches: u64,
 }
 
 /// What the app shows about the services.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceHealth {
+    /// One check per service: Kafka, PostgreSQL, Redis.
     pub checks: Vec<Check>,
+    /// When the checks ran.
     pub checked_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// How to run the generator.
 #[derive(Clone, Debug)]
 pub struct LiveOptions {
+    /// Events per second; `None` = as fast as possible.
     pub rate: Option<f64>,
+    /// Seed of the generator (same seed, same events).
     pub seed: u64,
+    /// Ingest workers to start.
     pub workers: usize,
+    /// Where event times come from.
     pub clock: Clock,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
         Self {
-            rate: Some(500.0),
+            rate: Some(super::DEFAULT_RATE),
             seed: rand::random(),
             workers: 1,
             clock: Clock::Wall,
@@ -136,12 +156,10 @@ impl Default for LiveOptions {
     }
 }
 
-type WorkerHandle = std::thread::JoinHandle<Result<(), super::ingest::IngestError>>;
-
 struct Running {
     control: Arc<Control>,
-    stop_ingest: Arc<AtomicBool>,
-    workers: Vec<WorkerHandle>,
+    /// Stopped and joined when dropped, too.
+    workers: Workers,
     producing: tokio::task::JoinHandle<anyhow::Result<u64>>,
 }
 
@@ -189,7 +207,7 @@ impl LivePipeline {
             running: None,
             failure: Arc::new(Mutex::new(None)),
             board: Switchboard::new(),
-            shop: GeneratorParams::default(),
+            shop: GeneratorParams::builtin(),
         })
     }
 
@@ -199,6 +217,7 @@ impl LivePipeline {
         self.board.set_shop(params);
     }
 
+    /// The shop the generator simulates now.
     pub fn shop(&self) -> &GeneratorParams {
         &self.shop
     }
@@ -212,6 +231,7 @@ impl LivePipeline {
         Ok(())
     }
 
+    /// Switches a scenario off; `false` when it was not on.
     pub fn switch_off(&self, name: &str) -> bool {
         let off = self.board.switch_off(name);
         if off {
@@ -225,36 +245,34 @@ impl LivePipeline {
         self.board.active()
     }
 
+    /// The settings the services were opened with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// Views and metrics over the store, cached.
     pub fn analytics(&self) -> &Analytics {
         &self.analytics
     }
 
+    /// The PostgreSQL store ingest writes to.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// Bootstrap servers of the broker in use (the embedded one's, if any).
     pub fn brokers(&self) -> &str {
         &self.services.brokers
     }
 
+    /// The database URL in use (it may hold a password: redact before showing).
     pub fn database_url(&self) -> &str {
         &self.services.database_url
     }
 
+    /// Whether the broker is the in-process mock cluster.
     pub fn is_embedded_broker(&self) -> bool {
         self.services.embedded_broker.is_some()
-    }
-
-    pub fn producer_stats(&self) -> &Arc<ProducerStats> {
-        self.producer.stats()
-    }
-
-    pub fn ingest_stats(&self) -> &Arc<IngestStats> {
-        &self.ingest
     }
 
     /// Starts ingest workers and the generator; a no-op when running.
@@ -265,15 +283,8 @@ impl LivePipeline {
         }
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let settings = IngestSettings::from_config(&self.cfg, &self.services.brokers);
-        let stop_ingest = Arc::new(AtomicBool::new(false));
-        let workers = spawn_workers(
-            opts.workers,
-            &settings,
-            &self.store,
-            &stop_ingest,
-            &self.ingest,
-        )
-        .context("starting ingest workers")?;
+        let workers = Workers::spawn(opts.workers, &settings, &self.store, &self.ingest)
+            .context("starting ingest workers")?;
         let control = Arc::new(Control::new(opts.rate));
         let mut generator = Generator::new(self.shop.clone(), opts.seed, opts.clock)?
             .with_switch(Arc::clone(&self.board));
@@ -310,7 +321,6 @@ impl LivePipeline {
         };
         self.running = Some(Running {
             control,
-            stop_ingest,
             workers,
             producing,
         });
@@ -321,7 +331,7 @@ impl LivePipeline {
     /// Records a failure of a worker or of the producer, if one ended.
     fn reap(&mut self) {
         let Some(r) = &self.running else { return };
-        let worker_died = r.workers.iter().any(|w| w.is_finished());
+        let worker_died = r.workers.any_ended();
         if worker_died || r.producing.is_finished() {
             let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
             if f.is_none() {
@@ -334,6 +344,7 @@ impl LivePipeline {
         }
     }
 
+    /// Where the generator stands (a failed worker or producer shows here).
     pub fn state(&mut self) -> RunState {
         self.reap();
         if let Some(f) = self
@@ -351,6 +362,7 @@ impl LivePipeline {
         }
     }
 
+    /// Pauses or resumes generation when running; ingest goes on.
     pub fn set_paused(&self, paused: bool) {
         if let Some(r) = &self.running {
             r.control.set_paused(paused);
@@ -362,6 +374,7 @@ impl LivePipeline {
         }
     }
 
+    /// Changes the rate of a running generator (`None` = as fast as possible).
     pub fn set_rate(&self, rate: Option<f64>) {
         if let Some(r) = &self.running {
             r.control.set_rate(rate);
@@ -383,7 +396,7 @@ impl LivePipeline {
         let produced = r.producing.await.context("producer task")?;
         let deadline = Instant::now() + drain;
         let targets = self.producer.stats().delivered_end_offsets();
-        while Instant::now() < deadline && !r.workers.iter().any(|w| w.is_finished()) {
+        while Instant::now() < deadline && !r.workers.any_ended() {
             let parts: Vec<i32> = targets.iter().map(|t| t.0).collect();
             let stored = self
                 .store
@@ -397,14 +410,14 @@ impl LivePipeline {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        r.stop_ingest.store(true, Ordering::Release);
-        let joined = join_workers(r.workers).await;
+        let joined = r.workers.finish().await;
         tracing::info!("pipeline stopped");
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         produced?;
         joined
     }
 
+    /// Counters accumulated since the services were opened.
     pub fn counters(&self) -> Counters {
         let p = self.producer.stats();
         let i = &self.ingest;
@@ -420,7 +433,7 @@ impl LivePipeline {
     }
 
     /// Whether ingest writes are succeeding or being retried.
-    pub fn ingest_health(&self) -> super::ingest::IngestHealth {
+    pub fn ingest_health(&self) -> crate::pipeline::ingest::IngestHealth {
         self.ingest.health()
     }
 

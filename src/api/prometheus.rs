@@ -10,15 +10,21 @@ use std::sync::Arc;
 
 use crate::analytics::{Analytics, LATENCY_BUCKETS};
 use crate::bus::ProducerStats;
-pub use crate::pipeline::lag::LagSource;
+use crate::pipeline::lag::LagSource;
 use crate::pipeline::IngestStats;
 
 /// What this process can report on; absent parts are left out.
 #[derive(Clone, Default)]
 pub struct Telemetry {
+    /// Producer counters (events produced, retries, failures).
     pub producer: Option<Arc<ProducerStats>>,
+    /// Ingest counters and health; also adds an `ingest` component to
+    /// `/health`.
     pub ingest: Option<Arc<IngestStats>>,
+    /// PostgreSQL pool, cache and view-timing metrics; also what `/view`
+    /// answers from (`None`: `/view` answers `503`).
     pub analytics: Option<Analytics>,
+    /// Where consumer lag per partition is read from.
     pub lag: Option<LagSource>,
 }
 
@@ -41,6 +47,8 @@ fn label(v: &str) -> String {
 }
 
 impl Telemetry {
+    /// The metrics of every part present, in the Prometheus text format.
+    /// Consumer lag is read afresh on each call (a comment line when it cannot be).
     pub async fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         if let Some(p) = &self.producer {

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use super::log::LogBuffer;
-use super::settings::Settings;
-use super::{App, Tab};
+use super::{process_cpu, rss_mib};
 use crate::analytics::TimeRange;
 use crate::config::Config;
+use crate::ui::log::LogBuffer;
+use crate::ui::settings::Settings;
+use crate::ui::{App, Tab};
 
+/// What `bench ui` draws.
 #[derive(Clone, Debug)]
 pub struct UiBenchOptions {
     /// Timed frames per case.
@@ -22,25 +24,39 @@ pub struct UiBenchOptions {
     pub range: TimeRange,
 }
 
+/// Frame times of one panel at one window size.
 #[derive(Clone, Debug, Serialize)]
 pub struct UiCase {
+    /// The panel.
     pub panel: String,
+    /// Window size, points.
     pub size: [f32; 2],
+    /// Pixels per point.
     pub scale: f32,
+    /// Mean frame time, ms.
     pub mean_ms: f64,
+    /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Slowest frame, ms.
     pub max_ms: f64,
 }
 
+/// What `bench ui` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct UiBenchReport {
+    /// Transactions in the database.
     pub transactions: i64,
+    /// Timed frames per case.
     pub frames: usize,
+    /// From start until the dashboard had its data, ms.
     pub dashboard_load_ms: f64,
     /// Custom metrics on the dashboard, and when all had their values.
     pub metrics: usize,
+    /// From start until every custom metric had its value, ms.
     pub metrics_load_ms: f64,
+    /// One case per panel and size.
     pub cases: Vec<UiCase>,
+    /// Resident memory at the end, MiB (Unix only).
     pub rss_mib: Option<f64>,
 }
 
@@ -80,19 +96,6 @@ impl std::fmt::Display for UiBenchReport {
     }
 }
 
-/// Resident set size of this process, MiB (Linux).
-pub fn rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 fn input(size: [f32; 2], scale: f32, t: f64) -> egui::RawInput {
     let mut i = egui::RawInput {
         // The window's size in points: physical pixels over the scale.
@@ -107,6 +110,69 @@ fn input(size: [f32; 2], scale: f32, t: f64) -> egui::RawInput {
         v.native_pixels_per_point = Some(scale);
     }
     i
+}
+
+/// The window size the loading phases draw at.
+const DEFAULT_SIZE: [f32; 2] = [1280.0, 800.0];
+
+/// Draws frames back to back at 60 frames a second of simulated time.
+struct Frames {
+    ctx: egui::Context,
+    /// Simulated time, seconds.
+    t: f64,
+}
+
+impl Frames {
+    /// Draws and tessellates one frame; returns how long it took.
+    fn draw(&mut self, app: &mut App, size: [f32; 2], scale: f32) -> Duration {
+        self.t += 1.0 / 60.0;
+        let s = Instant::now();
+        let out = self.ctx.run_ui(input(size, scale, self.t), |ui| app.ui(ui));
+        let _ = self.ctx.tessellate(out.shapes, out.pixels_per_point);
+        s.elapsed()
+    }
+
+    /// Draws frames until `done`, failing after `limit` with `what` did not load.
+    fn until(
+        &mut self,
+        app: &mut App,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&App) -> bool,
+    ) -> anyhow::Result<()> {
+        let asked = Instant::now();
+        while !done(app) {
+            anyhow::ensure!(
+                asked.elapsed() < limit,
+                "{what} did not load within {} s",
+                limit.as_secs()
+            );
+            self.draw(app, DEFAULT_SIZE, 1.0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `step` until the app has its services, a dashboard and a pipeline
+/// sample; fails when the services do, or after 5 minutes.
+fn wait_for_dashboard(
+    app: &mut App,
+    started: Instant,
+    mut step: impl FnMut(&mut App),
+) -> anyhow::Result<()> {
+    while app.dashboard().is_none() || app.telemetry().is_none() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the dashboard did not load within 5 minutes ({:?})",
+            app.services
+        );
+        if let crate::ui::backend::ServiceState::Failed(e) = &app.services {
+            anyhow::bail!("services unavailable: {e}");
+        }
+        step(app);
+    }
+    Ok(())
 }
 
 /// Runs the benchmark. Blocks the calling thread (which plays the UI
@@ -124,17 +190,16 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
     let transactions = {
         let cfg = cfg.clone();
         rt.block_on(async move {
-            let (store, _pg) = crate::pipeline::open_store(&cfg).await?;
+            let (store, _pg) = crate::services::open_store(&cfg).await?;
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
                 .fetch_one(store.pool())
                 .await?;
             anyhow::Ok(n)
         })?
     };
-    let ctx = egui::Context::default();
     // A full log, as after a long session (the pipeline panel shows it).
     let logs = LogBuffer::default();
-    for i in 0..super::log::LOG_LINES {
+    for i in 0..crate::ui::log::LOG_LINES {
         let level = if i % 10 == 0 {
             tracing::Level::WARN
         } else {
@@ -144,41 +209,24 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
     }
     let mut app = App::new(rt, cfg, settings, logs);
     let started = Instant::now();
-    let mut t = 0.0;
-    let frame = |app: &mut App, size: [f32; 2], scale: f32, t: f64| -> Duration {
-        let s = Instant::now();
-        let out = ctx.run_ui(input(size, scale, t), |ui| app.ui(ui));
-        let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
-        s.elapsed()
+    let mut frames = Frames {
+        ctx: egui::Context::default(),
+        t: 0.0,
     };
-    // Wait for the services, the first dashboard and a telemetry sample.
-    while app.dashboard().is_none() || app.telemetry().is_none() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the dashboard did not load within 5 minutes ({:?})",
-            app.services
-        );
-        if let super::backend::ServiceState::Failed(e) = &app.services {
-            anyhow::bail!("services unavailable: {e}");
-        }
-        frame(&mut app, [1280.0, 800.0], 1.0, t);
-        t += 0.05;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_dashboard(&mut app, started, |app| {
+        frames.draw(app, DEFAULT_SIZE, 1.0);
+    })?;
     let dashboard_load_ms = started.elapsed().as_secs_f64() * 1e3;
     // The custom metrics (scripts) too: they are part of the dashboard's layout.
-    while app
-        .dashboard()
-        .is_some_and(|d| d.metrics.iter().any(|m| m.view.is_none()))
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "the custom metrics did not compute within 10 minutes"
-        );
-        frame(&mut app, [1280.0, 800.0], 1.0, t);
-        t += 0.05;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    frames.until(
+        &mut app,
+        Duration::from_secs(600),
+        "the custom metrics",
+        |app| {
+            app.dashboard()
+                .is_none_or(|d| d.metrics.iter().all(|m| m.view.is_some()))
+        },
+    )?;
     let metrics_load_ms = started.elapsed().as_secs_f64() * 1e3;
     let metrics = app.dashboard().map_or(0, |d| d.metrics.len());
     let mut cases = Vec::new();
@@ -186,35 +234,29 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         app.tab = tab;
         if tab == Tab::Scripts {
             // The editor with the largest shipped metric's table previewed.
-            app.scripts
+            app.scripts_mut()
                 .open_script("metrics/revenue_by_weekday_hour.rhai");
             app.run_script();
-            let asked = Instant::now();
-            while app.scripts.result.is_none() {
-                anyhow::ensure!(
-                    asked.elapsed() < Duration::from_secs(300),
-                    "the script preview did not load"
-                );
-                frame(&mut app, [1280.0, 800.0], 1.0, t);
-                t += 0.05;
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            frames.until(
+                &mut app,
+                Duration::from_secs(300),
+                "the script preview",
+                |app| app.scripts().result.is_some(),
+            )?;
         }
         if tab == Tab::Explorer {
             // The largest table the explorer loads by default, x10.
             app.explorer.view = Some(crate::analytics::ViewKind::Transactions);
             app.explorer.limit = 10_000;
             app.load_explorer();
-            let asked = Instant::now();
-            while app.explorer.table.is_none() {
-                anyhow::ensure!(
-                    asked.elapsed() < Duration::from_secs(120),
-                    "the explorer table did not load: {:?}",
-                    app.explorer.error
-                );
-                frame(&mut app, [1280.0, 800.0], 1.0, t);
-                t += 0.05;
-                std::thread::sleep(Duration::from_millis(20));
+            frames.until(
+                &mut app,
+                Duration::from_secs(120),
+                "the explorer table",
+                |app| app.explorer.table.is_some() || app.explorer.error.is_some(),
+            )?;
+            if let Some(e) = &app.explorer.error {
+                anyhow::bail!("the explorer table did not load: {e}");
             }
         }
         // Physical pixels and scale: the smallest window, a common monitor,
@@ -228,24 +270,21 @@ pub fn run(rt: Handle, cfg: Config, opts: &UiBenchOptions) -> anyhow::Result<UiB
         ] {
             // Settle the layout (first frames size grids and tables).
             for _ in 0..5 {
-                frame(&mut app, size, scale, t);
-                t += 1.0 / 60.0;
+                frames.draw(&mut app, size, scale);
             }
             let mut ms: Vec<f64> = (0..opts.frames.max(1))
-                .map(|_| {
-                    t += 1.0 / 60.0;
-                    frame(&mut app, size, scale, t).as_secs_f64() * 1e3
-                })
+                .map(|_| frames.draw(&mut app, size, scale).as_secs_f64() * 1e3)
                 .collect();
             ms.sort_by(f64::total_cmp);
             let n = ms.len();
+            let nth = |i: usize| ms.get(i).copied().unwrap_or(0.0);
             cases.push(UiCase {
                 panel: tab.label().to_owned(),
                 size,
                 scale,
                 mean_ms: ms.iter().sum::<f64>() / n as f64,
-                p99_ms: ms[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1],
-                max_ms: ms[n - 1],
+                p99_ms: nth(((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1),
+                max_ms: nth(n - 1),
             });
         }
     }
@@ -272,12 +311,16 @@ pub struct IdleBenchOptions {
     pub refresh_secs: f64,
 }
 
+/// One panel left idle.
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleCase {
+    /// The panel.
     pub panel: String,
+    /// Seconds measured.
     pub seconds: f64,
     /// Frames the app asked for (what a window would repaint).
     pub frames: u64,
+    /// Frames asked for, per minute.
     pub frames_per_minute: f64,
     /// CPU time of the whole process (UI, backend, embedded broker) over the
     /// window, as a share of one core.
@@ -286,9 +329,12 @@ pub struct IdleCase {
     pub received: std::collections::BTreeMap<String, u64>,
 }
 
+/// What `bench idle` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleBenchReport {
+    /// The dashboard's auto-refresh interval.
     pub refresh_secs: f64,
+    /// One case per panel.
     pub cases: Vec<IdleCase>,
 }
 
@@ -333,17 +379,6 @@ impl std::fmt::Display for IdleBenchReport {
     }
 }
 
-/// User + system CPU time of this process.
-pub fn process_cpu() -> Option<Duration> {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return None;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
-    Some(tv(u.ru_utime) + tv(u.ru_stime))
-}
-
 /// Drives an app the way a window's event loop does: a frame runs only when
 /// egui or the backend asked for one (at the time asked for).
 struct EventLoop {
@@ -382,7 +417,7 @@ impl EventLoop {
         let t = self.started.elapsed().as_secs_f64();
         let out = self
             .ctx
-            .run_ui(input([1280.0, 800.0], 1.0, t), |ui| app.ui(ui));
+            .run_ui(input(DEFAULT_SIZE, 1.0, t), |ui| app.ui(ui));
         let _ = self.ctx.tessellate(out.shapes, out.pixels_per_point);
         self.frames += 1;
         if let Some(v) = out.viewport_output.get(&egui::ViewportId::ROOT) {
@@ -452,17 +487,9 @@ pub fn idle(
     let mut app = App::new(rt, cfg, settings, logs);
     let started = Instant::now();
     ev.frame(&mut app);
-    while app.dashboard().is_none() || app.telemetry().is_none() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the dashboard did not load within 5 minutes ({:?})",
-            app.services
-        );
-        if let super::backend::ServiceState::Failed(e) = &app.services {
-            anyhow::bail!("services unavailable: {e}");
-        }
-        ev.run_until(&mut app, Instant::now() + Duration::from_millis(100));
-    }
+    wait_for_dashboard(&mut app, started, |app| {
+        ev.run_until(app, Instant::now() + Duration::from_millis(100));
+    })?;
     let mut cases = Vec::new();
     for tab in [Tab::Dashboard, Tab::Pipeline] {
         app.tab = tab;

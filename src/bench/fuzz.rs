@@ -117,7 +117,7 @@ fn fuzz_now() -> chrono::DateTime<Utc> {
 fn corpus() -> Vec<Vec<u8>> {
     let start = fuzz_now() - chrono::Duration::hours(2);
     let mut out: Vec<Vec<u8>> = Vec::new();
-    if let Ok(mut g) = Generator::new(GeneratorParams::default(), 7, Clock::Simulated(start)) {
+    if let Ok(mut g) = Generator::new(GeneratorParams::builtin(), 7, Clock::Simulated(start)) {
         for _ in 0..200 {
             out.push(g.next_event().to_json());
         }
@@ -180,12 +180,17 @@ fn interesting_value(rng: &mut ChaCha8Rng) -> Value {
             }
             v
         }
-        32 => Value::String(
-            ["completed", "web", "EUR", "DE", "credit_card", "refunded"][rng.random_range(0..6)]
-                .into(),
-        ),
+        32 => {
+            let words = ["completed", "web", "EUR", "DE", "credit_card", "refunded"];
+            Value::String((*pick(&words, rng).unwrap_or(&"")).to_owned())
+        }
         _ => Value::from(rng.random_range(-1e6..1e11)),
     }
+}
+
+/// One of `items` at random (`None` when there are none).
+fn pick<'a, T>(items: &'a [T], rng: &mut ChaCha8Rng) -> Option<&'a T> {
+    items.get(rng.random_range(0..items.len().max(1)))
 }
 
 /// One JSON-level mutation, or `None` when `input` is not a JSON object.
@@ -195,8 +200,9 @@ fn mutate_json(input: &[u8], rng: &mut ChaCha8Rng) -> Option<Vec<u8>> {
     let keys: Vec<String> = obj.keys().cloned().collect();
     match rng.random_range(0..10) {
         0 if !keys.is_empty() => {
-            let k = &keys[rng.random_range(0..keys.len())];
-            obj.remove(k);
+            if let Some(k) = pick(&keys, rng) {
+                obj.remove(k);
+            }
         }
         1 => {
             obj.insert("unexpected".into(), interesting_value(rng));
@@ -204,12 +210,15 @@ fn mutate_json(input: &[u8], rng: &mut ChaCha8Rng) -> Option<Vec<u8>> {
         2 => {
             obj.insert(
                 "type".into(),
-                Value::String(["sale", "session", "refund", ""][rng.random_range(0..4)].into()),
+                Value::String(
+                    (*pick(&["sale", "session", "refund", ""], rng).unwrap_or(&"")).into(),
+                ),
             );
         }
         _ if !keys.is_empty() => {
-            let k = keys[rng.random_range(0..keys.len())].clone();
-            obj.insert(k, interesting_value(rng));
+            if let Some(k) = pick(&keys, rng).cloned() {
+                obj.insert(k, interesting_value(rng));
+            }
         }
         _ => return None,
     }
@@ -228,7 +237,7 @@ fn mutate_bytes(input: &mut Vec<u8>, other: &[u8], rng: &mut ChaCha8Rng) {
         }
         1 if len > 0 => {
             let i = rng.random_range(0..len);
-            let b = INTERESTING_BYTES[rng.random_range(0..INTERESTING_BYTES.len())];
+            let b = pick(INTERESTING_BYTES, rng).copied().unwrap_or(0);
             if let Some(x) = input.get_mut(i) {
                 *x = b;
             }
@@ -257,7 +266,7 @@ fn mutate_bytes(input: &mut Vec<u8>, other: &[u8], rng: &mut ChaCha8Rng) {
         }
         _ => {
             let i = rng.random_range(0..=len);
-            let b = INTERESTING_BYTES[rng.random_range(0..INTERESTING_BYTES.len())];
+            let b = pick(INTERESTING_BYTES, rng).copied().unwrap_or(0);
             input.insert(i, b);
         }
     }

@@ -15,38 +15,56 @@ use anyhow::Context;
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
 
-use super::{
-    join_workers, produce_loop, spawn_workers, wait_for_offsets, IngestSettings, IngestStats,
-    Services,
-};
 use crate::bus::{EventProducer, ProducerConfig};
 use crate::config::Config;
 use crate::event::Event;
 use crate::generator::{Clock, Generator, GeneratorParams};
+use crate::pipeline::{
+    join_workers, produce_loop, spawn_workers, wait_for_offsets, IngestSettings, IngestStats,
+    EMBEDDED_BACKLOG_PER_PARTITION,
+};
+use crate::services::Services;
 use crate::store::{self, Store};
 
+/// What `bench ingest` produces and measures.
 #[derive(Clone, Debug)]
 pub struct IngestBenchOptions {
+    /// Events to produce.
     pub events: u64,
+    /// Ingest workers.
     pub workers: usize,
+    /// Seed of the generator.
     pub seed: u64,
     /// Keep the bench database afterwards (for inspection).
     pub keep: bool,
 }
 
+/// What `bench ingest` measured: the pipeline against a raw COPY of the same rows.
 #[derive(Clone, Debug, Serialize)]
 pub struct IngestBenchReport {
+    /// Events produced.
     pub events: u64,
+    /// Sales among them.
     pub sales: u64,
+    /// Sessions among them.
     pub sessions: u64,
+    /// Ingest workers.
     pub workers: usize,
+    /// Partitions of the topic.
     pub partitions: i32,
+    /// Most records per ingest batch.
     pub batch_size: usize,
+    /// Seconds to produce every event (not compared).
     pub produce_secs: f64,
+    /// Seconds from the first record read to the last commit.
     pub pipeline_secs: f64,
+    /// Seconds to COPY the same rows into identical tables.
     pub copy_secs: f64,
+    /// Pipeline throughput.
     pub pipeline_events_per_sec: f64,
+    /// COPY throughput.
     pub copy_rows_per_sec: f64,
+    /// Pipeline time over COPY time.
     pub ratio: f64,
 }
 
@@ -80,12 +98,13 @@ fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
         .single()
         .context("start time")?;
     Ok(Generator::new(
-        GeneratorParams::default(),
+        GeneratorParams::builtin(),
         seed,
         Clock::Simulated(start),
     )?)
 }
 
+/// Produces `opts.events` events to a fresh topic, ingests them into a fresh database and compares with COPY.
 pub async fn ingest(cfg: &Config, opts: &IngestBenchOptions) -> anyhow::Result<IngestBenchReport> {
     let services = Services::resolve(cfg).await?;
     let tag = format!("{}_{}", std::process::id(), Utc::now().timestamp());
@@ -117,7 +136,7 @@ async fn run(
     if services.embedded_broker.is_some() {
         // The embedded broker holds ~5 MiB per partition; all N events are
         // produced before ingest starts, so spread them wide enough.
-        let needed = opts.events.div_ceil(super::EMBEDDED_BACKLOG_PER_PARTITION) as i32;
+        let needed = opts.events.div_ceil(EMBEDDED_BACKLOG_PER_PARTITION) as i32;
         cfg.partitions = cfg.partitions.max(needed);
     }
     let store = Store::connect(
@@ -263,6 +282,7 @@ fn copy_rows(seed: u64, events: u64) -> anyhow::Result<store::CopyRows> {
 /// What `bench generator` measured: one thread, simulated clock.
 #[derive(Clone, Debug, Serialize)]
 pub struct GeneratorBenchReport {
+    /// Events made per run.
     pub events: u64,
     /// Building the shop (customers and catalogue) from its parameters, ms.
     pub build_ms: f64,

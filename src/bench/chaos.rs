@@ -68,6 +68,15 @@ pub struct ChaosOptions {
     pub outage: Duration,
     /// Partitions of the topic.
     pub partitions: i32,
+    /// Ingest shares partitions through a consumer group (`group`), as
+    /// several processes would. Off by default: tansu 0.6's group
+    /// coordinator can leave a lone member with a stale or empty
+    /// assignment after a dead member expires (it keeps the old assignment
+    /// in a formed group, and keeps a leader that has left), which stalls a
+    /// run of a hundred kills for reasons that are the broker's; without a
+    /// group, ingest reads every partition itself (`all`), from the offsets
+    /// stored in PostgreSQL, as it does in a group.
+    pub consumer_group: bool,
     /// Seed of the events and of the fault schedule.
     pub seed: u64,
     /// Where the private services keep their data (a fresh folder by default).
@@ -97,6 +106,7 @@ impl Default for ChaosOptions {
             outages: 1,
             outage: Duration::from_secs(180),
             partitions: 3,
+            consumer_group: false,
             seed: 1,
             work_dir: None,
             salespulse: None,
@@ -183,13 +193,19 @@ pub struct ChaosReport {
     /// Long outages during which ingest did not log itself degraded.
     pub outages_unreported: u64,
     /// Times an ingest process found itself stuck (records waiting, none
-    /// arriving; or nobody holding a partition) and rejoined its consumer
-    /// group (from its log).
-    pub stuck_group_rejoins: u64,
+    /// stored) and started a new Kafka consumer (from its log).
+    pub stuck_consumer_restarts: u64,
+    /// Whether ingest shared partitions through a consumer group (else it
+    /// read every partition itself; see [`ChaosOptions::consumer_group`]).
+    pub consumer_group: bool,
     /// Per kind of fault.
     pub recovery: BTreeMap<FaultKind, Recovery>,
     /// Every recovery, in ms, in the order the faults came (`None`: none).
     pub recoveries_ms: Vec<(FaultKind, Option<u64>)>,
+    /// After each long outage: ms from the service being back to ingest
+    /// having stored the backlog and keeping up again (the next fault
+    /// waits for it).
+    pub catch_up_ms: Vec<(FaultKind, u64)>,
     /// Wall time of the run, in seconds.
     pub seconds: f64,
 }
@@ -224,6 +240,15 @@ impl fmt::Display for ChaosReport {
         )?;
         writeln!(
             f,
+            "  ingest read {}",
+            if self.consumer_group {
+                "through a consumer group"
+            } else {
+                "every partition itself (no consumer group)"
+            }
+        )?;
+        writeln!(
+            f,
             "  produced {} valid + {} poison; stored {}, dead-lettered {} (+{} repeats)",
             self.produced_valid,
             self.produced_poison,
@@ -244,11 +269,18 @@ impl fmt::Display for ChaosReport {
         for t in &self.inconsistent_tables {
             writeln!(f, "    {t}")?;
         }
-        if self.stuck_group_rejoins > 0 {
+        if self.stuck_consumer_restarts > 0 {
             writeln!(
                 f,
-                "  ingest found itself stuck and rejoined its consumer group {} time(s)",
-                self.stuck_group_rejoins
+                "  ingest found itself stuck and started a new Kafka consumer {} time(s)",
+                self.stuck_consumer_restarts
+            )?;
+        }
+        for (k, ms) in &self.catch_up_ms {
+            writeln!(
+                f,
+                "  after \"{k}\": backlog stored, keeping up again after {:.1} s",
+                *ms as f64 / 1000.0
             )?;
         }
         if self.outages_unreported > 0 {
@@ -316,6 +348,7 @@ impl Proc {
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
+    #[allow(unsafe_code)] // kill(2) on our own child
     fn terminate(&mut self, grace: Duration) {
         if let Some(c) = &mut self.0 {
             #[cfg(unix)]
@@ -582,12 +615,13 @@ fn produce(
     deadline: Deadline,
 ) -> anyhow::Result<Produced> {
     let start = chrono::Utc::now() - chrono::Duration::days(30);
-    let mut g = Generator::new(GeneratorParams::default(), seed, Clock::Simulated(start))?;
+    let mut g = Generator::new(GeneratorParams::builtin(), seed, Clock::Simulated(start))?;
     let mut out = Produced::default();
     let mut last_sale = None;
-    let pacer = super::Pacer::new(Some(rate));
+    let pacer = crate::pipeline::Pacer::new(Some(rate));
     let mut n = 0u64;
     let mut poisoned = 0u64;
+    let cancel = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         let wait = pacer.delay_for(n);
         if !wait.is_zero() {
@@ -602,7 +636,10 @@ fn produce(
                 .as_ref()
                 .map(|s: &crate::event::SaleEvent| s.customer_id.clone())
                 .unwrap_or_default();
-            producer.send(key.as_bytes(), &p)?;
+            match producer.send_patiently(key.as_bytes(), &p, &cancel) {
+                Err(bus::BusError::Cancelled) => break,
+                sent => sent?,
+            }
             out.poison.insert(sha256_hex(&p));
         } else {
             let e = g.next_event();
@@ -610,7 +647,10 @@ fn produce(
             if e.timestamp() > chrono::Utc::now() {
                 bail!("the generated history reached the present; lower --rate");
             }
-            producer.send(e.customer_id().as_bytes(), &e.to_json())?;
+            match producer.send_patiently(e.customer_id().as_bytes(), &e.to_json(), &cancel) {
+                Err(bus::BusError::Cancelled) => break,
+                sent => sent?,
+            }
             match e {
                 Event::Sale(s) => {
                     out.sales.insert(s.transaction_id);
@@ -629,6 +669,46 @@ fn produce(
         })
         .context("flushing the producer")?;
     Ok(out)
+}
+
+/// How long ingest may take to store the backlog of a long outage.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(900);
+
+/// Waits until the producer holds fewer than `max_pending` records back and
+/// ingest has stored everything delivered, in a round that took under 2 s
+/// (so it keeps up, rather than chases a backlog).
+async fn catch_up(
+    store: &Store,
+    group: &str,
+    topic: &str,
+    producer: &EventProducer,
+    max_pending: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    loop {
+        let round = Instant::now();
+        let stats = producer.stats();
+        let pending = stats.sent.load(Ordering::Relaxed).saturating_sub(
+            stats.delivered.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed),
+        );
+        let targets = stats.delivered_end_offsets();
+        crate::pipeline::wait_for_offsets(
+            store,
+            group,
+            topic,
+            &targets,
+            until.saturating_duration_since(Instant::now()),
+        )
+        .await?;
+        if pending < max_pending && round.elapsed() < Duration::from_secs(2) {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            bail!("the producer still holds {pending} records back after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn committed(store: &Store, group: &str, topic: &str) -> i64 {
@@ -853,6 +933,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
 async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
+    // Its own tansu speaks plaintext, whatever the user's Kafka wants.
+    bus::set_security(Vec::new());
     let deadline = Deadline(opts.time_limit.map(|t| started + t));
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let root = root.to_owned();
@@ -910,6 +992,10 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
             ("SALESPULSE_BATCH_SIZE", "1000".into()),
             ("SALESPULSE_BATCH_TIMEOUT_MS", "100".into()),
             ("SALESPULSE_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            (
+                "SALESPULSE_INGEST_PARTITIONS",
+                if opts.consumer_group { "group" } else { "all" }.into(),
+            ),
             // The dead-letter producer, too, without idempotence: tansu 0.6
             // stops answering InitProducerId after clients are SIGKILLed,
             // and an idempotent producer then waits for a producer id for
@@ -1002,6 +1088,7 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
         );
     }
     let mut recoveries = Vec::new();
+    let mut catch_ups = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         // Hit it at a random moment of its work.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
@@ -1089,7 +1176,32 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
                 root.join("ingest.log").display()
             );
         }
-        let ms = r.map(|d| d.as_millis() as u64);
+        let mut ms = r.map(|d| d.as_millis() as u64);
+        if ms.is_some() && matches!(fault, FaultKind::PostgresOutage | FaultKind::BrokerOutage) {
+            // The next fault hits a pipeline that has caught up, as the
+            // others do; how long that took is a figure of its own.
+            let max_pending = (opts.rate * 5.0) as u64;
+            match catch_up(
+                &store,
+                &group,
+                &topic,
+                &producer,
+                max_pending,
+                deadline.left(CATCH_UP_LIMIT),
+            )
+            .await
+            {
+                Ok(()) => {
+                    let c = t0.elapsed().as_millis() as u64;
+                    tracing::info!(fault = %fault, catch_up_ms = c, "chaos: caught up after the outage");
+                    catch_ups.push((*fault, c));
+                }
+                Err(e) => {
+                    tracing::warn!(fault = %fault, error = %e, "chaos: ingest did not catch up after the outage");
+                    ms = None;
+                }
+            }
+        }
         tracing::info!(n = i + 1, of = faults.len(), fault = %fault, recovery_ms = ?ms, "chaos: fault");
         recoveries.push((*fault, ms));
         deadline.check("injecting faults")?;
@@ -1105,7 +1217,7 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
     stop_producing.store(true, Ordering::Release);
     let produced = producing.await??;
     let targets = producer.stats().delivered_end_offsets();
-    super::wait_for_offsets(
+    crate::pipeline::wait_for_offsets(
         &store,
         &group,
         &topic,
@@ -1221,11 +1333,12 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
         wrong_answers: wrong,
         answers_checked: checked,
         outages_unreported,
-        stuck_group_rejoins: log_since(&ingest_log, 0)
-            .matches("leaving and rejoining")
-            .count() as u64,
+        stuck_consumer_restarts: log_since(&ingest_log, 0).matches("ingest is stuck").count()
+            as u64,
+        consumer_group: opts.consumer_group,
         recovery: summarize(&recoveries),
         recoveries_ms: recoveries,
+        catch_up_ms: catch_ups,
         seconds: started.elapsed().as_secs_f64(),
     };
     store.pool().close().await;

@@ -1,0 +1,468 @@
+//! The command line's arguments (clap), and the small conversions from
+//! them to the library's option types.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use salespulse::analytics::{AnalyticsError, ViewKind, ViewRequest};
+use salespulse::generator::{self, GeneratorParams, OutputFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "salespulse",
+    version,
+    about = "Real-time sales analytics workbench"
+)]
+pub struct Cli {
+    /// Config file (default: $SALESPULSE_CONFIG, else ./salespulse.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `salespulse=debug` (default: $RUST_LOG, else info).
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    /// Without a command, the desktop workbench opens.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The desktop workbench (the default): dashboard, pipeline, explorer.
+    App,
+    /// Internal: runs one metric script for a parent process (stdin/stdout).
+    #[command(hide = true)]
+    ScriptHost,
+    /// Generator + producer + ingest, headless. Uses embedded Kafka and
+    /// PostgreSQL unless KAFKA_BROKERS / DATABASE_URL are set.
+    Run {
+        /// Stop generating after N events; exit once all are committed.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Events per second (0 = as fast as possible). Default: as fast as
+        /// possible with --events, else 500.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Behaviour seed (default: random, so reruns add new data).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Ingest workers in this process (one consumer-group member each).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Stamp events with a simulated clock starting here (RFC 3339)
+        /// instead of the wall clock: backfills history with seasonality.
+        #[arg(long)]
+        backfill_from: Option<DateTime<Utc>>,
+        /// Partitions of the topic if it is created (overrides config).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Also serve the HTTP API, with this run's /metrics, on this address
+        /// (e.g. 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<String>,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Custom metrics (Rhai scripts over Polars frames).
+    Metric {
+        #[command(subcommand)]
+        which: MetricCommand,
+    },
+    /// Prints a view (kpis, revenue_trend, category_performance, payment_mix,
+    /// status_breakdown, region_breakdown, top_products, top_customers,
+    /// weekday_hour, transactions).
+    Query {
+        view: String,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Compute from PostgreSQL without the Redis cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
+    },
+    /// Writes a view to a CSV or Parquet file (all matching rows for
+    /// `transactions` unless --limit is given).
+    Export {
+        view: String,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// csv or parquet (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
+    },
+    /// The Redis frame cache.
+    Cache {
+        #[command(subcommand)]
+        which: CacheCommand,
+    },
+    /// Writes generated events to stdout.
+    Generate {
+        /// Events to print.
+        #[arg(long)]
+        count: u64,
+        /// ndjson or csv.
+        #[arg(long, default_value = "ndjson")]
+        format: OutputFormat,
+        /// Seed (same seed, same events).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Start of the simulated clock (RFC 3339; default: midnight UTC 7 days ago).
+        #[arg(long, conflicts_with = "wall_clock")]
+        start: Option<DateTime<Utc>>,
+        /// Stamp events with the wall clock instead of a simulated one.
+        #[arg(long)]
+        wall_clock: bool,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Fault suite: private PostgreSQL, tansu and Redis; ingest processes
+    /// SIGKILLed, PostgreSQL restarted, the broker killed, Redis stopped,
+    /// with poison records mixed in; then checks nothing was lost or doubled.
+    Chaos {
+        /// Events produced per second during the faults (tansu on SQLite
+        /// keeps up with a few hundred on two cores).
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// One poison record after this many valid events.
+        #[arg(long, default_value_t = 100)]
+        poison_every: u64,
+        /// Ingest processes SIGKILLed mid-batch.
+        #[arg(long, default_value_t = 100)]
+        ingest_kills: usize,
+        /// PostgreSQL restarts (alternating fast and immediate shutdown).
+        #[arg(long, default_value_t = 6)]
+        postgres_restarts: usize,
+        /// Broker kills and restarts.
+        #[arg(long, default_value_t = 6)]
+        broker_restarts: usize,
+        /// Redis stops and restarts.
+        #[arg(long, default_value_t = 3)]
+        redis_restarts: usize,
+        /// Long outages of PostgreSQL and of the broker (each).
+        #[arg(long, default_value_t = 1)]
+        outages: usize,
+        /// Run ingest as a consumer-group member (as several processes
+        /// would) instead of reading every partition itself. tansu 0.6's
+        /// group coordinator can strand partitions after many kills.
+        #[arg(long)]
+        consumer_group: bool,
+        /// Seconds each long outage lasts.
+        #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        outage_secs: u64,
+        /// Seed of the generator and of the fault schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Keep the services' data here (default: a temporary folder, removed).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// The tansu binary (default: TANSU_BIN, ~/.cargo/bin/tansu, tansu).
+        #[arg(long, value_name = "FILE")]
+        tansu: Option<PathBuf>,
+        /// Seconds one fault may stop ingest from committing before it counts
+        /// as not survived (and no further fault is injected).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        recovery_limit_secs: u64,
+        /// Seconds for the whole run; past it, it stops with the services' logs.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        time_limit_secs: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One or more ingest workers joining the consumer group (needs KAFKA_BROKERS).
+    Ingest {
+        /// Ingest workers in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// The HTTP generator API: GET /event, /stream?rate=R&count=N, /health.
+    Serve {
+        /// Address to bind (default from config: 127.0.0.1:8080).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Seed of the generator behind /event and /stream (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// The embedded mock Kafka cluster, standalone on a fixed port, for
+    /// several local processes.
+    Broker {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
+    /// Checks each dependency and says how to fix what is missing.
+    Doctor,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+/// The generator's behaviour scripts.
+#[derive(clap::Args, Debug, Default)]
+pub struct BehaviourArgs {
+    /// Shop script (default: the built-in scripts/generator/default.rhai);
+    /// fields it leaves out keep the built-in values.
+    #[arg(long, value_name = "FILE")]
+    pub generator_script: Option<PathBuf>,
+    /// Scenario script switched on from the start (repeatable), e.g.
+    /// scripts/generator/flash_sale.rhai.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Vec<PathBuf>,
+}
+
+impl BehaviourArgs {
+    pub fn load(&self) -> anyhow::Result<(GeneratorParams, Vec<generator::Scenario>)> {
+        let params = match &self.generator_script {
+            Some(p) => generator::behaviour::load_shop(p)?,
+            None => GeneratorParams::builtin(),
+        };
+        let scenarios = self
+            .scenario
+            .iter()
+            .map(|p| {
+                let s = generator::behaviour::load_scenario(p)?;
+                generator::check_scenario(&params, &s)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                Ok(s)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((params, scenarios))
+    }
+}
+
+#[derive(Subcommand)]
+// Parsed once at start; its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum MetricCommand {
+    /// Runs a metric script against the database and prints its result.
+    Run {
+        file: PathBuf,
+        /// The filters the script runs under (default: all data).
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Compute without the Redis cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// CSV cells exactly as stored: text starting with = + - @ is not
+        /// defused for spreadsheets (default: prefixed with ').
+        #[arg(long)]
+        raw_csv: bool,
+    },
+    /// Compiles every metric script of a folder and lists what each declares.
+    List {
+        #[arg(default_value = "scripts/metrics")]
+        dir: PathBuf,
+    },
+}
+
+/// View filters; lists take commas or repeated flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Relative range ending at the newest event: 15m, 1h, 24h, 7d, all.
+    #[arg(long)]
+    pub last: Option<String>,
+    /// Range start (RFC 3339 or YYYY-MM-DD, UTC), with --to.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Range end, exclusive.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only these categories (repeat the flag for several).
+    #[arg(long)]
+    pub category: Vec<String>,
+    /// Only these payment methods (repeatable).
+    #[arg(long)]
+    pub payment_method: Vec<String>,
+    /// Only these regions (repeatable).
+    #[arg(long)]
+    pub region: Vec<String>,
+    /// Only these channels (repeatable).
+    #[arg(long)]
+    pub channel: Vec<String>,
+    /// Only these statuses (repeatable).
+    #[arg(long)]
+    pub status: Vec<String>,
+    /// revenue_trend bucket: auto, minute, 5m, 15m, hour, day, week.
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// Rows (top_products, top_customers, transactions).
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// Rows to skip (transactions).
+    #[arg(long)]
+    pub offset: Option<String>,
+}
+
+impl FilterArgs {
+    pub fn request(&self, view: &str) -> Result<ViewRequest, AnalyticsError> {
+        let kind: ViewKind = view.parse()?;
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in [
+            ("last", &self.last),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("granularity", &self.granularity),
+            ("limit", &self.limit),
+            ("offset", &self.offset),
+        ] {
+            if let Some(v) = v {
+                pairs.push((k, v));
+            }
+        }
+        for (k, vs) in [
+            ("category", &self.category),
+            ("payment_method", &self.payment_method),
+            ("region", &self.region),
+            ("channel", &self.channel),
+            ("status", &self.status),
+        ] {
+            pairs.extend(vs.iter().map(|v| (k, v.as_str())));
+        }
+        ViewRequest::parse(kind, pairs)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Deletes every cached frame.
+    Clear,
+    /// Shows whether Redis answers and the cache settings.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Fuzz the event decoder and the COPY encoder with random and mutated
+    /// payloads: no panic, accepted events round-trip and encode cleanly.
+    Fuzz {
+        /// Inputs to try.
+        #[arg(long, default_value_t = 10_000_000)]
+        inputs: u64,
+        /// Seed of the inputs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generator speed on one thread with a shop script (default: the
+    /// built-in one): events made, and events made and encoded as JSON.
+    Generator {
+        /// Events per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// A shop script to measure instead of the built-in one.
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        /// Runs (each figure is reported per run).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pipeline ingest rate against a raw COPY of the same events.
+    Ingest {
+        /// Events to produce and ingest.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Ingest workers (consumer-group members); each has
+        /// `ingest_lanes` parallel write lanes.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the bench database.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// App frame time (layout + tessellation) on each panel at several
+    /// window sizes and scales, and resident memory, against DATABASE_URL
+    /// (default: the analytics bench's database).
+    Ui {
+        /// Timed frames per case.
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        /// Dashboard range: 15m, 1h, 24h, 7d or all.
+        #[arg(long, default_value = "7d")]
+        last: String,
+        /// Database on the DATABASE_URL server (default salespulse_analytics_bench).
+        #[arg(long, default_value = "salespulse_analytics_bench")]
+        database: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU and frames of an idle app (pipeline stopped, auto-refresh on) on
+    /// the dashboard and the pipeline panel, against DATABASE_URL (default:
+    /// the analytics bench's database).
+    Idle {
+        /// Measured seconds per panel.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds each panel settles before it is measured.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+        /// Dashboard auto-refresh interval, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        refresh: f64,
+        /// Database on the DATABASE_URL server (default salespulse_analytics_bench).
+        #[arg(long, default_value = "salespulse_analytics_bench")]
+        database: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dashboard refresh (cold and warm) over N transactions against plain
+    /// GROUP BY, and the two loaders. Loads the data once into its own
+    /// database and reuses it on later runs with the same N and seed.
+    Analytics {
+        /// Transactions to load.
+        #[arg(long, default_value_t = 10_000_000)]
+        transactions: u64,
+        /// Days of history the transactions span.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Timed repetitions of each measurement.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Reload the data even if the bench database has it.
+        #[arg(long)]
+        reload: bool,
+        /// Database to load into (default salespulse_analytics_bench).
+        #[arg(long)]
+        database: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,537 @@
+//! One short function per command: each turns its arguments into the
+//! library's options, calls the library, and prints the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use salespulse::analytics::metrics::{self, Metric};
+use salespulse::analytics::{export, Analytics};
+use salespulse::bench;
+use salespulse::bus::EmbeddedBroker;
+use salespulse::config::Config;
+use salespulse::generator::{self, Clock, Generator, GeneratorParams};
+use salespulse::pipeline::doctor;
+use salespulse::services::{self, RunOptions};
+use salespulse::ui::{self, log::LogBuffer};
+
+use crate::args::{
+    BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs, MetricCommand,
+};
+use crate::report::{print_report, write_frame};
+use crate::UsageError;
+
+/// Sets up logging, the configuration and the runtime, and runs `cli`'s
+/// command (the app when none is given).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::App);
+    if matches!(command, Command::ScriptHost) {
+        // No configuration and no services: the parent answers for them.
+        crate::init_logging(Some("warn"), None);
+        return salespulse::analytics::script_host::serve_child();
+    }
+    let app_log = matches!(
+        command,
+        Command::App
+            | Command::Bench {
+                which: BenchCommand::Idle { .. }
+            }
+    )
+    .then(LogBuffer::default);
+    crate::init_logging(cli.log.as_deref(), app_log.as_ref());
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    salespulse::bus::set_security(cfg.kafka_security());
+    // The key password is now in the Kafka settings: the programs this one
+    // starts (ingest children, brokers, servers) do not inherit it. No
+    // other thread runs yet.
+    std::env::remove_var("SALESPULSE_KAFKA_SSL_KEY_PASSWORD");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // These run on this (main) thread, which plays the UI thread; the
+    // pipeline and the app's backend run on the runtime.
+    match command {
+        Command::App => {
+            let r = ui::run(rt.handle().clone(), cfg, app_log.unwrap_or_default());
+            rt.shutdown_timeout(Duration::from_secs(5));
+            r
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Ui {
+                    frames,
+                    last,
+                    database,
+                    json,
+                },
+        } => {
+            use_bench_database(&rt, &mut cfg, &database)?;
+            let opts = bench::ui::UiBenchOptions {
+                frames,
+                range: salespulse::analytics::TimeRange::parse_last(&last)
+                    .map_err(|e| UsageError::new(format!("--last: {e}")))?,
+            };
+            print_report(&bench::ui::run(rt.handle().clone(), cfg, &opts)?, json)
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Idle {
+                    seconds,
+                    settle,
+                    refresh,
+                    database,
+                    json,
+                },
+        } => {
+            use_bench_database(&rt, &mut cfg, &database)?;
+            let opts = bench::ui::IdleBenchOptions {
+                seconds,
+                settle,
+                refresh_secs: refresh,
+            };
+            let logs = app_log.unwrap_or_default();
+            print_report(
+                &bench::ui::idle(rt.handle().clone(), cfg, logs, &opts)?,
+                json,
+            )
+        }
+        command => rt.block_on(dispatch(command, &mut cfg)),
+    }
+}
+
+/// Points `cfg` at `database` on the configured (or embedded) server.
+fn use_bench_database(
+    rt: &tokio::runtime::Runtime,
+    cfg: &mut Config,
+    database: &str,
+) -> anyhow::Result<()> {
+    let (base, _pg) = rt.block_on(services::database_url(cfg))?;
+    cfg.database_url = Some(salespulse::store::with_database(&base, database)?);
+    Ok(())
+}
+
+/// The commands that run on the runtime.
+async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
+    match command {
+        Command::App | Command::ScriptHost => {
+            anyhow::bail!("this command runs on the main thread, not here")
+        }
+        Command::Run {
+            events,
+            rate,
+            seed,
+            workers,
+            backfill_from,
+            partitions,
+            http,
+            behaviour,
+        } => {
+            if let Some(p) = partitions {
+                cfg.partitions = p;
+                cfg.check()
+                    .map_err(|e| UsageError::new(format!("--partitions: {e}")))?;
+            }
+            let (params, scenarios) = behaviour.load()?;
+            let opts = RunOptions {
+                events,
+                rate: services::default_rate(rate, events),
+                seed: seed.unwrap_or_else(rand::random),
+                workers,
+                clock: backfill_from.map_or(Clock::Wall, Clock::Simulated),
+                params,
+                scenarios,
+                http,
+            };
+            println!("{}", services::run(cfg, opts).await?);
+            Ok(())
+        }
+        Command::Generate {
+            count,
+            format,
+            seed,
+            start,
+            wall_clock,
+            behaviour,
+        } => {
+            let clock = if wall_clock {
+                Clock::Wall
+            } else {
+                Clock::Simulated(start.unwrap_or_else(generator::default_simulated_start))
+            };
+            generate(&behaviour, count, format, seed, clock)
+        }
+        Command::Ingest { workers } => {
+            println!("{}", services::ingest(cfg, workers).await?);
+            Ok(())
+        }
+        Command::Chaos {
+            rate,
+            poison_every,
+            ingest_kills,
+            postgres_restarts,
+            broker_restarts,
+            redis_restarts,
+            outages,
+            outage_secs,
+            consumer_group,
+            seed,
+            work_dir,
+            tansu,
+            recovery_limit_secs,
+            time_limit_secs,
+            json,
+        } => {
+            if !(rate.is_finite() && (1.0..=100_000.0).contains(&rate)) {
+                return Err(UsageError::new("--rate must be between 1 and 100000 events/s").into());
+            }
+            let opts = bench::chaos::ChaosOptions {
+                rate,
+                poison_every,
+                ingest_kills,
+                postgres_restarts,
+                broker_restarts,
+                redis_restarts,
+                outages,
+                outage: Duration::from_secs(outage_secs),
+                partitions: 3,
+                consumer_group,
+                seed,
+                work_dir,
+                salespulse: None,
+                tansu,
+                recovery_limit: Duration::from_secs(recovery_limit_secs),
+                time_limit: time_limit_secs.map(Duration::from_secs),
+            };
+            chaos(&opts, json).await
+        }
+        Command::Serve { bind, seed } => {
+            let bind = bind.unwrap_or_else(|| cfg.http_bind.clone());
+            services::serve(cfg, &bind, seed.unwrap_or_else(rand::random)).await
+        }
+        Command::Query {
+            view,
+            filters,
+            format,
+            no_cache,
+            raw_csv,
+        } => query(cfg, &view, &filters, &format, no_cache, raw_csv).await,
+        Command::Export {
+            view,
+            filters,
+            format,
+            out,
+            raw_csv,
+        } => export(cfg, &view, &filters, format.as_deref(), out, raw_csv).await,
+        Command::Metric {
+            which:
+                MetricCommand::Run {
+                    file,
+                    filters,
+                    format,
+                    no_cache,
+                    raw_csv,
+                },
+        } => metric_run(cfg, file, &filters, &format, no_cache, raw_csv).await,
+        Command::Metric {
+            which: MetricCommand::List { dir },
+        } => metric_list(&dir),
+        Command::Cache { which } => cache(cfg, which).await,
+        Command::Broker { port } => broker(cfg, port).await,
+        Command::Doctor => {
+            println!("configuration:\n{}\n", cfg.summary());
+            let checks = doctor::diagnose(cfg).await;
+            print!("{}", doctor::render(&checks));
+            anyhow::ensure!(
+                checks.iter().all(|c| c.ok),
+                "some dependencies are not available"
+            );
+            Ok(())
+        }
+        Command::Bench { which } => bench_command(cfg, which).await,
+    }
+}
+
+/// `salespulse generate`: events to stdout.
+fn generate(
+    behaviour: &BehaviourArgs,
+    count: u64,
+    format: generator::OutputFormat,
+    seed: u64,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    let (params, scenarios) = behaviour.load()?;
+    let board = generator::Switchboard::new();
+    for sc in scenarios {
+        board.switch_on(sc);
+    }
+    let mut g = Generator::new(params, seed, clock)?.with_switch(board);
+    let stdout = std::io::stdout().lock();
+    match generator::write_events(&mut g, count, format, stdout) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// `salespulse chaos`: the fault suite; fails when anything was lost,
+/// doubled or miscomputed.
+async fn chaos(opts: &bench::chaos::ChaosOptions, json: bool) -> anyhow::Result<()> {
+    // Ctrl-C drops the run, and with it every private service and ingest
+    // process it started (they are killed on drop).
+    let report = tokio::select! {
+        r = bench::chaos::run(opts) => r?,
+        _ = services::shutdown_signal() => anyhow::bail!("chaos run interrupted; its services are stopped"),
+    };
+    print_report(&report, json)?;
+    anyhow::ensure!(
+        report.passed(),
+        "the pipeline lost, doubled or miscomputed something (above)"
+    );
+    Ok(())
+}
+
+/// The analytics layer over the configured (or embedded) database. Keep
+/// the returned handle alive while it is used.
+async fn open_analytics(
+    cfg: &Config,
+) -> anyhow::Result<(Analytics, Option<salespulse::store::EmbeddedPostgres>)> {
+    let (store, pg) = services::open_store(cfg).await?;
+    Ok((services::analytics(cfg, &store)?, pg))
+}
+
+/// A view's request from its name and filter flags (a usage error when
+/// they do not parse).
+fn request(filters: &FilterArgs, view: &str) -> anyhow::Result<salespulse::analytics::ViewRequest> {
+    filters
+        .request(view)
+        .map_err(|e| UsageError::new(e.to_string()).into())
+}
+
+/// `salespulse query`: a view to stdout.
+async fn query(
+    cfg: &Config,
+    view: &str,
+    filters: &FilterArgs,
+    format: &str,
+    no_cache: bool,
+    raw_csv: bool,
+) -> anyhow::Result<()> {
+    let req = request(filters, view)?;
+    let (analytics, _pg) = open_analytics(cfg).await?;
+    let mut frame = if no_cache {
+        analytics.compute_uncached(&req).await?
+    } else {
+        let r = analytics.view(&req).await?;
+        tracing::debug!(outcome = ?r.outcome, elapsed = ?r.elapsed, "view answered");
+        if let Some(e) = analytics.cache().status().error {
+            tracing::warn!("cache bypassed: {e}");
+        }
+        r.frame
+    };
+    write_frame(&mut frame, format, raw_csv)
+}
+
+/// `salespulse export`: a view to a CSV or Parquet file, with progress.
+async fn export(
+    cfg: &Config,
+    view: &str,
+    filters: &FilterArgs,
+    format: Option<&str>,
+    out: PathBuf,
+    raw_csv: bool,
+) -> anyhow::Result<()> {
+    let req = request(filters, view)?;
+    let format: export::ExportFormat = match format {
+        Some(f) => f
+            .parse()
+            .map_err(|e: String| UsageError::new(format!("--format: {e}")))?,
+        None => export::ExportFormat::from_path(&out).ok_or_else(|| {
+            UsageError::new(
+                "cannot tell the format from the file name: give --format csv or parquet",
+            )
+        })?,
+    };
+    let format = match format {
+        export::ExportFormat::Csv if raw_csv => export::ExportFormat::CsvRaw,
+        f => f,
+    };
+    let (analytics, _pg) = open_analytics(cfg).await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {wide_bar} {human_pos}/{human_len} rows ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = export::export_view(&analytics, &req, &out, format, |done, total| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "wrote {} rows ({} bytes) to {}",
+        report.rows,
+        report.bytes,
+        report.path.display()
+    );
+    Ok(())
+}
+
+/// `salespulse metric run`: a metric script's frame to stdout.
+async fn metric_run(
+    cfg: &Config,
+    file: PathBuf,
+    filters: &FilterArgs,
+    format: &str,
+    no_cache: bool,
+    raw_csv: bool,
+) -> anyhow::Result<()> {
+    let metric = Arc::new(Metric::load(&file)?);
+    let f = request(filters, "kpis")?.filters;
+    let (analytics, _pg) = open_analytics(cfg).await?;
+    let mut frame = if no_cache {
+        analytics.run_script(metric, &f, None).await?
+    } else {
+        let r = analytics.metric(&metric, &f).await?;
+        tracing::debug!(outcome = ?r.outcome, elapsed = ?r.elapsed, "metric answered");
+        if let Some(p) = r.previous {
+            tracing::info!("previous period: {p}");
+        }
+        r.frame
+    };
+    write_frame(&mut frame, format, raw_csv)
+}
+
+/// `salespulse metric list`: compiles a folder's metric scripts.
+fn metric_list(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for m in metrics::load_dir(dir) {
+        match m {
+            Ok(m) => println!(
+                "{:<34} {:<6} {:<9} {}",
+                m.info.file,
+                format!("{:?}", m.info.kind).to_lowercase(),
+                format!("{:?}", m.info.format).to_lowercase(),
+                m.info.name
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} metric scripts do not compile");
+    Ok(())
+}
+
+/// `salespulse cache clear|status`.
+async fn cache(cfg: &Config, which: CacheCommand) -> anyhow::Result<()> {
+    let cache = salespulse::cache::FrameCache::new(
+        &cfg.redis_url,
+        Duration::from_secs(cfg.cache_ttl_secs.max(1)),
+    )?;
+    match which {
+        CacheCommand::Clear => println!("deleted {} cached frames", cache.clear().await?),
+        CacheCommand::Status => println!("{}", serde_json::to_string_pretty(&cache.probe().await)?),
+    }
+    Ok(())
+}
+
+/// `salespulse broker`: the mock cluster on a fixed port until Ctrl-C.
+async fn broker(cfg: &Config, port: u16) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start_on_port(port).await?;
+    for t in [&cfg.topic, &cfg.dlq_topic] {
+        broker.create_topic(t, cfg.partitions)?;
+    }
+    println!(
+        "mock Kafka broker on {} (topics {} and {}, {} partitions; in memory). \
+         Use KAFKA_BROKERS={} ; Ctrl-C to stop.",
+        broker.bootstrap_servers(),
+        cfg.topic,
+        cfg.dlq_topic,
+        cfg.partitions,
+        broker.bootstrap_servers()
+    );
+    services::shutdown_signal().await;
+    Ok(())
+}
+
+/// `salespulse bench …` (the UI benches run on the main thread instead).
+async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> {
+    match which {
+        BenchCommand::Ui { .. } | BenchCommand::Idle { .. } => {
+            anyhow::bail!("this command runs on the main thread, not here")
+        }
+        BenchCommand::Fuzz {
+            inputs,
+            seed,
+            threads,
+            json,
+        } => {
+            let report = bench::fuzz::run(&bench::fuzz::FuzzOptions {
+                inputs,
+                seed,
+                threads,
+            });
+            print_report(&report, json)?;
+            anyhow::ensure!(
+                report.clean(),
+                "the fuzzer found broken properties (listed above)"
+            );
+            Ok(())
+        }
+        BenchCommand::Generator {
+            events,
+            script,
+            repeat,
+            json,
+        } => {
+            let params = match &script {
+                Some(p) => generator::behaviour::load_shop(p)?,
+                None => GeneratorParams::builtin(),
+            };
+            let report = bench::pipeline::generator(params, events, repeat.max(1))?;
+            print_report(&report, json)
+        }
+        BenchCommand::Ingest {
+            events,
+            workers,
+            seed,
+            keep,
+            json,
+        } => {
+            let opts = bench::pipeline::IngestBenchOptions {
+                events,
+                workers,
+                seed,
+                keep,
+            };
+            print_report(&bench::pipeline::ingest(cfg, &opts).await?, json)
+        }
+        BenchCommand::Analytics {
+            transactions,
+            days,
+            seed,
+            repeat,
+            reload,
+            database,
+            json,
+        } => {
+            let opts = bench::analytics::AnalyticsBenchOptions {
+                transactions,
+                days,
+                seed,
+                repeat: repeat.max(1),
+                reload,
+                database,
+            };
+            print_report(&bench::analytics::run(cfg, &opts).await?, json)
+        }
+    }
+}
