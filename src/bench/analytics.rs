@@ -1,12 +1,11 @@
 //! `salespulse bench analytics`: dashboard refresh over N transactions.
 //!
-//! Loads N generated transactions (default 10M over 90 days) into a database
-//! of its own with a bulk `COPY`, then builds exactly what ingest would have
-//! built from them: the rollups at three grains (SQL `GROUP BY` over the raw
-//! rows), customers, products, per-minute session rollups (aggregated while
-//! generating; the raw `sessions` rows, ~3.5 per order, are not stored), and
-//! the watermarks. The load is kept and reused by later runs with the same
-//! N, days and seed.
+//! Loads N generated transactions (default 10M over 90 days) and their
+//! sessions (~3.5 per order) into a database of its own with a bulk `COPY`,
+//! then builds exactly what ingest would have built from them: every
+//! derived table by `store::rollups::rebuild` (the same definitions ingest's
+//! upsert follows), and the watermarks. The load is kept and reused by later
+//! runs with the same N, days, seed and loader version.
 //!
 //! Then, for three ranges (last 24 h, last 7 d, all):
 //! - **cold**: the Redis frame cache emptied, a full dashboard refresh
@@ -30,9 +29,9 @@ use sqlx::Row;
 
 use crate::analytics::{Analytics, Filters, LoadMode, TimeRange, ViewKind, ViewRequest};
 use crate::config::Config;
-use crate::event::{Event, SaleEvent};
+use crate::event::Event;
 use crate::generator::{Clock, Generator, GeneratorParams};
-use crate::store::{self, Batch, CopyRows, Store, TRANSACTION_COLUMNS};
+use crate::store::{self, Batch, CopyRows, Store, SESSION_COLUMNS, TRANSACTION_COLUMNS};
 
 /// What `bench analytics` loads and measures.
 #[derive(Clone, Debug)]
@@ -171,18 +170,28 @@ pub async fn run(
     let store = Store::connect(&url, cfg.pg_pool_size.max(5), Duration::from_secs(3_600)).await?;
     store.migrate().await?;
     let pool = store.pool();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_meta (transactions int8, days int4, seed int8, load_secs float8)",
+    let foreign: bool = sqlx::query_scalar(
+        "SELECT to_regclass('bench_meta') IS NULL AND EXISTS (SELECT 1 FROM transactions)",
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    let meta = sqlx::query("SELECT transactions, days, seed, load_secs FROM bench_meta")
+    anyhow::ensure!(
+        !foreign,
+        "database {db} holds transactions that no bench loaded; the bench replaces \
+         everything in its database, so name another one with --database"
+    );
+    sqlx::query(BENCH_META).execute(pool).await?;
+    sqlx::query("ALTER TABLE bench_meta ADD COLUMN IF NOT EXISTS loader int4")
+        .execute(pool)
+        .await?;
+    let meta = sqlx::query("SELECT transactions, days, seed, loader FROM bench_meta")
         .fetch_optional(pool)
         .await?;
     let reusable = meta.as_ref().is_some_and(|r| {
         r.try_get::<i64, _>(0).ok() == Some(opts.transactions as i64)
             && r.try_get::<i32, _>(1).ok() == Some(opts.days as i32)
             && r.try_get::<i64, _>(2).ok() == Some(opts.seed as i64)
+            && r.try_get::<Option<i32>, _>(3).ok() == Some(Some(LOADER_VERSION))
     });
     let load_secs = if reusable && !opts.reload {
         eprintln!("reusing the data loaded earlier in database {db}");
@@ -193,16 +202,22 @@ pub async fn run(
             opts.transactions
         );
         let started = Instant::now();
+        // Not reusable from here on, whatever happens to the load.
+        sqlx::query("DELETE FROM bench_meta").execute(pool).await?;
         load(&store, opts).await.context("loading the bench data")?;
         let secs = started.elapsed().as_secs_f64();
-        sqlx::query("DELETE FROM bench_meta").execute(pool).await?;
-        sqlx::query("INSERT INTO bench_meta VALUES ($1, $2, $3, $4)")
-            .bind(opts.transactions as i64)
-            .bind(opts.days as i32)
-            .bind(opts.seed as i64)
-            .bind(secs)
-            .execute(pool)
-            .await?;
+        sqlx::query(BENCH_META).execute(pool).await?;
+        sqlx::query(
+            "INSERT INTO bench_meta (transactions, days, seed, load_secs, loader) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(opts.transactions as i64)
+        .bind(opts.days as i32)
+        .bind(opts.seed as i64)
+        .bind(secs)
+        .bind(LOADER_VERSION)
+        .execute(pool)
+        .await?;
         Some(secs)
     };
 
@@ -356,42 +371,56 @@ async fn plain_group_by(
     Ok(())
 }
 
-type SessionKey = (&'static str, i64, String, String);
+/// What the loader builds; a bench database loaded by another version is
+/// loaded again.
+const LOADER_VERSION: i32 = 2;
+
+/// What was loaded (a load starts with a fresh schema, so it is made again).
+const BENCH_META: &str = "CREATE TABLE IF NOT EXISTS bench_meta \
+    (transactions int8, days int4, seed int8, load_secs float8, loader int4)";
 
 /// Generates and bulk-loads the data set; see the module docs.
 async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()> {
     let pool = store.pool();
-    for t in [
-        "transactions",
-        "sessions",
-        "customers",
-        "products",
-        "sales_metrics",
-        "sales_metrics_lite",
-        "customer_days",
-        "session_metrics",
-        "ingest_offsets",
-        "ingest_watermarks",
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {t}")))
-            .execute(pool)
-            .await?;
+    // A fresh schema: whatever an interrupted load left (dropped keys and
+    // indexes, half-loaded tables) goes, and every index the migrations
+    // define is there to be dropped and built again below.
+    sqlx::query("DROP SCHEMA public CASCADE")
+        .execute(pool)
+        .await?;
+    sqlx::query("CREATE SCHEMA public").execute(pool).await?;
+    store.migrate().await?;
+    // Still marked as the bench's own, should this load be interrupted.
+    sqlx::query(BENCH_META).execute(pool).await?;
+    // Bulk load without the secondary indexes and the keys; rebuilt after.
+    let raw = [
+        ("transactions", "transaction_id"),
+        ("sessions", "session_id"),
+    ];
+    let mut indexes: Vec<(String, String)> = Vec::new();
+    for (table, _) in raw {
+        indexes.extend(
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE tablename::text = $1 \
+                 AND indexname::text <> $1 || '_pkey'",
+            )
+            .bind(table)
+            .fetch_all(pool)
+            .await?,
+        );
     }
-    // Bulk load without the secondary indexes and the key; rebuilt after.
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'transactions' \
-         AND indexname <> 'transactions_pkey'",
-    )
-    .fetch_all(pool)
-    .await?;
     for (name, _) in &indexes {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
             .execute(pool)
             .await?;
     }
-    sqlx::query("ALTER TABLE transactions DROP CONSTRAINT transactions_pkey")
+    for (table, _) in raw {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} DROP CONSTRAINT {table}_pkey"
+        )))
         .execute(pool)
         .await?;
+    }
 
     // Sessions per hour so that N sales span `days` (about 0.28 orders per session).
     let params = GeneratorParams {
@@ -405,14 +434,18 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
         .context("start time")?;
     let mut generator = Generator::new(params, opts.seed, Clock::Simulated(start))?;
     let target = opts.transactions;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (sales_tx, sales_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
-        let mut sessions: HashMap<SessionKey, [i64; 4]> = HashMap::new();
-        let mut customer_sessions: HashMap<String, i64> = HashMap::new();
         let mut product_names: HashMap<String, String> = HashMap::new();
         let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
         let mut made = 0u64;
-        let mut chunk: Vec<(SaleEvent, i32, i64)> = Vec::with_capacity(50_000);
+        let mut batch = Batch::default();
+        let send = |batch: &mut Batch| {
+            let rows = CopyRows::of(&std::mem::take(batch));
+            sales_tx.blocking_send(rows.transactions).is_ok()
+                && sessions_tx.blocking_send(rows.sessions).is_ok()
+        };
         while made < target {
             match generator.next_event() {
                 Event::Sale(s) => {
@@ -423,176 +456,67 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
                     if !product_names.contains_key(&s.product_id) {
                         product_names.insert(s.product_id.clone(), s.product_name.clone());
                     }
-                    chunk.push((s, 0, 0));
-                    if chunk.len() == chunk.capacity() {
-                        let batch = Batch {
-                            sales: std::mem::take(&mut chunk),
-                            ..Batch::default()
-                        };
-                        chunk.reserve(50_000);
-                        if tx.blocking_send(CopyRows::of(&batch).transactions).is_err() {
-                            break;
-                        }
-                    }
+                    batch.sales.push((s, 0, 0));
                 }
-                Event::Session(s) => {
-                    let t = s.started_at.timestamp();
-                    for (grain, width) in store::GRAINS {
-                        let k = (
-                            grain,
-                            t - t.rem_euclid(width),
-                            s.region.clone(),
-                            s.channel.as_str().to_owned(),
-                        );
-                        let e = sessions.entry(k).or_default();
-                        e[0] += 1;
-                        e[1] += i64::from(s.orders > 0);
-                        e[2] += i64::from(s.orders);
-                        e[3] += i64::from(s.page_views);
-                    }
-                    *customer_sessions.entry(s.customer_id).or_default() += 1;
-                }
+                Event::Session(s) => batch.sessions.push((s, 0, 0)),
+            }
+            if batch.sales.len() + batch.sessions.len() >= 100_000 && !send(&mut batch) {
+                break;
             }
         }
-        if !chunk.is_empty() {
-            let batch = Batch {
-                sales: chunk,
-                ..Batch::default()
-            };
-            let _ = tx.blocking_send(CopyRows::of(&batch).transactions);
-        }
-        (sessions, customer_sessions, product_names, min_t, max_t)
+        send(&mut batch);
+        (product_names, min_t, max_t)
     });
-
-    let mut conn = pool.acquire().await?;
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "COPY transactions ({TRANSACTION_COLUMNS}) FROM STDIN"
-        ))
-        .await?;
-    while let Some(buf) = rx.recv().await {
-        copy.send(buf).await?;
-    }
-    copy.finish().await?;
-    drop(conn);
-    let (sessions, customer_sessions, product_names, min_t, max_t) = producer.await?;
+    let copy = move |table: &'static str,
+                     columns: &'static str,
+                     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>| async move {
+        let mut conn = pool.acquire().await?;
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+            .await?;
+        while let Some(buf) = rx.recv().await {
+            copy.send(buf).await?;
+        }
+        copy.finish().await?;
+        anyhow::Ok(())
+    };
+    let (sales, sessions) = tokio::join!(
+        copy("transactions", TRANSACTION_COLUMNS, sales_rx),
+        copy("sessions", SESSION_COLUMNS, sessions_rx)
+    );
+    sales?;
+    sessions?;
+    let (product_names, min_t, max_t) = producer.await?;
     anyhow::ensure!(min_t <= max_t, "no transactions generated");
 
-    sqlx::query("ALTER TABLE transactions ADD PRIMARY KEY (transaction_id)")
+    for (table, key) in raw {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} ADD PRIMARY KEY ({key})"
+        )))
         .execute(pool)
         .await?;
+    }
     for (_, def) in &indexes {
         sqlx::query(sqlx::AssertSqlSafe(def.clone()))
             .execute(pool)
             .await?;
     }
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET work_mem = '512MB'")
-        .execute(&mut *conn)
-        .await?;
-    // Minute grain from the rows, each coarser grain from the one below.
-    sqlx::query(
-        "INSERT INTO sales_metrics (grain, bucket, category, payment_method, status, region,
-             channel, orders, units, revenue, discount)
-         SELECT 'minute', date_trunc('minute', occurred_at, 'UTC'), category, payment_method,
-             status, region, channel, count(*), sum(quantity), sum(total_amount), sum(discount)
-         FROM transactions GROUP BY 2, 3, 4, 5, 6, 7",
-    )
-    .execute(&mut *conn)
-    .await?;
-    for (grain, from) in [("hour", "minute"), ("day", "hour")] {
-        sqlx::query(
-            "INSERT INTO sales_metrics (grain, bucket, category, payment_method, status, region,
-                 channel, orders, units, revenue, discount)
-             SELECT $1, date_trunc($1, bucket, 'UTC'), category, payment_method, status, region,
-                 channel, sum(orders), sum(units), sum(revenue), sum(discount)
-             FROM sales_metrics WHERE grain = $2 GROUP BY 2, 3, 4, 5, 6, 7",
-        )
-        .bind(grain)
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    }
-    sqlx::query(
-        "INSERT INTO sales_metrics_lite (grain, bucket, category, payment_method, status, orders,
-             units, revenue, discount)
-         SELECT grain, bucket, category, payment_method, status, sum(orders), sum(units),
-             sum(revenue), sum(discount)
-         FROM sales_metrics WHERE grain IN ('hour', 'day') GROUP BY 1, 2, 3, 4, 5",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO customer_days (day, customer_id)
-         SELECT date_trunc('day', occurred_at, 'UTC'), customer_id FROM transactions GROUP BY 1, 2",
-    )
-    .execute(&mut *conn)
-    .await?;
-    drop(conn);
 
-    // Sessions rollups, customers and products from the generation pass.
-    let ts = |t: i64| DateTime::from_timestamp(t, 0).unwrap_or_default();
-    let (mut grains, mut buckets, mut regions, mut channels) = (vec![], vec![], vec![], vec![]);
-    let mut counts: [Vec<i64>; 4] = Default::default();
-    for ((g, b, r, ch), v) in sessions {
-        grains.push(g);
-        buckets.push(ts(b));
-        regions.push(r);
-        channels.push(ch);
-        for (col, x) in counts.iter_mut().zip(v) {
-            col.push(x);
-        }
-    }
-    let [a, b, c, d] = counts;
-    sqlx::query(
-        "INSERT INTO session_metrics (grain, bucket, region, channel, sessions, converted_sessions,
-             orders, page_views)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[],
-             $6::int8[], $7::int8[], $8::int8[])",
-    )
-    .bind(grains)
-    .bind(buckets)
-    .bind(regions)
-    .bind(channels)
-    .bind(a)
-    .bind(b)
-    .bind(c)
-    .bind(d)
-    .execute(pool)
-    .await?;
-
-    // Customers and products as ingest keeps them, from the loaded rows.
-    let (ids, counts): (Vec<String>, Vec<i64>) = customer_sessions.into_iter().unzip();
+    // Product names are carried by events only: a rebuild keeps what the
+    // table holds, so they go in first.
     let names: (Vec<String>, Vec<String>) = product_names.into_iter().unzip();
     sqlx::query(
-        "INSERT INTO customers (customer_id, region, country, first_seen, last_seen, sessions,
-             orders, completed_orders, units, total_spent)
-         SELECT customer_id, min(region), min(country), min(occurred_at), max(occurred_at),
-             coalesce(min(s.n), 0), count(*), count(*) FILTER (WHERE status = 'completed'),
-             sum(quantity), coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
-         FROM transactions
-         LEFT JOIN UNNEST($1::text[], $2::int8[]) AS s(id, n) ON s.id = customer_id
-         GROUP BY customer_id",
-    )
-    .bind(ids)
-    .bind(counts)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO products (product_id, name, category, list_price, first_seen, last_seen,
-             orders, units, revenue)
-         SELECT product_id, coalesce(min(p.name), ''), min(category), max(unit_price),
-             min(occurred_at), max(occurred_at), count(*), sum(quantity),
-             coalesce(sum(total_amount) FILTER (WHERE status = 'completed'), 0)
-         FROM transactions
-         LEFT JOIN UNNEST($1::text[], $2::text[]) AS p(id, name) ON p.id = product_id
-         GROUP BY product_id",
+        "INSERT INTO products (product_id, name, category, list_price, first_seen, last_seen)
+         SELECT id, name, '', 0, now(), now() FROM UNNEST($1::text[], $2::text[]) AS p(id, name)",
     )
     .bind(names.0)
     .bind(names.1)
     .execute(pool)
     .await?;
+    // Every derived table from the raw rows, as ingest defines them.
+    store::rollups::rebuild(store).await?;
 
+    let ts = |t: i64| DateTime::from_timestamp(t, 0).unwrap_or_default();
     sqlx::query(
         "INSERT INTO ingest_watermarks (topic, partition, commits, late_commits, max_event_at,
              last_min_at)
@@ -604,6 +528,7 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
     .await?;
     for t in [
         "transactions",
+        "sessions",
         "sales_metrics",
         "sales_metrics_lite",
         "customer_days",

@@ -1313,7 +1313,7 @@ async fn run_in(opts: &ChaosOptions, root: &Path) -> anyhow::Result<ChaosReport>
         .count() as u64;
     let sessions_short = produced.sessions.difference(&session_set).count() as u64;
     let sessions_extra = session_set.difference(&produced.sessions).count() as u64;
-    let inconsistent = crate::store::check::derived_tables(&store)
+    let inconsistent = crate::store::rollups::verify(&store)
         .await?
         .iter()
         .map(ToString::to_string)

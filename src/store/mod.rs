@@ -6,8 +6,8 @@
 //! partition offsets. Replaying any batch therefore changes nothing, and a
 //! crash at any point either commits all of it or none of it (see `write`).
 
-pub mod check;
 mod embedded;
+pub mod rollups;
 mod write;
 
 use std::collections::HashMap;
@@ -17,11 +17,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 
-pub use embedded::{find_pg_bin_dir, EmbeddedPostgres};
-pub use write::{
-    Batch, BeforeCommit, CopyRows, Refused, WriteOutcome, CONFLICTING_DUPLICATE, GRAINS,
-    REJECTED_BY_DATABASE, SESSION_COLUMNS, TRANSACTION_COLUMNS,
-};
+pub(crate) use embedded::find_pg_bin_dir;
+pub use embedded::EmbeddedPostgres;
+pub use write::{Batch, BeforeCommit, CopyRows, Refused, WriteOutcome};
+pub(crate) use write::{CONFLICTING_DUPLICATE, SESSION_COLUMNS, TRANSACTION_COLUMNS};
 
 use crate::config::redact_url;
 
@@ -105,7 +104,7 @@ impl StoreError {
     }
 
     /// The SQLSTATE of a database error.
-    pub fn sqlstate(&self) -> Option<String> {
+    pub(crate) fn sqlstate(&self) -> Option<String> {
         match self {
             StoreError::Sql(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
             _ => None,
@@ -114,7 +113,7 @@ impl StoreError {
 
     /// The database's own words for a refusal: message, detail and
     /// SQLSTATE; for other errors, the error as displayed.
-    pub fn database_message(&self) -> String {
+    pub(crate) fn database_message(&self) -> String {
         if let StoreError::Sql(sqlx::Error::Database(db)) = self {
             let mut m = db.message().to_owned();
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
@@ -153,7 +152,7 @@ fn fault_of_sqlstate(code: &str) -> Fault {
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A handle on the database: a connection pool (cheap to clone).
 #[derive(Clone, Debug)]
@@ -163,7 +162,7 @@ pub struct Store {
 
 /// Connection options for `url`: application name `salespulse`, the given
 /// statement timeout, JIT off and `work_mem` 64 MB.
-pub fn connect_options(
+pub(crate) fn connect_options(
     url: &str,
     statement_timeout: Duration,
 ) -> Result<PgConnectOptions, StoreError> {
@@ -245,7 +244,7 @@ impl Store {
     /// [`Store::write_batch`], handing the refused records to `before_commit`
     /// inside the transaction, before it commits (ingest dead-letters them
     /// there); if it fails, nothing is committed.
-    pub async fn write_batch_with(
+    pub(crate) async fn write_batch_with(
         &self,
         group: &str,
         topic: &str,
@@ -279,7 +278,7 @@ impl Store {
 
     /// How long ago `group` last committed offsets of `topic` (`None`:
     /// never), by the database's clock.
-    pub async fn last_commit_age(
+    pub(crate) async fn last_commit_age(
         &self,
         group: &str,
         topic: &str,

@@ -35,11 +35,16 @@
 //! dead-lettered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use super::rollups::{
+    CUSTOMERS, CUSTOMER_DAYS, GRAINS, LITE_GRAINS, PRODUCTS, SALES_METRICS, SALES_METRICS_LITE,
+    SESSION_METRICS,
+};
 use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
 
@@ -56,9 +61,9 @@ pub struct Batch {
 }
 
 /// DLQ kind of a record the database refused.
-pub const REJECTED_BY_DATABASE: &str = "rejected-by-database";
+pub(crate) const REJECTED_BY_DATABASE: &str = "rejected-by-database";
 /// DLQ kind of a record whose id is stored already with different content.
-pub const CONFLICTING_DUPLICATE: &str = "conflicting-duplicate";
+pub(crate) const CONFLICTING_DUPLICATE: &str = "conflicting-duplicate";
 
 /// A record of a batch that was not stored, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -691,9 +696,9 @@ macro_rules! session_columns {
 }
 
 /// Columns of [`CopyRows::transactions`], in order.
-pub const TRANSACTION_COLUMNS: &str = transaction_columns!();
+pub(crate) const TRANSACTION_COLUMNS: &str = transaction_columns!();
 /// Columns of [`CopyRows::sessions`], in order.
-pub const SESSION_COLUMNS: &str = session_columns!();
+pub(crate) const SESSION_COLUMNS: &str = session_columns!();
 
 const COPY_TRANSACTIONS: &str = concat!(
     "COPY transactions (",
@@ -856,10 +861,6 @@ macro_rules! unnest {
     }};
 }
 
-/// The rollup grains and their bucket widths in seconds. Every row is folded
-/// into one bucket of each grain (UTC, what `date_trunc(grain, t, 'UTC')` gives).
-pub const GRAINS: [(&str, i64); 3] = [("minute", 60), ("hour", 3_600), ("day", 86_400)];
-
 /// Truncates to a multiple of `width` seconds since the epoch.
 fn truncate(t: DateTime<Utc>, width: i64) -> DateTime<Utc> {
     let s = t.timestamp();
@@ -958,7 +959,7 @@ impl<'a> Aggregates<'a> {
                 );
                 let cells = [
                     Some(a.sales.entry(key).or_default()),
-                    (grain != "minute").then(|| {
+                    LITE_GRAINS.contains(&grain).then(|| {
                         a.lite
                             .entry((key.0, key.1, key.2, key.3, key.4))
                             .or_default()
@@ -1002,6 +1003,7 @@ impl<'a> Aggregates<'a> {
                     revenue: 0,
                 });
             p.name = p.name.max(s.product_name.as_str());
+            p.category = p.category.min(s.category.as_str());
             p.price = p.price.max(to_cents(s.unit_price));
             p.first = p.first.min(s.occurred_at);
             p.last = p.last.max(s.occurred_at);
@@ -1156,6 +1158,8 @@ impl<'a> Aggregates<'a> {
             next_offset: "int8" = |(_, o)| *o,
         );
         let (group, topic) = (a.bind(group)?, a.bind(topic)?);
+        let [sales_conflict, lite_conflict, days_conflict, session_conflict, customers_conflict, products_conflict] =
+            &*CONFLICTS;
         let sql = format!(
             r#"
 WITH sales_rollup AS (
@@ -1164,11 +1168,7 @@ WITH sales_rollup AS (
     SELECT grain, bucket, category, payment_method, status, region, channel, orders, units,
         revenue / 100.0, discount / 100.0
     FROM {sales}
-    ON CONFLICT (grain, bucket, category, payment_method, status, region, channel) DO UPDATE SET
-        orders = m.orders + EXCLUDED.orders,
-        units = m.units + EXCLUDED.units,
-        revenue = m.revenue + EXCLUDED.revenue,
-        discount = m.discount + EXCLUDED.discount
+    {sales_conflict}
 ),
 lite_rollup AS (
     INSERT INTO sales_metrics_lite AS m (grain, bucket, category, payment_method, status,
@@ -1176,27 +1176,19 @@ lite_rollup AS (
     SELECT grain, bucket, category, payment_method, status, orders, units, revenue / 100.0,
         discount / 100.0
     FROM {lite}
-    ON CONFLICT (grain, bucket, category, payment_method, status) DO UPDATE SET
-        orders = m.orders + EXCLUDED.orders,
-        units = m.units + EXCLUDED.units,
-        revenue = m.revenue + EXCLUDED.revenue,
-        discount = m.discount + EXCLUDED.discount
+    {lite_conflict}
 ),
 days AS (
-    INSERT INTO customer_days (day, customer_id)
+    INSERT INTO customer_days AS d (day, customer_id)
     SELECT day, customer_id FROM {days}
-    ON CONFLICT DO NOTHING
+    {days_conflict}
 ),
 session_rollup AS (
     INSERT INTO session_metrics AS m (grain, bucket, region, channel, sessions,
         converted_sessions, orders, page_views)
     SELECT grain, bucket, region, channel, sessions, converted, orders, page_views
     FROM {sessions}
-    ON CONFLICT (grain, bucket, region, channel) DO UPDATE SET
-        sessions = m.sessions + EXCLUDED.sessions,
-        converted_sessions = m.converted_sessions + EXCLUDED.converted_sessions,
-        orders = m.orders + EXCLUDED.orders,
-        page_views = m.page_views + EXCLUDED.page_views
+    {session_conflict}
 ),
 cust AS (
     INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
@@ -1204,14 +1196,7 @@ cust AS (
     SELECT id, region, country, first_seen, last_seen, sessions, orders, completed, units,
         spent / 100.0
     FROM {customers}
-    ON CONFLICT (customer_id) DO UPDATE SET
-        first_seen = least(c.first_seen, EXCLUDED.first_seen),
-        last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
-        sessions = c.sessions + EXCLUDED.sessions,
-        orders = c.orders + EXCLUDED.orders,
-        completed_orders = c.completed_orders + EXCLUDED.completed_orders,
-        units = c.units + EXCLUDED.units,
-        total_spent = c.total_spent + EXCLUDED.total_spent
+    {customers_conflict}
 ),
 prod AS (
     INSERT INTO products AS p (product_id, name, category, list_price, first_seen, last_seen,
@@ -1219,14 +1204,7 @@ prod AS (
     SELECT id, name, category, price / 100.0, first_seen, last_seen, orders, units,
         revenue / 100.0
     FROM {products}
-    ON CONFLICT (product_id) DO UPDATE SET
-        name = EXCLUDED.name,
-        list_price = EXCLUDED.list_price,
-        first_seen = least(p.first_seen, EXCLUDED.first_seen),
-        last_seen = greatest(p.last_seen, EXCLUDED.last_seen),
-        orders = p.orders + EXCLUDED.orders,
-        units = p.units + EXCLUDED.units,
-        revenue = p.revenue + EXCLUDED.revenue
+    {products_conflict}
 ),
 watermarks AS (
     INSERT INTO ingest_watermarks AS w (topic, partition, commits, late_commits, max_event_at,
@@ -1257,6 +1235,19 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
         Ok(())
     }
 }
+
+/// How the upsert folds each table's new partial aggregates into it: the
+/// `ON CONFLICT` clauses, from the tables' definitions in `rollups`.
+static CONFLICTS: LazyLock<[String; 6]> = LazyLock::new(|| {
+    [
+        SALES_METRICS.on_conflict("m"),
+        SALES_METRICS_LITE.on_conflict("m"),
+        CUSTOMER_DAYS.on_conflict("d"),
+        SESSION_METRICS.on_conflict("m"),
+        CUSTOMERS.on_conflict("c"),
+        PRODUCTS.on_conflict("p"),
+    ]
+});
 
 /// The arguments of one statement, bound one by one where they are named,
 /// so that no placeholder is numbered by hand.

@@ -199,9 +199,7 @@ pub async fn count(store: &Store, sql: &'static str) -> i64 {
 /// Asserts every derived table equals the same aggregates recomputed from the
 /// raw `transactions` and `sessions` rows (both directions of EXCEPT).
 pub async fn assert_consistent(store: &Store) {
-    let mismatches = salespulse::store::check::derived_tables(store)
-        .await
-        .unwrap();
+    let mismatches = salespulse::store::rollups::verify(store).await.unwrap();
     assert!(
         mismatches.is_empty(),
         "{}",

@@ -108,6 +108,12 @@ pub enum Command {
         #[command(subcommand)]
         which: CacheCommand,
     },
+    /// The derived tables (rollups, customer days, customers, products)
+    /// against the raw rows.
+    Rollups {
+        #[command(subcommand)]
+        which: RollupsCommand,
+    },
     /// Writes generated events to stdout.
     Generate {
         /// Events to print.
@@ -347,6 +353,16 @@ pub enum CacheCommand {
     Clear,
     /// Shows whether Redis answers and the cache settings.
     Status,
+}
+
+#[derive(Subcommand)]
+pub enum RollupsCommand {
+    /// Compares every derived table with its recomputation from the raw
+    /// rows; fails if any differs.
+    Verify,
+    /// Recomputes every derived table from the raw rows (ingest waits
+    /// meanwhile); product names are kept.
+    Rebuild,
 }
 
 #[derive(Subcommand)]

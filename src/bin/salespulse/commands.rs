@@ -19,6 +19,7 @@ use salespulse::ui::{self, log::LogBuffer};
 
 use crate::args::{
     BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs, MetricCommand,
+    RollupsCommand,
 };
 use crate::report::{print_report, write_frame};
 use crate::UsageError;
@@ -239,6 +240,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             which: MetricCommand::List { dir },
         } => metric_list(&dir),
         Command::Cache { which } => cache(cfg, which).await,
+        Command::Rollups { which } => rollups(cfg, which).await,
         Command::Broker { port } => broker(cfg, port).await,
         Command::Doctor => {
             println!("configuration:\n{}\n", cfg.summary());
@@ -439,6 +441,32 @@ async fn cache(cfg: &Config, which: CacheCommand) -> anyhow::Result<()> {
     match which {
         CacheCommand::Clear => println!("deleted {} cached frames", cache.clear().await?),
         CacheCommand::Status => println!("{}", serde_json::to_string_pretty(&cache.probe().await)?),
+    }
+    Ok(())
+}
+
+/// `salespulse rollups verify|rebuild`.
+async fn rollups(cfg: &Config, which: RollupsCommand) -> anyhow::Result<()> {
+    let (store, _pg) = services::open_store(cfg).await?;
+    match which {
+        RollupsCommand::Verify => {
+            let mismatches = salespulse::store::rollups::verify(&store).await?;
+            for m in &mismatches {
+                println!("{m}");
+            }
+            anyhow::ensure!(
+                mismatches.is_empty(),
+                "{} derived tables differ from the raw rows; \
+                 `salespulse rollups rebuild` recomputes them",
+                mismatches.len()
+            );
+            println!("every derived table matches the raw rows");
+        }
+        RollupsCommand::Rebuild => {
+            for (table, rows) in salespulse::store::rollups::rebuild(&store).await? {
+                println!("{table}: {rows} rows");
+            }
+        }
     }
     Ok(())
 }
