@@ -439,7 +439,7 @@ impl Config {
 /// The per-user data directory: `$XDG_DATA_HOME/salespulse` or
 /// `~/.local/share/salespulse` on Linux, `~/Library/Application Support/salespulse`
 /// on macOS, `%LOCALAPPDATA%\salespulse` on Windows.
-pub fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     let home = || std::env::var_os("HOME").map(PathBuf::from);
     let base = if cfg!(windows) {
         std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
@@ -496,7 +496,7 @@ pub fn strip_password(url: &str) -> String {
 /// `s` with every password replaced by `***`: the one in a URL's
 /// credentials (`postgres://u:***@h/db`) and any `password=` value (libpq
 /// keywords, query parameters). Use it for anything printed or logged.
-pub fn redact_url(s: &str) -> String {
+pub(crate) fn redact_url(s: &str) -> String {
     let mut out = s.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 /// Longest id (customer, session, product) accepted.
 pub(crate) const MAX_ID_LEN: usize = 64;
 /// Longest free-text field (product name) accepted.
-pub const MAX_TEXT_LEN: usize = 256;
+pub(crate) const MAX_TEXT_LEN: usize = 256;
 /// Largest quantity in one order line.
 pub(crate) const MAX_QUANTITY: i32 = 10_000;
 /// Largest unit price accepted.
@@ -27,10 +27,10 @@ pub(crate) const MAX_UNIT_PRICE: f64 = 1_000_000.0;
 /// Largest amount of one order line, in cents: what `numeric(12,2)` holds
 /// (9,999,999,999.99). The gross amount (quantity × unit price), the discount
 /// and the total must each fit, after rounding to cents.
-pub const MAX_LINE_CENTS: i64 = 999_999_999_999;
+pub(crate) const MAX_LINE_CENTS: i64 = 999_999_999_999;
 /// Default allowance for clocks ahead of ours: how far in the future an event
 /// may be stamped (see [`Event::decode_with`] for a configured one).
-pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+pub(crate) const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 
 /// One record on the topic: a sale or a session, tagged by `"type"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,7 +140,7 @@ macro_rules! vocabulary {
             }
 
             /// Whether the value is in the vocabulary (not `Unknown`).
-            pub fn is_known(&self) -> bool {
+            pub(crate) fn is_known(&self) -> bool {
                 !matches!(self, $name::Unknown(_))
             }
         }
@@ -239,7 +239,7 @@ impl Event {
     }
 
     /// [`Event::decode`] allowing timestamps up to `max_skew` past `now`.
-    pub fn decode_with(
+    pub(crate) fn decode_with(
         payload: &[u8],
         now: DateTime<Utc>,
         max_skew: Duration,
@@ -515,7 +515,7 @@ impl SessionEvent {
 }
 
 /// Converts a decimal amount to whole cents, rounding half away from zero.
-pub fn to_cents(amount: f64) -> i64 {
+pub(crate) fn to_cents(amount: f64) -> i64 {
     (amount * 100.0).round() as i64
 }
 

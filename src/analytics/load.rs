@@ -70,7 +70,7 @@ pub(crate) fn time_dtype() -> DataType {
 }
 
 /// The Polars type of a column type.
-pub fn dtype(ty: ColType) -> DataType {
+pub(crate) fn dtype(ty: ColType) -> DataType {
     match ty {
         ColType::Text => DataType::String,
         ColType::Int => DataType::Int64,

@@ -152,7 +152,7 @@ fn currency_symbol(code: &str) -> &str {
 }
 
 /// `1234567.891` → `1,234,567.89` (with `decimals` places).
-pub fn thousands(v: f64, decimals: usize) -> String {
+pub(crate) fn thousands(v: f64, decimals: usize) -> String {
     let s = format!("{:.*}", decimals, v.abs());
     let (int, frac) = s.split_once('.').map_or((s.as_str(), ""), |(a, b)| (a, b));
     let mut out = String::new();
@@ -578,7 +578,7 @@ impl Analytics {
     }
 
     /// [`Analytics::metric`] under versions already read.
-    pub async fn metric_at(
+    pub(crate) async fn metric_at(
         &self,
         metric: &Arc<Metric>,
         filters: &Filters,

@@ -155,7 +155,7 @@ pub(crate) fn filters_key(f: &Filters) -> serde_json::Value {
 }
 
 /// Latency histogram bucket bounds, seconds (Prometheus style).
-pub const LATENCY_BUCKETS: [f64; 11] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
@@ -210,7 +210,7 @@ impl Analytics {
 
     /// Where metric scripts run (a child process with a memory cap, by
     /// default; see [`script_host`]).
-    pub fn isolation(&self) -> &script_host::Isolation {
+    pub(crate) fn isolation(&self) -> &script_host::Isolation {
         &self.isolation
     }
 
@@ -231,7 +231,7 @@ impl Analytics {
     }
 
     /// How query results are loaded into frames.
-    pub fn load_mode(&self) -> LoadMode {
+    pub(crate) fn load_mode(&self) -> LoadMode {
         self.mode
     }
 
@@ -271,7 +271,7 @@ impl Analytics {
     }
 
     /// The range and granularity `req` means given the data's state.
-    pub fn resolve(req: &ViewRequest, v: &DataVersions) -> (Option<Span>, Granularity) {
+    pub(crate) fn resolve(req: &ViewRequest, v: &DataVersions) -> (Option<Span>, Granularity) {
         let span = match &req.filters.range {
             TimeRange::All => None,
             TimeRange::Between { from, to } => Some(sql::minute_span(*from, *to)),
@@ -334,7 +334,7 @@ impl Analytics {
     }
 
     /// A view under versions already read (one read serves a whole dashboard).
-    pub async fn view_at(
+    pub(crate) async fn view_at(
         &self,
         req: &ViewRequest,
         v: &DataVersions,
@@ -436,7 +436,7 @@ impl Analytics {
 
     /// The values of each dimension present in the data (for filter pickers),
     /// from the day-grain rollups (a few thousand rows however much data).
-    pub async fn dimensions(&self) -> Result<Dimensions, AnalyticsError> {
+    pub(crate) async fn dimensions(&self) -> Result<Dimensions, AnalyticsError> {
         let rows = sqlx::query(
             "SELECT 0, category FROM sales_metrics_lite WHERE grain = 'day' GROUP BY 2
              UNION ALL

@@ -54,7 +54,7 @@ impl ViewKind {
     ];
 
     /// The views of one dashboard refresh.
-    pub const DASHBOARD: [ViewKind; 5] = [
+    pub(crate) const DASHBOARD: [ViewKind; 5] = [
         ViewKind::Kpis,
         ViewKind::RevenueTrend,
         ViewKind::CategoryPerformance,
@@ -79,7 +79,7 @@ impl ViewKind {
     }
 
     /// Default and largest row limit, for views that take one.
-    pub fn limits(self) -> Option<(u64, u64)> {
+    pub(crate) fn limits(self) -> Option<(u64, u64)> {
         match self {
             ViewKind::TopProducts | ViewKind::TopCustomers => Some((10, 100_000)),
             ViewKind::Transactions => Some((1_000, 1_000_000)),
@@ -276,7 +276,7 @@ pub struct Filters {
 
 impl Filters {
     /// True when no dimension filter is set (the range may be anything).
-    pub fn no_dimensions(&self) -> bool {
+    pub(crate) fn no_dimensions(&self) -> bool {
         self.categories.is_empty()
             && self.payment_methods.is_empty()
             && self.regions.is_empty()
@@ -492,7 +492,7 @@ impl ViewRequest {
     }
 
     /// The effective row limit.
-    pub fn effective_limit(&self) -> Option<u64> {
+    pub(crate) fn effective_limit(&self) -> Option<u64> {
         self.view.limits().map(|(d, _)| self.limit.unwrap_or(d))
     }
 }

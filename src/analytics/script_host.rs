@@ -156,7 +156,7 @@ fn frame_bytes(df: &DataFrame) -> Result<Vec<u8>, String> {
 
 /// Runs `metric` in a child process with `source` answering its frame
 /// calls. Blocking. `cancel` and the sandbox's time limit kill the child.
-pub fn run_isolated(
+pub(crate) fn run_isolated(
     host: &Path,
     memory_mb: u64,
     metric: &Metric,

@@ -98,7 +98,7 @@ fn ceil_to(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
 }
 
 /// Rounds `from` down and `to` up to whole minutes.
-pub fn minute_span(from: DateTime<Utc>, to: DateTime<Utc>) -> Span {
+pub(crate) fn minute_span(from: DateTime<Utc>, to: DateTime<Utc>) -> Span {
     Span {
         from: floor_to(from, 60),
         to: ceil_to(to, 60),
@@ -169,7 +169,7 @@ pub fn text(s: &str) -> String {
 }
 
 /// A `timestamptz` literal of `t`, to the microsecond.
-pub fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     format!(
         "'{}'::timestamptz",
         t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -841,7 +841,7 @@ pub fn products(f: &Filters, limit: u64) -> Query {
 }
 
 /// The query of a view.
-pub fn view_query(
+pub(crate) fn view_query(
     view: ViewKind,
     f: &Filters,
     span: Option<Span>,

@@ -55,7 +55,7 @@ pub(crate) const HEALTH_CACHE: Duration = Duration::from_secs(3);
 
 /// The API token from `SALESPULSE_API_TOKEN` (environment only: never
 /// read from or written to a file).
-pub fn token_from_env() -> Option<String> {
+pub(crate) fn token_from_env() -> Option<String> {
     std::env::var("SALESPULSE_API_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
@@ -63,7 +63,10 @@ pub fn token_from_env() -> Option<String> {
 
 /// Refuses to serve beyond loopback without a token: other machines could
 /// read the user's views.
-pub fn check_exposure(bound: std::net::SocketAddr, token: Option<&str>) -> std::io::Result<()> {
+pub(crate) fn check_exposure(
+    bound: std::net::SocketAddr,
+    token: Option<&str>,
+) -> std::io::Result<()> {
     if !bound.ip().is_loopback() && token.is_none_or(str::is_empty) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,

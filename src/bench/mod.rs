@@ -13,7 +13,7 @@ pub mod ui;
 
 /// Resident set size of this process in MiB, where the platform tells it
 /// (Linux: `/proc/self/status`; elsewhere `None`).
-pub fn rss_mib() -> Option<f64> {
+pub(crate) fn rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = s
         .lines()
@@ -29,7 +29,7 @@ pub fn rss_mib() -> Option<f64> {
 /// `None`).
 #[cfg(unix)]
 #[allow(unsafe_code)]
-pub fn process_cpu() -> Option<std::time::Duration> {
+pub(crate) fn process_cpu() -> Option<std::time::Duration> {
     use std::time::Duration;
     // SAFETY: getrusage only writes the struct it is given, which is a
     // plain C struct for which all-zero bytes are a valid value.
@@ -49,6 +49,6 @@ pub fn process_cpu() -> Option<std::time::Duration> {
 /// User + system CPU time of this process (Unix: `getrusage`; elsewhere
 /// `None`).
 #[cfg(not(unix))]
-pub fn process_cpu() -> Option<std::time::Duration> {
+pub(crate) fn process_cpu() -> Option<std::time::Duration> {
     None
 }

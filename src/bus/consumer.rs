@@ -41,13 +41,13 @@ pub type IngestConsumer = BaseConsumer<IngestContext>;
 
 impl IngestContext {
     /// Bumped on every assignment change.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// The offsets the latest assignment started from (partitions that start
     /// from the beginning are absent).
-    pub fn assigned_starts(&self) -> HashMap<i32, i64> {
+    pub(crate) fn assigned_starts(&self) -> HashMap<i32, i64> {
         self.starts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -160,7 +160,7 @@ pub use crate::config::Assignment;
 /// Returns every partition the topic has. A metadata answer with an error,
 /// or without the topic, is an error (the assignment stays as it was).
 /// `timeout` bounds the metadata request.
-pub fn assign_partitions(
+pub(crate) fn assign_partitions(
     consumer: &IngestConsumer,
     topic: &str,
     keep: impl Fn(i32) -> bool,
@@ -211,7 +211,7 @@ pub fn assign_partitions(
 /// A consumer in `group_id` for `topic`, with manual commits: subscribed
 /// (the group assigns partitions) for [`Assignment::Group`]; for
 /// [`Assignment::Static`] it reads nothing until [`assign_partitions`].
-pub fn ingest_consumer(
+pub(crate) fn ingest_consumer(
     brokers: &str,
     group_id: &str,
     topic: &str,
@@ -245,7 +245,7 @@ pub fn ingest_consumer(
 }
 
 /// Commits `next offsets` to Kafka (asynchronously), for lag monitoring only.
-pub fn commit_async(
+pub(crate) fn commit_async(
     consumer: &IngestConsumer,
     topic: &str,
     offsets: &[(i32, i64)],

@@ -14,10 +14,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
-pub use consumer::{
-    assign_partitions, commit_async, ingest_consumer, Assignment, IngestConsumer, IngestContext,
-    OffsetSource,
-};
+pub(crate) use consumer::{assign_partitions, commit_async, ingest_consumer};
+pub use consumer::{Assignment, IngestConsumer, IngestContext, OffsetSource};
 pub use mock::EmbeddedBroker;
 pub use producer::{backoff, EventProducer, ProducerConfig, ProducerStats};
 
@@ -171,7 +169,7 @@ pub fn ping(brokers: &str, timeout: Duration) -> Result<usize, BusError> {
 }
 
 /// High watermark (next offset to be written) of every partition of a topic.
-pub fn end_offsets(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
+pub(crate) fn end_offsets(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
     OffsetProbe::new(brokers)?.end_offsets(topic)
 }
 
@@ -192,7 +190,7 @@ impl OffsetProbe {
     }
 
     /// High watermark of every partition of `topic`, by partition.
-    pub fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
+    pub(crate) fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
         let client = self.client.client();
         let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let mut out = Vec::new();

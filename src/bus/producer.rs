@@ -244,7 +244,7 @@ impl EventProducer {
     /// it waits and tries again, for as long as a message may take
     /// (`message.timeout.ms`), or until `cancel` returns true
     /// ([`BusError::Cancelled`]). A topic never delivered to fails at once.
-    pub fn send_patiently(
+    pub(crate) fn send_patiently(
         &self,
         key: &[u8],
         payload: &[u8],
@@ -277,7 +277,7 @@ impl EventProducer {
     }
 
     /// Enqueues one record with headers (used for the dead-letter topic).
-    pub fn send_with_headers(
+    pub(crate) fn send_with_headers(
         &self,
         key: &[u8],
         payload: &[u8],
@@ -358,7 +358,7 @@ impl EventProducer {
 
     /// [`EventProducer::flush`] that gives up with [`BusError::Cancelled`]
     /// as soon as `cancel` returns true (checked every 200 ms at most).
-    pub fn flush_unless(
+    pub(crate) fn flush_unless(
         &self,
         timeout: Duration,
         cancel: &dyn Fn() -> bool,

@@ -219,7 +219,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Hashes key material into the Redis key of a view's frame.
-pub fn frame_key(view: &str, material: &str) -> String {
+pub(crate) fn frame_key(view: &str, material: &str) -> String {
     let digest = Sha256::digest(material.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{KEY_PREFIX}{view}:{hex}")
@@ -411,7 +411,7 @@ impl FrameCache {
     /// Lets at most `n` (at least 1) computations run at once: views asked
     /// for and then abandoned in bulk cannot hold every database connection.
     /// Keep it below the database pool's size.
-    pub fn with_compute_limit(mut self, n: usize) -> Self {
+    pub(crate) fn with_compute_limit(mut self, n: usize) -> Self {
         let n = n.max(1);
         self.compute_slots = Arc::new(tokio::sync::Semaphore::new(n));
         self.compute_limit = n;
@@ -428,7 +428,7 @@ impl FrameCache {
     /// [`FrameCache::get_or_compute`]): a computation still waiting for a
     /// slot when every caller has gone away gives up, so abandoned requests
     /// do not queue work for nobody.
-    pub async fn compute_slot<E: 'static>(
+    pub(crate) async fn compute_slot<E: 'static>(
         &self,
         key: &str,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, FlightLost> {

@@ -14,9 +14,9 @@ use super::scenario::Scenario;
 use crate::script::{from_json, to_json, Limits, Sandbox, ScriptError};
 
 /// The built-in shop script (the default `scripts/generator/default.rhai`).
-pub const BUILTIN_SHOP: &str = include_str!("../../scripts/generator/default.rhai");
+pub(crate) const BUILTIN_SHOP: &str = include_str!("../../scripts/generator/default.rhai");
 /// The scenario scripts shipped with salespulse: (file name, source).
-pub const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
+pub(crate) const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
     (
         "flash_sale.rhai",
         include_str!("../../scripts/generator/flash_sale.rhai"),
@@ -102,7 +102,7 @@ fn eval(file: &str, source: &str) -> Result<serde_json::Value, ScriptError> {
 
 /// Evaluates a shop script. Fields the script leaves out keep the built-in
 /// shop's values.
-pub fn shop_from_source(file: &str, source: &str) -> Result<GeneratorParams, ScriptError> {
+pub(crate) fn shop_from_source(file: &str, source: &str) -> Result<GeneratorParams, ScriptError> {
     let v = eval(file, source)?;
     shop_from_json(file, v, Some(builtin()))
 }
@@ -184,7 +184,7 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScriptError> {
 }
 
 /// The shipped scenarios.
-pub fn builtin_scenarios() -> Vec<Result<Scenario, ScriptError>> {
+pub(crate) fn builtin_scenarios() -> Vec<Result<Scenario, ScriptError>> {
     BUILTIN_SCENARIOS
         .iter()
         .map(|(file, src)| match from_source(file, src)? {

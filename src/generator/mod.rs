@@ -308,7 +308,7 @@ impl Generator {
 
     /// Traffic multiplier of the scenarios on (a paced producer scales its
     /// rate by it).
-    pub fn traffic(&self) -> f64 {
+    pub(crate) fn traffic(&self) -> f64 {
         self.effective.traffic
     }
 

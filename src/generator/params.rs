@@ -166,7 +166,7 @@ impl GeneratorParams {
 
     /// A bare but valid shop: one of everything. Only used should the
     /// embedded default script ever fail (a test makes sure it does not).
-    pub fn fallback() -> Self {
+    pub(crate) fn fallback() -> Self {
         let one = |name: &str| Share {
             name: name.to_owned(),
             weight: 1.0,

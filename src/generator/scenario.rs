@@ -182,7 +182,7 @@ impl Scenario {
     }
 
     /// How long it lasts once on (`None`: until switched off).
-    pub fn duration(&self) -> Option<Duration> {
+    pub(crate) fn duration(&self) -> Option<Duration> {
         self.duration_minutes
             .map(|m| Duration::from_secs_f64(m * 60.0))
     }
@@ -199,7 +199,7 @@ pub struct Active {
 
 impl Active {
     /// Wall-clock time left (`None`: until switched off).
-    pub fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.scenario
             .duration()
             .map(|d| d.saturating_sub(self.switched_on.elapsed()))
@@ -238,7 +238,7 @@ impl Switchboard {
 
     /// Replaces the shop from the next session on (customers and catalogue
     /// are rebuilt; the behaviour stream goes on).
-    pub fn set_shop(&self, params: GeneratorParams) {
+    pub(crate) fn set_shop(&self, params: GeneratorParams) {
         let v = self.bump();
         self.with(|b| b.shop = Some((v, Arc::new(params))));
     }
@@ -261,7 +261,7 @@ impl Switchboard {
     }
 
     /// Switches the scenario named `name` off; false if it was not on.
-    pub fn switch_off(&self, name: &str) -> bool {
+    pub(crate) fn switch_off(&self, name: &str) -> bool {
         let changed = self.with(|b| {
             let before = b.active.len();
             b.active.retain(|x| x.scenario.scenario != name);
@@ -274,7 +274,7 @@ impl Switchboard {
     }
 
     /// What is on, in the order switched on.
-    pub fn active(&self) -> Vec<Active> {
+    pub(crate) fn active(&self) -> Vec<Active> {
         self.with(|b| b.active.clone())
     }
 

@@ -51,7 +51,7 @@ impl Check {
 
 /// Asks `brokers` for metadata (3 s timeout) and reports how many
 /// brokers there are.
-pub async fn check_kafka(brokers: &str) -> Check {
+pub(crate) async fn check_kafka(brokers: &str) -> Check {
     let b = brokers.to_owned();
     let r = tokio::task::spawn_blocking(move || bus::ping(&b, TIMEOUT)).await;
     match r {
@@ -68,7 +68,7 @@ pub async fn check_kafka(brokers: &str) -> Check {
 
 /// Connects to `url` and reads the server version, within 3 s; the URL
 /// is shown redacted.
-pub async fn check_postgres(url: &str) -> Check {
+pub(crate) async fn check_postgres(url: &str) -> Check {
     let shown = redact_url(url);
     let attempt = async {
         let opts = store::connect_options(url, TIMEOUT)?;

@@ -673,7 +673,7 @@ impl Lane {
 /// partition's offsets are committed in order while decoding overlaps writing
 /// and lanes write in parallel. Lanes never share customers (they are keyed by
 /// partition) and take shared rollup rows in the same sorted order.
-pub fn run_worker(
+pub(crate) fn run_worker(
     settings: &IngestSettings,
     store: Store,
     rt: Handle,

@@ -33,7 +33,7 @@ impl LagSource {
 }
 
 /// Lag per partition, given the topic's high watermarks.
-pub async fn lag_against(
+pub(crate) async fn lag_against(
     store: &Store,
     group: &str,
     topic: &str,

@@ -18,7 +18,8 @@ use crate::bus::{self, EventProducer};
 use crate::generator::Generator;
 use crate::store::Store;
 
-pub use ingest::{run_worker, IngestSettings, IngestStats};
+pub(crate) use ingest::run_worker;
+pub use ingest::{IngestSettings, IngestStats};
 
 /// Keeps a loop at `rate` iterations per second (no limit when `None`).
 pub struct Pacer {
@@ -37,7 +38,7 @@ impl Pacer {
     }
 
     /// How long to wait before item `n` (0-based) is due.
-    pub fn delay_for(&self, n: u64) -> Duration {
+    pub(crate) fn delay_for(&self, n: u64) -> Duration {
         match self.rate {
             None => Duration::ZERO,
             Some(r) => {
@@ -60,7 +61,7 @@ pub struct Backpressure {
 
 /// Records per partition the embedded broker can safely hold (~100 B per
 /// compressed event against its 5 MiB per-partition log).
-pub const EMBEDDED_BACKLOG_PER_PARTITION: u64 = 20_000;
+pub(crate) const EMBEDDED_BACKLOG_PER_PARTITION: u64 = 20_000;
 
 /// Generates and produces until `limit` events or `stop`, then flushes.
 /// Returns how many events were produced.
@@ -90,7 +91,7 @@ pub fn produce_loop(
 /// `committed_base` is what `backpressure`'s counter stood at when this loop
 /// began.
 #[allow(clippy::too_many_arguments)]
-pub fn produce_paced(
+pub(crate) fn produce_paced(
     generator: &mut Generator,
     producer: &EventProducer,
     limit: Option<u64>,
@@ -180,7 +181,7 @@ pub fn spawn_workers(
 }
 
 /// Resolves when any of the worker threads has ended (normally only on error).
-pub async fn any_finished<T>(workers: &[std::thread::JoinHandle<T>]) {
+pub(crate) async fn any_finished<T>(workers: &[std::thread::JoinHandle<T>]) {
     while !workers.iter().any(|w| w.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -233,12 +234,12 @@ impl Workers {
     }
 
     /// Whether any worker has ended (normally only on an error).
-    pub fn any_ended(&self) -> bool {
+    pub(crate) fn any_ended(&self) -> bool {
         self.handles.iter().any(|h| h.is_finished())
     }
 
     /// Resolves when any worker has ended (normally only on an error).
-    pub async fn any_finished(&self) {
+    pub(crate) async fn any_finished(&self) {
         any_finished(&self.handles).await;
     }
 
@@ -301,7 +302,7 @@ pub async fn wait_for_offsets(
 /// Whether `e` is something only a person can fix (a bad URL, credentials,
 /// a missing database or permission, a schema from a newer version), as
 /// opposed to a service that is away for now.
-pub fn is_config_error(e: &anyhow::Error) -> bool {
+pub(crate) fn is_config_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<crate::store::StoreError>()
             .is_some_and(|s| s.fault() == crate::store::Fault::Config)

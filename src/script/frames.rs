@@ -71,7 +71,7 @@ thread_local! {
 
 /// Runs `f` with `source` installed for the frame functions on this thread
 /// (frames registered with `register` live until `f` returns).
-pub fn with_source<T>(source: Option<Arc<dyn FrameSource>>, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_source<T>(source: Option<Arc<dyn FrameSource>>, f: impl FnOnce() -> T) -> T {
     let previous = RUN.with_borrow_mut(|r| {
         std::mem::replace(
             r,
@@ -732,7 +732,7 @@ macro_rules! expr_methods {
 }
 
 /// Registers the frame types and functions on `engine`.
-pub fn register(engine: &mut Engine) {
+pub(crate) fn register(engine: &mut Engine) {
     engine
         .register_type_with_name::<Frame>("Frame")
         .register_type_with_name::<ScriptExpr>("Expr")
@@ -1046,7 +1046,7 @@ pub enum Value {
 
 impl Value {
     /// From a script's result.
-    pub fn from_dynamic(v: Dynamic) -> Result<Self, String> {
+    pub(crate) fn from_dynamic(v: Dynamic) -> Result<Self, String> {
         if let Ok(i) = v.as_int() {
             return Ok(Value::Scalar(i as f64));
         }
@@ -1069,7 +1069,7 @@ impl Value {
     }
 
     /// As a frame (a scalar is a 1 × 1 frame named `value`).
-    pub fn into_frame(self) -> Result<DataFrame, PolarsError> {
+    pub(crate) fn into_frame(self) -> Result<DataFrame, PolarsError> {
         match self {
             Value::Scalar(x) => df!("value" => [x]),
             Value::Series(s) => DataFrame::new_infer_height(vec![s.into_column()]),

@@ -200,7 +200,7 @@ impl Sandbox {
     }
 
     /// The engine, to register functions on before the sandbox is shared.
-    pub fn engine_mut(&mut self) -> &mut Engine {
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
     }
 
@@ -210,7 +210,7 @@ impl Sandbox {
     }
 
     /// The limits every run gets.
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
@@ -241,7 +241,7 @@ impl Sandbox {
     }
 
     /// Evaluates a compiled script and returns its value.
-    pub fn eval_ast(
+    pub(crate) fn eval_ast(
         &self,
         file: &str,
         ast: &AST,
@@ -316,7 +316,7 @@ pub(crate) fn from_value<T: serde::de::DeserializeOwned>(
 
 /// Deserializes a script's value (as JSON) into `T`, naming the field that
 /// is wrong.
-pub fn from_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
     file: &str,
     json: serde_json::Value,
 ) -> Result<T, ScriptError> {

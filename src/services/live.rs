@@ -47,7 +47,7 @@ impl Control {
     }
 
     /// `None` (or a non-positive rate) = as fast as possible.
-    pub fn set_rate(&self, rate: Option<f64>) {
+    pub(crate) fn set_rate(&self, rate: Option<f64>) {
         let r = rate.filter(|r| r.is_finite() && *r > 0.0).unwrap_or(0.0);
         self.rate.store(r.to_bits(), Ordering::Release);
     }
@@ -58,7 +58,7 @@ impl Control {
     }
 
     /// Pauses (`true`) or resumes the loop.
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
     }
 
@@ -212,7 +212,7 @@ impl LivePipeline {
     }
 
     /// Replaces the shop: at once when running, else from the next start.
-    pub fn set_shop(&mut self, params: GeneratorParams) {
+    pub(crate) fn set_shop(&mut self, params: GeneratorParams) {
         self.shop = params.clone();
         self.board.set_shop(params);
     }
@@ -232,7 +232,7 @@ impl LivePipeline {
     }
 
     /// Switches a scenario off; `false` when it was not on.
-    pub fn switch_off(&self, name: &str) -> bool {
+    pub(crate) fn switch_off(&self, name: &str) -> bool {
         let off = self.board.switch_off(name);
         if off {
             tracing::info!(scenario = %name, "scenario off");
@@ -271,7 +271,7 @@ impl LivePipeline {
     }
 
     /// Whether the broker is the in-process mock cluster.
-    pub fn is_embedded_broker(&self) -> bool {
+    pub(crate) fn is_embedded_broker(&self) -> bool {
         self.services.embedded_broker.is_some()
     }
 
@@ -363,7 +363,7 @@ impl LivePipeline {
     }
 
     /// Pauses or resumes generation when running; ingest goes on.
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         if let Some(r) = &self.running {
             r.control.set_paused(paused);
             tracing::info!(
@@ -375,7 +375,7 @@ impl LivePipeline {
     }
 
     /// Changes the rate of a running generator (`None` = as fast as possible).
-    pub fn set_rate(&self, rate: Option<f64>) {
+    pub(crate) fn set_rate(&self, rate: Option<f64>) {
         if let Some(r) = &self.running {
             r.control.set_rate(rate);
         }
@@ -433,7 +433,7 @@ impl LivePipeline {
     }
 
     /// Whether ingest writes are succeeding or being retried.
-    pub fn ingest_health(&self) -> crate::pipeline::ingest::IngestHealth {
+    pub(crate) fn ingest_health(&self) -> crate::pipeline::ingest::IngestHealth {
         self.ingest.health()
     }
 

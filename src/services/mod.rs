@@ -40,7 +40,7 @@ pub struct Services {
 impl Services {
     /// Uses `KAFKA_BROKERS` / `DATABASE_URL` when set; otherwise starts an
     /// in-process mock cluster and/or the private PostgreSQL cluster.
-    pub async fn resolve(cfg: &Config) -> anyhow::Result<Self> {
+    pub(crate) async fn resolve(cfg: &Config) -> anyhow::Result<Self> {
         let (brokers, embedded_broker) = match &cfg.kafka_brokers {
             Some(b) => (b.clone(), None),
             None => {
@@ -75,7 +75,7 @@ impl Services {
     /// empty at every start, the consumer group is suffixed with the broker's
     /// incarnation so that offsets stored by earlier runs are not applied to
     /// a new, unrelated log.
-    pub fn scoped(&self, cfg: &Config) -> Config {
+    pub(crate) fn scoped(&self, cfg: &Config) -> Config {
         let mut cfg = cfg.clone();
         if let Some(b) = &self.embedded_broker {
             cfg.group_id = format!("{}-{}", cfg.group_id, b.incarnation());
@@ -84,7 +84,7 @@ impl Services {
     }
 
     /// Connects and migrates the store, and creates the topics if missing.
-    pub async fn prepare(&self, cfg: &Config) -> anyhow::Result<Store> {
+    pub(crate) async fn prepare(&self, cfg: &Config) -> anyhow::Result<Store> {
         let store = Store::connect(
             &self.database_url,
             cfg.pg_pool_size,
@@ -201,7 +201,7 @@ pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
 
 /// Events per second when nothing says otherwise (the app and `run`
 /// without `--events`).
-pub const DEFAULT_RATE: f64 = 500.0;
+pub(crate) const DEFAULT_RATE: f64 = 500.0;
 
 /// The rate `run` uses: the one given when positive; as fast as possible
 /// when 0 is given or a number of events is (a backfill);

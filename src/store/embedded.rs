@@ -61,7 +61,7 @@ fn version_key(p: &Path) -> Vec<u32> {
 /// Finds the directory holding `initdb` and `pg_ctl`: `SALESPULSE_PG_BIN`,
 /// then `PATH`, then the usual install locations on Debian/Ubuntu, Fedora,
 /// macOS (Homebrew, Postgres.app) and Windows (EDB installer); newest first.
-pub fn find_pg_bin_dir() -> Option<PathBuf> {
+pub(crate) fn find_pg_bin_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SALESPULSE_PG_BIN").map(PathBuf::from) {
         return has_initdb(&p).then_some(p);
     }
@@ -311,7 +311,7 @@ impl EmbeddedPostgres {
 
     /// Starts the cluster again after [`EmbeddedPostgres::stop`], on the
     /// same port, and waits until it accepts connections.
-    pub fn start_again(&self) -> Result<(), StoreError> {
+    pub(crate) fn start_again(&self) -> Result<(), StoreError> {
         let bin =
             find_pg_bin_dir().ok_or_else(|| StoreError::Embedded("pg_ctl not found".into()))?;
         Self::start(&bin, &self.data_dir, self.port)

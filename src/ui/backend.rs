@@ -374,7 +374,7 @@ impl BackendHandle {
 
     /// Asks the backend to stop the pipeline and end, without waiting:
     /// the returned receiver gets `()` once it has (`None`: it had ended).
-    pub fn begin_shutdown(&self) -> Option<mpsc::Receiver<()>> {
+    pub(crate) fn begin_shutdown(&self) -> Option<mpsc::Receiver<()>> {
         let (done, wait) = mpsc::channel();
         self.send(Command::Shutdown { done }).then_some(wait)
     }

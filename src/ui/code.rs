@@ -192,7 +192,12 @@ fn color(t: Token, dark: bool) -> Color32 {
 }
 
 /// `src` coloured; `error_line` (1-based) shaded.
-pub fn highlight(src: &str, dark: bool, font: FontId, error_line: Option<usize>) -> LayoutJob {
+pub(crate) fn highlight(
+    src: &str,
+    dark: bool,
+    font: FontId,
+    error_line: Option<usize>,
+) -> LayoutJob {
     let mut job = LayoutJob::default();
     let [on_dark, on_light] = super::widgets::ERROR_SHADE;
     let shade = if dark { on_dark } else { on_light };

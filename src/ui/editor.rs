@@ -18,7 +18,7 @@ use crate::analytics::export::ExportFormat;
 use crate::script::ScriptError;
 
 /// Runs the open script (Ctrl/Cmd+Enter).
-pub const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+pub(crate) const RUN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
 /// Saves the open script (Ctrl/Cmd+S).
 pub(crate) const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
 
@@ -89,7 +89,7 @@ impl ScriptsState {
     }
 
     /// Opens `rel`, keeping the unsaved text of the one open now.
-    pub fn open_script(&mut self, rel: &str) {
+    pub(crate) fn open_script(&mut self, rel: &str) {
         if self.open.as_deref() == Some(rel) {
             return;
         }
@@ -114,7 +114,7 @@ impl ScriptsState {
 
     /// A new folder from the backend: the open script follows its file
     /// unless it has unsaved edits.
-    pub fn set_catalog(&mut self, c: Arc<Catalog>) {
+    pub(crate) fn set_catalog(&mut self, c: Arc<Catalog>) {
         let before = self.on_disk().map(str::to_owned);
         let had_edits = self.dirty();
         self.catalog = Some(c);

@@ -85,7 +85,7 @@ impl App {
 
     /// Asks the backend for the explorer's view with its filters and row
     /// limit (what the Load button does; benches and tests call it too).
-    pub fn load_explorer(&mut self) {
+    pub(crate) fn load_explorer(&mut self) {
         let Some(view) = self.explorer.view else {
             return;
         };

@@ -12,7 +12,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 /// Lines kept.
-pub const LOG_LINES: usize = 2_000;
+pub(crate) const LOG_LINES: usize = 2_000;
 
 /// One log line as the log panel shows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +44,7 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     /// Requests a repaint of `ctx` whenever a line arrives.
-    pub fn attach(&self, ctx: &egui::Context) {
+    pub(crate) fn attach(&self, ctx: &egui::Context) {
         let _ = self.repaint.set(ctx.clone());
     }
 
@@ -71,7 +71,7 @@ impl LogBuffer {
     }
 
     /// Lines with `seq >= from`.
-    pub fn since(&self, from: u64) -> Vec<LogLine> {
+    pub(crate) fn since(&self, from: u64) -> Vec<LogLine> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Lines are in seq order: skip straight to the first new one.
         let start = g.lines.partition_point(|l| l.seq < from);
@@ -79,7 +79,7 @@ impl LogBuffer {
     }
 
     /// Calls `f` with every line kept (under the lock: keep `f` short).
-    pub fn with_lines<R>(&self, f: impl FnOnce(&VecDeque<LogLine>) -> R) -> R {
+    pub(crate) fn with_lines<R>(&self, f: impl FnOnce(&VecDeque<LogLine>) -> R) -> R {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&g.lines)
     }

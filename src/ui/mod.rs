@@ -292,7 +292,7 @@ impl App {
 
     /// Asks the backend to stop the pipeline without waiting; the receiver
     /// gets `()` once it has.
-    pub fn begin_shutdown(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+    pub(crate) fn begin_shutdown(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
         self.backend.take().and_then(|b| b.begin_shutdown())
     }
 
@@ -457,7 +457,7 @@ impl App {
     }
 
     /// Asks for a refresh now (filters changed, or the user asked).
-    pub fn request_refresh(&mut self) {
+    pub(crate) fn request_refresh(&mut self) {
         self.dash.refresh_wanted = true;
     }
 

@@ -75,7 +75,7 @@ pub struct TableData {
 impl TableData {
     /// Formats every cell of `df` (money and rates with two decimals,
     /// timestamps as UTC).
-    pub fn from_frame(df: &DataFrame) -> Result<Self, String> {
+    pub(crate) fn from_frame(df: &DataFrame) -> Result<Self, String> {
         let height = df.height();
         let mut columns = Vec::with_capacity(df.width());
         let mut cells: Vec<Vec<String>> = Vec::with_capacity(df.width());
@@ -140,7 +140,7 @@ impl TableData {
 
     /// Row order for sorting by column `col` (numbers numerically, text
     /// lexically; ties keep their order).
-    pub fn sorted_order(&self, col: usize, descending: bool) -> Vec<usize> {
+    pub(crate) fn sorted_order(&self, col: usize, descending: bool) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         match self.numeric.get(col).and_then(|k| k.as_ref()) {
             Some(keys) => order.sort_by(|&a, &b| {
@@ -239,7 +239,7 @@ pub struct MetricPanel {
 
 impl MetricView {
     /// Prepares `df` (shaped by its metric's kind) for drawing.
-    pub fn from_frame(
+    pub(crate) fn from_frame(
         kind: MetricKind,
         df: &DataFrame,
         previous: Option<f64>,
@@ -327,7 +327,7 @@ impl MetricView {
 }
 
 /// The views of a dashboard refresh.
-pub const DASHBOARD_VIEWS: [ViewKind; 7] = [
+pub(crate) const DASHBOARD_VIEWS: [ViewKind; 7] = [
     ViewKind::Kpis,
     ViewKind::RevenueTrend,
     ViewKind::CategoryPerformance,
@@ -389,7 +389,7 @@ fn series(df: &DataFrame, y: &str) -> Result<Vec<[f64; 2]>, String> {
 impl Dashboard {
     /// Whether `other` shows the same numbers (how long the refresh took and
     /// how much came from the cache aside).
-    pub fn same_content(&self, other: &Dashboard) -> bool {
+    pub(crate) fn same_content(&self, other: &Dashboard) -> bool {
         let strip = |d: &Dashboard| Dashboard {
             elapsed: Duration::ZERO,
             cached: 0,
@@ -399,7 +399,7 @@ impl Dashboard {
     }
 
     /// Builds the dashboard from the results of [`DASHBOARD_VIEWS`].
-    pub fn from_results(results: &[ViewResult], elapsed: Duration) -> Result<Self, String> {
+    pub(crate) fn from_results(results: &[ViewResult], elapsed: Duration) -> Result<Self, String> {
         let mut d = Dashboard {
             elapsed,
             views: results.len(),
@@ -472,7 +472,7 @@ impl RateHistory {
     }
 
     /// `[t, per second]` points of one counter.
-    pub fn rates(&self, get: impl Fn(&Sample) -> u64) -> Vec<[f64; 2]> {
+    pub(crate) fn rates(&self, get: impl Fn(&Sample) -> u64) -> Vec<[f64; 2]> {
         self.samples
             .iter()
             .zip(self.samples.iter().skip(1))
@@ -531,12 +531,12 @@ fn thousands(n: u128) -> String {
 }
 
 /// A share (0..=1) as a percentage with one decimal.
-pub fn percent(v: f64) -> String {
+pub(crate) fn percent(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
 /// Relative change of `now` against `before`, when `before` is not zero.
-pub fn delta(now: f64, before: f64) -> Option<f64> {
+pub(crate) fn delta(now: f64, before: f64) -> Option<f64> {
     (before.abs() > f64::EPSILON).then(|| (now - before) / before.abs())
 }
 

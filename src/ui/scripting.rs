@@ -40,12 +40,12 @@ pub struct ScriptFile {
 
 impl ScriptFile {
     /// Whether it lives under `metrics/`.
-    pub fn is_metric_file(&self) -> bool {
+    pub(crate) fn is_metric_file(&self) -> bool {
         self.rel.starts_with("metrics/")
     }
 
     /// What the file list shows.
-    pub fn title(&self) -> String {
+    pub(crate) fn title(&self) -> String {
         match &self.kind {
             ScriptKind::Metric(m) => m.info.name.clone(),
             ScriptKind::Shop => "shop".into(),
@@ -95,7 +95,7 @@ fn script_paths(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The folder's current stamp.
-pub fn stamp(dir: &Path) -> Stamp {
+pub(crate) fn stamp(dir: &Path) -> Stamp {
     script_paths(dir)
         .into_iter()
         .map(|p| {
@@ -203,7 +203,7 @@ impl Catalog {
 /// Where the app's scripts live: the configured folder, else `./scripts`
 /// when it holds scripts (a checkout), else a folder in the user's data
 /// directory, filled with the shipped scripts on first use.
-pub fn default_dir(configured: Option<&Path>) -> PathBuf {
+pub(crate) fn default_dir(configured: Option<&Path>) -> PathBuf {
     if let Some(p) = configured {
         return p.to_owned();
     }

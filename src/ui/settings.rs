@@ -79,7 +79,7 @@ impl Settings {
     }
 
     /// `base` with the service settings of these settings applied.
-    pub fn apply_to(&self, base: &Config) -> Result<Config, String> {
+    pub(crate) fn apply_to(&self, base: &Config) -> Result<Config, String> {
         let mut cfg = base.clone();
         let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         cfg.kafka_brokers = opt(&self.kafka_brokers);
@@ -93,7 +93,7 @@ impl Settings {
     }
 
     /// True when applying `other` needs the services reopened.
-    pub fn services_differ(&self, other: &Settings) -> bool {
+    pub(crate) fn services_differ(&self, other: &Settings) -> bool {
         self.kafka_brokers != other.kafka_brokers
             || self.database_url != other.database_url
             || self.redis_url != other.redis_url
@@ -134,7 +134,7 @@ fn url_field_ui(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) 
 }
 
 /// The settings panel; edits `draft` and returns true when the user applies it.
-pub fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Settings) -> bool {
+pub(crate) fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Settings) -> bool {
     let mut apply = false;
     ui.heading("Settings");
     ui.add_space(4.0);

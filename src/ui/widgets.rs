@@ -5,16 +5,16 @@ use egui::{Color32, RichText, Sense, Stroke, Ui, Vec2};
 use super::model::{percent, Part, TableData};
 
 /// Status colour: ok, up.
-pub const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
+pub(crate) const GREEN: Color32 = Color32::from_rgb(0x3c, 0xb0, 0x5a);
 /// Status colour: failed, an error.
-pub const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
+pub(crate) const RED: Color32 = Color32::from_rgb(0xe0, 0x4f, 0x4f);
 /// Status colour: needs attention, a warning.
-pub const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
+pub(crate) const AMBER: Color32 = Color32::from_rgb(0xed, 0xa2, 0x2b);
 /// Neutral information (an info toast).
-pub const BLUE: Color32 = Color32::from_rgb(0x4e, 0x79, 0xa7);
+pub(crate) const BLUE: Color32 = Color32::from_rgb(0x4e, 0x79, 0xa7);
 /// [`RED`] shading behind an error line in the code editor, on a dark and
 /// on a light background.
-pub const ERROR_SHADE: [Color32; 2] = [
+pub(crate) const ERROR_SHADE: [Color32; 2] = [
     Color32::from_rgba_unmultiplied_const(0xe0, 0x4f, 0x4f, 70),
     Color32::from_rgba_unmultiplied_const(0xe0, 0x4f, 0x4f, 50),
 ];
@@ -34,7 +34,7 @@ pub(crate) const PALETTE: [Color32; 10] = [
 ];
 
 /// The `i`th colour of the chart palette (it repeats).
-pub fn color(i: usize) -> Color32 {
+pub(crate) fn color(i: usize) -> Color32 {
     PALETTE
         .get(i % PALETTE.len())
         .copied()
@@ -51,7 +51,7 @@ pub enum Better {
 }
 
 /// One KPI tile: title, value, and the change against the previous period.
-pub fn kpi_card_ui(
+pub(crate) fn kpi_card_ui(
     ui: &mut Ui,
     width: f32,
     title: &str,
@@ -92,7 +92,7 @@ pub fn kpi_card_ui(
 }
 
 /// A donut of `parts` with a legend giving each share.
-pub fn donut_ui(ui: &mut Ui, parts: &[Part], diameter: f32) {
+pub(crate) fn donut_ui(ui: &mut Ui, parts: &[Part], diameter: f32) {
     ui.horizontal(|ui| {
         let (rect, resp) = ui.allocate_exact_size(Vec2::splat(diameter), Sense::hover());
         let painter = ui.painter_at(rect);
@@ -166,7 +166,7 @@ pub fn donut_ui(ui: &mut Ui, parts: &[Part], diameter: f32) {
 }
 
 /// A sparkline of `[t, value]` points with its latest value.
-pub fn sparkline_ui(ui: &mut Ui, id: &str, title: &str, points: &[[f64; 2]], c: Color32) {
+pub(crate) fn sparkline_ui(ui: &mut Ui, id: &str, title: &str, points: &[[f64; 2]], c: Color32) {
     let latest = points.last().map_or(0.0, |p| p[1]);
     ui.vertical(|ui| {
         ui.label(RichText::new(format!("{title}: {latest:.0}/s")).small());
@@ -203,7 +203,7 @@ pub struct SortBy {
 
 /// A table of `data` rows in `order`; clicking a header asks to sort by it
 /// (returned). Rows are virtual: only visible ones are laid out.
-pub fn table_ui(
+pub(crate) fn table_ui(
     ui: &mut Ui,
     id: &str,
     data: &TableData,
