@@ -1015,3 +1015,35 @@ async fn api_get(base: &str, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("{base}{path}")).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
+
+/// Small batches over TCP commit in a few milliseconds: no statement of the
+/// write waits out a delayed ACK (Nagle's algorithm on the client socket
+/// held the tail of each large message for ~40 ms, so every batch took
+/// 45 ms or more whatever its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_batch_commits_without_waiting_for_a_delayed_ack() {
+    let db = TestDb::new("nodelay").await;
+    assert!(
+        db.url.contains("127.0.0.1") || db.url.contains("localhost"),
+        "the test needs PostgreSQL over TCP: {}",
+        db.url
+    );
+    let mut g = sim_generator(33);
+    let mut took = Vec::new();
+    for i in 0..41i64 {
+        let events: Vec<Event> = (0..60).map(|_| g.next_event()).collect();
+        let batch = batch_at(&events, i * 60);
+        let t = std::time::Instant::now();
+        db.store.write_batch("g", "t", &batch).await.unwrap();
+        if i > 0 {
+            took.push(t.elapsed());
+        }
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(20),
+        "median write of 60 events took {median:?} (all: {took:?})"
+    );
+    db.drop().await;
+}
