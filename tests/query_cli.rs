@@ -516,3 +516,41 @@ async fn rollups_verify_finds_drift_and_rebuild_gives_back_what_ingest_wrote() {
     assert_eq!(derived_digest(&db).await, written);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_latency_reports_event_to_commit_percentiles() {
+    let db = TestDb::new("clilatency").await;
+    let o = salespulse(
+        &[
+            "bench", "latency", "--rates", "150,400", "--secs", "2", "--warmup", "1", "--json",
+        ],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2, "{v}");
+    for (c, rate) in cases.iter().zip([150.0, 400.0]) {
+        assert_eq!(c["rate"].as_f64(), Some(rate), "{c}");
+        let l = &c["commit"];
+        // Events stored after the one-second warm-up: about two seconds'
+        // worth (the drain at the end adds none; the rate is a target).
+        let n = l["count"].as_u64().unwrap();
+        assert!(n as f64 >= rate && n as f64 <= rate * 3.0, "{c}");
+        let p = |k: &str| l[k].as_f64().unwrap();
+        assert!(p("p50_ms") > 0.0, "{c}");
+        assert!(
+            p("p50_ms") <= p("p95_ms") && p("p95_ms") <= p("p99_ms") && p("p99_ms") <= p("max_ms"),
+            "{c}"
+        );
+    }
+    // The scratch database is gone.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'salespulse_latency_%'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    db.drop().await;
+}

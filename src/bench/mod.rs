@@ -1,5 +1,6 @@
 //! Benchmarks and robustness harnesses, apart from the code they measure:
-//! the ingest bench against a raw `COPY` ([`pipeline`]), the analytics bench
+//! the ingest bench against a raw `COPY` ([`pipeline`]), event → commit
+//! latency at set rates ([`latency`]), the analytics bench
 //! ([`analytics`]), the app's frame and idle benches ([`ui`]), the fault
 //! suite `salespulse chaos` ([`chaos`]) and the decoder/encoder fuzzer
 //! ([`fuzz`]). They sit on top of the layers they drive and nothing below
@@ -8,6 +9,7 @@
 pub mod analytics;
 pub mod chaos;
 pub mod fuzz;
+pub mod latency;
 pub mod pipeline;
 pub mod ui;
 

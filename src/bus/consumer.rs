@@ -235,7 +235,10 @@ pub(crate) fn ingest_consumer(
         .set("partition.assignment.strategy", "roundrobin")
         .set("session.timeout.ms", session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat.to_string())
-        .set("fetch.wait.max.ms", "100")
+        // A broker that answers an empty fetch only when this expires (the
+        // embedded mock cluster does) delays each record by up to this
+        // much; a real one answers as soon as data arrives.
+        .set("fetch.wait.max.ms", "10")
         .set("queued.max.messages.kbytes", "65536")
         .create_with_context(ctx)?;
     if *assignment == Assignment::Group {

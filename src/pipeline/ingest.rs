@@ -153,6 +153,9 @@ pub struct IngestStats {
     pub conflicting_duplicates: AtomicU64,
     /// Records dead-lettered truncated (too large for the DLQ).
     pub dlq_truncated: AtomicU64,
+    /// Event → commit latency of every stored record: the time from the
+    /// event's own time (a sale's, a session's end) to its batch's commit.
+    pub latency: super::latency::LatencyHistogram,
     health: Mutex<Health>,
 }
 
@@ -579,6 +582,13 @@ impl Writer {
             write_ms = started.elapsed().as_millis() as u64,
             "batch written"
         );
+        let now = chrono::Utc::now();
+        for (s, _, _) in &pending.batch.sales {
+            stats.latency.record_since(s.occurred_at, now);
+        }
+        for (s, _, _) in &pending.batch.sessions {
+            stats.latency.record_since(s.ended_at, now);
+        }
         stats.sales.fetch_add(out.sales, Ordering::Relaxed);
         stats.sessions.fetch_add(out.sessions, Ordering::Relaxed);
         stats
@@ -662,7 +672,16 @@ impl Lane {
             in_flight: None,
         }
     }
+
+    /// No write of this lane is running (none started, or it has finished).
+    fn writer_free(&self) -> bool {
+        self.in_flight.as_ref().is_none_or(|h| h.is_finished())
+    }
 }
+
+/// How often a worker holding records looks whether their lane's write in
+/// flight has finished, so that the next batch follows it at once.
+const WRITER_CHECK: Duration = Duration::from_millis(2);
 
 /// Runs one worker until `stop` is set; then writes what it holds and leaves
 /// the group. Blocking: call it on a dedicated thread, with a handle to the
@@ -752,17 +771,33 @@ pub(crate) fn run_worker(
     let mut expected = consumer.context().assigned_starts();
     let topic = settings.topic.as_str();
 
+    // The last poll found nothing more waiting.
+    let mut caught_up = false;
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if !stopping {
             let now = Instant::now();
+            // Records waiting: look once more without blocking when their
+            // lane's writer is free (they are written as soon as nothing
+            // more has arrived), and check back on a busy writer often.
+            let waiting = lanes.iter().filter(|l| !l.pending.is_empty());
+            let cap = waiting
+                .map(|l| {
+                    if l.writer_free() {
+                        Duration::ZERO
+                    } else {
+                        WRITER_CHECK
+                    }
+                })
+                .min()
+                .unwrap_or(Duration::from_millis(200));
             let wait = lanes
                 .iter()
                 .filter_map(|l| l.deadline)
                 .map(|d| d.saturating_duration_since(now))
                 .min()
-                .unwrap_or(Duration::from_millis(200))
-                .min(Duration::from_millis(200));
+                .unwrap_or(cap)
+                .min(cap);
             if let (Some(parts), Some(at)) = (&wanted, next_assign) {
                 if Instant::now() >= at {
                     // A new client's first metadata request waits for its
@@ -803,6 +838,7 @@ pub(crate) fn run_worker(
                 }
             }
             let polled = consumer.poll(wait);
+            caught_up = polled.is_none();
             let g = consumer.context().generation();
             if g != generation {
                 let buffered: usize = lanes.iter().map(|l| l.pending.records).sum();
@@ -933,7 +969,10 @@ pub(crate) fn run_worker(
         for lane in &mut lanes {
             let due = lane.deadline.is_some_and(|d| now >= d);
             let full = lane.pending.records >= settings.batch_size;
-            if !lane.pending.is_empty() && (full || due || stopping) {
+            // Nothing more was immediately available and the writer is free:
+            // waiting for the timeout would only add latency.
+            let ready = caught_up && lane.writer_free();
+            if !lane.pending.is_empty() && (full || due || ready || stopping) {
                 finish_in_flight(&rt, &consumer, topic, &mut lane.in_flight)?;
                 let batch = std::mem::take(&mut lane.pending);
                 let (w, id) = (Arc::clone(&writer), lane.id);

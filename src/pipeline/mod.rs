@@ -7,6 +7,7 @@
 pub mod doctor;
 pub mod ingest;
 pub mod lag;
+pub mod latency;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

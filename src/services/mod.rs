@@ -19,6 +19,7 @@ use crate::cache::FrameCache;
 use crate::config::{redact_url, Config};
 use crate::generator::{Clock, Generator, GeneratorParams, Scenario, Switchboard};
 use crate::pipeline::lag::LagSource;
+use crate::pipeline::latency::LatencySummary;
 use crate::pipeline::{
     produce_loop, wait_for_offsets, Backpressure, IngestSettings, IngestStats, Workers,
     EMBEDDED_BACKLOG_PER_PARTITION,
@@ -233,6 +234,9 @@ pub struct RunOptions {
     pub scenarios: Vec<Scenario>,
     /// Serve the HTTP API (with this run's `/metrics`) on this address.
     pub http: Option<String>,
+    /// Event → commit latency counts from this long after the start (the
+    /// warm-up is left out); only on the wall clock.
+    pub measure_after: Duration,
 }
 
 /// What a headless run did.
@@ -253,6 +257,9 @@ pub struct RunReport {
     pub offsets_skipped: u64,
     /// From the start of production to the last commit.
     pub elapsed: Duration,
+    /// Event → commit latency of the records stored after
+    /// [`RunOptions::measure_after`]; `None` on a simulated clock.
+    pub latency: Option<LatencySummary>,
 }
 
 impl std::fmt::Display for RunReport {
@@ -269,7 +276,11 @@ impl std::fmt::Display for RunReport {
             self.duplicates,
             self.dead_lettered,
             self.offsets_skipped
-        )
+        )?;
+        if let Some(l) = &self.latency {
+            write!(f, "; event → commit {l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -355,6 +366,13 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         Generator::new(opts.params.clone(), opts.seed, opts.clock)?.with_switch(board);
     let stop_producing = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let _warm_up = (!opts.measure_after.is_zero()).then(|| {
+        let (stats, after) = (Arc::clone(&stats), opts.measure_after);
+        AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            stats.latency.reset();
+        }))
+    });
     let backpressure = services.embedded_broker.as_ref().map(|_| Backpressure {
         stats: Arc::clone(&stats),
         max: EMBEDDED_BACKLOG_PER_PARTITION * cfg.partitions as u64,
@@ -420,6 +438,7 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
         offsets_skipped: stats.offsets_skipped.load(Ordering::Relaxed),
         elapsed,
+        latency: matches!(opts.clock, Clock::Wall).then(|| stats.latency.summary()),
     })
 }
 

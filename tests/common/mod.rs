@@ -116,6 +116,7 @@ pub fn run_options(events: u64, seed: u64) -> salespulse::services::RunOptions {
         params: GeneratorParams::builtin(),
         scenarios: Vec::new(),
         http: None,
+        measure_after: std::time::Duration::ZERO,
     }
 }
 

@@ -399,6 +399,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Event → commit latency at set rates (the headless pipeline on the
+    /// wall clock, one ingest worker, a scratch database).
+    Latency {
+        /// Events per second, one run each (commas or repeated flags).
+        #[arg(long, value_delimiter = ',', default_values_t = [200.0, 2_000.0, 20_000.0])]
+        rates: Vec<f64>,
+        /// Seconds measured per rate.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Seconds per rate before measuring (consumer join, first statements).
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pipeline ingest rate against a raw COPY of the same events.
     Ingest {
         /// Events to produce and ingest.

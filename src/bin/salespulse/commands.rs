@@ -145,6 +145,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 params,
                 scenarios,
                 http,
+                measure_after: Duration::ZERO,
             };
             println!("{}", services::run(cfg, opts).await?);
             Ok(())
@@ -541,6 +542,19 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
                 keep,
             };
             print_report(&bench::pipeline::ingest(cfg, &opts).await?, json)
+        }
+        BenchCommand::Latency {
+            rates,
+            secs,
+            warmup,
+            json,
+        } => {
+            let opts = bench::latency::LatencyBenchOptions {
+                rates,
+                secs,
+                warmup,
+            };
+            print_report(&bench::latency::run(cfg, &opts).await?, json)
         }
         BenchCommand::Analytics {
             transactions,
