@@ -103,6 +103,12 @@ pub async fn run(cfg: &Config, opts: &LatencyBenchOptions) -> anyhow::Result<Lat
     store::create_database_if_missing(&base, &db).await?;
     let mut cfg = cfg.clone();
     cfg.database_url = Some(store::with_database(&base, &db)?);
+    // Its own topics and group: never the configured ones, whose records
+    // (and members) are someone's real data.
+    let tag = db.trim_start_matches("salespulse_latency_");
+    cfg.topic = format!("bench-latency-{tag}");
+    cfg.dlq_topic = format!("bench-latency-dlq-{tag}");
+    cfg.group_id = format!("bench-latency-{tag}");
     let result = cases(&cfg, opts).await;
     if let Err(e) = store::drop_database(&base, &db).await {
         tracing::warn!(error = %e, "could not drop bench database {db}");

@@ -153,8 +153,9 @@ pub struct IngestStats {
     pub conflicting_duplicates: AtomicU64,
     /// Records dead-lettered truncated (too large for the DLQ).
     pub dlq_truncated: AtomicU64,
-    /// Event → commit latency of every stored record: the time from the
-    /// event's own time (a sale's, a session's end) to its batch's commit.
+    /// Event → commit latency of every record of a committed batch
+    /// (redeliveries included): the time from the event's own time (a
+    /// sale's, a session's end) to the commit.
     pub latency: super::latency::LatencyHistogram,
     health: Mutex<Health>,
 }

@@ -234,8 +234,8 @@ pub struct RunOptions {
     pub scenarios: Vec<Scenario>,
     /// Serve the HTTP API (with this run's `/metrics`) on this address.
     pub http: Option<String>,
-    /// Event → commit latency counts from this long after the start (the
-    /// warm-up is left out); only on the wall clock.
+    /// Event → commit latency counts events made this long after the start
+    /// or later (the warm-up's are left out); only on the wall clock.
     pub measure_after: Duration,
 }
 
@@ -257,7 +257,7 @@ pub struct RunReport {
     pub offsets_skipped: u64,
     /// From the start of production to the last commit.
     pub elapsed: Duration,
-    /// Event → commit latency of the records stored after
+    /// Event → commit latency of the records made after
     /// [`RunOptions::measure_after`]; `None` on a simulated clock.
     pub latency: Option<LatencySummary>,
 }
@@ -366,13 +366,9 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         Generator::new(opts.params.clone(), opts.seed, opts.clock)?.with_switch(board);
     let stop_producing = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let _warm_up = (!opts.measure_after.is_zero()).then(|| {
-        let (stats, after) = (Arc::clone(&stats), opts.measure_after);
-        AbortOnDrop(tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            stats.latency.reset();
-        }))
-    });
+    if let Ok(after) = chrono::Duration::from_std(opts.measure_after) {
+        stats.latency.count_from(chrono::Utc::now() + after);
+    }
     let backpressure = services.embedded_broker.as_ref().map(|_| Backpressure {
         stats: Arc::clone(&stats),
         max: EMBEDDED_BACKLOG_PER_PARTITION * cfg.partitions as u64,
