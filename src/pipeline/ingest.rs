@@ -261,6 +261,13 @@ struct Reject {
     reason: String,
 }
 
+/// Logs a dead-lettered record. The reason quotes the record's own text,
+/// so it is logged quoted (`?`): a newline in it cannot start a forged log
+/// line.
+fn log_dead_lettered(r: &Reject) {
+    tracing::warn!(partition = r.partition, offset = r.offset, kind = r.kind, reason = ?clip(&r.reason, 512), "record dead-lettered");
+}
+
 /// A valid record's original bytes, kept until its batch is committed in
 /// case the database refuses it.
 struct Raw {
@@ -521,7 +528,7 @@ impl Writer {
         let stopping = || self.must_stop();
         self.dlq.flush_unless(Duration::from_secs(120), &stopping)?;
         for r in rejects {
-            tracing::warn!(partition = r.partition, offset = r.offset, kind = r.kind, reason = ?clip(&r.reason, 512), "record dead-lettered");
+            log_dead_lettered(r);
         }
         Ok(())
     }
@@ -1098,4 +1105,58 @@ fn broker_unreachable(e: &rdkafka::error::KafkaError) -> bool {
             RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
         ) | KafkaError::MessageConsumptionFatal(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A log writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_record_cannot_forge_a_log_line() {
+        let payload = br#"{"type":"sale\n2026-12-06T00:00:00Z  INFO forged: all good","x":1}"#;
+        let reason = match crate::event::Event::decode(payload, chrono::Utc::now()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("decoded"),
+        };
+        assert!(
+            reason.contains('\n'),
+            "the reason quotes the type: {reason:?}"
+        );
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            log_dead_lettered(&Reject {
+                key: Vec::new(),
+                payload: payload.to_vec(),
+                partition: 0,
+                offset: 7,
+                kind: "invalid",
+                reason,
+            })
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("record dead-lettered"), "{text}");
+        assert!(text.contains("forged"), "{text}");
+    }
 }
