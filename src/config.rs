@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod secrets;
+
 /// Why the configuration could not be loaded or was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -213,7 +213,8 @@ pub(crate) fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Set
     });
     ui.label(
         egui::RichText::new(
-            "Settings are saved between runs. Empty service URLs use the embedded services.",
+            "Settings are saved between runs; a password typed into a URL goes to the OS \
+             keyring, never to the settings file. Empty service URLs use the embedded services.",
         )
         .weak(),
     );
@@ -243,11 +244,34 @@ pub fn load(
     settings
 }
 
+/// The service URLs of `draft` that the user typed with a password (they
+/// differ from `current` and do not come from the environment): the ones
+/// whose password goes to the OS keyring.
+pub(crate) fn typed_passwords(
+    draft: &Settings,
+    current: &Settings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    [
+        ("DATABASE_URL", &draft.database_url, &current.database_url),
+        ("REDIS_URL", &draft.redis_url, &current.redis_url),
+    ]
+    .into_iter()
+    .filter(|(var, url, before)| {
+        url != before
+            && crate::config::strip_password(url) != url.as_str()
+            && env(var).as_deref() != Some(url.as_str())
+    })
+    .map(|(_, url, _)| url.trim().to_owned())
+    .collect()
+}
+
 /// Saves the settings into eframe's storage (written to disk by eframe, in
 /// plain text): no secret goes there. A service URL that came from the
 /// environment (`env` holds it) is not saved — the one saved before stays —
-/// and a password in a URL is dropped (the app asks again, or the
-/// environment gives it).
+/// and a password in a URL is dropped: the app keeps a typed one in the OS
+/// keyring ([`crate::config::secrets`]) and fills it in on the next start;
+/// without a keyring it asks again, or the environment gives it.
 pub fn save(
     storage: &mut dyn eframe::Storage,
     settings: &Settings,

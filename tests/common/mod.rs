@@ -468,3 +468,122 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// A private Secret Service: GNOME Keyring on a D-Bus session bus of its
+/// own, its login collection created and unlocked, in a throwaway home.
+/// Point this process at it with [`SecretService::use_here`].
+pub struct SecretService {
+    bus: Child,
+    keyring: Child,
+    pub address: String,
+    _home: tempfile::TempDir,
+}
+
+impl SecretService {
+    pub fn start() -> Self {
+        use std::io::{BufRead, Write};
+        let home = tempfile::tempdir().unwrap();
+        let run = home.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (scripts/setup --test installs it)");
+        let mut address = String::new();
+        std::io::BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let address = address.trim().to_owned();
+        assert!(address.starts_with("unix:"), "bus address {address:?}");
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets", "--foreground"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gnome-keyring-daemon (scripts/setup --test installs it)");
+        // The login collection's password, then EOF.
+        keyring
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"test-keyring-password")
+            .unwrap();
+        let s = Self {
+            bus,
+            keyring,
+            address,
+            _home: home,
+        };
+        // Up when the service owns its name and the default collection answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if s.python("col = secretstorage.get_default_collection(c); print(col.is_locked())")
+                .is_ok_and(|out| out.trim() == "False")
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Secret Service did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Makes this process's keyring clients use this service. Call before
+    /// anything opens the OS keyring (it is set up once per process).
+    pub fn use_here(&self) {
+        std::env::set_var("DBUS_SESSION_BUS_ADDRESS", &self.address);
+    }
+
+    /// Runs Python code with `secretstorage` imported and `c` a connection
+    /// to this bus (an independent client of the service).
+    pub fn python(&self, code: &str) -> Result<String, String> {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import secretstorage\nc = secretstorage.dbus_init()\n{code}"
+            ))
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The secrets stored for `service`: (username attribute, secret) pairs.
+    pub fn items(&self, service: &str) -> Vec<(String, String)> {
+        let out = self
+            .python(&format!(
+                "import json\ncol = secretstorage.get_default_collection(c)\n\
+                 print(json.dumps([[i.get_attributes().get('username', ''), \
+                 i.get_secret().decode()] for i in col.search_items({{'service': {service:?}}})]))"
+            ))
+            .unwrap();
+        serde_json::from_str::<Vec<(String, String)>>(out.trim()).unwrap()
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for c in [&mut self.keyring, &mut self.bus] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
