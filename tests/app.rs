@@ -970,3 +970,215 @@ fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
     close_app(&rt, db, h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `url` with a password: its own if it has one (the server checks it),
+/// else one with every character a URL must escape (a trust server takes
+/// any). Returns the URL and the password as typed.
+fn with_password(url: &str) -> (String, String) {
+    let mut u = url::Url::parse(url).unwrap();
+    if let Some(pw) = u.password() {
+        let plain = percent_decode(pw);
+        return (url.to_owned(), plain);
+    }
+    u.set_password(Some("k%2Fe%3Fy%23%40%20x")).unwrap();
+    (u.to_string(), "k/e?y#@ x".to_owned())
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Types `url` into the PostgreSQL URL field of the settings panel and
+/// applies it.
+fn type_database_url(h: &mut Harness<'_, App>, url: &str) {
+    use egui::accesskit::Role;
+    h.get_by_label("Settings").click();
+    h.step();
+    h.get_all_by_label("Edit")
+        .nth(1)
+        .expect("the PostgreSQL URL")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_role(Role::TextInput).set_text_value_accesskit(url);
+    h.step();
+    h.get_by_label("Apply and reconnect").click();
+    h.step();
+    h.get_by_label("Dashboard").click();
+    h.step();
+}
+
+/// The status bar shows the PostgreSQL URL in use, password hidden: `***`
+/// means the connection has one.
+fn connected_with_password(h: &Harness<'_, App>) -> bool {
+    h.query_all_by_label_contains("PostgreSQL postgres://postgres:***@")
+        .next()
+        .is_some()
+}
+
+#[test]
+fn a_typed_password_goes_to_the_os_keyring_and_comes_back_on_the_next_start() {
+    let service = common::SecretService::start();
+    service.use_here();
+    let rt = runtime();
+    let (db, mut h) = open_app_with(&rt, "app_keyring", [1280.0, 800.0], 1.0, |url| Settings {
+        autostart: false,
+        database_url: salespulse::config::strip_password(url),
+        ..settings(url)
+    });
+    // Opened, or refused when the server wants the password.
+    wait_for(&mut h, "the services opened", 60, |h| {
+        h.query_all_by_label_contains("PostgreSQL postgres://")
+            .next()
+            .is_some()
+            || h.query_all_by_label_contains("services unavailable")
+                .next()
+                .is_some()
+    });
+    assert!(!connected_with_password(&h));
+    let (typed, password) = with_password(&db.url);
+    type_database_url(&mut h, &typed);
+    wait_for(&mut h, "services with the typed password", 60, |h| {
+        connected_with_password(h) && h.state().dashboard().is_some()
+    });
+    // An independent client of the Secret Service finds it, under the URL
+    // the settings file holds.
+    let saved_url = salespulse::config::strip_password(&typed);
+    let mut items = Vec::new();
+    for _ in 0..50 {
+        items = service.items("salespulse");
+        if !items.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(items, vec![(saved_url.clone(), password.clone())]);
+    // The settings file has no password.
+    let mut storage = MemoryStorage::default();
+    salespulse::ui::settings::save(&mut storage, &h.state().settings, |_| None);
+    let text: String = storage.0.values().cloned().collect();
+    assert!(!text.contains(&password), "{text}");
+    assert!(text.contains(&saved_url), "{text}");
+    let mut app = h.into_state();
+    app.shutdown(Duration::from_secs(20));
+    drop(app);
+
+    // The next start: settings from the file, the password from the keyring.
+    let base = salespulse::config::Config {
+        scripts_dir: Some(std::env::temp_dir().join(format!("{}_scripts", db.name))),
+        ..common::test_config(&db.url, None)
+    };
+    let loaded = salespulse::ui::settings::load(Some(&storage), &base, |_| None);
+    assert_eq!(loaded.database_url, saved_url);
+    let app = App::new(rt.handle().clone(), base, loaded, LogBuffer::default());
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_ui_state(|ui, app: &mut App| app.ui(ui), app);
+    wait_for(&mut h, "services with the kept password", 60, |h| {
+        connected_with_password(h) && h.state().dashboard().is_some()
+    });
+    close_app(&rt, db, h);
+}
+
+#[test]
+fn without_a_keyring_a_typed_password_serves_this_run_and_the_user_is_told() {
+    // A session bus that is not there: no Secret Service.
+    std::env::set_var(
+        "DBUS_SESSION_BUS_ADDRESS",
+        "unix:path=/nonexistent/salespulse-bus",
+    );
+    std::env::remove_var("XDG_RUNTIME_DIR");
+    let rt = runtime();
+    let (db, mut h) = open_app_with(&rt, "app_nokeyring", [1280.0, 800.0], 1.0, |url| Settings {
+        autostart: false,
+        database_url: salespulse::config::strip_password(url),
+        ..settings(url)
+    });
+    wait_for(&mut h, "the services opened", 60, |h| {
+        h.query_all_by_label_contains("PostgreSQL postgres://")
+            .next()
+            .is_some()
+            || h.query_all_by_label_contains("services unavailable")
+                .next()
+                .is_some()
+    });
+    let (typed, password) = with_password(&db.url);
+    type_database_url(&mut h, &typed);
+    wait_for(
+        &mut h,
+        "the warning that the password is not saved",
+        60,
+        |h| {
+            h.query_all_by_label_contains("is not saved: no OS keyring is available")
+                .next()
+                .is_some()
+        },
+    );
+    wait_for(&mut h, "services with the typed password", 60, |h| {
+        connected_with_password(h) && h.state().dashboard().is_some()
+    });
+    // The warning names the URL without its password.
+    assert!(h.query_all_by_label_contains(&password).next().is_none());
+    assert!(h
+        .query_all_by_label_contains("the password for postgres://postgres:***@")
+        .next()
+        .is_some());
+    let mut storage = MemoryStorage::default();
+    salespulse::ui::settings::save(&mut storage, &h.state().settings, |_| None);
+    let text: String = storage.0.values().cloned().collect();
+    assert!(!text.contains(&password), "{text}");
+    close_app(&rt, db, h);
+}
+
+#[test]
+fn committed_data_shows_on_the_dashboard_without_waiting_for_the_timer() {
+    use salespulse::generator::{Clock, Generator, GeneratorParams};
+    let rt = runtime();
+    // Auto-refresh on, but its timer an hour long: only the change
+    // notification can bring new data in time.
+    let (db, mut h) = open_app_with(&rt, "app_notify", [1280.0, 800.0], 1.0, |url| Settings {
+        autostart: false,
+        auto_refresh: true,
+        refresh_secs: 3600.0,
+        ..settings(url)
+    });
+    wait_for(&mut h, "the first dashboard", 60, |h| {
+        h.state().dashboard().is_some()
+    });
+    let before = h.state().dashboards_received();
+    let orders = |h: &Harness<'_, App>| h.state().dashboard().map_or(0.0, |d| d.current.orders);
+    assert_eq!(orders(&h), 0.0);
+    // Orders of the last minutes, written as ingest writes them.
+    let mut g = Generator::new(GeneratorParams::builtin(), 7, Clock::Wall).unwrap();
+    let events: Vec<_> = (0..400).map(|_| g.next_event()).collect();
+    let completed = events
+        .iter()
+        .filter(|e| matches!(e, salespulse::event::Event::Sale(s) if s.status == salespulse::event::Status::Completed))
+        .count() as f64;
+    assert!(completed > 0.0);
+    let mut offsets = std::collections::HashMap::new();
+    rt.block_on(common::write_events(&db.store, events, 400, &mut offsets));
+    let written = Instant::now();
+    wait_for(&mut h, "the new orders on the dashboard", 20, |h| {
+        orders(h) == completed
+    });
+    let took = written.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "shown after {took:?}: the notification did not drive the refresh"
+    );
+    assert!(h.state().dashboards_received() > before);
+    close_app(&rt, db, h);
+}

@@ -220,6 +220,13 @@ impl Analytics {
         self
     }
 
+    /// A counter that moves when committed data may have changed (see
+    /// [`crate::store::changes`]): wait on it to refresh at once rather
+    /// than on a timer. Each call starts a listener of its own.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        crate::store::changes::listen(&self.pool)
+    }
+
     /// The database pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool

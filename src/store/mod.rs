@@ -6,6 +6,7 @@
 //! partition offsets. Replaying any batch therefore changes nothing, and a
 //! crash at any point either commits all of it or none of it (see `write`).
 
+pub mod changes;
 mod embedded;
 pub mod rollups;
 mod write;

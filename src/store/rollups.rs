@@ -478,6 +478,9 @@ pub async fn rebuild(store: &Store) -> Result<Vec<(&'static str, u64)>, StoreErr
     )
     .execute(&mut *tx)
     .await?;
+    sqlx::query(super::changes::NOTIFY_SQL)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(written)
 }

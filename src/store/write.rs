@@ -1160,6 +1160,7 @@ impl<'a> Aggregates<'a> {
         let (group, topic) = (a.bind(group)?, a.bind(topic)?);
         let [sales_conflict, lite_conflict, days_conflict, session_conflict, customers_conflict, products_conflict] =
             &*CONFLICTS;
+        let notify = super::changes::NOTIFY_SQL;
         let sql = format!(
             r#"
 WITH sales_rollup AS (
@@ -1211,6 +1212,8 @@ watermarks AS (
         last_min_at, updated_at)
     SELECT {topic}, partition, 1, 1, max_at, min_at, now()
     FROM {spans}
+    -- Readers are told at commit (store::changes).
+    CROSS JOIN ({notify}) AS notified
     ON CONFLICT (topic, partition) DO UPDATE SET
         commits = w.commits + 1,
         late_commits = w.late_commits

@@ -24,6 +24,7 @@ use crate::analytics::export::{self, ExportFormat, ExportReport};
 use crate::analytics::metrics::{Metric, MetricInfo, MetricKind};
 use crate::analytics::{Analytics, Dimensions, Filters, ViewRequest};
 use crate::cache::CacheStatus;
+use crate::config::secrets::Keyring;
 use crate::config::{redact_url, Config};
 use crate::script::ScriptError;
 use crate::services::live::{Counters, LiveOptions, LivePipeline, RunState, ServiceHealth};
@@ -130,7 +131,8 @@ pub struct Watch {
     pub seq: u64,
     /// The filters of every view on the dashboard.
     pub filters: Filters,
-    /// Recompute on this interval; `None` = once.
+    /// Recompute on this interval and, sooner, when committed data changes
+    /// (at most once per [`LIVE_REFRESH_GAP`]); `None` = once.
     pub every: Option<Duration>,
 }
 
@@ -294,6 +296,8 @@ pub enum Update {
     ScriptSaved(Result<String, String>),
     /// A command failed (the text says which and why).
     Error(String),
+    /// Something the user should know that did not fail a command.
+    Warning(String),
 }
 
 impl Update {
@@ -314,8 +318,71 @@ impl Update {
             Update::ScriptRun { .. } => "script run",
             Update::ScriptSaved(_) => "script saved",
             Update::Error(_) => "error",
+            Update::Warning(_) => "warning",
         }
     }
+}
+
+/// Passwords for the backend to keep and to fill in.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// Where passwords are kept.
+    pub keyring: Keyring,
+    /// Service URLs the user typed with a password, to keep.
+    pub keep: Vec<String>,
+}
+
+/// `cfg` with passwords kept for its URLs filled in, after keeping those of
+/// `secrets.keep`; what could not be kept is said once, as a warning. The
+/// keyring may block (D-Bus, an unlock prompt), so it is used on a
+/// blocking thread.
+async fn with_kept_passwords(mut cfg: Config, secrets: Secrets, out: &Outbox) -> Config {
+    let Secrets { keyring, keep } = secrets;
+    let urls = (cfg.database_url.clone(), cfg.redis_url.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        for url in &keep {
+            match keyring.remember(url) {
+                Ok(true) => tracing::info!(
+                    "kept the password for {} in the OS keyring",
+                    redact_url(url)
+                ),
+                Ok(false) => {}
+                Err(e) => warnings.push(format!(
+                    "the password for {} is not saved: {e}. It is used for this run only; \
+                     type it again next time, or set it in the environment",
+                    redact_url(url)
+                )),
+            }
+        }
+        let recall = |url: &str| match keyring.recall(url) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("no kept password for {}: {e}", redact_url(url));
+                None
+            }
+        };
+        let database = urls.0.as_deref().and_then(recall);
+        let redis = recall(&urls.1);
+        (database, redis, warnings)
+    })
+    .await;
+    match done {
+        Ok((database, redis, warnings)) => {
+            if let Some(url) = database {
+                cfg.database_url = Some(url);
+            }
+            if let Some(url) = redis {
+                cfg.redis_url = url;
+            }
+            for w in warnings {
+                tracing::warn!("{w}");
+                out.send(Update::Warning(w));
+            }
+        }
+        Err(e) => tracing::warn!("the keyring could not be used: {e}"),
+    }
+    cfg
 }
 
 /// Sends updates and wakes the UI.
@@ -340,18 +407,24 @@ pub struct BackendHandle {
 }
 
 impl BackendHandle {
-    /// Starts the backend on `rt`: opens the services (starting embedded
-    /// ones), then, when `autostart` is given, starts generating at that rate.
+    /// Starts the backend on `rt`: keeps the passwords of the URLs in
+    /// `secrets.keep` in the keyring and fills in kept passwords of URLs
+    /// that lack one, opens the services (starting embedded ones), then,
+    /// when `autostart` is given, starts generating at that rate.
     pub fn spawn(
         rt: &Handle,
         cfg: Config,
         ctx: egui::Context,
         autostart: Option<Option<f64>>,
+        secrets: Secrets,
     ) -> Self {
         let (tx, cmds) = unbounded_channel();
         let (out_tx, rx) = mpsc::channel();
         let out = Outbox { tx: out_tx, ctx };
-        rt.spawn(run(cfg, cmds, out, autostart));
+        rt.spawn(async move {
+            let cfg = with_kept_passwords(cfg, secrets, &out).await;
+            run(cfg, cmds, out, autostart).await
+        });
         Self { tx, rx }
     }
 
@@ -795,18 +868,26 @@ async fn watch_dashboard(
             out.send(Update::Dashboard { seq, result });
         }
     };
+    // Committed data changing wakes the loop at once (at most once per
+    // LIVE_REFRESH_GAP); the watch's interval stays as the fallback.
+    let mut changes = a.changes();
+    let mut changes_alive = true;
+    let mut last_start = tokio::time::Instant::now();
     loop {
         let w = rx.borrow_and_update().clone();
         let catalog = scripts.borrow_and_update().clone();
         if let Some(w) = &w {
             let fresh = sent_seq != Some(w.seq);
-            let minute = chrono::Utc::now().timestamp().div_euclid(60);
+            last_start = tokio::time::Instant::now();
+            let as_of = chrono::Utc::now();
+            let minute = as_of.timestamp().div_euclid(60);
             match a.versions().await {
                 Ok(v) => {
                     let key = (v, minute, Arc::as_ptr(&catalog) as usize);
                     if fresh || computed_at.as_ref() != Some(&key) {
                         match refresh_at(&a, &w.filters, &key.0).await {
                             Ok(mut d) => {
+                                d.as_of = Some(as_of);
                                 // Last values (or placeholders) until the scripts are done.
                                 let before: Vec<MetricPanel> = match &sent {
                                     Some(Ok(p)) if !fresh => p.metrics.clone(),
@@ -865,13 +946,33 @@ async fn watch_dashboard(
             }
         }
         let every = w.and_then(|w| w.every);
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            changed = scripts.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(every.unwrap_or(Duration::from_secs(3600))), if every.is_some() => {}
+        let timer = tokio::time::sleep(every.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(timer);
+        let mut pending = false;
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return } else { break },
+                changed = scripts.changed() => if changed.is_err() { return } else { break },
+                _ = &mut timer, if every.is_some() => break,
+                c = changes.changed(), if every.is_some() && changes_alive && !pending => {
+                    match c {
+                        Ok(()) => {
+                            changes.borrow_and_update();
+                            pending = true;
+                        }
+                        Err(_) => changes_alive = false,
+                    }
+                }
+                _ = tokio::time::sleep_until(last_start + LIVE_REFRESH_GAP), if pending => break,
+            }
         }
     }
 }
+
+/// The shortest time between two dashboard refreshes that committed data
+/// set off: new data shows within about this (plus the refresh itself),
+/// and a busy pipeline costs at most a few refreshes a second.
+pub const LIVE_REFRESH_GAP: Duration = Duration::from_millis(400);
 
 fn start(live: &mut LivePipeline, rate: Option<f64>, out: &Outbox) {
     let opts = LiveOptions {

@@ -27,6 +27,7 @@ use tokio::runtime::Handle;
 
 use crate::analytics::export::ExportFormat;
 use crate::analytics::{Dimensions, ViewKind};
+use crate::config::secrets::Keyring;
 use crate::config::Config;
 use backend::{BackendHandle, Command, PipelineSample, ServiceState, Update, Watch};
 use explorer::ExplorerState;
@@ -142,6 +143,10 @@ pub struct App {
     log_seen: u64,
     toasts: Vec<Toast>,
     frames: FrameStats,
+    /// Where typed passwords are kept between runs.
+    keyring: Keyring,
+    /// URLs whose password the next backend keeps in the keyring.
+    keep_passwords: Vec<String>,
 }
 
 impl App {
@@ -181,7 +186,15 @@ impl App {
             log_seen: 0,
             toasts: Vec::new(),
             frames: FrameStats::default(),
+            keyring: Keyring::os(),
+            keep_passwords: Vec::new(),
         }
+    }
+
+    /// Keeps typed passwords in `keyring` instead of the OS keyring.
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = keyring;
+        self
     }
 
     /// The Scripts panel's state.
@@ -255,7 +268,17 @@ impl App {
                     .settings
                     .autostart
                     .then_some(Some(self.settings.rate).filter(|r| *r > 0.0));
-                self.backend = Some(BackendHandle::spawn(&self.rt, cfg, ctx.clone(), autostart));
+                let secrets = backend::Secrets {
+                    keyring: self.keyring.clone(),
+                    keep: std::mem::take(&mut self.keep_passwords),
+                };
+                self.backend = Some(BackendHandle::spawn(
+                    &self.rt,
+                    cfg,
+                    ctx.clone(),
+                    autostart,
+                    secrets,
+                ));
                 self.services = ServiceState::Opening;
             }
             Err(e) => {
@@ -376,6 +399,7 @@ impl App {
                     }
                 }
                 Update::Error(e) => self.toast(tracing::Level::ERROR, e),
+                Update::Warning(w) => self.toast(tracing::Level::WARN, w),
             }
         }
     }
@@ -491,6 +515,9 @@ impl App {
                 let current = self.settings.clone();
                 if settings::settings_ui(ui, &mut self.draft, &current) {
                     let reconnect = self.draft.services_differ(&current);
+                    self.keep_passwords = settings::typed_passwords(&self.draft, &current, |var| {
+                        std::env::var(var).ok()
+                    });
                     self.settings = self.draft.clone();
                     self.apply_theme(&ctx);
                     if reconnect {

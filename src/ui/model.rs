@@ -199,6 +199,9 @@ pub struct Dashboard {
     pub views: usize,
     /// The custom metrics (scripts), in file order.
     pub metrics: Vec<MetricPanel>,
+    /// When the refresh began: every transaction committed before then is
+    /// in these figures.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How a custom metric's value is drawn.
@@ -393,6 +396,7 @@ impl Dashboard {
         let strip = |d: &Dashboard| Dashboard {
             elapsed: Duration::ZERO,
             cached: 0,
+            as_of: None,
             ..d.clone()
         };
         strip(self) == strip(other)
