@@ -27,14 +27,25 @@ const SERVICE: &str = "salespulse";
 /// A place to keep passwords: the OS keyring, or one in memory (tests).
 #[derive(Clone)]
 pub struct Keyring {
-    store: Option<Arc<CredentialStore>>,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// The platform's store, set up on first use.
+    Os,
+    /// A store of this process.
+    Memory(Arc<CredentialStore>),
+    /// A store that could not be made.
+    Broken(String),
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.store {
-            Some(_) => "Keyring(in memory)",
-            None => "Keyring(OS)",
+        f.write_str(match self.source {
+            Source::Os => "Keyring(OS)",
+            Source::Memory(_) => "Keyring(in memory)",
+            Source::Broken(_) => "Keyring(unavailable)",
         })
     }
 }
@@ -49,34 +60,35 @@ impl Keyring {
     /// The OS keyring. Nothing is opened here: the platform store is set up
     /// (once per process) on first use.
     pub fn os() -> Self {
-        Self { store: None }
+        Self { source: Source::Os }
     }
 
-    /// A keyring that lives in this process only (for tests).
+    /// A keyring that lives in this process only (tests, benches).
     pub fn in_memory() -> Self {
-        Self {
-            store: keyring_core::mock::Store::new()
-                .ok()
-                .map(|s| s as Arc<CredentialStore>),
-        }
+        let source = match keyring_core::mock::Store::new() {
+            Ok(s) => Source::Memory(s),
+            Err(e) => Source::Broken(describe(&e)),
+        };
+        Self { source }
     }
 
     fn store(&self) -> Result<Arc<CredentialStore>, String> {
-        if let Some(s) = &self.store {
-            return Ok(Arc::clone(s));
-        }
-        match keyring::Entry::store_status() {
-            Ok(()) => keyring_core::get_default_store()
-                .ok_or_else(|| "the OS keyring was set up but is not there".to_owned()),
-            Err(e) => Err(format!(
-                "no OS keyring is available ({}){}",
-                describe(e),
-                if cfg!(all(unix, not(target_os = "macos"))) {
-                    "; on Linux one needs a Secret Service such as GNOME Keyring or KWallet"
-                } else {
-                    ""
-                }
-            )),
+        match &self.source {
+            Source::Memory(s) => Ok(Arc::clone(s)),
+            Source::Broken(e) => Err(e.clone()),
+            Source::Os => match keyring::Entry::store_status() {
+                Ok(()) => keyring_core::get_default_store()
+                    .ok_or_else(|| "the OS keyring was set up but is not there".to_owned()),
+                Err(e) => Err(format!(
+                    "no OS keyring is available ({}){}",
+                    describe(e),
+                    if cfg!(all(unix, not(target_os = "macos"))) {
+                        "; on Linux one needs a Secret Service such as GNOME Keyring or KWallet"
+                    } else {
+                        ""
+                    }
+                )),
+            },
         }
     }
 
@@ -109,7 +121,8 @@ impl Keyring {
         }
         match self.entry(url)?.get_password() {
             Ok(pw) => {
-                if parsed.set_password(Some(&encode_userinfo(&pw))).is_err() {
+                // The URL parser percent-encodes what userinfo cannot hold.
+                if parsed.set_password(Some(&pw)).is_err() {
                     return Err(format!("cannot put the kept password into {url}"));
                 }
                 Ok(Some(parsed.to_string()))
@@ -135,44 +148,10 @@ impl Keyring {
 fn split(url: &str) -> Option<(String, String)> {
     let parsed = url::Url::parse(url).ok()?;
     let pw = parsed.password()?;
-    let decoded = percent_decode(pw);
+    let decoded = percent_encoding::percent_decode_str(pw)
+        .decode_utf8_lossy()
+        .into_owned();
     Some((strip_password(url), decoded))
-}
-
-/// Percent-decodes a URL's userinfo part.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes what a URL's userinfo cannot hold as it is.
-fn encode_userinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A keyring error in one line, without any secret (none of the errors
@@ -203,8 +182,7 @@ mod tests {
         let saved = strip_password(typed);
         assert!(!saved.contains("p%2F"), "{saved}");
         let back = k.recall(&saved).unwrap().expect("kept");
-        let parsed = url::Url::parse(&back).unwrap();
-        assert_eq!(percent_decode(parsed.password().unwrap()), "p/?#@w d");
+        assert_eq!(split(&back).unwrap().1, "p/?#@w d");
         assert_eq!(strip_password(&back), saved);
         // A URL that already has a password, or no user, is left alone.
         assert_eq!(k.recall(typed).unwrap(), None);
@@ -225,9 +203,16 @@ mod tests {
     }
 
     #[test]
-    fn userinfo_encoding_round_trips() {
-        for pw in ["plain", "p/?#@:% x", "ünï", ""] {
-            assert_eq!(percent_decode(&encode_userinfo(pw)), pw);
+    fn passwords_with_any_character_round_trip() {
+        let k = Keyring::in_memory();
+        for pw in ["plain", "p/?#@:% x", "ünï"] {
+            let mut u = url::Url::parse("postgres://u@h/db").unwrap();
+            u.set_password(Some(pw)).unwrap();
+            assert!(k.remember(u.as_str()).unwrap());
+            let back = k.recall("postgres://u@h/db").unwrap().unwrap();
+            assert_eq!(split(&back).unwrap().1, pw);
         }
+        // An empty password is no password: nothing to keep.
+        assert!(!k.remember("postgres://u:@h/db").unwrap());
     }
 }
