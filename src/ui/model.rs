@@ -36,7 +36,7 @@ fn texts(df: &DataFrame, name: &str) -> Result<Vec<String>, String> {
 pub struct Kpis {
     /// Revenue of completed sales.
     pub revenue: f64,
-    /// Completed orders.
+    /// Orders of any status (revenue counts completed ones only).
     pub orders: f64,
     /// Revenue per order (`None` without orders).
     pub avg_order_value: Option<f64>,
