@@ -122,6 +122,17 @@ impl MetricFormat {
         })
     }
 
+    /// `value` short enough for a KPI tile: a magnitude of 100,000 or more
+    /// in three significant digits with a unit (`$ 1.24B`, `12.3M`);
+    /// smaller values and percentages as [`MetricFormat::render`] writes them.
+    pub fn render_compact(self, value: f64, currency: &str) -> String {
+        match (self, compact(value)) {
+            (Self::Percent, _) | (_, None) => self.render(value, currency),
+            (Self::Currency, Some(c)) => format!("{} {c}", currency_symbol(currency)),
+            (_, Some(c)) => c,
+        }
+    }
+
     /// `value` written in this format.
     pub fn render(self, value: f64, currency: &str) -> String {
         if !value.is_finite() {
@@ -148,6 +159,38 @@ fn currency_symbol(code: &str) -> &str {
         "EUR" => "€",
         "GBP" => "£",
         other => other,
+    }
+}
+
+/// A magnitude of at least 100,000 in three significant digits and a unit:
+/// `1_240_608_474.5` → `1.24B`, `-123_456` → `-123K`, `999_999` → `1.00M`;
+/// `None` below 100,000 (or not finite), where the exact figure fits.
+pub fn compact(v: f64) -> Option<String> {
+    const UNITS: [(f64, &str); 4] = [(1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T")];
+    let a = v.abs();
+    if !a.is_finite() || a < 1e5 {
+        return None;
+    }
+    let sign = if v < 0.0 { "-" } else { "" };
+    let mut unit = UNITS.iter().rposition(|(u, _)| a >= *u).unwrap_or(0);
+    loop {
+        let (scale, name) = UNITS.get(unit).copied().unwrap_or((1e12, "T"));
+        let x = a / scale;
+        let decimals = if x >= 100.0 {
+            0
+        } else if x >= 10.0 {
+            1
+        } else {
+            2
+        };
+        let text = format!("{x:.decimals$}");
+        // 999.6K rounds to "1000": say 1.00M instead.
+        if text.parse::<f64>().is_ok_and(|r| r >= 1000.0) && unit + 1 < UNITS.len() {
+            unit += 1;
+            continue;
+        }
+        let text = if x >= 1000.0 { thousands(x, 0) } else { text };
+        return Some(format!("{sign}{text}{name}"));
     }
 }
 
@@ -756,6 +799,30 @@ impl Analytics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_values_are_compact_with_three_significant_digits() {
+        let c = |v: f64| compact(v);
+        assert_eq!(c(99_999.99), None);
+        assert_eq!(c(f64::NAN), None);
+        assert_eq!(c(100_000.0).as_deref(), Some("100K"));
+        assert_eq!(c(123_456.0).as_deref(), Some("123K"));
+        assert_eq!(c(-123_456.0).as_deref(), Some("-123K"));
+        assert_eq!(c(999_499.0).as_deref(), Some("999K"));
+        assert_eq!(c(999_999.0).as_deref(), Some("1.00M"));
+        assert_eq!(c(1_240_608_474.55).as_deref(), Some("1.24B"));
+        assert_eq!(c(12_345_678.0).as_deref(), Some("12.3M"));
+        assert_eq!(c(999_960_000_000.0).as_deref(), Some("1.00T"));
+        assert_eq!(c(4.2e15).as_deref(), Some("4,200T"));
+        let f = MetricFormat::Currency;
+        assert_eq!(f.render_compact(1_240_608_474.55, "USD"), "$ 1.24B");
+        assert_eq!(f.render_compact(1_234.5, "USD"), "$ 1,234.50");
+        assert_eq!(MetricFormat::Percent.render_compact(0.25, "USD"), "25.0 %");
+        assert_eq!(
+            MetricFormat::Count.render_compact(5_000_000.0, "USD"),
+            "5.00M"
+        );
+    }
 
     fn run(src: &str) -> Result<DataFrame, ScriptError> {
         Metric::compile("t.rhai", src)?.run(None, None)

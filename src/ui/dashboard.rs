@@ -6,7 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use egui::{RichText, Ui};
 
-use super::model::{count, delta, money, percent, Dashboard, Kpis, MetricPanel, MetricView, Part};
+use super::model::{
+    count, count_compact, delta, money, money_compact, percent, Dashboard, Kpis, MetricPanel,
+    MetricView, Part,
+};
 use super::widgets::{self, Better};
 use super::App;
 use crate::analytics::metrics::{MetricFormat, MetricInfo, MetricKind};
@@ -349,52 +352,66 @@ fn span_line_ui(ui: &mut Ui, d: &Dashboard) {
 fn kpis_ui(ui: &mut Ui, now: &Kpis, before: Option<&Kpis>) {
     let d =
         |f: fn(&Kpis) -> Option<f64>| before.and_then(|b| Some(delta(f(now)?, f(b)?)).flatten());
-    let opt = |v: Option<f64>, fmt: fn(f64) -> String| v.map_or("—".to_owned(), fmt);
-    let tiles: [(&str, String, Option<f64>, Better); 6] = [
-        (
-            "Revenue",
-            money(now.revenue),
-            d(|k| Some(k.revenue)),
-            Better::Up,
-        ),
-        (
-            "Orders",
-            count(now.orders),
-            d(|k| Some(k.orders)),
-            Better::Up,
-        ),
-        (
-            "Average order value",
-            opt(now.avg_order_value, money),
-            d(|k| k.avg_order_value),
-            Better::Up,
-        ),
-        (
-            "Conversion rate",
-            opt(now.conversion_rate, percent),
-            d(|k| k.conversion_rate),
-            Better::Up,
-        ),
-        (
-            "Refund rate",
-            opt(now.refund_rate, percent),
-            d(|k| k.refund_rate),
-            Better::Down,
-        ),
-        (
-            "Customers",
-            count(now.customers),
-            d(|k| Some(k.customers)),
-            Better::Up,
-        ),
+    let tile = |title: &'static str,
+                v: Option<f64>,
+                compact: fn(f64) -> String,
+                exact: fn(f64) -> String| Tile {
+        title: title.to_owned(),
+        value: v.map_or("—".to_owned(), compact),
+        exact: v.map(exact),
+        delta: None,
+        better: Better::Up,
+    };
+    let tiles = [
+        Tile {
+            delta: d(|k| Some(k.revenue)),
+            ..tile("Revenue", Some(now.revenue), money_compact, money)
+        },
+        Tile {
+            delta: d(|k| Some(k.orders)),
+            ..tile("Orders", Some(now.orders), count_compact, count)
+        },
+        Tile {
+            delta: d(|k| k.avg_order_value),
+            ..tile(
+                "Average order value",
+                now.avg_order_value,
+                money_compact,
+                money,
+            )
+        },
+        Tile {
+            delta: d(|k| k.conversion_rate),
+            ..tile("Conversion rate", now.conversion_rate, percent, percent)
+        },
+        Tile {
+            delta: d(|k| k.refund_rate),
+            better: Better::Down,
+            ..tile("Refund rate", now.refund_rate, percent, percent)
+        },
+        Tile {
+            delta: d(|k| Some(k.customers)),
+            ..tile("Customers", Some(now.customers), count_compact, count)
+        },
     ];
     tiles_ui(ui, &tiles);
 }
 
+/// One KPI tile's content.
+struct Tile {
+    title: String,
+    /// What the tile shows (compact units for large values).
+    value: String,
+    /// The exact value, shown on hover when it differs.
+    exact: Option<String>,
+    /// Change against the previous period.
+    delta: Option<f64>,
+    better: Better,
+}
+
 /// KPI tiles in balanced rows: six, three, two or one per row, each at
-/// least 180 points wide (a revenue in the millions at 22 points needs
-/// about 170).
-fn tiles_ui<T: AsRef<str>>(ui: &mut Ui, tiles: &[(T, String, Option<f64>, Better)]) {
+/// least 180 points wide (large values are compact: `$1.24B`).
+fn tiles_ui(ui: &mut Ui, tiles: &[Tile]) {
     let spacing = ui.spacing().item_spacing.x;
     let avail = ui.available_width();
     let fits = |n: f32| n * (180.0 + 24.0) + (n - 1.0) * spacing <= avail;
@@ -407,8 +424,9 @@ fn tiles_ui<T: AsRef<str>>(ui: &mut Ui, tiles: &[(T, String, Option<f64>, Better
     // size is only known after its contents.
     for row in tiles.chunks(per_row as usize) {
         ui.horizontal(|ui| {
-            for (title, value, delta, better) in row {
-                widgets::kpi_card_ui(ui, width, title.as_ref(), value, *delta, *better);
+            for t in row {
+                let exact = t.exact.as_deref().filter(|e| *e != t.value);
+                widgets::kpi_card_ui(ui, width, &t.title, &t.value, exact, t.delta, t.better);
             }
         });
     }
@@ -430,16 +448,17 @@ fn custom_metrics_ui(ui: &mut Ui, panels: &[MetricPanel]) -> Option<String> {
             .small()
             .weak(),
     );
-    let tiles: Vec<(String, String, Option<f64>, Better)> = panels
+    let tiles: Vec<Tile> = panels
         .iter()
         .filter(|p| p.info.kind == MetricKind::Kpi && matches!(p.view, Some(Ok(_))))
         .filter_map(|p| match &p.view {
-            Some(Ok(MetricView::Kpi { value, previous })) => Some((
-                p.info.name.clone(),
-                value.map_or("—".to_owned(), |v| metric_value(Some(&p.info), v)),
-                value.zip(*previous).and_then(|(v, b)| delta(v, b)),
-                Better::Up,
-            )),
+            Some(Ok(MetricView::Kpi { value, previous })) => Some(Tile {
+                title: p.info.name.clone(),
+                value: value.map_or("—".to_owned(), |v| p.info.format.render_compact(v, "USD")),
+                exact: value.map(|v| metric_value(Some(&p.info), v)),
+                delta: value.zip(*previous).and_then(|(v, b)| delta(v, b)),
+                better: Better::Up,
+            }),
             _ => None,
         })
         .collect();
@@ -603,7 +622,7 @@ fn trend_ui(ui: &mut Ui, d: &Dashboard) {
             .height(240.0)
             .legend(egui_plot::Legend::default())
             .x_axis_formatter(move |m, _| fmt_time(m.value))
-            .y_axis_formatter(|m, _| money(m.value))
+            .y_axis_formatter(|m, _| money_compact(m.value))
             .label_formatter(|hover| {
                 let p = match hover {
                     egui_plot::HoverPosition::NearDataPoint { position, .. } => position,
@@ -656,6 +675,33 @@ fn bars_ui(ui: &mut Ui, parts: &[Part], as_money: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egui_kittest::kittest::Queryable;
+
+    #[test]
+    fn a_revenue_in_the_billions_fits_its_tile_and_shows_exactly_on_hover() {
+        let now = Kpis {
+            revenue: 1_240_608_474.55,
+            orders: 5_012_345.0,
+            avg_order_value: Some(247.51),
+            conversion_rate: Some(0.0312),
+            refund_rate: Some(0.021),
+            customers: 48_210.0,
+        };
+        let mut h = egui_kittest::Harness::builder()
+            .with_size(egui::vec2(1024.0, 300.0))
+            .build_ui(move |ui| kpis_ui(ui, &now, None));
+        h.run();
+        for shown in ["$1.24B", "5.01M", "$247.51", "3.1%", "2.1%", "48,210"] {
+            assert!(h.query_by_label(shown).is_some(), "tile {shown:?} missing");
+        }
+        assert!(h.query_by_label("$1,240,608,474.55").is_none());
+        h.get_by_label("$1.24B").hover();
+        h.run();
+        assert!(
+            h.query_by_label("$1,240,608,474.55").is_some(),
+            "the exact revenue on hover"
+        );
+    }
 
     #[test]
     fn custom_times_parse_in_three_forms() {

@@ -16,6 +16,7 @@ pub mod model;
 mod pipeline_panel;
 pub mod scripting;
 pub mod settings;
+mod toasts;
 pub mod widgets;
 
 use std::collections::VecDeque;
@@ -70,17 +71,6 @@ impl Tab {
             Tab::Settings => "Settings",
         }
     }
-}
-
-/// A short message in the corner.
-#[derive(Clone, Debug)]
-pub(crate) struct Toast {
-    /// The message.
-    pub text: String,
-    /// How it is coloured.
-    pub level: tracing::Level,
-    /// When it goes away.
-    pub until: Instant,
 }
 
 /// Per-frame timing for the debug overlay.
@@ -141,7 +131,7 @@ pub struct App {
     // Log and toasts.
     logs: LogBuffer,
     log_seen: u64,
-    toasts: Vec<Toast>,
+    toasts: toasts::Toasts,
     frames: FrameStats,
     /// Where typed passwords are kept between runs.
     keyring: Keyring,
@@ -184,7 +174,7 @@ impl App {
             startup_scenarios: Vec::new(),
             logs,
             log_seen: 0,
-            toasts: Vec::new(),
+            toasts: toasts::Toasts::default(),
             frames: FrameStats::default(),
             keyring: Keyring::os(),
             keep_passwords: Vec::new(),
@@ -245,14 +235,7 @@ impl App {
     }
 
     fn toast(&mut self, level: tracing::Level, text: String) {
-        self.toasts.push(Toast {
-            text,
-            level,
-            until: Instant::now() + Duration::from_secs(6),
-        });
-        while self.toasts.len() > 5 {
-            self.toasts.remove(0);
-        }
+        self.toasts.push(level, text, Instant::now());
     }
 
     /// The service config these settings mean.
@@ -528,7 +511,7 @@ impl App {
                 }
             }
         });
-        self.toasts_ui(&ctx);
+        self.toasts.toasts_ui(&ctx);
         if self.settings.debug_overlay {
             self.debug_overlay_ui(&ctx);
         }
@@ -536,8 +519,7 @@ impl App {
         // Wake for toasts to expire; otherwise only when the backend sends
         // something.
         let now = Instant::now();
-        self.toasts.retain(|t| t.until > now);
-        if let Some(d) = self.toasts.iter().map(|t| t.until - now).min() {
+        if let Some(d) = self.toasts.expire(now) {
             ctx.request_repaint_after(d.max(Duration::from_millis(50)));
         }
         self.frames.push(started.elapsed().as_secs_f32() * 1e3);
@@ -614,41 +596,6 @@ impl App {
                 }
             }
         });
-    }
-
-    fn toasts_ui(&mut self, ctx: &egui::Context) {
-        if self.toasts.is_empty() {
-            return;
-        }
-        egui::Area::new(egui::Id::unique("toasts"))
-            .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -36.0))
-            .order(egui::Order::Foreground)
-            .interactable(true)
-            .show(ctx, |ui| {
-                ui.set_max_width(420.0);
-                let mut dismiss = None;
-                for (i, t) in self.toasts.iter().enumerate() {
-                    let color = match t.level {
-                        tracing::Level::ERROR => widgets::RED,
-                        tracing::Level::WARN => widgets::AMBER,
-                        _ => widgets::BLUE,
-                    };
-                    egui::Frame::popup(ui.style())
-                        .stroke(egui::Stroke::new(1.0, color))
-                        .show(ui, |ui| {
-                            ui.horizontal(|ui| {
-                                ui.colored_label(color, t.level.as_str());
-                                ui.label(&t.text);
-                                if ui.small_button("×").on_hover_text("Dismiss").clicked() {
-                                    dismiss = Some(i);
-                                }
-                            });
-                        });
-                }
-                if let Some(i) = dismiss {
-                    self.toasts.remove(i);
-                }
-            });
     }
 
     fn debug_overlay_ui(&mut self, ctx: &egui::Context) {
@@ -772,13 +719,23 @@ impl eframe::App for Workbench {
     }
 }
 
+/// The window's icon (the same drawing as the desktop entry's).
+const WINDOW_ICON: &[u8] = include_bytes!("../../assets/salespulse.png");
+
 /// Opens the window and runs until it is closed.
 pub fn run(rt: Handle, base_config: Config, logs: LogBuffer) -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("salespulse")
+        // The desktop entry's StartupWMClass (assets/salespulse.desktop).
+        .with_app_id("salespulse")
+        .with_inner_size([1280.0, 800.0])
+        .with_min_inner_size([1024.0, 640.0]);
+    match eframe::icon_data::from_png_bytes(WINDOW_ICON) {
+        Ok(icon) => viewport = viewport.with_icon(icon),
+        Err(e) => tracing::warn!(error = %e, "the window icon could not be decoded"),
+    }
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("salespulse")
-            .with_inner_size([1280.0, 800.0])
-            .with_min_inner_size([1024.0, 640.0]),
+        viewport,
         persist_window: true,
         ..Default::default()
     };
@@ -805,4 +762,20 @@ pub fn run(rt: Handle, base_config: Config, logs: LogBuffer) -> anyhow::Result<(
         }
     }
     opened
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WINDOW_ICON;
+
+    #[test]
+    fn the_window_icon_is_a_square_png_with_transparent_corners() {
+        let icon = eframe::icon_data::from_png_bytes(WINDOW_ICON).unwrap();
+        assert_eq!((icon.width, icon.height), (256, 256));
+        assert_eq!(icon.rgba.len(), 256 * 256 * 4);
+        // The rounded corner is transparent, the middle is opaque.
+        assert_eq!(icon.rgba[3], 0);
+        let mid = (128 * 256 + 128) * 4 + 3;
+        assert_eq!(icon.rgba[mid], 255);
+    }
 }

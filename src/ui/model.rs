@@ -512,6 +512,23 @@ pub fn money(v: f64) -> String {
     )
 }
 
+/// Money short enough for a tile or an axis: `$1.24B` from 100,000 up
+/// ([`crate::analytics::metrics::compact`]), else [`money`].
+pub fn money_compact(v: f64) -> String {
+    match crate::analytics::metrics::compact(v) {
+        Some(c) => match c.strip_prefix('-') {
+            Some(abs) => format!("-${abs}"),
+            None => format!("${c}"),
+        },
+        None => money(v),
+    }
+}
+
+/// A count short enough for a tile: `12.3M` from 100,000 up, else [`count`].
+pub fn count_compact(v: f64) -> String {
+    crate::analytics::metrics::compact(v).unwrap_or_else(|| count(v))
+}
+
 /// An integer with thousands separators.
 pub fn count(v: f64) -> String {
     let s = thousands(v.abs().round() as u128);

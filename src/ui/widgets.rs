@@ -50,12 +50,14 @@ pub enum Better {
     Down,
 }
 
-/// One KPI tile: title, value, and the change against the previous period.
+/// One KPI tile: title, value (the exact one on hover when `exact` is
+/// given), and the change against the previous period.
 pub(crate) fn kpi_card_ui(
     ui: &mut Ui,
     width: f32,
     title: &str,
     value: &str,
+    exact: Option<&str>,
     delta: Option<f64>,
     better: Better,
 ) {
@@ -65,7 +67,11 @@ pub(crate) fn kpi_card_ui(
             ui.set_width(width);
             ui.vertical(|ui| {
                 ui.label(RichText::new(title).small().weak());
-                ui.add(egui::Label::new(RichText::new(value).size(22.0).strong()).truncate());
+                let shown =
+                    ui.add(egui::Label::new(RichText::new(value).size(22.0).strong()).truncate());
+                if let Some(exact) = exact {
+                    shown.on_hover_text(exact);
+                }
                 match delta {
                     Some(d) => {
                         let good = (d >= 0.0) == (better == Better::Up);
