@@ -145,3 +145,80 @@ async fn workers_without_a_group_read_their_partitions_even_overlapping() {
     assert!(err.contains("group, all, or partitions"), "{err}");
     db.drop().await;
 }
+
+/// benches/python-peer/run, small: both sides on one tansu broker store
+/// every event they were given (the script checks the counts in the
+/// databases), and the ratio printed is theirs.
+#[test]
+fn the_python_peer_bench_runs_both_sides_on_one_broker() {
+    let out = std::process::Command::new("benches/python-peer/run")
+        .args(["--events", "3000", "--partitions", "3"])
+        .env("SALESPULSE_BIN", env!("CARGO_BIN_EXE_salespulse"))
+        .env("TANSU_BIN", tansu_bin())
+        .env("TEST_DATABASE_URL", pg_server_url())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_else(|| panic!("no result row:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "3000");
+    let (py_secs, rs_secs): (f64, f64) = (cols[2].parse().unwrap(), cols[4].parse().unwrap());
+    assert!(py_secs > 0.0 && rs_secs > 0.0, "{row}");
+    let ratio: f64 = cols[6].trim_end_matches('x').parse().unwrap();
+    assert!((ratio - py_secs / rs_secs).abs() < 0.02, "{row}");
+}
+
+/// `bench scale`, small: one and two `salespulse ingest` processes in one
+/// group on tansu (SQLite) store every event once, each process reports
+/// its share, and the shares add up.
+#[test]
+fn the_scale_bench_shares_one_topic_between_ingest_processes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args([
+            "bench",
+            "scale",
+            "--events",
+            "4000",
+            "--processes",
+            "1,2",
+            "--partitions",
+            "4",
+            "--json",
+        ])
+        .env("DATABASE_URL", pg_server_url())
+        .env("TANSU_BIN", tansu_bin())
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, n) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["processes"], n);
+        assert_eq!(run["lost"], 0);
+        assert_eq!(run["doubled"], 0);
+        let shares = run["shares"].as_array().unwrap();
+        assert_eq!(shares.len(), n);
+        let total: u64 = shares
+            .iter()
+            .map(|s| s["sales"].as_u64().unwrap() + s["sessions"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 4000);
+        assert!(run["events_per_sec"].as_f64().unwrap() > 0.0);
+    }
+}

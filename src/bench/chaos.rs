@@ -318,7 +318,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn find_tansu(explicit: Option<&Path>) -> PathBuf {
+pub(super) fn find_tansu(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_owned();
     }
@@ -337,9 +337,14 @@ fn find_tansu(explicit: Option<&Path>) -> PathBuf {
 }
 
 /// A child process killed on drop.
-struct Proc(Option<Child>);
+pub(super) struct Proc(Option<Child>);
 
 impl Proc {
+    /// Owns `child` (killed on drop).
+    pub(super) fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
@@ -349,7 +354,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after `grace`.
     #[allow(unsafe_code)] // kill(2) on our own child
-    fn terminate(&mut self, grace: Duration) {
+    pub(super) fn terminate(&mut self, grace: Duration) {
         if let Some(c) = &mut self.0 {
             #[cfg(unix)]
             // SAFETY: a plain signal to our own child.
@@ -381,7 +386,7 @@ impl Drop for Proc {
     }
 }
 
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+pub(super) fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -390,7 +395,7 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
 }
 
 /// The broker: tansu on SQLite in its own folder.
-struct Broker {
+pub(super) struct Broker {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
@@ -398,7 +403,7 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Self> {
+    pub(super) fn start(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let mut b = Self {
             bin,
@@ -410,7 +415,7 @@ impl Broker {
         Ok(b)
     }
 
-    fn brokers(&self) -> String {
+    pub(super) fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -1377,9 +1382,22 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Removes its folder on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
+    /// A fresh folder `<prefix>-<random>` under the system's temporary
+    /// directory.
+    pub(super) fn new(prefix: &str) -> anyhow::Result<Self> {
+        let d = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&d)?;
+        Ok(Self(d))
+    }
+
+    /// The folder.
+    pub(super) fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Leaves the folder in place (to be looked at after a failure).
     fn keep(self) {
         std::mem::forget(self);

@@ -2,15 +2,17 @@
 //! the ingest bench against a raw `COPY` ([`pipeline`]), event → commit
 //! latency at set rates ([`latency`]), the analytics bench
 //! ([`analytics`]), the app's frame and idle benches ([`ui`]), the fault
-//! suite `salespulse chaos` ([`chaos`]) and the decoder/encoder fuzzer
-//! ([`fuzz`]). They sit on top of the layers they drive and nothing below
-//! imports them; figures quoted in notes come from these.
+//! suite `salespulse chaos` ([`chaos`]), ingest scale-out over processes
+//! ([`scale`]) and the decoder/encoder fuzzer ([`fuzz`]). They sit on top
+//! of the layers they drive and nothing below imports them; figures quoted
+//! in notes come from these.
 
 pub mod analytics;
 pub mod chaos;
 pub mod fuzz;
 pub mod latency;
 pub mod pipeline;
+pub mod scale;
 pub mod ui;
 
 /// Resident set size of this process in MiB, where the platform tells it

@@ -92,7 +92,9 @@ impl std::fmt::Display for IngestBenchReport {
     }
 }
 
-fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
+/// The benches' generator: the built-in shop on a simulated clock from
+/// 2026-01-05, so the same seed gives the same events.
+pub(super) fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
     let start = Utc
         .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
         .single()

@@ -415,6 +415,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ingest scale-out: 1, 2, 4… `salespulse ingest` processes in one
+    /// consumer group on tansu (SQLite storage): throughput, each process's
+    /// share, nothing lost or doubled across rebalances.
+    Scale {
+        /// Events per run (produced before ingest starts).
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        events: u64,
+        /// Process counts, one run each (commas or repeated flags).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
+        processes: Vec<usize>,
+        /// Partitions of each run's topic.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The tansu binary (default: TANSU_BIN, ~/.cargo/bin/tansu, tansu).
+        #[arg(long, value_name = "FILE")]
+        tansu: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pipeline ingest rate against a raw COPY of the same events.
     Ingest {
         /// Events to produce and ingest.

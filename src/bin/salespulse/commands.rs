@@ -543,6 +543,24 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             };
             print_report(&bench::pipeline::ingest(cfg, &opts).await?, json)
         }
+        BenchCommand::Scale {
+            events,
+            processes,
+            partitions,
+            seed,
+            tansu,
+            json,
+        } => {
+            let opts = bench::scale::ScaleOptions {
+                events,
+                processes,
+                partitions,
+                seed,
+                tansu,
+                salespulse: None,
+            };
+            print_report(&bench::scale::run(cfg, &opts).await?, json)
+        }
         BenchCommand::Latency {
             rates,
             secs,
