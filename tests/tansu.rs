@@ -179,7 +179,8 @@ fn the_python_peer_bench_runs_both_sides_on_one_broker() {
 
 /// `bench scale`, small: one and two `salespulse ingest` processes in one
 /// group on tansu (SQLite) store every event once, each process reports
-/// its share, and the shares add up.
+/// its share, and the shares add up; the second joins mid-stream, so
+/// partitions move between processes while records are in flight.
 #[test]
 fn the_scale_bench_shares_one_topic_between_ingest_processes() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_salespulse"))
@@ -187,11 +188,13 @@ fn the_scale_bench_shares_one_topic_between_ingest_processes() {
             "bench",
             "scale",
             "--events",
-            "4000",
+            "20000",
             "--processes",
             "1,2",
             "--partitions",
             "4",
+            "--stagger-ms",
+            "400",
             "--json",
         ])
         .env("DATABASE_URL", pg_server_url())
@@ -218,7 +221,7 @@ fn the_scale_bench_shares_one_topic_between_ingest_processes() {
             .iter()
             .map(|s| s["sales"].as_u64().unwrap() + s["sessions"].as_u64().unwrap())
             .sum();
-        assert_eq!(total, 4000);
+        assert_eq!(total, 20000);
         assert!(run["events_per_sec"].as_f64().unwrap() > 0.0);
     }
 }

@@ -11,7 +11,10 @@ measure salespulse against (benches/python-peer/run). Not part of the product.
     python3 peer.py schema  DATABASE_URL
     python3 peer.py topic   BROKERS TOPIC PARTITIONS
     python3 peer.py produce BROKERS TOPIC FILE
-    python3 peer.py consume BROKERS TOPIC DATABASE_URL EXPECTED_MESSAGES
+    python3 peer.py consume BROKERS TOPIC DATABASE_URL EXPECTED_MESSAGES [batch|poll]
+
+The consumer reads with `consume(500)` (batch, the default) or one `poll()`
+per message (poll, the textbook loop); both write batches of 500.
 """
 import json
 import sys
@@ -92,7 +95,7 @@ def produce(brokers, topic, path):
     print(json.dumps({"produced": n}))
 
 
-def consume(brokers, topic, url, expected):
+def consume(brokers, topic, url, expected, mode="batch"):
     import psycopg2
     from psycopg2.extras import execute_values
     from confluent_kafka import Consumer
@@ -109,8 +112,18 @@ def consume(brokers, topic, url, expected):
     conn = psycopg2.connect(url)
     seen = stored = 0
     deadline = time.monotonic() + 3600
+    per_message = mode == "poll"
     while seen < expected and time.monotonic() < deadline:
-        msgs = c.consume(num_messages=BATCH, timeout=1.0)
+        if per_message:
+            # The textbook loop: one poll per message, a batch of 500.
+            msgs = []
+            while len(msgs) < BATCH and seen + len(msgs) < expected:
+                m = c.poll(0.1)
+                if m is None:
+                    break
+                msgs.append(m)
+        else:
+            msgs = c.consume(num_messages=BATCH, timeout=1.0)
         rows = []
         for m in msgs:
             if m.error():
@@ -157,6 +170,6 @@ if __name__ == "__main__":
     elif cmd == "produce":
         produce(*args)
     elif cmd == "consume":
-        consume(args[0], args[1], args[2], int(args[3]))
+        consume(args[0], args[1], args[2], int(args[3]), *args[4:])
     else:
         sys.exit(__doc__)

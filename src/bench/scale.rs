@@ -5,7 +5,9 @@
 //! For each process count, on a fresh database and a fresh topic: N
 //! generated events are produced first (not timed), then that many ingest
 //! processes are started together and timed from their start to the last
-//! offset committed (start-up, group joins and rebalances included). Each
+//! offset committed (start-up, group joins and rebalances included; with a
+//! stagger, later processes join mid-stream and partitions move while
+//! records are in flight). Each
 //! process is then stopped with SIGTERM and reports what it stored; the
 //! bench checks that every event was stored exactly once (stored rows =
 //! events, the processes' shares add up to the events, the derived tables
@@ -42,6 +44,10 @@ pub struct ScaleOptions {
     pub tansu: Option<PathBuf>,
     /// The salespulse binary the processes run (default: this one).
     pub salespulse: Option<PathBuf>,
+    /// Time between process starts: 0 starts them together; more makes
+    /// each later one join mid-stream, so partitions move while records
+    /// are in flight (a rebalance per join).
+    pub stagger: Duration,
 }
 
 /// What one ingest process stored.
@@ -103,6 +109,8 @@ pub struct ScaleReport {
     pub partitions: i32,
     /// CPU cores of this machine (processes beyond them share cores).
     pub cores: usize,
+    /// Milliseconds between process starts.
+    pub stagger_ms: u64,
     /// The runs, in the order asked.
     pub runs: Vec<ScaleRun>,
 }
@@ -111,8 +119,16 @@ impl std::fmt::Display for ScaleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} events per run, {} partitions, tansu on SQLite storage, {} CPU cores",
-            self.events, self.partitions, self.cores
+            "{} events per run, {} partitions, tansu on SQLite storage, {} CPU cores, \
+             processes started {}",
+            self.events,
+            self.partitions,
+            self.cores,
+            if self.stagger_ms == 0 {
+                "together".to_owned()
+            } else {
+                format!("{} ms apart", self.stagger_ms)
+            }
         )?;
         writeln!(
             f,
@@ -210,6 +226,7 @@ pub async fn run(cfg: &Config, opts: &ScaleOptions) -> anyhow::Result<ScaleRepor
         events: opts.events,
         partitions: opts.partitions,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        stagger_ms: u64::try_from(opts.stagger.as_millis()).unwrap_or(u64::MAX),
         runs,
     })
 }
@@ -281,6 +298,9 @@ async fn one_run(
     let started = Instant::now();
     let mut procs = Vec::with_capacity(n);
     for i in 0..n {
+        if i > 0 && !opts.stagger.is_zero() {
+            tokio::time::sleep(opts.stagger).await;
+        }
         let mut c = Command::new(exe);
         // Only what is set here: nothing from the caller's environment or a
         // salespulse.toml in its folder may point the child elsewhere.

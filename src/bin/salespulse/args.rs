@@ -428,6 +428,10 @@ pub enum BenchCommand {
         /// Partitions of each run's topic.
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// Milliseconds between process starts (0: together); later
+        /// processes then join mid-stream and take partitions over.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+        stagger_ms: u64,
         /// Seed of the generator.
         #[arg(long, default_value_t = 1)]
         seed: u64,

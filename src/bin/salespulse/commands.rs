@@ -547,6 +547,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             events,
             processes,
             partitions,
+            stagger_ms,
             seed,
             tansu,
             json,
@@ -558,6 +559,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
                 seed,
                 tansu,
                 salespulse: None,
+                stagger: Duration::from_millis(stagger_ms),
             };
             print_report(&bench::scale::run(cfg, &opts).await?, json)
         }
