@@ -837,3 +837,32 @@ async fn forged_mutated_and_locked_cache_values_give_correct_answers() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     db.drop().await;
 }
+
+/// A query cancelled by the statement timeout says so and how to raise it;
+/// other database errors read as PostgreSQL wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_the_statement_timeout_says_how_to_raise_it() {
+    let db = TestDb::new("stmt_timeout").await;
+    let store = Store::connect(&db.url, 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT pg_sleep(2)")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    let msg = salespulse::analytics::AnalyticsError::from(e).to_string();
+    assert!(
+        msg.contains("canceling statement due to statement timeout"),
+        "{msg}"
+    );
+    assert!(msg.contains("raise pg_statement_timeout_ms"), "{msg}");
+    let e = sqlx::query("SELECT * FROM no_such_table")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    let msg = salespulse::analytics::AnalyticsError::from(e).to_string();
+    assert!(msg.starts_with("database: "), "{msg}");
+    assert!(!msg.contains("pg_statement_timeout_ms"), "{msg}");
+    store.pool().close().await;
+    db.drop().await;
+}

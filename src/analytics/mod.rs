@@ -50,8 +50,9 @@ pub enum AnalyticsError {
     /// The request is invalid (an unknown view, a bad filter or range, …); says why.
     #[error("{0}")]
     BadRequest(String),
-    /// The database failed.
-    #[error("database: {0}")]
+    /// The database failed (a query over the statement timeout says how
+    /// to raise it).
+    #[error("database: {}", sql_message(.0))]
     Sql(#[from] sqlx::Error),
     /// Building or transforming a frame failed.
     #[error("dataframe: {0}")]
@@ -70,6 +71,23 @@ pub enum AnalyticsError {
 impl From<crate::cache::FlightLost> for Arc<AnalyticsError> {
     fn from(e: crate::cache::FlightLost) -> Self {
         Arc::new(AnalyticsError::Io(std::io::Error::other(e.0)))
+    }
+}
+
+/// A database error as the user reads it: PostgreSQL's text, and for a
+/// query cancelled by the statement timeout what to do about it.
+fn sql_message(e: &sqlx::Error) -> String {
+    let timed_out = e.as_database_error().is_some_and(|d| {
+        d.code().as_deref() == Some("57014") && d.message().contains("statement timeout")
+    });
+    if timed_out {
+        format!(
+            "{e}: the query ran longer than the statement timeout; narrow the range or \
+             filters, or raise pg_statement_timeout_ms (in the app: Settings, Query \
+             timeout; salespulse.toml; or SALESPULSE_PG_STATEMENT_TIMEOUT_MS; default 10 s)"
+        )
+    } else {
+        e.to_string()
     }
 }
 

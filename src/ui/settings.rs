@@ -33,6 +33,9 @@ pub struct Settings {
     pub batch_size: usize,
     /// How long cached frames live, seconds.
     pub cache_ttl_secs: u64,
+    /// How long one database query may run before it is cancelled, seconds
+    /// (the pool's `statement_timeout`).
+    pub query_timeout_secs: f64,
     /// Dashboard auto-refresh interval, seconds.
     pub refresh_secs: f64,
     /// Refresh the dashboard on the interval.
@@ -65,6 +68,7 @@ impl Settings {
             partitions: cfg.partitions,
             batch_size: cfg.batch_size,
             cache_ttl_secs: cfg.cache_ttl_secs,
+            query_timeout_secs: cfg.pg_statement_timeout_ms as f64 / 1000.0,
             refresh_secs: 5.0,
             auto_refresh: true,
             theme: Theme::Dark,
@@ -88,6 +92,9 @@ impl Settings {
         cfg.partitions = self.partitions;
         cfg.batch_size = self.batch_size;
         cfg.cache_ttl_secs = self.cache_ttl_secs;
+        if self.query_timeout_secs.is_finite() && self.query_timeout_secs > 0.0 {
+            cfg.pg_statement_timeout_ms = (self.query_timeout_secs * 1000.0).round() as u64;
+        }
         cfg.check().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -100,6 +107,7 @@ impl Settings {
             || self.partitions != other.partitions
             || self.batch_size != other.batch_size
             || self.cache_ttl_secs != other.cache_ttl_secs
+            || self.query_timeout_secs != other.query_timeout_secs
     }
 }
 
@@ -169,6 +177,16 @@ pub(crate) fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Set
             ui.end_row();
             ui.label("Cache TTL (s)");
             ui.add(egui::DragValue::new(&mut draft.cache_ttl_secs).range(0..=86_400));
+            ui.end_row();
+            ui.label("Query timeout (s)").on_hover_text(
+                "how long one database query may run (a view, a metric's load, an export page) \
+                 before PostgreSQL cancels it",
+            );
+            ui.add(
+                egui::DragValue::new(&mut draft.query_timeout_secs)
+                    .range(1.0..=3600.0)
+                    .speed(1.0),
+            );
             ui.end_row();
             ui.label("Refresh interval (s)");
             ui.add(
@@ -302,4 +320,25 @@ pub fn save(
         *field = crate::config::strip_password(field);
     }
     eframe::set_value(storage, STORAGE_KEY, &out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_timeout_is_the_pools_statement_timeout() {
+        let base = Config::default();
+        let mut s = Settings::from_config(&base);
+        assert_eq!(s.query_timeout_secs, 10.0);
+        assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 10_000);
+        let before = s.clone();
+        s.query_timeout_secs = 120.0;
+        assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 120_000);
+        // The pools are made again with the new timeout.
+        assert!(s.services_differ(&before));
+        // Settings saved before the field existed keep the configured one.
+        let old: Settings = serde_json::from_str(r#"{"partitions": 3}"#).unwrap();
+        assert_eq!(old.apply_to(&base).unwrap().pg_statement_timeout_ms, 10_000);
+    }
 }
