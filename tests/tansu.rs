@@ -174,7 +174,11 @@ fn the_python_peer_bench_runs_both_sides_on_one_broker() {
     let (py_secs, rs_secs): (f64, f64) = (cols[2].parse().unwrap(), cols[4].parse().unwrap());
     assert!(py_secs > 0.0 && rs_secs > 0.0, "{row}");
     let ratio: f64 = cols[6].trim_end_matches('x').parse().unwrap();
-    assert!((ratio - py_secs / rs_secs).abs() < 0.02, "{row}");
+    // From the printed (rounded) seconds: within rounding.
+    assert!(
+        (ratio - py_secs / rs_secs).abs() < 0.05 * ratio.max(1.0),
+        "{row}"
+    );
 }
 
 /// `bench scale`, small: one and two `salespulse ingest` processes in one

@@ -176,14 +176,27 @@ pub fn compact(v: f64) -> Option<String> {
     loop {
         let (scale, name) = UNITS.get(unit).copied().unwrap_or((1e12, "T"));
         let x = a / scale;
-        let decimals = if x >= 100.0 {
-            0
-        } else if x >= 10.0 {
-            1
-        } else {
-            2
+        let digits = |x: f64| {
+            if x >= 100.0 {
+                0
+            } else if x >= 10.0 {
+                1
+            } else {
+                2
+            }
         };
-        let text = format!("{x:.decimals$}");
+        let mut decimals = digits(x);
+        let mut text = format!("{x:.decimals$}");
+        // 9.996 rounds to "10.00": three significant digits are "10.0".
+        if let Some(fewer) = text
+            .parse::<f64>()
+            .ok()
+            .map(digits)
+            .filter(|d| *d < decimals)
+        {
+            decimals = fewer;
+            text = format!("{x:.decimals$}");
+        }
         // 999.6K rounds to "1000": say 1.00M instead.
         if text.parse::<f64>().is_ok_and(|r| r >= 1000.0) && unit + 1 < UNITS.len() {
             unit += 1;
@@ -813,6 +826,10 @@ mod tests {
         assert_eq!(c(1_240_608_474.55).as_deref(), Some("1.24B"));
         assert_eq!(c(12_345_678.0).as_deref(), Some("12.3M"));
         assert_eq!(c(999_960_000_000.0).as_deref(), Some("1.00T"));
+        assert_eq!(c(9_996_000.0).as_deref(), Some("10.0M"));
+        assert_eq!(c(99_960_000.0).as_deref(), Some("100M"));
+        assert_eq!(c(9_994_000.0).as_deref(), Some("9.99M"));
+        assert_eq!(c(-9_996_000.0).as_deref(), Some("-10.0M"));
         assert_eq!(c(4.2e15).as_deref(), Some("4,200T"));
         let f = MetricFormat::Currency;
         assert_eq!(f.render_compact(1_240_608_474.55, "USD"), "$ 1.24B");

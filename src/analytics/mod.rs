@@ -77,10 +77,12 @@ impl From<crate::cache::FlightLost> for Arc<AnalyticsError> {
 /// A database error as the user reads it: PostgreSQL's text, and for a
 /// query cancelled by the statement timeout what to do about it.
 fn sql_message(e: &sqlx::Error) -> String {
-    let timed_out = e.as_database_error().is_some_and(|d| {
-        d.code().as_deref() == Some("57014") && d.message().contains("statement timeout")
-    });
-    if timed_out {
+    // query_canceled: a statement timeout (the app sends no cancel
+    // requests); by code, since the text follows the server's language.
+    let cancelled = e
+        .as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("57014"));
+    if cancelled {
         format!(
             "{e}: the query ran longer than the statement timeout; narrow the range or \
              filters, or raise pg_statement_timeout_ms (in the app: Settings, Query \

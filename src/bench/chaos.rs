@@ -373,7 +373,7 @@ impl Proc {
         self.kill();
     }
 
-    fn exited(&mut self) -> bool {
+    pub(super) fn exited(&mut self) -> bool {
         self.0
             .as_mut()
             .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
@@ -1399,7 +1399,7 @@ impl TempDir {
     }
 
     /// Leaves the folder in place (to be looked at after a failure).
-    fn keep(self) {
+    pub(super) fn keep(self) {
         std::mem::forget(self);
     }
 }

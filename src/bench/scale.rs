@@ -186,6 +186,35 @@ pub async fn run(cfg: &Config, opts: &ScaleOptions) -> anyhow::Result<ScaleRepor
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the salespulse binary")?,
     };
+    let result = run_all(cfg, opts, &server, &broker.brokers(), &exe, work.path()).await;
+    drop(broker);
+    drop(services);
+    match result {
+        Ok(runs) => Ok(ScaleReport {
+            events: opts.events,
+            partitions: opts.partitions,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stagger_ms: u64::try_from(opts.stagger.as_millis()).unwrap_or(u64::MAX),
+            runs,
+        }),
+        Err(e) => {
+            // The processes' and the broker's logs, to be looked at.
+            let dir = work.path().to_owned();
+            work.keep();
+            Err(e.context(format!("logs kept in {}", dir.display())))
+        }
+    }
+}
+
+/// One run per process count, each on its own scratch database.
+async fn run_all(
+    cfg: &Config,
+    opts: &ScaleOptions,
+    server: &str,
+    brokers: &str,
+    exe: &Path,
+    work: &Path,
+) -> anyhow::Result<Vec<ScaleRun>> {
     let mut runs: Vec<ScaleRun> = Vec::new();
     for &n in &opts.processes {
         let tag = format!(
@@ -194,20 +223,10 @@ pub async fn run(cfg: &Config, opts: &ScaleOptions) -> anyhow::Result<ScaleRepor
             chrono::Utc::now().timestamp()
         );
         let db = format!("salespulse_scale_{tag}");
-        store::create_database_if_missing(&server, &db).await?;
-        let url = store::with_database(&server, &db)?;
-        let result = one_run(
-            cfg,
-            opts,
-            n,
-            &tag,
-            &url,
-            &broker.brokers(),
-            &exe,
-            work.path(),
-        )
-        .await;
-        if let Err(e) = store::drop_database(&server, &db).await {
+        store::create_database_if_missing(server, &db).await?;
+        let url = store::with_database(server, &db)?;
+        let result = one_run(cfg, opts, n, &tag, &url, brokers, exe, work).await;
+        if let Err(e) = store::drop_database(server, &db).await {
             tracing::warn!(error = %e, "could not drop bench database {db}");
         }
         let mut run = result?;
@@ -220,15 +239,7 @@ pub async fn run(cfg: &Config, opts: &ScaleOptions) -> anyhow::Result<ScaleRepor
         );
         runs.push(run);
     }
-    drop(broker);
-    drop(services);
-    Ok(ScaleReport {
-        events: opts.events,
-        partitions: opts.partitions,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        stagger_ms: u64::try_from(opts.stagger.as_millis()).unwrap_or(u64::MAX),
-        runs,
-    })
+    Ok(runs)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -320,18 +331,31 @@ async fn one_run(
             .stdin(Stdio::null());
         procs.push(Proc::new(c.spawn().context("starting salespulse ingest")?));
     }
-    let caught_up = wait_for_offsets(
-        &store,
-        &cfg.group_id,
-        &cfg.topic,
-        &targets,
-        Duration::from_secs(3600),
-    )
-    .await;
+    // Stored everything, or a process died (then it never will).
+    let caught_up = tokio::select! {
+        r = wait_for_offsets(
+            &store,
+            &cfg.group_id,
+            &cfg.topic,
+            &targets,
+            Duration::from_secs(3600),
+        ) => r,
+        i = async {
+            loop {
+                if let Some(i) = procs.iter_mut().position(|p| p.exited()) {
+                    break i;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } => Err(anyhow::anyhow!("ingest process {i} exited before storing everything")),
+    };
     let secs = started.elapsed().as_secs_f64();
-    for p in &mut procs {
-        p.terminate(Duration::from_secs(20));
-    }
+    tokio::task::spawn_blocking(move || {
+        for p in &mut procs {
+            p.terminate(Duration::from_secs(20));
+        }
+    })
+    .await?;
     caught_up.with_context(|| {
         format!(
             "{n} ingest process(es) did not store every event; their logs: {}",

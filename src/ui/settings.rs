@@ -34,8 +34,9 @@ pub struct Settings {
     /// How long cached frames live, seconds.
     pub cache_ttl_secs: u64,
     /// How long one database query may run before it is cancelled, seconds
-    /// (the pool's `statement_timeout`).
-    pub query_timeout_secs: f64,
+    /// (the pool's `statement_timeout`; 0: no limit). `None`: as configured
+    /// (`salespulse.toml`, `SALESPULSE_PG_STATEMENT_TIMEOUT_MS`, 10 s).
+    pub query_timeout_secs: Option<f64>,
     /// Dashboard auto-refresh interval, seconds.
     pub refresh_secs: f64,
     /// Refresh the dashboard on the interval.
@@ -68,7 +69,7 @@ impl Settings {
             partitions: cfg.partitions,
             batch_size: cfg.batch_size,
             cache_ttl_secs: cfg.cache_ttl_secs,
-            query_timeout_secs: cfg.pg_statement_timeout_ms as f64 / 1000.0,
+            query_timeout_secs: None,
             refresh_secs: 5.0,
             auto_refresh: true,
             theme: Theme::Dark,
@@ -92,8 +93,11 @@ impl Settings {
         cfg.partitions = self.partitions;
         cfg.batch_size = self.batch_size;
         cfg.cache_ttl_secs = self.cache_ttl_secs;
-        if self.query_timeout_secs.is_finite() && self.query_timeout_secs > 0.0 {
-            cfg.pg_statement_timeout_ms = (self.query_timeout_secs * 1000.0).round() as u64;
+        if let Some(secs) = self
+            .query_timeout_secs
+            .filter(|s| s.is_finite() && *s >= 0.0)
+        {
+            cfg.pg_statement_timeout_ms = (secs * 1000.0).round() as u64;
         }
         cfg.check().map_err(|e| e.to_string())?;
         Ok(cfg)
@@ -180,13 +184,34 @@ pub(crate) fn settings_ui(ui: &mut egui::Ui, draft: &mut Settings, current: &Set
             ui.end_row();
             ui.label("Query timeout (s)").on_hover_text(
                 "how long one database query may run (a view, a metric's load, an export page) \
-                 before PostgreSQL cancels it",
+                 before PostgreSQL cancels it; 0: no limit",
             );
-            ui.add(
-                egui::DragValue::new(&mut draft.query_timeout_secs)
-                    .range(1.0..=3600.0)
-                    .speed(1.0),
-            );
+            ui.horizontal(|ui| {
+                let mut own = draft.query_timeout_secs.is_some();
+                if ui
+                    .checkbox(&mut own, "set here")
+                    .on_hover_text(
+                        "unchecked: as configured (salespulse.toml, \
+                         SALESPULSE_PG_STATEMENT_TIMEOUT_MS; 10 s by default)",
+                    )
+                    .changed()
+                {
+                    draft.query_timeout_secs = own.then_some(60.0);
+                }
+                match &mut draft.query_timeout_secs {
+                    Some(v) => {
+                        ui.add(
+                            egui::DragValue::new(v)
+                                .range(0.0..=86_400.0)
+                                .clamp_existing_to_range(false)
+                                .speed(1.0),
+                        );
+                    }
+                    None => {
+                        ui.weak("as configured");
+                    }
+                }
+            });
             ui.end_row();
             ui.label("Refresh interval (s)");
             ui.add(
@@ -327,18 +352,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_query_timeout_is_the_pools_statement_timeout() {
-        let base = Config::default();
+    fn the_query_timeout_overrides_the_configured_one_only_when_set_here() {
+        let base = Config {
+            pg_statement_timeout_ms: 45_000,
+            ..Config::default()
+        };
         let mut s = Settings::from_config(&base);
-        assert_eq!(s.query_timeout_secs, 10.0);
-        assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 10_000);
+        assert_eq!(s.query_timeout_secs, None);
+        assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 45_000);
         let before = s.clone();
-        s.query_timeout_secs = 120.0;
+        s.query_timeout_secs = Some(120.0);
         assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 120_000);
         // The pools are made again with the new timeout.
         assert!(s.services_differ(&before));
+        s.query_timeout_secs = Some(0.0);
+        assert_eq!(s.apply_to(&base).unwrap().pg_statement_timeout_ms, 0);
         // Settings saved before the field existed keep the configured one.
         let old: Settings = serde_json::from_str(r#"{"partitions": 3}"#).unwrap();
-        assert_eq!(old.apply_to(&base).unwrap().pg_statement_timeout_ms, 10_000);
+        assert_eq!(old.apply_to(&base).unwrap().pg_statement_timeout_ms, 45_000);
     }
 }

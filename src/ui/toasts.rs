@@ -8,7 +8,7 @@ use egui::RichText;
 
 use super::widgets;
 
-/// Toasts shown at once; the oldest goes first.
+/// Toasts shown at once; past it the oldest of the least severe goes.
 pub(crate) const MAX_TOASTS: usize = 4;
 /// Width of a toast, points.
 pub(crate) const TOAST_WIDTH: f32 = 380.0;
@@ -108,8 +108,21 @@ impl Toasts {
                 until,
             });
         }
+        // Over the cap, the oldest of the least severe goes: an error is
+        // not pushed out by confirmations.
         while self.items.len() > MAX_TOASTS {
-            self.items.remove(0);
+            let rank = |l: tracing::Level| match l {
+                tracing::Level::ERROR => 2,
+                tracing::Level::WARN => 1,
+                _ => 0,
+            };
+            let least = self.items.iter().map(|t| rank(t.level)).min().unwrap_or(0);
+            match self.items.iter().position(|t| rank(t.level) == least) {
+                Some(i) => {
+                    self.items.remove(i);
+                }
+                None => break,
+            }
         }
     }
 
@@ -227,15 +240,19 @@ mod tests {
         for i in 0..5 {
             toasts.push(Level::INFO, format!("exported {i} rows"), t0);
         }
+        // Confirmations do not push the error out; the oldest of them go.
         assert_eq!(toasts.items().len(), MAX_TOASTS);
-        assert!(toasts.items().iter().all(|t| t.level == Level::INFO));
+        assert_eq!(toasts.items()[0].level, Level::ERROR);
+        assert_eq!(toasts.items()[1].line(), "exported 2 rows");
         toasts.push(Level::ERROR, "services unavailable: refused".into(), t0);
         let later = t0 + Duration::from_secs(8);
         toasts.push(Level::ERROR, "services unavailable: refused".into(), later);
         toasts.expire(t0 + Duration::from_secs(12));
+        // The error outlived its first 10 s: each repeat renews it.
+        assert_eq!(toasts.items().len(), 1);
         let t = toasts.items().last().unwrap();
-        assert_eq!(t.count, 2);
-        assert_eq!(t.line(), "2× services unavailable: refused");
+        assert_eq!(t.count, 3);
+        assert_eq!(t.line(), "3× services unavailable: refused");
     }
 
     #[test]
