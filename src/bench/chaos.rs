@@ -521,27 +521,39 @@ struct Ingest {
     proc: Proc,
 }
 
+/// `exe ingest` run in `dir` with only `env` for its services: nothing from
+/// the caller's environment (`SALESPULSE_*`, service URLs) or a
+/// salespulse.toml in its folder may point the child elsewhere. Logs at
+/// `warn` unless `env` says otherwise.
+pub(super) fn ingest_command<'a>(
+    exe: &Path,
+    dir: &Path,
+    env: impl IntoIterator<Item = &'a (&'static str, String)>,
+) -> Command {
+    let mut c = Command::new(exe);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("SALESPULSE_")
+            || ["KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL"].contains(&k.as_ref())
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c.arg("ingest")
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
 impl Ingest {
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut c = Command::new(&self.exe);
-        // Only what is set here: nothing from the caller's environment or a
-        // salespulse.toml in its folder may point the child elsewhere.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("SALESPULSE_")
-                || ["KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL"].contains(&k.as_ref())
-            {
-                c.env_remove(k.as_ref());
-            }
-        }
-        c.arg("ingest")
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+        let mut c = ingest_command(&self.exe, &self.dir, &self.env);
+        c.stdout(Stdio::null())
             .stderr(log_file(&self.dir, "ingest.log")?);
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
         self.proc = Proc(Some(c.spawn().context("starting salespulse ingest")?));
         Ok(())
     }
@@ -914,9 +926,9 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let (keep, root) = match &opts.work_dir {
         Some(d) => (None, d.clone()),
         None => {
-            let t = tempfile_dir()?;
-            let p = t.clone();
-            (Some(TempDir(t)), p)
+            let t = TempDir::new("salespulse-chaos")?;
+            let p = t.path().to_owned();
+            (Some(t), p)
         }
     };
     match run_in(opts, &root).await {
@@ -1372,13 +1384,6 @@ impl Drop for StopOnDrop {
             tracing::warn!(error = %e, "stopping the chaos PostgreSQL cluster");
         }
     }
-}
-
-/// A fresh folder under the system's temporary directory.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("salespulse-chaos-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 /// Removes its folder on drop.

@@ -92,6 +92,28 @@ impl std::fmt::Display for IngestBenchReport {
     }
 }
 
+/// Produces `events` events of [`bench_generator`]`(seed)` as fast as the
+/// producer takes them, off the runtime's threads.
+pub(super) async fn produce_bench_events(
+    producer: &Arc<EventProducer>,
+    seed: u64,
+    events: u64,
+) -> anyhow::Result<u64> {
+    let p = Arc::clone(producer);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut g = bench_generator(seed)?;
+        Ok(produce_loop(
+            &mut g,
+            &p,
+            Some(events),
+            None,
+            &AtomicBool::new(false),
+            None,
+        )?)
+    })
+    .await?
+}
+
 /// The benches' generator: the built-in shop on a simulated clock from
 /// 2026-01-05, so the same seed gives the same events.
 pub(super) fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
@@ -158,19 +180,7 @@ async fn run(
     )?);
     let t = Instant::now();
     let (events, seed) = (opts.events, opts.seed);
-    let p = Arc::clone(&producer);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut g = bench_generator(seed)?;
-        Ok(produce_loop(
-            &mut g,
-            &p,
-            Some(events),
-            None,
-            &AtomicBool::new(false),
-            None,
-        )?)
-    })
-    .await??;
+    produce_bench_events(&producer, seed, events).await?;
     let produce_secs = t.elapsed().as_secs_f64();
     let targets = producer.stats().delivered_end_offsets();
 

@@ -14,18 +14,16 @@
 //! agree with the raw rows).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::chaos::{find_tansu, log_file, Broker, Proc, TempDir};
+use super::chaos::{find_tansu, ingest_command, log_file, Broker, Proc, TempDir};
 use crate::bus::{self, EventProducer, ProducerConfig};
 use crate::config::Config;
-use crate::pipeline::{produce_loop, wait_for_offsets};
+use crate::pipeline::wait_for_offsets;
 use crate::services::Services;
 use crate::store::{self, Store};
 
@@ -276,20 +274,8 @@ async fn one_run(
         &ProducerConfig::from_config(&cfg, brokers),
         &cfg.topic,
     )?);
-    let (events, seed) = (opts.events, opts.seed);
-    let p = Arc::clone(&producer);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut g = super::pipeline::bench_generator(seed)?;
-        Ok(produce_loop(
-            &mut g,
-            &p,
-            Some(events),
-            None,
-            &AtomicBool::new(false),
-            None,
-        )?)
-    })
-    .await??;
+    let events = opts.events;
+    super::pipeline::produce_bench_events(&producer, opts.seed, events).await?;
     let targets = producer.stats().delivered_end_offsets();
     drop(producer);
 
@@ -303,7 +289,6 @@ async fn one_run(
         ("SALESPULSE_GROUP_ID", cfg.group_id.clone()),
         ("SALESPULSE_PARTITIONS", cfg.partitions.to_string()),
         ("SALESPULSE_INGEST_PARTITIONS", "group".to_owned()),
-        ("RUST_LOG", "warn".to_owned()),
     ];
     eprintln!("{n} process(es): ingesting…");
     let started = Instant::now();
@@ -312,23 +297,9 @@ async fn one_run(
         if i > 0 && !opts.stagger.is_zero() {
             tokio::time::sleep(opts.stagger).await;
         }
-        let mut c = Command::new(exe);
-        // Only what is set here: nothing from the caller's environment or a
-        // salespulse.toml in its folder may point the child elsewhere.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("SALESPULSE_")
-                || ["KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL"].contains(&k.as_ref())
-            {
-                c.env_remove(k.as_ref());
-            }
-        }
-        c.arg("ingest")
-            .current_dir(&dir)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(log_file(&dir, &format!("ingest-{i}.out"))?)
-            .stderr(log_file(&dir, &format!("ingest-{i}.log"))?)
-            .stdin(Stdio::null());
+        let mut c = ingest_command(exe, &dir, &env);
+        c.stdout(log_file(&dir, &format!("ingest-{i}.out"))?)
+            .stderr(log_file(&dir, &format!("ingest-{i}.log"))?);
         procs.push(Proc::new(c.spawn().context("starting salespulse ingest")?));
     }
     // Stored everything, or a process died (then it never will).
