@@ -111,8 +111,6 @@ async fn workers_without_a_group_read_their_partitions_even_overlapping() {
     .await
     .unwrap();
     let n = 6_000;
-    let targets = produce(&brokers, &cfg.topic, 83, n);
-    assert_eq!(targets.len(), 3, "{targets:?}");
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(IngestStats::default());
     let mut workers = Vec::new();
@@ -127,14 +125,32 @@ async fn workers_without_a_group_read_their_partitions_even_overlapping() {
         ));
         workers.extend(pipeline::spawn_workers(1, &settings, &db.store, &stop, &stats).unwrap());
     }
-    drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
-    assert_eq!(stats.offsets_skipped.load(Ordering::Relaxed), 0);
+    // The records come once both have taken their partitions (from the
+    // stored offsets, none yet): had one committed partition 1 before the
+    // other started, the other would rightly begin past it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let targets = produce(&brokers, &cfg.topic, 83, n);
+    assert_eq!(targets.len(), 3, "{targets:?}");
     // Partition 1 was read by both (no group would have given it to two).
     let shared = targets
         .iter()
         .find(|(p, _)| *p == 1)
         .map_or(0, |(_, end)| *end as u64);
     assert!(shared > 0, "{targets:?}");
+    // Stop only once both have read it to its end: the other's commit
+    // alone would let a stop catch one of them half way.
+    let read = Arc::clone(&stats);
+    wait_until(
+        Duration::from_secs(60),
+        "both readers of partition 1",
+        || {
+            let read = Arc::clone(&read);
+            async move { read.consumed.load(Ordering::Relaxed) >= n + shared }
+        },
+    )
+    .await;
+    drain_and_stop(&db.store, &cfg, &targets, &stop, workers).await;
+    assert_eq!(stats.offsets_skipped.load(Ordering::Relaxed), 0);
     let consumed = stats.consumed.load(Ordering::Relaxed);
     assert!(consumed >= n + shared, "consumed {consumed}, produced {n}");
     assert_exactly(&db.store, 83, n).await;
