@@ -981,6 +981,79 @@ async fn every_event_that_passes_validation_is_accepted_by_postgresql() {
         }
         assert_eq!(out.sales + out.sessions, chunk.len() as u64);
     }
+    // What PostgreSQL stored is exactly what was sent (ingest's binary COPY
+    // encodes every value itself: times, numerics, texts).
+    let sales = sqlx::query_as::<_, (uuid::Uuid, String)>(
+        "SELECT transaction_id, concat_ws('|', (extract(epoch FROM occurred_at) * 1000000)::int8,
+            customer_id, session_id, product_id, category, quantity, unit_price::text,
+            discount::text, total_amount::text, currency, payment_method, status, region,
+            country, channel) FROM transactions",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let sessions = sqlx::query_as::<_, (String, String)>(
+        "SELECT session_id, concat_ws('|', customer_id,
+            (extract(epoch FROM started_at) * 1000000)::int8,
+            (extract(epoch FROM ended_at) * 1000000)::int8, region, country, channel, page_views,
+            orders) FROM sessions",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let (sales, sessions): (
+        std::collections::HashMap<_, _>,
+        std::collections::HashMap<_, _>,
+    ) = (sales.into_iter().collect(), sessions.into_iter().collect());
+    let money = |x: f64| {
+        // Whole cents, half away from zero (as the event format says).
+        let c = (x * 100.0).round() as i64;
+        format!(
+            "{}{}.{:02}",
+            if c < 0 { "-" } else { "" },
+            c.abs() / 100,
+            c.abs() % 100
+        )
+    };
+    for e in &valid {
+        match e {
+            Event::Sale(s) => {
+                let want = [
+                    s.occurred_at.timestamp_micros().to_string(),
+                    s.customer_id.clone(),
+                    s.session_id.clone(),
+                    s.product_id.clone(),
+                    s.category.clone(),
+                    s.quantity.to_string(),
+                    money(s.unit_price),
+                    money(s.discount),
+                    money(s.total_amount),
+                    s.currency.clone(),
+                    s.payment_method.clone(),
+                    s.status.as_str().to_owned(),
+                    s.region.clone(),
+                    s.country.clone(),
+                    s.channel.as_str().to_owned(),
+                ]
+                .join("|");
+                assert_eq!(sales.get(&s.transaction_id), Some(&want), "{s:?}");
+            }
+            Event::Session(s) => {
+                let want = [
+                    s.customer_id.clone(),
+                    s.started_at.timestamp_micros().to_string(),
+                    s.ended_at.timestamp_micros().to_string(),
+                    s.region.clone(),
+                    s.country.clone(),
+                    s.channel.as_str().to_owned(),
+                    s.page_views.to_string(),
+                    s.orders.to_string(),
+                ]
+                .join("|");
+                assert_eq!(sessions.get(&s.session_id), Some(&want), "{s:?}");
+            }
+        }
+    }
     assert_consistent(&db.store).await;
     db.drop().await;
 }

@@ -66,6 +66,11 @@ pub struct IngestBenchReport {
     pub copy_rows_per_sec: f64,
     /// Pipeline time over COPY time.
     pub ratio: f64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Seconds spent in each ingest step, summed over workers and lanes
+    /// (parallel lanes overlap, so the sum can exceed `pipeline_secs`).
+    pub steps: Vec<(String, f64)>,
 }
 
 impl std::fmt::Display for IngestBenchReport {
@@ -88,7 +93,16 @@ impl std::fmt::Display for IngestBenchReport {
         )?;
         writeln!(f, "pipeline ingest   {:.2} s  {:>10.0} events/s  (decode, validate, rows + rollups + customers + products + offsets)", self.pipeline_secs, self.pipeline_events_per_sec)?;
         writeln!(f, "raw COPY          {:.2} s  {:>10.0} rows/s    (same rows, identical tables and indexes)", self.copy_secs, self.copy_rows_per_sec)?;
-        write!(f, "ratio             {:.2} × COPY", self.ratio)
+        writeln!(f, "ratio             {:.2} × COPY", self.ratio)?;
+        write!(
+            f,
+            "steps             {} batches; summed over lanes:",
+            self.batches
+        )?;
+        for (step, secs) in &self.steps {
+            write!(f, " {step} {secs:.2} s")?;
+        }
+        Ok(())
     }
 }
 
@@ -208,6 +222,13 @@ async fn run(
     let sales = stats.sales.load(Ordering::Relaxed);
     let sessions = stats.sessions.load(Ordering::Relaxed);
     let skipped = stats.offsets_skipped.load(Ordering::Relaxed);
+    let batches = stats.batches.load(Ordering::Relaxed);
+    let steps = stats
+        .steps
+        .seconds()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     anyhow::ensure!(
         skipped == 0,
         "the broker dropped {skipped} records before ingest read them"
@@ -267,6 +288,8 @@ async fn run(
         pipeline_events_per_sec: pipeline_rate,
         copy_rows_per_sec: copy_rate,
         ratio: pipeline_rate / copy_rate,
+        batches,
+        steps,
     })
 }
 
@@ -277,8 +300,9 @@ async fn checkpoint(store: &Store) {
     }
 }
 
-/// The COPY half's data: the same events the pipeline ingested, encoded
-/// exactly as ingest encodes them.
+/// The COPY half's data: the same events the pipeline ingested, as the
+/// text-format data `pg_dump` would write (the "dump and COPY";
+/// ingest itself sends binary, which the server converts with less work).
 fn copy_rows(seed: u64, events: u64) -> anyhow::Result<store::CopyRows> {
     let mut g = bench_generator(seed)?;
     let mut batch = store::Batch::default();

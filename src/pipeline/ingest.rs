@@ -157,7 +157,61 @@ pub struct IngestStats {
     /// (redeliveries included): the time from the event's own time (a
     /// sale's, a session's end) to the commit.
     pub latency: super::latency::LatencyHistogram,
+    /// Where the time of committed writes went, step by step.
+    pub steps: StepTimes,
     health: Mutex<Health>,
+}
+
+/// Time spent in each step of ingest, summed over every worker and lane, in
+/// nanoseconds (steps in parallel lanes overlap, so the sum can exceed the
+/// wall time). `bench ingest` prints them.
+#[derive(Debug, Default)]
+pub struct StepTimes {
+    /// Decoding and validating records (on the consumer's thread).
+    pub decode_ns: AtomicU64,
+    /// Probing for rows that exist already (retries only).
+    pub probe_ns: AtomicU64,
+    /// Encoding and `COPY`ing rows.
+    pub copy_ns: AtomicU64,
+    /// Folding rows into per-batch aggregates.
+    pub fold_ns: AtomicU64,
+    /// Upserting rollups, customers, products and offsets.
+    pub upsert_ns: AtomicU64,
+    /// `BEGIN` and `COMMIT`.
+    pub commit_ns: AtomicU64,
+}
+
+impl StepTimes {
+    fn add_write(&self, t: &crate::store::WriteTimings) {
+        for (counter, d) in [
+            (&self.probe_ns, t.probe),
+            (&self.copy_ns, t.copy),
+            (&self.fold_ns, t.fold),
+            (&self.upsert_ns, t.upsert),
+            (&self.commit_ns, t.commit),
+        ] {
+            counter.fetch_add(nanos(d), Ordering::Relaxed);
+        }
+    }
+
+    /// `(step, seconds)` of every step, in pipeline order.
+    pub fn seconds(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("decode", &self.decode_ns),
+            ("probe", &self.probe_ns),
+            ("copy", &self.copy_ns),
+            ("fold", &self.fold_ns),
+            ("upsert", &self.upsert_ns),
+            ("commit", &self.commit_ns),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name, c.load(Ordering::Relaxed) as f64 / 1e9))
+        .collect()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Default)]
@@ -616,6 +670,7 @@ impl Writer {
             .refused_by_database
             .fetch_add(refused - conflicts, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.steps.add_write(&out.timings);
         Ok(())
     }
 }
@@ -890,8 +945,13 @@ pub(crate) fn run_worker(
                     let Some(lane) = lanes.get_mut(p.rem_euclid(n as i32) as usize) else {
                         continue;
                     };
+                    let decoding = Instant::now();
                     lane.pending
                         .add(p, o, m.key(), m.payload(), settings.max_future_skew);
+                    stats
+                        .steps
+                        .decode_ns
+                        .fetch_add(nanos(decoding.elapsed()), Ordering::Relaxed);
                     if lane.deadline.is_none() {
                         lane.deadline = Some(Instant::now() + settings.batch_timeout);
                     }

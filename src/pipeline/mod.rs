@@ -20,7 +20,7 @@ use crate::generator::Generator;
 use crate::store::Store;
 
 pub(crate) use ingest::run_worker;
-pub use ingest::{IngestSettings, IngestStats};
+pub use ingest::{IngestSettings, IngestStats, StepTimes};
 
 /// Keeps a loop at `rate` iterations per second (no limit when `None`).
 pub struct Pacer {

@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 
 pub(crate) use embedded::find_pg_bin_dir;
 pub use embedded::EmbeddedPostgres;
-pub use write::{Batch, BeforeCommit, CopyRows, Refused, WriteOutcome};
+pub use write::{Batch, BeforeCommit, CopyRows, Refused, WriteOutcome, WriteTimings};
 pub(crate) use write::{CONFLICTING_DUPLICATE, SESSION_COLUMNS, TRANSACTION_COLUMNS};
 
 use crate::config::redact_url;

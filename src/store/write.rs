@@ -5,8 +5,8 @@
 //!    indexed probe; the first attempt is optimistic, see [`write_batch`]).
 //!    A repeat with the same content is a redelivery and is skipped silently;
 //!    one with *different* content is refused as a conflicting duplicate;
-//! 2. `COPY` the new rows into `transactions` and `sessions` (multi-row
-//!    inserts, as fast as a bulk load);
+//! 2. `COPY` the new rows into `transactions` and `sessions` (binary format,
+//!    as fast as a bulk load);
 //! 3. fold *exactly those new rows* into the rollups, customers and products,
 //!    aggregated here, and advance the partition offsets, in one statement.
 //!
@@ -36,6 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
+use std::time::Instant;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
@@ -91,6 +92,34 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// Records refused (already handed to `before_commit`).
     pub refused: Vec<Refused>,
+    /// Where the time went, summed over every round of the write.
+    pub timings: WriteTimings,
+}
+
+/// Time spent in each step of a batch write (summed over its rounds), so
+/// that a bench can say which step costs what.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteTimings {
+    /// Probing for rows that exist already (retries only).
+    pub probe: std::time::Duration,
+    /// Encoding and `COPY`ing the rows.
+    pub copy: std::time::Duration,
+    /// Folding the new rows into per-batch aggregates (in this process).
+    pub fold: std::time::Duration,
+    /// The upsert of rollups, customers, products and offsets.
+    pub upsert: std::time::Duration,
+    /// `BEGIN` and `COMMIT` (the commit waits for the WAL flush).
+    pub commit: std::time::Duration,
+}
+
+impl WriteTimings {
+    fn add(&mut self, o: &WriteTimings) {
+        self.probe += o.probe;
+        self.copy += o.copy;
+        self.fold += o.fold;
+        self.upsert += o.upsert;
+        self.commit += o.commit;
+    }
 }
 
 const UNIQUE_VIOLATION: &str = "23505";
@@ -139,10 +168,17 @@ pub async fn write_batch(
     let mut mode = Mode::Plain;
     let mut excluded: HashSet<(i32, i64)> = HashSet::new();
     let mut refused: Vec<Refused> = Vec::new();
+    let mut timings = WriteTimings::default();
     loop {
+        let began = Instant::now();
         let mut tx = pool.begin().await?;
+        timings.commit += began.elapsed();
         let probe = attempt > 0 || mode != Mode::Plain || !excluded.is_empty();
-        match write_in(&mut tx, group, topic, batch, probe, mode, &excluded).await {
+        let written = write_in(&mut tx, group, topic, batch, probe, mode, &excluded).await;
+        if let Ok(out) = &written {
+            timings.add(&out.timings);
+        }
+        match written {
             Ok(mut out) => {
                 let by_db: Vec<Refused> = out
                     .refused
@@ -156,9 +192,12 @@ pub async fn write_batch(
                     by_db
                 };
                 if now.is_empty() {
+                    let committing = Instant::now();
                     tx.commit().await?;
+                    timings.commit += committing.elapsed();
                     refused.sort_by_key(|r| (r.partition, r.offset));
                     out.refused = refused;
+                    out.timings = timings;
                     return Ok(out);
                 }
                 tx.rollback().await?;
@@ -206,12 +245,14 @@ async fn write_in(
     excluded: &HashSet<(i32, i64)>,
 ) -> Result<WriteOutcome, StoreError> {
     let keep = |p: &i32, o: &i64| !excluded.contains(&(*p, *o));
+    let mut out = WriteOutcome::default();
+    let probing = Instant::now();
     let (stored_sales, stored_sessions) = if probe {
         stored_rows(tx, batch).await?
     } else {
         Default::default()
     };
-    let mut out = WriteOutcome::default();
+    out.timings.probe = probing.elapsed();
 
     // First occurrence of each id in this batch (by index).
     let mut first_sale: HashMap<Uuid, usize> = HashMap::with_capacity(batch.sales.len());
@@ -282,7 +323,16 @@ async fn write_in(
 
     match mode {
         Mode::Plain => {
-            write_rows(tx, &sales, &sessions, group, topic, &batch.offsets).await?;
+            write_rows(
+                tx,
+                &sales,
+                &sessions,
+                group,
+                topic,
+                &batch.offsets,
+                &mut out.timings,
+            )
+            .await?;
             out.sales = sales.len() as u64;
             out.sessions = sessions.len() as u64;
         }
@@ -297,17 +347,22 @@ async fn write_in(
                 group,
                 topic,
                 &mut by_db,
+                &mut out.timings,
             )
             .await?;
             systemic(&by_db, sales.len() + sessions.len())?;
             out.sales = s.len() as u64;
             out.sessions = m.len() as u64;
+            let folding = Instant::now();
             let folded = if with_rollups {
                 Aggregates::default()
             } else {
                 Aggregates::of(&s, &m)
             };
+            out.timings.fold += folding.elapsed();
+            let upserting = Instant::now();
             folded.upsert(tx, group, topic, &batch.offsets).await?;
+            out.timings.upsert += upserting.elapsed();
             out.refused.extend(by_db);
         }
     }
@@ -329,17 +384,18 @@ fn conflict(partition: i32, offset: i64, id_field: &str, id: &str, differ: &[&st
     }
 }
 
-/// COPYs `sales` and `sessions`.
+/// COPYs `sales` and `sessions` (binary format: the server parses no
+/// timestamp or numeric text, and there is no escaping to get wrong).
 async fn copy_rows(
     tx: &mut PgConnection,
     sales: &[&(SaleEvent, i32, i64)],
     sessions: &[&(SessionEvent, i32, i64)],
 ) -> Result<(), StoreError> {
     if !sales.is_empty() {
-        copy_in(tx, COPY_TRANSACTIONS, &encode_sales(sales)).await?;
+        copy_in(tx, COPY_TRANSACTIONS_BINARY, &binary::sales(sales)).await?;
     }
     if !sessions.is_empty() {
-        copy_in(tx, COPY_SESSIONS, &encode_sessions(sessions)).await?;
+        copy_in(tx, COPY_SESSIONS_BINARY, &binary::sessions(sessions)).await?;
     }
     Ok(())
 }
@@ -353,11 +409,18 @@ async fn write_rows(
     group: &str,
     topic: &str,
     offsets: &[(i32, i64)],
+    timings: &mut WriteTimings,
 ) -> Result<(), StoreError> {
+    let copying = Instant::now();
     copy_rows(tx, sales, sessions).await?;
-    Aggregates::of(sales, sessions)
-        .upsert(tx, group, topic, offsets)
-        .await
+    timings.copy += copying.elapsed();
+    let folding = Instant::now();
+    let folded = Aggregates::of(sales, sessions);
+    timings.fold += folding.elapsed();
+    let upserting = Instant::now();
+    folded.upsert(tx, group, topic, offsets).await?;
+    timings.upsert += upserting.elapsed();
+    Ok(())
 }
 
 /// Refuses to dead-letter a whole batch for one reason that is not about
@@ -392,6 +455,10 @@ type SessionRow<'b> = &'b (SessionEvent, i32, i64);
 /// adds the others to `refused`. With `with_rollups`, each part is folded
 /// into the rollups under its savepoint too; otherwise the caller folds the
 /// accepted rows in one statement.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the write's context, passed through from write_in"
+)]
 async fn write_isolating<'b>(
     tx: &mut PgConnection,
     sales: &[SaleRow<'b>],
@@ -400,6 +467,7 @@ async fn write_isolating<'b>(
     group: &str,
     topic: &str,
     refused: &mut Vec<Refused>,
+    timings: &mut WriteTimings,
 ) -> Result<(Vec<SaleRow<'b>>, Vec<SessionRow<'b>>), StoreError> {
     // Rows are numbered sales first, then sessions; a part is a range.
     let n = sales.len() + sessions.len();
@@ -426,9 +494,12 @@ async fn write_isolating<'b>(
         sqlx::query("SAVEPOINT isolate").execute(&mut *tx).await?;
         statements += 1;
         let written = if with_rollups {
-            write_rows(tx, s, m, group, topic, &[]).await
+            write_rows(tx, s, m, group, topic, &[], timings).await
         } else {
-            copy_rows(tx, s, m).await
+            let copying = Instant::now();
+            let copied = copy_rows(tx, s, m).await;
+            timings.copy += copying.elapsed();
+            copied
         };
         match written {
             Ok(()) => {
@@ -700,14 +771,175 @@ pub(crate) const TRANSACTION_COLUMNS: &str = transaction_columns!();
 /// Columns of [`CopyRows::sessions`], in order.
 pub(crate) const SESSION_COLUMNS: &str = session_columns!();
 
-const COPY_TRANSACTIONS: &str = concat!(
+const COPY_TRANSACTIONS_BINARY: &str = concat!(
     "COPY transactions (",
     transaction_columns!(),
-    ") FROM STDIN"
+    ") FROM STDIN (FORMAT binary)"
 );
-const COPY_SESSIONS: &str = concat!("COPY sessions (", session_columns!(), ") FROM STDIN");
+const COPY_SESSIONS_BINARY: &str = concat!(
+    "COPY sessions (",
+    session_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
-/// A batch as `COPY ... FROM STDIN` text-format data, exactly as ingest sends it.
+/// `COPY … (FORMAT binary)` data: each value in PostgreSQL's own binary form,
+/// so the server converts nothing from text (no timestamp or numeric parsing).
+mod binary {
+    use chrono::{DateTime, Utc};
+
+    use crate::event::{to_cents, SaleEvent, SessionEvent};
+
+    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+    const PG_EPOCH_US: i64 = 946_684_800_000_000;
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+    struct Writer(Vec<u8>);
+
+    impl Writer {
+        fn new(capacity: usize) -> Self {
+            let mut b = Vec::with_capacity(capacity + 32);
+            b.extend_from_slice(SIGNATURE);
+            b.extend_from_slice(&0i32.to_be_bytes()); // flags
+            b.extend_from_slice(&0i32.to_be_bytes()); // header extension
+            Writer(b)
+        }
+        fn row(&mut self, fields: i16) {
+            self.0.extend_from_slice(&fields.to_be_bytes());
+        }
+        fn field(&mut self, bytes: &[u8]) {
+            // A field longer than 2 GiB cannot reach here: a Kafka record is
+            // far smaller. Saturating keeps the length honest regardless.
+            let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+            self.0.extend_from_slice(&len.to_be_bytes());
+            self.0.extend_from_slice(bytes);
+        }
+        fn text(&mut self, s: &str) {
+            self.field(s.as_bytes());
+        }
+        fn int4(&mut self, n: i32) {
+            self.field(&n.to_be_bytes());
+        }
+        fn int8(&mut self, n: i64) {
+            self.field(&n.to_be_bytes());
+        }
+        fn time(&mut self, t: DateTime<Utc>) {
+            self.int8(t.timestamp_micros() - PG_EPOCH_US);
+        }
+        /// `numeric` with two decimals from a number of cents.
+        fn money(&mut self, cents: i64) {
+            let digits = money_digits(cents);
+            let n = digits.digits.len();
+            self.0.extend_from_slice(&(8 + 2 * n as i32).to_be_bytes());
+            self.0.extend_from_slice(&(n as i16).to_be_bytes());
+            self.0.extend_from_slice(&digits.weight.to_be_bytes());
+            self.0.extend_from_slice(&digits.sign.to_be_bytes());
+            self.0.extend_from_slice(&2u16.to_be_bytes());
+            for d in digits.digits {
+                self.0.extend_from_slice(&d.to_be_bytes());
+            }
+        }
+        fn finish(mut self) -> Vec<u8> {
+            self.0.extend_from_slice(&(-1i16).to_be_bytes());
+            self.0
+        }
+    }
+
+    /// A `numeric` in base-10000 digits, most significant first.
+    pub(super) struct Digits {
+        pub(super) weight: i16,
+        pub(super) sign: u16,
+        pub(super) digits: Vec<i16>,
+    }
+
+    /// `cents / 100` as PostgreSQL's `numeric` digits (trailing and leading
+    /// zero digits dropped, as the server stores them).
+    pub(super) fn money_digits(cents: i64) -> Digits {
+        let sign = if cents < 0 { 0x4000 } else { 0 };
+        let c = cents.unsigned_abs();
+        let (mut int, frac) = (c / 100, (c % 100) as i16 * 100);
+        // At most 5 base-10000 digits hold u64::MAX / 100.
+        let mut int_digits: Vec<i16> = Vec::with_capacity(5);
+        while int > 0 {
+            int_digits.push((int % 10_000) as i16);
+            int /= 10_000;
+        }
+        int_digits.reverse();
+        let weight = int_digits.len() as i16 - 1;
+        let mut digits = int_digits;
+        digits.push(frac);
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        // Leading zeros only arise when there is no integer part.
+        let mut weight = weight;
+        while digits.first() == Some(&0) {
+            digits.remove(0);
+            weight -= 1;
+        }
+        if digits.is_empty() {
+            return Digits {
+                weight: 0,
+                sign: 0,
+                digits,
+            };
+        }
+        Digits {
+            weight,
+            sign,
+            digits,
+        }
+    }
+
+    /// Binary `COPY` data of sale rows, in `TRANSACTION_COLUMNS` order.
+    pub(super) fn sales(rows: &[&(SaleEvent, i32, i64)]) -> Vec<u8> {
+        let mut w = Writer::new(rows.len() * 260);
+        for (s, p, o) in rows {
+            w.row(18);
+            w.field(s.transaction_id.as_bytes());
+            w.time(s.occurred_at);
+            for f in [&s.customer_id, &s.session_id, &s.product_id, &s.category] {
+                w.text(f);
+            }
+            w.int4(s.quantity);
+            for m in [s.unit_price, s.discount, s.total_amount] {
+                w.money(to_cents(m));
+            }
+            w.text(&s.currency);
+            w.text(&s.payment_method);
+            w.text(s.status.as_str());
+            w.text(&s.region);
+            w.text(&s.country);
+            w.text(s.channel.as_str());
+            w.int4(*p);
+            w.int8(*o);
+        }
+        w.finish()
+    }
+
+    /// Binary `COPY` data of session rows, in `SESSION_COLUMNS` order.
+    pub(super) fn sessions(rows: &[&(SessionEvent, i32, i64)]) -> Vec<u8> {
+        let mut w = Writer::new(rows.len() * 170);
+        for (s, p, o) in rows {
+            w.row(11);
+            w.text(&s.session_id);
+            w.text(&s.customer_id);
+            w.time(s.started_at);
+            w.time(s.ended_at);
+            w.text(&s.region);
+            w.text(&s.country);
+            w.text(s.channel.as_str());
+            w.int4(s.page_views);
+            w.int4(s.orders);
+            w.int4(*p);
+            w.int8(*o);
+        }
+        w.finish()
+    }
+}
+
+/// A batch as `COPY ... FROM STDIN` text-format data (what `pg_dump` writes;
+/// the bench baselines and the analytics bench's loader send it; ingest
+/// sends the same values in binary format).
 pub struct CopyRows {
     /// Rows for `transactions`, one line each, in [`TRANSACTION_COLUMNS`] order.
     pub transactions: Vec<u8>,
@@ -1287,6 +1519,21 @@ mod tests {
         b.push(b' ');
         money(&mut b, 7);
         assert_eq!(b, b"1234.05 0.07");
+    }
+
+    #[test]
+    fn binary_numeric_digits() {
+        let d = |c: i64| {
+            let d = binary::money_digits(c);
+            (d.weight, d.sign, d.digits)
+        };
+        assert_eq!(d(123_405), (0, 0, vec![1234, 500]));
+        assert_eq!(d(7), (-1, 0, vec![700]));
+        assert_eq!(d(0), (0, 0, vec![]));
+        assert_eq!(d(100_000_000), (1, 0, vec![100]));
+        assert_eq!(d(100_000_001), (1, 0, vec![100, 0, 100]));
+        assert_eq!(d(-250), (0, 0x4000, vec![2, 5000]));
+        assert_eq!(d(i64::MIN).2.len(), 6);
     }
 
     #[test]
