@@ -328,13 +328,8 @@ async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
     let db = TestDb::new("api_abandon").await;
     let mut g = sparse_generator(3, 300.0);
     let events: Vec<Event> = (0..4_000).map(|_| g.next_event()).collect();
-    write_events(
-        &db.store,
-        events,
-        2_000,
-        &mut std::collections::HashMap::new(),
-    )
-    .await;
+    let mut offsets = std::collections::HashMap::new();
+    write_events(&db.store, events, 2_000, &mut offsets).await;
     let cfg = test_config(&db.url, None);
     // A small pool, as a user's server would have under load.
     let store = salespulse::store::Store::connect(&db.url, 3, Duration::from_secs(30))
@@ -389,6 +384,36 @@ async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
     assert_eq!(r.status().as_u16(), 400);
     let body = r.text().await.unwrap();
     assert!(body.contains("at most 100000"), "{body}");
+
+    // The frame's tag is its ETag: a client that holds it gets 304 and no
+    // body; new data makes a new tag and a 200.
+    let kpis = format!("{}/view/kpis?last=7d", s.base);
+    let r = client.get(&kpis).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    let again = |tag: String| {
+        let (client, kpis) = (client.clone(), kpis.clone());
+        async move {
+            client
+                .get(&kpis)
+                .header("if-none-match", tag)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = again(format!("\"nope\", W/{etag}")).await;
+    assert_eq!(r.status().as_u16(), 304);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(again("\"other\"".into()).await.status().as_u16(), 200);
+    let more: Vec<Event> = (0..500).map(|_| g.next_event()).collect();
+    write_events(&db.store, more, 5_000, &mut offsets).await;
+    let r = again(etag.clone()).await;
+    assert_eq!(r.status().as_u16(), 200, "new data, new frame");
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
+
     store.pool().close().await;
     db.drop().await;
 }

@@ -152,6 +152,9 @@ pub struct ViewResult {
     pub span: Option<Span>,
     /// The granularity used (`revenue_trend`).
     pub granularity: Option<Granularity>,
+    /// What identifies this frame (view, resolved filters, data version):
+    /// equal tags, equal frames. The HTTP API sends it as the `ETag`.
+    pub tag: String,
 }
 
 /// The newest migration (part of every key).
@@ -209,6 +212,9 @@ impl Timings {
 #[derive(Clone)]
 pub struct Analytics {
     pool: PgPool,
+    /// One connection of its own for data-version reads, so that a request
+    /// answered from the cache never queues behind computations.
+    versions_pool: PgPool,
     cache: Arc<FrameCache>,
     mode: LoadMode,
     timings: Arc<Timings>,
@@ -219,7 +225,16 @@ impl Analytics {
     /// Views over `pool`, cached in `cache`, loading rows by `mode`; metric
     /// scripts run in the default isolation (a child process).
     pub fn new(pool: PgPool, cache: Arc<FrameCache>, mode: LoadMode) -> Self {
+        let versions_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            // No reaper task: this may be built outside a runtime. The one
+            // connection is checked before each use (and reopened if dead).
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         Self {
+            versions_pool,
             pool,
             cache,
             mode,
@@ -286,7 +301,7 @@ impl Analytics {
                     (SELECT min(id::text) FROM database_identity)
              FROM ingest_watermarks",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.versions_pool)
         .await?;
         Ok(DataVersions {
             commits: row.try_get(0)?,
@@ -406,6 +421,13 @@ impl Analytics {
                     elapsed,
                     span,
                     granularity: (req.view == ViewKind::RevenueTrend).then_some(g),
+                    tag: key
+                        .rsplit(':')
+                        .next()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(32)
+                        .collect(),
                 })
             }
             Err(e) => {

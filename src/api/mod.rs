@@ -535,6 +535,7 @@ async fn metrics_text(State(s): State<Arc<ApiState>>) -> Response {
 async fn view(
     State(s): State<Arc<ApiState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some(analytics) = &s.telemetry.analytics else {
@@ -570,6 +571,18 @@ async fn view(
     };
     match answer {
         Ok(r) => {
+            let etag = format!("\"{}\"", r.tag);
+            let cache_header = format!("{:?}", r.outcome).to_lowercase();
+            let elapsed_header = format!("{:.3}", r.elapsed.as_secs_f64() * 1e3);
+            if if_none_match(&headers, &etag) {
+                return Response::builder()
+                    .status(StatusCode::NOT_MODIFIED)
+                    .header(header::ETAG, etag)
+                    .header("x-salespulse-cache", cache_header)
+                    .header("x-salespulse-elapsed-ms", elapsed_header)
+                    .body(Body::empty())
+                    .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+            }
             let mut buf = Vec::new();
             let mut frame = r.frame;
             if let Err(e) = crate::analytics::export::write_json(&mut frame, &mut buf) {
@@ -577,20 +590,27 @@ async fn view(
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(
-                    "x-salespulse-cache",
-                    format!("{:?}", r.outcome).to_lowercase(),
-                )
-                .header(
-                    "x-salespulse-elapsed-ms",
-                    format!("{:.3}", r.elapsed.as_secs_f64() * 1e3),
-                )
+                .header(header::ETAG, etag)
+                .header("x-salespulse-cache", cache_header)
+                .header("x-salespulse-elapsed-ms", elapsed_header)
                 .body(Body::from(buf))
                 .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
         Err(e) if e.is_bad_request() => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Whether the client's `If-None-Match` names `etag` (or is `*`): it holds
+/// this frame already (RFC 9110 §13.1.2, weak comparison).
+fn if_none_match(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
 }
 
 /// Serves the API on `bind` until `shutdown` resolves.

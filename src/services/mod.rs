@@ -185,7 +185,8 @@ pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
         cfg.data_dir.as_deref(),
     )
     .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?
-    // One connection stays free for data-version reads and health checks.
+    // One connection stays free for other reads (health checks, exports);
+    // data versions are read on a connection of their own.
     .with_compute_limit(
         store
             .pool()
@@ -335,10 +336,19 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     );
     let http = match &opts.http {
         Some(bind) => {
+            // Readers get a pool of their own: however many views compute,
+            // ingest never waits for a connection behind them.
+            let readers = Store::connect(
+                &services.database_url,
+                cfg.pg_pool_size,
+                Duration::from_millis(cfg.pg_statement_timeout_ms),
+            )
+            .await
+            .context("connecting the HTTP API's pool")?;
             let telemetry = Telemetry {
                 producer: Some(Arc::clone(producer.stats())),
                 ingest: Some(Arc::clone(&stats)),
-                ..services.telemetry(cfg, &store)?
+                ..services.telemetry(cfg, &readers)?
             };
             let state =
                 ApiState::new(opts.params.clone(), opts.seed, services.health_targets(cfg))?
