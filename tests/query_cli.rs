@@ -198,6 +198,43 @@ async fn bench_analytics_runs_small() {
     for r in v["ranges"].as_array().unwrap() {
         assert!(r["cold"]["median_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
+    // Dashboard clients over HTTP on a copy of it while ingest runs.
+    let o = salespulse(
+        &[
+            "bench",
+            "readers",
+            "--transactions",
+            "20000",
+            "--days",
+            "10",
+            "--database",
+            &bench_db,
+            "--clients",
+            "6",
+            "--secs",
+            "4",
+            "--warmup",
+            "1",
+            "--rate",
+            "300",
+            "--interval-ms",
+            "200",
+            "--json",
+        ],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["errors"], 0, "{r}");
+    let cached = &r["by_answer"][0];
+    assert_eq!(cached["answer"], "cached");
+    assert!(cached["latency"]["count"].as_u64().unwrap() > 20, "{r}");
+    let frames = r["frames"].as_u64().unwrap();
+    assert!(frames >= 5, "{r}");
+    assert!(r["computations"].as_u64().unwrap() >= 5, "{r}");
+    assert_eq!(r["max_computations_per_frame"], 1, "single flight: {r}");
+    assert!(r["ingest_commit"]["count"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["ingest_achieved"].as_f64().unwrap() > 100.0, "{r}");
     // The loaded data is consistent with the raw rows.
     let url = salespulse::store::with_database(&pg_server_url(), &bench_db).unwrap();
     let store = salespulse::store::Store::connect(&url, 2, std::time::Duration::from_secs(30))

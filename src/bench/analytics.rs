@@ -154,12 +154,26 @@ impl std::fmt::Display for AnalyticsBenchReport {
     }
 }
 
-/// Loads (or reuses) the bench database and times dashboard refreshes and loaders.
-pub async fn run(
+/// The bench database, loaded or reused.
+pub(super) struct BenchData {
+    /// Connected to it.
+    pub(super) store: Store,
+    /// Its name.
+    pub(super) database: String,
+    /// The server's URL (any database).
+    pub(super) base_url: String,
+    /// Seconds the load took (`None`: reused).
+    pub(super) load_secs: Option<f64>,
+    /// Keeps the embedded server up, when there is one.
+    pub(super) _pg: Option<crate::store::EmbeddedPostgres>,
+}
+
+/// Loads the bench data into its database unless it holds it already.
+pub(super) async fn prepare(
     cfg: &Config,
     opts: &AnalyticsBenchOptions,
-) -> anyhow::Result<AnalyticsBenchReport> {
-    let (base_url, _pg) = crate::services::database_url(cfg).await?;
+) -> anyhow::Result<BenchData> {
+    let (base_url, pg) = crate::services::database_url(cfg).await?;
     let db = opts
         .database
         .clone()
@@ -220,12 +234,29 @@ pub async fn run(
         .await?;
         Some(secs)
     };
+    Ok(BenchData {
+        store,
+        database: db,
+        base_url,
+        load_secs,
+        _pg: pg,
+    })
+}
+
+/// Loads (or reuses) the bench database and times dashboard refreshes and loaders.
+pub async fn run(
+    cfg: &Config,
+    opts: &AnalyticsBenchOptions,
+) -> anyhow::Result<AnalyticsBenchReport> {
+    let data = prepare(cfg, opts).await?;
+    let (store, load_secs) = (&data.store, data.load_secs);
+    let pool = store.pool();
 
     let mut cache_cfg = cfg.clone();
     if cache_cfg.cache_ttl_secs == 0 {
         cache_cfg.cache_ttl_secs = 3_600;
     }
-    let analytics = crate::services::analytics(&cache_cfg, &store)?;
+    let analytics = crate::services::analytics(&cache_cfg, store)?;
     anyhow::ensure!(
         analytics.cache().probe().await.error.is_none(),
         "the bench needs Redis at {} for its warm figures",

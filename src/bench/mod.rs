@@ -1,7 +1,8 @@
 //! Benchmarks and robustness harnesses, apart from the code they measure:
 //! the ingest bench against a raw `COPY` ([`pipeline`]), event → commit
 //! latency at set rates ([`latency`]), the analytics bench
-//! ([`analytics`]), the app's frame and idle benches ([`ui`]), the fault
+//! ([`analytics`]), many dashboard clients over HTTP while ingest runs
+//! ([`readers`]), the app's frame and idle benches ([`ui`]), the fault
 //! suite `salespulse chaos` ([`chaos`]), ingest scale-out over processes
 //! ([`scale`]) and the decoder/encoder fuzzer ([`fuzz`]). They sit on top
 //! of the layers they drive and nothing below imports them; figures quoted
@@ -12,6 +13,7 @@ pub mod chaos;
 pub mod fuzz;
 pub mod latency;
 pub mod pipeline;
+pub mod readers;
 pub mod scale;
 pub mod ui;
 

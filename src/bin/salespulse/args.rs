@@ -524,4 +524,42 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Many dashboard clients over HTTP (the dashboard's views, mixed
+    /// filters, ETags) on a copy of the analytics bench data while ingest
+    /// runs: latency by answer, single flight, ingest latency meanwhile.
+    Readers {
+        /// Concurrent dashboard clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Seconds the clients run.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Seconds of ingest before the clients start.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// Events per second ingested meanwhile.
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
+        /// Each client's refresh interval in ms (0: as fast as answered).
+        #[arg(long, default_value_t = 1_000)]
+        interval_ms: u64,
+        /// Refreshes before a client picks other filters.
+        #[arg(long, default_value_t = 3)]
+        refreshes_per_filter: u32,
+        /// Transactions of history (the analytics bench's data, loaded once).
+        #[arg(long, default_value_t = 10_000_000)]
+        transactions: u64,
+        /// Days of history.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Seed of the history.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The analytics bench's database (default salespulse_analytics_bench).
+        #[arg(long)]
+        database: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -595,5 +595,36 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             };
             print_report(&bench::analytics::run(cfg, &opts).await?, json)
         }
+        BenchCommand::Readers {
+            clients,
+            secs,
+            warmup,
+            rate,
+            interval_ms,
+            refreshes_per_filter,
+            transactions,
+            days,
+            seed,
+            database,
+            json,
+        } => {
+            let opts = bench::readers::ReadersBenchOptions {
+                clients,
+                secs,
+                warmup,
+                rate,
+                interval_ms,
+                refreshes_per_filter,
+                data: bench::analytics::AnalyticsBenchOptions {
+                    transactions,
+                    days,
+                    seed,
+                    repeat: 1,
+                    reload: false,
+                    database,
+                },
+            };
+            print_report(&bench::readers::run(cfg, &opts).await?, json)
+        }
     }
 }
