@@ -226,9 +226,19 @@ async fn bench_analytics_runs_small() {
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["errors"], 0, "{r}");
-    let cached = &r["by_answer"][0];
-    assert_eq!(cached["answer"], "cached");
-    assert!(cached["latency"]["count"].as_u64().unwrap() > 20, "{r}");
+    let count = |answer: &str| {
+        r["by_answer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["answer"] == answer)
+            .unwrap()["latency"]["count"]
+            .as_u64()
+            .unwrap()
+    };
+    // Not computed by the request itself: from Redis, 304 or a shared flight.
+    assert!(count("cached") + count("joined") > 20, "{r}");
+    assert_eq!(count("cached"), count("hit") + count("not-modified"), "{r}");
     let frames = r["frames"].as_u64().unwrap();
     assert!(frames >= 5, "{r}");
     assert!(r["computations"].as_u64().unwrap() >= 5, "{r}");

@@ -11,8 +11,8 @@
 //! every few refreshes they change filters (ranges over the live data, over
 //! the loaded history and over everything; some with a category or region).
 //!
-//! Reported: latency by how the server answered (cached, computed,
-//! not-modified), requests per second, errors, and per distinct frame (its
+//! Reported: latency by how the server answered (from Redis, not
+//! modified, joined another's computation, computed), requests per second, errors, and per distinct frame (its
 //! `ETag`) how many computations it took: single flight means one. Then the
 //! ingest side of the same run: event → commit latency after the warm-up.
 
@@ -55,8 +55,9 @@ pub struct ReadersBenchOptions {
 /// Latency of one kind of answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct AnswerLatency {
-    /// `hit` (from Redis or another's computation), `miss` (computed),
-    /// `not-modified` (304: the client held it).
+    /// `cached` (`hit` and `not-modified` together), `hit` (from Redis),
+    /// `not-modified` (304: the client held it), `joined` (waited for
+    /// another request's computation), `computed`.
     pub answer: String,
     /// Their latency, as the client saw it.
     pub latency: LatencySummary,
@@ -323,6 +324,7 @@ struct Tally {
 #[derive(Default)]
 struct TallyInner {
     hit: Vec<u64>,
+    joined: Vec<u64>,
     miss: Vec<u64>,
     not_modified: Vec<u64>,
     errors: u64,
@@ -345,6 +347,8 @@ impl Tally {
                     t.not_modified.push(us);
                 } else if computed {
                     t.miss.push(us);
+                } else if a.cache == "joined" {
+                    t.joined.push(us);
                 } else {
                     t.hit.push(us);
                 }
@@ -370,7 +374,8 @@ impl Tally {
             }
             h.summary()
         };
-        let requests = (t.hit.len() + t.miss.len() + t.not_modified.len()) as u64 + t.errors;
+        let requests =
+            (t.hit.len() + t.joined.len() + t.miss.len() + t.not_modified.len()) as u64 + t.errors;
         let by_answer = vec![
             AnswerLatency {
                 answer: "cached".into(),
@@ -383,6 +388,10 @@ impl Tally {
             AnswerLatency {
                 answer: "not-modified".into(),
                 latency: summary(&[&t.not_modified]),
+            },
+            AnswerLatency {
+                answer: "joined".into(),
+                latency: summary(&[&t.joined]),
             },
             AnswerLatency {
                 answer: "computed".into(),

@@ -130,8 +130,10 @@ pub enum CacheError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// From Redis (or from another request's computation in flight).
+    /// From Redis.
     Hit,
+    /// From another request's computation, waited for (single flight).
+    Joined,
     /// Computed here and stored.
     Miss,
     /// Computed here without the cache (Redis down, or caching off).
@@ -624,7 +626,7 @@ impl FrameCache {
                     if o == Outcome::Bypass {
                         o
                     } else {
-                        Outcome::Hit
+                        Outcome::Joined
                     },
                 )
             });

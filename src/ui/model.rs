@@ -407,7 +407,10 @@ impl Dashboard {
         let mut d = Dashboard {
             elapsed,
             views: results.len(),
-            cached: results.iter().filter(|r| r.outcome == Outcome::Hit).count(),
+            cached: results
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Hit | Outcome::Joined))
+                .count(),
             ..Dashboard::default()
         };
         for r in results {
