@@ -866,3 +866,35 @@ async fn a_query_over_the_statement_timeout_says_how_to_raise_it() {
     store.pool().close().await;
     db.drop().await;
 }
+
+/// A cached frame is answered while every connection of the pool is held
+/// (as when computations or ingest occupy it): data versions are read on a
+/// connection of their own, so the answer does not wait for the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_view_answers_while_the_pool_is_exhausted() {
+    let (db, _, _) = seeded("pooldry").await;
+    let store = Store::connect(&db.url, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let a = analytics(&store, redis_cache(Duration::from_secs(60)));
+    let req = ViewRequest::new(ViewKind::CategoryPerformance).with_range(cross_grain_range());
+    let first = a.view(&req).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Miss);
+    // Hold every connection of the views' pool.
+    let held = [
+        store.pool().acquire().await.unwrap(),
+        store.pool().acquire().await.unwrap(),
+    ];
+    let t = std::time::Instant::now();
+    let again = tokio::time::timeout(Duration::from_secs(5), a.view(&req))
+        .await
+        .expect("a cached view must not wait for the pool")
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::Hit);
+    assert_eq!(again.tag, first.tag, "same frame, same tag");
+    assert!(first.frame.equals_missing(&again.frame));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(held);
+    store.pool().close().await;
+    db.drop().await;
+}

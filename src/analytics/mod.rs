@@ -421,13 +421,7 @@ impl Analytics {
                     elapsed,
                     span,
                     granularity: (req.view == ViewKind::RevenueTrend).then_some(g),
-                    tag: key
-                        .rsplit(':')
-                        .next()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(32)
-                        .collect(),
+                    tag: crate::cache::frame_tag(&key).to_owned(),
                 })
             }
             Err(e) => {

@@ -220,6 +220,13 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// The digest part of a [`frame_key`] (its first 32 hex digits): names the
+/// frame without the view or prefix, e.g. as an HTTP `ETag`.
+pub(crate) fn frame_tag(key: &str) -> &str {
+    let digest = key.rsplit(':').next().unwrap_or_default();
+    digest.get(..32).unwrap_or(digest)
+}
+
 /// Hashes key material into the Redis key of a view's frame.
 pub(crate) fn frame_key(view: &str, material: &str) -> String {
     let digest = Sha256::digest(material.as_bytes());
@@ -852,6 +859,16 @@ async fn timeout<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_tag_is_the_keys_digest_prefix() {
+        let a = frame_key("kpis", "x");
+        let tag = frame_tag(&a);
+        assert_eq!(tag.len(), 32);
+        assert!(a.ends_with(&format!(":{tag}{}", &a[a.len() - 32..])));
+        assert_ne!(tag, frame_tag(&frame_key("kpis", "y")));
+        assert_eq!(frame_tag("short"), "short");
+    }
 
     #[derive(Clone, Debug)]
     struct Lost;

@@ -502,24 +502,14 @@ pub enum BenchCommand {
     /// GROUP BY, and the two loaders. Loads the data once into its own
     /// database and reuses it on later runs with the same N and seed.
     Analytics {
-        /// Transactions to load.
-        #[arg(long, default_value_t = 10_000_000)]
-        transactions: u64,
-        /// Days of history the transactions span.
-        #[arg(long, default_value_t = 90)]
-        days: u32,
-        /// Seed of the generator.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        data: BenchData,
         /// Timed repetitions of each measurement.
         #[arg(long, default_value_t = 5)]
         repeat: usize,
         /// Reload the data even if the bench database has it.
         #[arg(long)]
         reload: bool,
-        /// Database to load into (default salespulse_analytics_bench).
-        #[arg(long)]
-        database: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -546,20 +536,47 @@ pub enum BenchCommand {
         /// Refreshes before a client picks other filters.
         #[arg(long, default_value_t = 3)]
         refreshes_per_filter: u32,
-        /// Transactions of history (the analytics bench's data, loaded once).
-        #[arg(long, default_value_t = 10_000_000)]
-        transactions: u64,
-        /// Days of history.
-        #[arg(long, default_value_t = 90)]
-        days: u32,
-        /// Seed of the history.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// The analytics bench's database (default salespulse_analytics_bench).
-        #[arg(long)]
-        database: Option<String>,
+        /// The history the dashboards read (the analytics bench's data,
+        /// loaded once).
+        #[command(flatten)]
+        data: BenchData,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The analytics bench's data set (`bench analytics`, `bench readers`).
+#[derive(clap::Args, Debug)]
+pub struct BenchData {
+    /// Transactions to load.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub transactions: u64,
+    /// Days of history the transactions span.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Database it lives in (default salespulse_analytics_bench).
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+impl BenchData {
+    /// The bench options for this data set.
+    pub fn options(
+        self,
+        repeat: usize,
+        reload: bool,
+    ) -> salespulse::bench::analytics::AnalyticsBenchOptions {
+        salespulse::bench::analytics::AnalyticsBenchOptions {
+            transactions: self.transactions,
+            days: self.days,
+            seed: self.seed,
+            repeat: repeat.max(1),
+            reload,
+            database: self.database,
+        }
+    }
 }

@@ -577,22 +577,12 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             print_report(&bench::latency::run(cfg, &opts).await?, json)
         }
         BenchCommand::Analytics {
-            transactions,
-            days,
-            seed,
+            data,
             repeat,
             reload,
-            database,
             json,
         } => {
-            let opts = bench::analytics::AnalyticsBenchOptions {
-                transactions,
-                days,
-                seed,
-                repeat: repeat.max(1),
-                reload,
-                database,
-            };
+            let opts = data.options(repeat, reload);
             print_report(&bench::analytics::run(cfg, &opts).await?, json)
         }
         BenchCommand::Readers {
@@ -602,10 +592,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             rate,
             interval_ms,
             refreshes_per_filter,
-            transactions,
-            days,
-            seed,
-            database,
+            data,
             json,
         } => {
             let opts = bench::readers::ReadersBenchOptions {
@@ -615,14 +602,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
                 rate,
                 interval_ms,
                 refreshes_per_filter,
-                data: bench::analytics::AnalyticsBenchOptions {
-                    transactions,
-                    days,
-                    seed,
-                    repeat: 1,
-                    reload: false,
-                    database,
-                },
+                data: data.options(1, false),
             };
             print_report(&bench::readers::run(cfg, &opts).await?, json)
         }
