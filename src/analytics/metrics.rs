@@ -34,6 +34,7 @@ use super::{
 };
 use crate::cache::{frame_key, Outcome};
 use crate::script::frames::{self, FrameSource, Value};
+use crate::script::pushdown::Pushed;
 use crate::script::{Limits, Sandbox, ScriptError};
 
 /// The metric scripts shipped with salespulse: (file name, source).
@@ -376,8 +377,12 @@ impl Metric {
         cancel: Option<&Arc<AtomicBool>>,
     ) -> Result<DataFrame, ScriptError> {
         let file = &self.info.file;
-        let v = frames::with_source(source, || sandbox().eval_ast(file, &self.ast, cancel))?;
-        let value = Value::from_dynamic(v).map_err(|e| ScriptError::new(file, e))?;
+        // The value is read with the source still there: a frame it ends
+        // with may run in the database.
+        let value = frames::with_source(source, || {
+            let v = sandbox().eval_ast(file, &self.ast, cancel)?;
+            Value::from_dynamic(v).map_err(|e| ScriptError::new(file, e))
+        })?;
         self.shape(value).map_err(|e| {
             ScriptError::new(
                 file,
@@ -530,18 +535,48 @@ impl AnalyticsSource {
         Ok(req)
     }
 
-    /// The query for a raw table under `opts` (filters only: `kpis` takes
-    /// every filter and no limit).
-    fn table_query(&self, name: &str, opts: &[(String, String)]) -> Result<sql::Query, String> {
+    /// The filters and range of a raw table under `opts` (filters only:
+    /// `kpis` takes every filter and no limit).
+    fn table_scope(
+        &self,
+        opts: &[(String, String)],
+    ) -> Result<(Filters, Option<sql::Span>), String> {
         let req = self
             .request(ViewKind::Kpis, opts)
             .map_err(|e| e.to_string())?;
         let (span, _) = Analytics::resolve(&req, &self.versions);
+        Ok((req.filters, span))
+    }
+
+    /// The rows of `q`, at most [`MAX_SCRIPT_ROWS`] of them (`what`: where
+    /// more were, for the error).
+    fn load_capped(&self, q: &sql::Query, what: &str) -> Result<DataFrame, String> {
+        let df = self
+            .rt
+            .block_on(super::load::load(
+                self.analytics.pool(),
+                &q.sql,
+                &q.columns,
+                self.analytics.load_mode(),
+            ))
+            .map_err(|e| e.to_string())?;
+        if df.height() as u64 > MAX_SCRIPT_ROWS {
+            return Err(format!(
+                "more than {MAX_SCRIPT_ROWS} rows {what} (the limit of one script run); \
+                 narrow the range or filter"
+            ));
+        }
+        Ok(df)
+    }
+
+    /// The query for a raw table under `opts`.
+    fn table_query(&self, name: &str, opts: &[(String, String)]) -> Result<sql::Query, String> {
+        let (filters, span) = self.table_scope(opts)?;
         Ok(match name {
-            "transactions" => sql::transactions(&req.filters, span, MAX_SCRIPT_ROWS + 1, 0, None),
-            "sessions" => sql::sessions(&req.filters, span, MAX_SCRIPT_ROWS + 1),
-            "customers" => sql::customers(&req.filters, MAX_SCRIPT_ROWS + 1),
-            "products" => sql::products(&req.filters, MAX_SCRIPT_ROWS + 1),
+            "transactions" => sql::transactions(&filters, span, MAX_SCRIPT_ROWS + 1, 0, None),
+            "sessions" => sql::sessions(&filters, span, MAX_SCRIPT_ROWS + 1),
+            "customers" => sql::customers(&filters, MAX_SCRIPT_ROWS + 1),
+            "products" => sql::products(&filters, MAX_SCRIPT_ROWS + 1),
             other => {
                 return Err(format!(
                     "no table {other:?}; tables: {}",
@@ -591,20 +626,8 @@ impl FrameSource for AnalyticsSource {
             // The inner query's order is kept: the first n rows of it.
             q.sql = format!("SELECT * FROM ({}) AS l LIMIT {n}", q.sql);
         }
-        let df = self
-            .rt
-            .block_on(super::load::load(
-                self.analytics.pool(),
-                &q.sql,
-                &q.columns,
-                self.analytics.load_mode(),
-            ))
-            .map_err(|e| e.to_string())?;
-        if df.height() as u64 > MAX_SCRIPT_ROWS {
-            return Err(format!(
-                "more than {MAX_SCRIPT_ROWS} rows in this range (the limit of one script run); narrow the range or filter"
-            ));
-        }
+        let df = self.load_capped(&q, "in this range")?;
+        self.analytics.count_read(false, false, df.height());
         Ok(df)
     }
 
@@ -618,6 +641,33 @@ impl FrameSource for AnalyticsSource {
 
     fn table_names(&self) -> Vec<&'static str> {
         vec!["transactions", "sessions", "customers", "products"]
+    }
+
+    fn query(&self, q: &Pushed) -> Result<Option<DataFrame>, String> {
+        if !self.analytics.pushdown() {
+            return Ok(None);
+        }
+        let (filters, span) = self.table_scope(&q.opts)?;
+        let rollup = super::pushdown::from_rollups(q, &filters, span, MAX_SCRIPT_ROWS + 1);
+        let stmt = match &rollup {
+            Some(stmt) => stmt.clone(),
+            None => {
+                let Some(base) = sql::table_rows(&q.table, &filters, span) else {
+                    return Err(format!(
+                        "no table {:?}; tables: {}",
+                        q.table,
+                        self.table_names().join(", ")
+                    ));
+                };
+                super::pushdown::render(q, &base, MAX_SCRIPT_ROWS + 1)?
+            }
+        };
+        let mut df = self.load_capped(&stmt, "in this answer")?;
+        let names: Vec<&str> = q.outputs.iter().map(|o| o.0.as_str()).collect();
+        df.set_column_names(&names).map_err(|e| e.to_string())?;
+        self.analytics
+            .count_read(true, rollup.is_some(), df.height());
+        Ok(Some(df))
     }
 }
 

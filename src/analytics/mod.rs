@@ -23,6 +23,7 @@
 pub mod export;
 pub mod load;
 pub mod metrics;
+pub(crate) mod pushdown;
 pub mod request;
 pub mod script_host;
 pub mod sql;
@@ -219,6 +220,30 @@ pub struct Analytics {
     mode: LoadMode,
     timings: Arc<Timings>,
     isolation: script_host::Isolation,
+    /// Whether script frames may run in the database.
+    pushdown: bool,
+    reads: Arc<ReadCounters>,
+}
+
+#[derive(Default)]
+struct ReadCounters {
+    pushed: std::sync::atomic::AtomicU64,
+    rollups: std::sync::atomic::AtomicU64,
+    loads: std::sync::atomic::AtomicU64,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+/// How metric scripts have read raw tables since these views were made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScriptReads {
+    /// Frames whose whole plan ran in PostgreSQL (only the answer loaded).
+    pub pushed: u64,
+    /// Of those, the ones answered from the sales rollups.
+    pub rollups: u64,
+    /// Raw-table loads (columns of rows, for Polars to work on).
+    pub loads: u64,
+    /// Rows those loads brought.
+    pub rows: u64,
 }
 
 impl Analytics {
@@ -240,6 +265,8 @@ impl Analytics {
             mode,
             timings: Arc::default(),
             isolation: script_host::Isolation::default(),
+            pushdown: true,
+            reads: Arc::default(),
         }
     }
 
@@ -247,6 +274,40 @@ impl Analytics {
     /// default; see [`script_host`]).
     pub(crate) fn isolation(&self) -> &script_host::Isolation {
         &self.isolation
+    }
+
+    /// Lets (`true`, the default) or stops script frames running in the
+    /// database (see [`crate::script::pushdown`]); off, every plan runs in
+    /// Polars over loaded rows. For comparing the two.
+    pub fn with_pushdown(mut self, on: bool) -> Self {
+        self.pushdown = on;
+        self
+    }
+
+    /// How metric scripts have read raw tables so far.
+    pub fn script_reads(&self) -> ScriptReads {
+        use std::sync::atomic::Ordering::Relaxed;
+        ScriptReads {
+            pushed: self.reads.pushed.load(Relaxed),
+            rollups: self.reads.rollups.load(Relaxed),
+            loads: self.reads.loads.load(Relaxed),
+            rows: self.reads.rows.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn count_read(&self, pushed: bool, rollup: bool, rows: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if pushed {
+            self.reads.pushed.fetch_add(1, Relaxed);
+            self.reads.rollups.fetch_add(u64::from(rollup), Relaxed);
+        } else {
+            self.reads.loads.fetch_add(1, Relaxed);
+            self.reads.rows.fetch_add(rows as u64, Relaxed);
+        }
+    }
+
+    pub(crate) fn pushdown(&self) -> bool {
+        self.pushdown
     }
 
     /// Runs metric scripts as `isolation` says.

@@ -17,7 +17,8 @@
 //! |---|---|---|
 //! | parent | `R` | JSON [`RunRequest`] |
 //! | child | `V`, `T`, `S` | JSON [`Call`]: a view, a table, a table's schema |
-//! | parent | `F` / `X` | an Arrow IPC frame / an error text |
+//! | child | `Q` | JSON [`Pushed`]: a frame's plan to run in the database |
+//! | parent | `F` / `X` / `N` | an Arrow IPC frame / an error text / `Q` cannot be pushed |
 //! | child | `D` / `E` | the result frame / a JSON [`ScriptError`] |
 
 // The child's rlimit and the parent's signals are libc calls: each says
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::Metric;
 use crate::script::frames::FrameSource;
+use crate::script::pushdown::Pushed;
 use crate::script::ScriptError;
 
 /// Largest message either side accepts (a result frame, a table).
@@ -258,29 +260,39 @@ pub(crate) fn run_isolated(
                             fail(format!("unreadable error from the script: {e}"))
                         })))
                 }
-                b'V' | b'T' | b'S' => {
+                b'V' | b'T' | b'S' | b'Q' => {
                     if Instant::now() > deadline
                         || cancel.is_some_and(|c| c.load(Ordering::Relaxed))
                     {
                         return Err("the run was stopped".to_owned());
                     }
-                    let answer = match (&source, serde_json::from_slice::<Call>(&body)) {
-                        (_, Err(e)) => Err(format!("bad call: {e}")),
-                        (None, Ok(_)) => Err("no database here".to_owned()),
-                        (Some(src), Ok(c)) => match tag {
-                            b'V' => src.view(&c.name, &c.opts),
-                            b'T' => src.table(&c.name, &c.opts, c.columns.as_deref(), c.limit),
-                            _ => src
-                                .table_schema(&c.name, &c.opts)
-                                .map(|s| DataFrame::empty_with_schema(&s)),
-                        }
-                        .and_then(|df| frame_bytes(&df)),
+                    let answer = match (&source, tag) {
+                        (None, _) => Err("no database here".to_owned()),
+                        (Some(src), b'Q') => match serde_json::from_slice::<Pushed>(&body) {
+                            Err(e) => Err(format!("bad query: {e}")),
+                            Ok(q) => src
+                                .query(&q)
+                                .and_then(|df| df.map(|df| frame_bytes(&df)).transpose()),
+                        },
+                        (Some(src), _) => match serde_json::from_slice::<Call>(&body) {
+                            Err(e) => Err(format!("bad call: {e}")),
+                            Ok(c) => match tag {
+                                b'V' => src.view(&c.name, &c.opts),
+                                b'T' => src.table(&c.name, &c.opts, c.columns.as_deref(), c.limit),
+                                _ => src
+                                    .table_schema(&c.name, &c.opts)
+                                    .map(|s| DataFrame::empty_with_schema(&s)),
+                            }
+                            .and_then(|df| frame_bytes(&df))
+                            .map(Some),
+                        },
                     };
                     match answer {
-                        Ok(bytes) if bytes.len() <= MAX_MESSAGE => {
+                        Ok(None) => write_msg(&mut to_child, b'N', &[]),
+                        Ok(Some(bytes)) if bytes.len() <= MAX_MESSAGE => {
                             write_msg(&mut to_child, b'F', &bytes)
                         }
-                        Ok(bytes) => write_msg(
+                        Ok(Some(bytes)) => write_msg(
                             &mut to_child,
                             b'X',
                             format!(
@@ -385,6 +397,13 @@ struct Remote {
 
 impl Remote {
     fn call(&self, tag: u8, call: &Call) -> Result<DataFrame, String> {
+        let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
+        self.ask(tag, &body)?
+            .ok_or_else(|| "unexpected answer: no frame".to_owned())
+    }
+
+    /// Sends one request; a frame, `None` (`N`: not pushed) or the error.
+    fn ask(&self, tag: u8, body: &[u8]) -> Result<Option<DataFrame>, String> {
         // Checked here too: a loop of few, slow calls meets the clock at
         // the call's line rather than being killed without one.
         if self.started.elapsed() > self.timeout {
@@ -395,10 +414,12 @@ impl Remote {
         }
         let mut pipes = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
         let (input, output) = &mut *pipes;
-        let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
-        write_msg(&mut output.lock(), tag, &body).map_err(|e| e.to_string())?;
+        write_msg(&mut output.lock(), tag, body).map_err(|e| e.to_string())?;
         match read_msg(&mut input.lock(), MAX_MESSAGE).map_err(|e| e.to_string())? {
-            (b'F', bytes) => crate::cache::decode(&bytes).map_err(|e| e.to_string()),
+            (b'F', bytes) => crate::cache::decode(&bytes)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (b'N', _) => Ok(None),
             (b'X', text) => Err(String::from_utf8_lossy(&text).into_owned()),
             (other, _) => Err(format!("unexpected answer {other:?}")),
         }
@@ -451,6 +472,11 @@ impl FrameSource for Remote {
 
     fn table_names(&self) -> Vec<&'static str> {
         TABLES.to_vec()
+    }
+
+    fn query(&self, q: &Pushed) -> Result<Option<DataFrame>, String> {
+        let body = serde_json::to_vec(q).map_err(|e| e.to_string())?;
+        self.ask(b'Q', &body)
     }
 }
 

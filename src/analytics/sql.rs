@@ -14,7 +14,7 @@
 //! Every column is cast to one of the loader's types (text, int8, float8, or a
 //! timestamp sent as int8 microseconds since the epoch).
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, DurationRound, SecondsFormat, Utc};
 
 use super::load::{ColType, Column};
 use super::request::{Filters, Granularity, ViewKind};
@@ -176,7 +176,7 @@ pub(crate) fn ts(t: DateTime<Utc>) -> String {
     )
 }
 
-fn epoch_us(expr: &str) -> String {
+pub(crate) fn epoch_us(expr: &str) -> String {
     format!("(extract(epoch FROM {expr}) * 1000000)::int8")
 }
 
@@ -328,6 +328,7 @@ fn raw_time(span: Option<Span>, col: &str) -> String {
 const COMPLETED: &str = "FILTER (WHERE status = 'completed')";
 
 /// A statement and the columns it returns.
+#[derive(Clone, Debug)]
 pub struct Query {
     /// The statement, filters written in as literals.
     pub sql: String,
@@ -697,6 +698,119 @@ pub fn weekday_hour(f: &Filters, span: Option<Span>) -> Query {
     )
 }
 
+/// A raw table's columns as scripts see them: name, the expression that
+/// reads it, its type (times as `timestamptz` here; [`select_list`] sends
+/// them as microseconds).
+type Spec = [(&'static str, &'static str, ColType)];
+
+const TRANSACTION_COLUMNS: [(&str, &str, ColType); 16] = [
+    ("transaction_id", "transaction_id::text", T),
+    ("occurred_at", "occurred_at", TS),
+    ("customer_id", "customer_id", T),
+    ("session_id", "session_id", T),
+    ("product_id", "product_id", T),
+    ("category", "category", T),
+    ("quantity", "quantity::int8", I),
+    ("unit_price", "unit_price::float8", F),
+    ("discount", "discount::float8", F),
+    ("total_amount", "total_amount::float8", F),
+    ("currency", "currency::text", T),
+    ("payment_method", "payment_method", T),
+    ("status", "status", T),
+    ("region", "region", T),
+    ("country", "country::text", T),
+    ("channel", "channel", T),
+];
+
+const SESSION_COLUMNS: [(&str, &str, ColType); 9] = [
+    ("session_id", "session_id", T),
+    ("customer_id", "customer_id", T),
+    ("started_at", "started_at", TS),
+    ("ended_at", "ended_at", TS),
+    ("region", "region", T),
+    ("country", "country::text", T),
+    ("channel", "channel", T),
+    ("page_views", "page_views::int8", I),
+    ("orders", "orders::int8", I),
+];
+
+const CUSTOMER_COLUMNS: [(&str, &str, ColType); 10] = [
+    ("customer_id", "customer_id", T),
+    ("region", "region", T),
+    ("country", "country::text", T),
+    ("first_seen", "first_seen", TS),
+    ("last_seen", "last_seen", TS),
+    ("sessions", "sessions::int8", I),
+    ("orders", "orders::int8", I),
+    ("completed_orders", "completed_orders::int8", I),
+    ("units", "units::int8", I),
+    ("lifetime_value", "total_spent::float8", F),
+];
+
+const PRODUCT_COLUMNS: [(&str, &str, ColType); 9] = [
+    ("product_id", "product_id", T),
+    ("name", "name", T),
+    ("category", "category", T),
+    ("list_price", "list_price::float8", F),
+    ("first_seen", "first_seen", TS),
+    ("last_seen", "last_seen", TS),
+    ("orders", "orders::int8", I),
+    ("units", "units::int8", I),
+    ("revenue", "revenue::float8", F),
+];
+
+/// `expr AS name, …` of a table's columns; times as microseconds unless
+/// `raw_times`.
+fn select_list(spec: &Spec, raw_times: bool) -> String {
+    spec.iter()
+        .map(|&(name, expr, ty)| {
+            if ty == TS && !raw_times {
+                format!("{} AS {name}", epoch_us(expr))
+            } else {
+                format!("{expr} AS {name}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn spec_query(sql: String, spec: &Spec) -> Query {
+    Query {
+        sql,
+        columns: spec
+            .iter()
+            .map(|&(name, _, ty)| Column { name, ty })
+            .collect(),
+        parts: Vec::new(),
+    }
+}
+
+fn transactions_where(f: &Filters, span: Option<Span>) -> String {
+    format!("{}{}", raw_time(span, "occurred_at"), dims(f, false))
+}
+
+fn sessions_where(f: &Filters, span: Option<Span>) -> String {
+    format!("{}{}", raw_time(span, "started_at"), dims(f, true))
+}
+
+fn customers_where(f: &Filters) -> String {
+    if f.regions.is_empty() {
+        "TRUE".into()
+    } else {
+        let list: Vec<String> = f.regions.iter().map(|v| text(v)).collect();
+        format!("region IN ({})", list.join(", "))
+    }
+}
+
+fn products_where(f: &Filters) -> String {
+    if f.categories.is_empty() {
+        "TRUE".into()
+    } else {
+        let list: Vec<String> = f.categories.iter().map(|v| text(v)).collect();
+        format!("category IN ({})", list.join(", "))
+    }
+}
+
 /// Raw rows, newest first. `after` = the `(occurred_at µs, id)` of the last
 /// row of the previous page, for keyset paging (exports).
 pub fn transactions(
@@ -715,129 +829,151 @@ pub fn transactions(
         None => String::new(),
     };
     let sql = format!(
-        "SELECT transaction_id::text, {occ} AS occurred_at, customer_id, session_id, product_id,
-            category, quantity::int8, unit_price::float8, discount::float8, total_amount::float8,
-            currency::text, payment_method, status, region, country::text, channel
-        FROM transactions WHERE {}{}{keyset}
+        "SELECT {} FROM transactions WHERE {}{keyset}
         ORDER BY transactions.occurred_at DESC, transaction_id DESC LIMIT {limit} OFFSET {offset}",
-        raw_time(span, "occurred_at"),
-        dims(f, false),
-        occ = epoch_us("occurred_at"),
+        select_list(&TRANSACTION_COLUMNS, false),
+        transactions_where(f, span),
     );
-    Query::new(
-        sql,
-        &[
-            ("transaction_id", T),
-            ("occurred_at", TS),
-            ("customer_id", T),
-            ("session_id", T),
-            ("product_id", T),
-            ("category", T),
-            ("quantity", I),
-            ("unit_price", F),
-            ("discount", F),
-            ("total_amount", F),
-            ("currency", T),
-            ("payment_method", T),
-            ("status", T),
-            ("region", T),
-            ("country", T),
-            ("channel", T),
-        ],
-    )
+    spec_query(sql, &TRANSACTION_COLUMNS)
 }
 
 /// Raw session rows of `span` (region and channel filters apply), newest
 /// first, at most `limit`.
 pub fn sessions(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     let sql = format!(
-        "SELECT session_id, customer_id, {started} AS started_at, {ended} AS ended_at,
-            region, country::text, channel, page_views::int8, orders::int8
-        FROM sessions WHERE {}{}
+        "SELECT {} FROM sessions WHERE {}
         ORDER BY sessions.started_at DESC, session_id DESC LIMIT {limit}",
-        raw_time(span, "started_at"),
-        dims(f, true),
-        started = epoch_us("started_at"),
-        ended = epoch_us("ended_at"),
+        select_list(&SESSION_COLUMNS, false),
+        sessions_where(f, span),
     );
-    Query::new(
-        sql,
-        &[
-            ("session_id", T),
-            ("customer_id", T),
-            ("started_at", TS),
-            ("ended_at", TS),
-            ("region", T),
-            ("country", T),
-            ("channel", T),
-            ("page_views", I),
-            ("orders", I),
-        ],
-    )
+    spec_query(sql, &SESSION_COLUMNS)
 }
 
 /// Customer rows with their lifetime counters (region filter applies; the
 /// range does not: these are totals), at most `limit`.
 pub fn customers(f: &Filters, limit: u64) -> Query {
-    let region = if f.regions.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = f.regions.iter().map(|v| text(v)).collect();
-        format!(" AND region IN ({})", list.join(", "))
-    };
     let sql = format!(
-        "SELECT customer_id, region, country::text, {first} AS first_seen, {last} AS last_seen,
-            sessions, orders, completed_orders, units, total_spent::float8 AS lifetime_value
-        FROM customers WHERE TRUE{region} ORDER BY customer_id LIMIT {limit}",
-        first = epoch_us("first_seen"),
-        last = epoch_us("last_seen"),
+        "SELECT {} FROM customers WHERE {} ORDER BY customer_id LIMIT {limit}",
+        select_list(&CUSTOMER_COLUMNS, false),
+        customers_where(f),
     );
-    Query::new(
-        sql,
-        &[
-            ("customer_id", T),
-            ("region", T),
-            ("country", T),
-            ("first_seen", TS),
-            ("last_seen", TS),
-            ("sessions", I),
-            ("orders", I),
-            ("completed_orders", I),
-            ("units", I),
-            ("lifetime_value", F),
-        ],
-    )
+    spec_query(sql, &CUSTOMER_COLUMNS)
 }
 
 /// Product rows with their lifetime counters (category filter applies).
 pub fn products(f: &Filters, limit: u64) -> Query {
-    let category = if f.categories.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = f.categories.iter().map(|v| text(v)).collect();
-        format!(" AND category IN ({})", list.join(", "))
-    };
     let sql = format!(
-        "SELECT product_id, name, category, list_price::float8, {first} AS first_seen,
-            {last} AS last_seen, orders, units, revenue::float8
-        FROM products WHERE TRUE{category} ORDER BY product_id LIMIT {limit}",
-        first = epoch_us("first_seen"),
-        last = epoch_us("last_seen"),
+        "SELECT {} FROM products WHERE {} ORDER BY product_id LIMIT {limit}",
+        select_list(&PRODUCT_COLUMNS, false),
+        products_where(f),
     );
-    Query::new(
+    spec_query(sql, &PRODUCT_COLUMNS)
+}
+
+/// The rows of a raw table under the filters, in no order and with times
+/// as `timestamptz`: what a pushed-down script query reads
+/// (`analytics::pushdown`). The same columns, filters and range as the
+/// table's paged query above.
+pub fn table_rows(name: &str, f: &Filters, span: Option<Span>) -> Option<Query> {
+    let (spec, table, filter): (&Spec, &str, String) = match name {
+        "transactions" => (
+            &TRANSACTION_COLUMNS,
+            "transactions",
+            transactions_where(f, span),
+        ),
+        "sessions" => (&SESSION_COLUMNS, "sessions", sessions_where(f, span)),
+        "customers" => (&CUSTOMER_COLUMNS, "customers", customers_where(f)),
+        "products" => (&PRODUCT_COLUMNS, "products", products_where(f)),
+        _ => return None,
+    };
+    Some(spec_query(
+        format!(
+            "SELECT {} FROM {table} WHERE {filter}",
+            select_list(spec, true)
+        ),
+        spec,
+    ))
+}
+
+/// Sales as weighted rows, for script queries a rollup can answer
+/// (`analytics::pushdown::from_rollups`): one row per rollup group — the
+/// dimensions, the bucket's start as `occurred_at`, `__n` raw rows and the
+/// sums of their `quantity`, `total_amount` and `discount` under those
+/// names — over the whole buckets of `span` (`grain`: `hour` or `day`),
+/// and the raw rows themselves (weight 1) over its partial hours at the
+/// edges. `None` when the span has no whole hour. `lite`: from
+/// `sales_metrics_lite` (no region or channel columns; only when the
+/// filters have neither).
+pub fn weighted_sales(f: &Filters, span: Option<Span>, grain: &str, lite: bool) -> Option<Query> {
+    let table = if lite {
+        "sales_metrics_lite"
+    } else {
+        "sales_metrics"
+    };
+    let dim_cols = if lite {
+        "category, payment_method, status"
+    } else {
+        "category, payment_method, status, region, channel"
+    };
+    let rollup = |cond: String| {
+        format!(
+            "SELECT {dim_cols}, bucket AS occurred_at, orders::int8 AS __n, units::int8 AS quantity, \
+             revenue::float8 AS total_amount, discount::float8 AS discount \
+             FROM {table} WHERE grain = {} AND {cond}{}",
+            text(grain),
+            dims(f, false)
+        )
+    };
+    let raw = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        format!(
+            "SELECT {dim_cols}, occurred_at, 1::int8 AS __n, quantity::int8 AS quantity, \
+             total_amount::float8 AS total_amount, discount::float8 AS discount \
+             FROM transactions WHERE occurred_at >= {} AND occurred_at < {}{}",
+            ts(from),
+            ts(to),
+            dims(f, false)
+        )
+    };
+    let sql = match span {
+        None => rollup("TRUE".into()),
+        Some(s) => {
+            let hour = Duration::hours(1);
+            let first = s.from.duration_trunc(hour).ok()?;
+            let first = if first < s.from { first + hour } else { first };
+            let last = s.to.duration_trunc(hour).ok()?;
+            if grain != "hour" || first >= last {
+                return None;
+            }
+            let mut parts = vec![rollup(format!(
+                "bucket >= {} AND bucket < {}",
+                ts(first),
+                ts(last)
+            ))];
+            if s.from < first {
+                parts.push(raw(s.from, first));
+            }
+            if last < s.to {
+                parts.push(raw(last, s.to));
+            }
+            parts.join(" UNION ALL ")
+        }
+    };
+    let mut columns = cols(&[("category", T), ("payment_method", T), ("status", T)]);
+    if !lite {
+        columns.extend(cols(&[("region", T), ("channel", T)]));
+    }
+    columns.extend(cols(&[
+        ("occurred_at", TS),
+        ("__n", I),
+        ("quantity", I),
+        ("total_amount", F),
+        ("discount", F),
+    ]));
+    Some(Query {
         sql,
-        &[
-            ("product_id", T),
-            ("name", T),
-            ("category", T),
-            ("list_price", F),
-            ("first_seen", TS),
-            ("last_seen", TS),
-            ("orders", I),
-            ("units", I),
-            ("revenue", F),
-        ],
-    )
+        columns,
+        parts: Vec::new(),
+    })
 }
 
 /// The query of a view.

@@ -18,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 use polars::prelude::*;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Position};
 
+use super::pushdown::{self, Pushed};
+
 type R<T> = Result<T, Box<EvalAltResult>>;
 
 /// A runtime error for the script (Rhai adds the position of the call).
@@ -57,6 +59,15 @@ pub trait FrameSource: Send + Sync {
     fn table_schema(&self, name: &str, opts: &[(String, String)]) -> Result<Schema, String>;
     /// The tables [`FrameSource::table`] knows (what `sql` may name).
     fn table_names(&self) -> Vec<&'static str>;
+    /// Runs a frame's plan where the table's rows are ([`Pushed`]: the
+    /// plan as a query, see [`super::pushdown`]); `Ok(None)` when this
+    /// source cannot, and the plan runs in Polars over loaded rows. The
+    /// frame's columns come back in the order of `q.outputs`, with their
+    /// names.
+    fn query(&self, q: &Pushed) -> Result<Option<DataFrame>, String> {
+        let _ = q;
+        Ok(None)
+    }
 }
 
 #[derive(Default)]
@@ -128,17 +139,87 @@ impl Frame {
         if let Some(df) = self.done.get() {
             return Ok(df.clone());
         }
-        let df = self.lf.clone().collect().map_err(polars_err)?;
+        let df = match pushed(&self.lf)? {
+            Some(df) => df,
+            None => self.lf.clone().collect().map_err(polars_err)?,
+        };
         Ok(self.done.get_or_init(|| df).clone())
     }
 
+    /// The plan to extend: the rows themselves once they have been read,
+    /// so that a frame built on a read one does not read again.
     fn lazy(&self) -> LazyFrame {
-        self.lf.clone()
+        match self.done.get() {
+            Some(df) => df.clone().lazy(),
+            None => self.lf.clone(),
+        }
     }
 
     fn schema(&self) -> R<SchemaRef> {
         self.lf.clone().collect_schema().map_err(polars_err)
     }
+}
+
+/// The table and options of a raw-table scan.
+fn table_leaf(scan: &dyn std::any::Any) -> Option<(String, Vec<(String, String)>)> {
+    scan.downcast_ref::<TableScan>()
+        .map(|t| (t.name.clone(), t.pairs.clone()))
+}
+
+/// `f.explain()`: where the frame's plan runs (and, when not in the
+/// database, the first step that keeps it in Polars) and Polars' optimized
+/// plan.
+fn explain(f: &Frame) -> R<String> {
+    if f.done.get().is_some() {
+        return Ok("already read: rows in memory".into());
+    }
+    let runs = match pushdown::compile(&f.lf, &table_leaf) {
+        Ok(q) => format!(
+            "runs in the database (over {}); only the answer is loaded",
+            q.table
+        ),
+        Err(why) => format!("runs in Polars over loaded rows: {why}"),
+    };
+    let plan = f.lf.clone().describe_optimized_plan().map_err(polars_err)?;
+    Ok(format!("{runs}\n{plan}"))
+}
+
+/// `lf`'s rows from the source's database, when the whole plan can run
+/// there (see [`super::pushdown`]); `None` to run it in Polars.
+fn pushed(lf: &LazyFrame) -> R<Option<DataFrame>> {
+    let Some(source) = RUN.with_borrow(|r| r.source.clone()) else {
+        return Ok(None);
+    };
+    let Ok(q) = pushdown::compile(lf, &table_leaf) else {
+        return Ok(None);
+    };
+    let schema = lf.clone().collect_schema().map_err(polars_err)?;
+    let df = match source.query(&q) {
+        Ok(Some(df)) => df,
+        Ok(None) => return Ok(None),
+        Err(e) => return fail(format!("{}: {e}", q.table)),
+    };
+    // The frame Polars would have made: its names and types.
+    if df.width() != schema.len() {
+        return fail(format!(
+            "{}: the database answered {} columns for {}",
+            q.table,
+            df.width(),
+            schema.len()
+        ));
+    }
+    let cols = df
+        .columns()
+        .iter()
+        .zip(schema.iter())
+        .map(|(c, (name, dt))| {
+            let c = c.cast(dt).map_err(polars_err)?;
+            Ok(c.with_name(name.clone()))
+        })
+        .collect::<R<Vec<_>>>()?;
+    DataFrame::new_infer_height(cols)
+        .map(Some)
+        .map_err(polars_err)
 }
 
 /// An expression (`col("x") * 2`, `col("amount").sum()`, …).
@@ -577,10 +658,15 @@ fn pivot(f: &Frame, on: &str, index: &Dynamic, values: &str, agg: &str) -> R<Fra
     let index_exprs: Vec<Expr> = index.iter().map(|n| col(n.as_str())).collect();
     let mut by = index_exprs.clone();
     by.push(col(on));
-    let long = f
-        .lazy()
-        .group_by(by)
-        .agg([agg_named(col(values), agg)?.alias("__value")]);
+    // The long form is small (one row per index and key): read it once,
+    // where the rows are when the plan allows, and pivot it here.
+    let long = Frame::plan(
+        f.lazy()
+            .group_by(by)
+            .agg([agg_named(col(values), agg)?.alias("__value")]),
+    )?
+    .collect()?
+    .lazy();
     let keys = long
         .clone()
         .select([col(on)
@@ -926,6 +1012,7 @@ pub(crate) fn register(engine: &mut Engine) {
                 pivot(f, on, &index, values, agg)
             },
         )
+        .register_fn("explain", |f: &mut Frame| explain(f))
         .register_fn("unique", |f: &mut Frame| {
             Frame::plan(f.lazy().unique_stable(None, UniqueKeepStrategy::First))
         })

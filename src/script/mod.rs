@@ -8,6 +8,7 @@
 //! [`ScriptError`] naming the file, line and column.
 
 pub mod frames;
+pub mod pushdown;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
