@@ -15,7 +15,9 @@
 //! - **GROUP BY**: the same aggregates computed by plain `GROUP BY` over
 //!   `transactions`, concurrently.
 //!
-//! And the two loaders on the same statement (100k raw transactions).
+//! And the two loaders on the same statement (100k raw transactions), and
+//! every shipped metric over each range, cold: pushed down (to
+//! PostgreSQL and the rollups) and over loaded rows.
 //! PostgreSQL's own buffer cache is warm in every case (the bench cannot
 //! drop the OS page cache).
 
@@ -104,8 +106,31 @@ pub struct AnalyticsBenchReport {
     pub loader_rows_mode: Timing,
     /// Loading them with COPY (CSV).
     pub loader_copy_mode: Timing,
+    /// Every shipped metric over each range, cold: frames run in
+    /// PostgreSQL where their plans allow, then every plan in Polars over
+    /// loaded rows.
+    pub metrics: Vec<MetricTiming>,
     /// Runs per measurement.
     pub repeat: usize,
+}
+
+/// One shipped metric over one range.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricTiming {
+    /// Its file.
+    pub metric: String,
+    /// The range.
+    pub range: String,
+    /// Frames pushed down where they can be: ms, or the error.
+    pub pushed: Result<f64, String>,
+    /// Frames the run pushed down (0: it read views or loaded rows only).
+    pub pushed_frames: u64,
+    /// Of those, frames answered from the sales rollups.
+    pub from_rollups: u64,
+    /// Rows it loaded for Polars.
+    pub pushed_rows_loaded: u64,
+    /// Every plan in Polars over loaded rows: ms, or the error.
+    pub loaded: Result<f64, String>,
 }
 
 impl std::fmt::Display for AnalyticsBenchReport {
@@ -146,11 +171,36 @@ impl std::fmt::Display for AnalyticsBenchReport {
                 c(&r.group_by)
             )?;
         }
-        write!(
+        writeln!(
             f,
             "loaders ({} raw transactions): rows {:.1} ms, COPY csv {:.1} ms (median)",
             self.loader_rows, self.loader_rows_mode.median_ms, self.loader_copy_mode.median_ms
-        )
+        )?;
+        write!(
+            f,
+            "shipped metrics, cold, one run each: pushed down (frames pushed, of them from rollups, rows loaded) | over loaded rows"
+        )?;
+        let t = |r: &Result<f64, String>| match r {
+            Ok(ms) => format!("{ms:.0} ms"),
+            Err(e) => {
+                let short: String = e.chars().take(60).collect();
+                format!("error: {short}")
+            }
+        };
+        for m in &self.metrics {
+            write!(
+                f,
+                "\n{:<30} {:<4} {:>9} ({}, {}, {:>7}) | {}",
+                m.metric,
+                m.range,
+                t(&m.pushed),
+                m.pushed_frames,
+                m.from_rollups,
+                m.pushed_rows_loaded,
+                t(&m.loaded)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -243,6 +293,13 @@ pub(super) async fn prepare(
     })
 }
 
+/// The ranges every figure is taken over.
+const RANGES: [(&str, TimeRange); 3] = [
+    ("24h", TimeRange::Last { minutes: 1_440 }),
+    ("7d", TimeRange::Last { minutes: 7 * 1_440 }),
+    ("all", TimeRange::All),
+];
+
 /// Loads (or reuses) the bench database and times dashboard refreshes and loaders.
 pub async fn run(
     cfg: &Config,
@@ -276,11 +333,7 @@ pub async fn run(
         .await?;
 
     let mut ranges = Vec::new();
-    for (name, range) in [
-        ("24h", TimeRange::Last { minutes: 1_440 }),
-        ("7d", TimeRange::Last { minutes: 7 * 1_440 }),
-        ("all", TimeRange::All),
-    ] {
+    for (name, range) in RANGES {
         let filters = Filters {
             range,
             ..Filters::default()
@@ -333,6 +386,7 @@ pub async fn run(
     }
     let loader_copy_mode = by_mode.pop().context("copy timing")?;
     let loader_rows_mode = by_mode.pop().context("rows timing")?;
+    let metrics = time_metrics(&analytics).await?;
     Ok(AnalyticsBenchReport {
         transactions: opts.transactions,
         span_from,
@@ -343,8 +397,53 @@ pub async fn run(
         loader_rows,
         loader_rows_mode,
         loader_copy_mode,
+        metrics,
         repeat: opts.repeat,
     })
+}
+
+/// Every shipped metric over the three ranges, pushed down and not.
+async fn time_metrics(analytics: &Analytics) -> anyhow::Result<Vec<MetricTiming>> {
+    use crate::analytics::metrics::{Metric, BUILTIN_METRICS};
+    let pushed = analytics.clone().with_pushdown(true);
+    let loaded = analytics.clone().with_pushdown(false);
+    let mut out = Vec::new();
+    for (file, src) in BUILTIN_METRICS {
+        let m =
+            std::sync::Arc::new(Metric::compile(file, src).map_err(|e| anyhow::anyhow!("{e}"))?);
+        for (name, range) in RANGES {
+            let filters = Filters {
+                range,
+                ..Filters::default()
+            };
+            let time = |a: &Analytics| {
+                let (a, m, filters) = (a.clone(), std::sync::Arc::clone(&m), filters.clone());
+                async move {
+                    // Cold: views a script reads are cached too.
+                    a.cache().clear().await.map_err(|e| e.to_string())?;
+                    let t = Instant::now();
+                    a.run_script(m, &filters, None)
+                        .await
+                        .map(|_| t.elapsed().as_secs_f64() * 1e3)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let before = pushed.script_reads();
+            let p = time(&pushed).await;
+            let after = pushed.script_reads();
+            let l = time(&loaded).await;
+            out.push(MetricTiming {
+                metric: file.trim_end_matches(".rhai").to_owned(),
+                range: name.into(),
+                pushed: p,
+                pushed_frames: after.pushed - before.pushed,
+                from_rollups: after.rollups - before.rollups,
+                pushed_rows_loaded: after.rows - before.rows,
+                loaded: l,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The dashboard's aggregates straight from `transactions`, concurrently.
