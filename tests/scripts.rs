@@ -547,7 +547,7 @@ fn frames_pushed_to_postgresql_match_the_same_plans_over_loaded_rows() {
         let db = seeded("metrics_pushdown").await;
         let pushed = analytics(&db, FrameCache::disabled());
         let loaded = analytics(&db, FrameCache::disabled()).with_pushdown(false);
-        let written: [(&str, &str, bool); 8] = [
+        let written: [(&str, &str, bool); 9] = [
             (
                 "aggregates.rhai",
                 r#"const NAME = "Pushdown case";
@@ -560,7 +560,7 @@ transactions()
         col("refunded").count().alias("refunds"),
         col("refunded").sum().alias("refunded_sum"),
         (col("total_amount").sum() / col("quantity").sum()).alias("per_unit"),
-        (col("refunded").count() / (len() - len())).alias("by_zero"),
+        (col("refunded").count() / (col("quantity").sum() - col("quantity").sum())).alias("by_zero"),
         col("unit_price").mean().alias("mean_price"),
         col("unit_price").median().alias("median_price"),
         col("unit_price").std().alias("sd_price"),
@@ -640,6 +640,23 @@ transactions()
         (col("total_amount").sum() / len()).alias("per_order"),
     ])
     .sort(["wd", "md", "region"])"#,
+                true,
+            ),
+            (
+                "review_cases.rhai",
+                r#"const NAME = "Pushdown case";
+const KIND = "table";
+transactions()
+    .with_column(col("total_amount").alias("rev"))
+    .group_by("category")
+    .agg([
+        len().alias("c2"),
+        col("rev").sum().alias("c1"),
+        (col("discount") / col("discount")).max().alias("nan_max"),
+        (col("unit_price") * 1e17).cast("int").max().alias("big"),
+    ])
+    .sort("c1", true)
+    .head(3)"#,
                 true,
             ),
             (

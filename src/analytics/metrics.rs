@@ -659,7 +659,14 @@ impl FrameSource for AnalyticsSource {
                         self.table_names().join(", ")
                     ));
                 };
-                super::pushdown::render(q, &base, MAX_SCRIPT_ROWS + 1)?
+                match super::pushdown::render(q, &base, MAX_SCRIPT_ROWS + 1) {
+                    Ok(stmt) => stmt,
+                    // Not renderable: Polars runs the plan over loaded rows.
+                    Err(why) => {
+                        tracing::debug!("script frame not pushed down: {why}");
+                        return Ok(None);
+                    }
+                }
             }
         };
         let mut df = self.load_capped(&stmt, "in this answer")?;

@@ -153,11 +153,19 @@ fn rows_roles(rel: &Rel, needs: &mut Needs) -> Option<Vec<(String, Role)>> {
                     if name == WEIGHT {
                         return None;
                     }
-                    // A measure or the time passes through as it is; anything
-                    // computed is computed from dimensions.
+                    // A measure or the time passes through as it is, under its
+                    // own name (the weighted sums are known by it); anything
+                    // computed is computed from dimensions, under a name no
+                    // measure has.
                     if let Ex::Col(c) = e {
                         let role = cols.iter().find(|x| &x.0 == c)?.1;
+                        if role != Role::Dim && c != name {
+                            return None;
+                        }
                         return Some((name.clone(), role));
+                    }
+                    if SALES_MEASURES.contains(&name.as_str()) {
+                        return None;
                     }
                     dim_only(e, &cols, needs)?;
                     Some((name.clone(), Role::Dim))
@@ -255,6 +263,7 @@ fn render_over(q: &Pushed, base: &Query, max_rows: u64, weighted: bool) -> Resul
         base_cols,
         next: 0,
         weighted,
+        qualify: None,
     };
     // The outer statement converts each column for loading; a sort on top
     // stays in it (an outer SELECT would not keep the order).
@@ -270,6 +279,7 @@ fn render_over(q: &Pushed, base: &Query, max_rows: u64, weighted: bool) -> Resul
                 return Err("unreachable".into());
             };
             let (from, cols) = r.rel(input)?;
+            r.qualify = Some(r.alias());
             let order = r.order(by, &cols)?;
             let out = columns
                 .iter()
@@ -284,19 +294,23 @@ fn render_over(q: &Pushed, base: &Query, max_rows: u64, weighted: bool) -> Resul
             limit,
         } => {
             let (from, cols) = r.rel(input)?;
+            r.qualify = Some(r.alias());
             let order = r.order(by, &cols)?;
             let out = cols
                 .iter()
-                .map(|(n, k)| (n.clone(), (ident(n), *k)))
-                .collect();
+                .map(|(n, k)| Ok((n.clone(), r.ex(&Ex::Col(n.clone()), &cols)?.0, *k)))
+                .map(|x: Result<_, String>| x.map(|(n, e, k)| (n, (e, k))))
+                .collect::<Result<Vec<_>, String>>()?;
             (from, order, out, *limit, *offset)
         }
         other => {
             let (from, cols) = r.rel(other)?;
+            r.qualify = Some(r.alias());
             let out = cols
                 .iter()
-                .map(|(n, k)| (n.clone(), (ident(n), *k)))
-                .collect();
+                .map(|(n, k)| Ok((n.clone(), r.ex(&Ex::Col(n.clone()), &cols)?.0, *k)))
+                .map(|x: Result<_, String>| x.map(|(n, e, k)| (n, (e, k))))
+                .collect::<Result<Vec<_>, String>>()?;
             (from, String::new(), out, None, 0)
         }
     };
@@ -322,12 +336,19 @@ fn render_over(q: &Pushed, base: &Query, max_rows: u64, weighted: bool) -> Resul
         cols.push(Column { name, ty });
     }
     let cap = limit.map_or(max_rows, |l| l.min(max_rows));
-    let alias = r.alias();
+    let alias = r.qualify.clone().unwrap_or_default();
+    let sql = format!(
+        "SELECT {} FROM ({from}) AS {alias}{order} LIMIT {cap} OFFSET {offset}",
+        list.join(", ")
+    );
+    if sql.len() > MAX_SQL {
+        return Err(format!(
+            "the pushed query is too long ({} bytes)",
+            sql.len()
+        ));
+    }
     Ok(Query {
-        sql: format!(
-            "SELECT {} FROM ({from}) AS {alias}{order} LIMIT {cap} OFFSET {offset}",
-            list.join(", ")
-        ),
+        sql,
         columns: cols,
         parts: Vec::new(),
     })
@@ -364,7 +385,16 @@ struct Renderer<'a> {
     /// Rows are weighted (see [`from_rollups`]): below the aggregation every
     /// relation carries the weight column.
     weighted: bool,
+    /// The alias column names are qualified with (in the outer statement,
+    /// where a bare name would match its output names first).
+    qualify: Option<String>,
 }
+
+/// Longest pushed statement, and longest operand an expression repeats (a
+/// division names its operands more than once: nested, the text would
+/// grow without bound).
+const MAX_SQL: usize = 1 << 20;
+const MAX_REPEATED: usize = 16 << 10;
 
 impl Renderer<'_> {
     fn alias(&mut self) -> String {
@@ -486,13 +516,19 @@ impl Renderer<'_> {
     fn ex(&self, e: &Ex, cols: &Cols) -> Result<(String, Kind), String> {
         Ok(match e {
             Ex::Col(n) => match cols.iter().find(|c| &c.0 == n) {
-                Some(c) => (ident(n), c.1),
+                Some(c) => match &self.qualify {
+                    Some(q) => (format!("{q}.{}", ident(n)), c.1),
+                    None => (ident(n), c.1),
+                },
                 None => return Err(format!("no column {n:?} here")),
             },
             Ex::Lit(l) => literal(l),
             Ex::Bin(a, op, b) => {
                 let (a, ka) = self.ex(a, cols)?;
                 let (b, kb) = self.ex(b, cols)?;
+                if *op == Op::Div && a.len().max(b.len()) > MAX_REPEATED {
+                    return Err("a division of expressions too long to repeat".into());
+                }
                 binary(&a, ka, *op, &b, kb)?
             }
             Ex::Not(a) => (format!("(NOT {})", self.bool(a, cols)?), Kind::Bool),
@@ -539,7 +575,10 @@ impl Renderer<'_> {
                     (Kind::Bool, Kind::Float) => format!("({x})::int4::float8"),
                     (Kind::Int | Kind::Bool, Kind::Text) => format!("({x})::text"),
                     // Polars truncates toward zero; PostgreSQL would round.
-                    (Kind::Float, Kind::Int) => format!("trunc({x})::int8"),
+                    // NaN, ±inf and out of range: null, as Polars' cast gives.
+                    (Kind::Float, Kind::Int) => format!(
+                        "(CASE WHEN {x} > -9.2e18 AND {x} < 9.2e18 THEN trunc({x})::int8 END)"
+                    ),
                     (f, t) => return Err(format!("no conversion from {f:?} to {t:?}")),
                 };
                 (out, *to)
@@ -624,7 +663,22 @@ impl Renderer<'_> {
                             return Err(format!("{f:?} of a boolean"));
                         }
                         let name = if *f == Agg::Min { "min" } else { "max" };
-                        (format!("{name}({x}{}){flt}", collate(k)), k)
+                        if k == Kind::Float {
+                            // Polars skips NaN (PostgreSQL ranks it above all).
+                            let cond = match filter {
+                                Some(c) => format!("({}) AND ", self.bool(c, cols)?),
+                                None => String::new(),
+                            };
+                            (
+                                format!(
+                                    "COALESCE({name}({x}) FILTER (WHERE {cond}{x} <> 'NaN'::float8), \
+                                     {name}({x}){flt})"
+                                ),
+                                k,
+                            )
+                        } else {
+                            (format!("{name}({x}{}){flt}", collate(k)), k)
+                        }
                     }
                     Agg::Count => (format!("count({x}){flt}"), Kind::Int),
                     Agg::NUnique => (
@@ -840,6 +894,26 @@ mod tests {
         let mut q = count_by("category", "k");
         q.outputs.swap(0, 1);
         assert!(render(&q, &base(), 10).is_err());
+    }
+
+    #[test]
+    fn nested_divisions_are_refused_before_their_text_grows() {
+        // x / x / x / … : each level names its left side five times.
+        let x = || Ex::Col("total_amount".into());
+        let mut e = x();
+        for _ in 0..40 {
+            e = Ex::Bin(Box::new(e), Op::Div, Box::new(x()));
+        }
+        let mut q = count_by("total_amount", "k");
+        let Rel::Aggregate { aggs, .. } = &mut q.rel else {
+            unreachable!()
+        };
+        aggs[0].1 = Ex::Agg(Agg::Max, Box::new(e), None);
+        q.outputs[1].1 = Kind::Float;
+        let started = std::time::Instant::now();
+        let err = render(&q, &base(), 10).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

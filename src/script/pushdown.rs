@@ -388,18 +388,30 @@ impl Compiler<'_> {
         let small = |dt: &DataType| {
             matches!(
                 dt,
-                DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16
+                DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::UInt8
+                    | DataType::UInt16
+                    | DataType::UInt32
             )
         };
         match self.ex.get(node) {
             AExpr::Column(name) => self.input.borrow().get(name).is_some_and(small),
             AExpr::Literal(LiteralValue::Scalar(s)) => small(s.dtype()),
+            // An untyped integer takes the other side's type.
+            AExpr::Literal(LiteralValue::Dyn(_)) => true,
+            AExpr::Len
+            | AExpr::Agg(IRAggExpr::Count { .. })
+            | AExpr::Agg(IRAggExpr::NUnique(_)) => true,
             AExpr::Cast { dtype, .. } => small(dtype),
+            // Every part of a time is 8 to 32 bits.
             AExpr::Function {
-                function: IRFunctionExpr::TemporalExpr(t),
+                function: IRFunctionExpr::TemporalExpr(_),
                 ..
-            } => !matches!(t, IRTemporalFunction::Year),
-            AExpr::BinaryExpr { left, right, .. } => self.narrow(*left) || self.narrow(*right),
+            } => true,
+            // Polars' result is narrow when both sides are.
+            AExpr::BinaryExpr { left, right, .. } => self.narrow(*left) && self.narrow(*right),
             AExpr::Ternary { truthy, falsy, .. } => self.narrow(*truthy) || self.narrow(*falsy),
             AExpr::Function {
                 function: IRFunctionExpr::Negate | IRFunctionExpr::Abs,
@@ -578,6 +590,9 @@ impl Compiler<'_> {
                 }
                 let s = self.rel(*input)?;
                 self.set_input(*input);
+                if s.order == Order::Sorted {
+                    return self.no(|| "a group_by of sorted (top-k) rows".into());
+                }
                 if *maintain_order && s.order == Order::Loaded {
                     return self.no(|| "a group_by keeping load order".into());
                 }
@@ -615,6 +630,7 @@ impl Compiler<'_> {
                     UniqueKeepStrategy::Any | UniqueKeepStrategy::First | UniqueKeepStrategy::Last
                 );
                 if options.subset.is_some()
+                    || s.order == Order::Sorted
                     || options.slice.is_some()
                     || !keeps_any
                     || (s.order != Order::Free
@@ -715,7 +731,7 @@ impl Compiler<'_> {
                 let start = u64::try_from(*offset).ok()?;
                 let len = u64::from(*len);
                 let avail = l.map(|l| l.saturating_sub(start));
-                *o += start;
+                *o = o.checked_add(start)?;
                 *l = Some(avail.map_or(len, |a| a.min(len)));
                 Some(s)
             }
@@ -774,9 +790,9 @@ impl Compiler<'_> {
             AExpr::BinaryExpr { left, op, right } => {
                 let arithmetic =
                     matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply);
-                if arithmetic && (self.narrow(*left) || self.narrow(*right)) {
+                if arithmetic && self.narrow(*left) && self.narrow(*right) {
                     return self.no(|| {
-                        format!("{op} on 8- or 16-bit integers (Polars wraps them around)")
+                        format!("{op} on integers under 64 bits (Polars wraps them around)")
                     });
                 }
                 let (a, ka) = self.expr(*left, cols, agg)?;
@@ -822,8 +838,14 @@ impl Compiler<'_> {
             IRAggExpr::Sum(n) => (Agg::Sum, *n),
             IRAggExpr::Mean(n) => (Agg::Mean, *n),
             IRAggExpr::Median(n) => (Agg::Median, *n),
-            IRAggExpr::Min { input, .. } => (Agg::Min, *input),
-            IRAggExpr::Max { input, .. } => (Agg::Max, *input),
+            IRAggExpr::Min {
+                input,
+                propagate_nans: false,
+            } => (Agg::Min, *input),
+            IRAggExpr::Max {
+                input,
+                propagate_nans: false,
+            } => (Agg::Max, *input),
             IRAggExpr::NUnique(n) => (Agg::NUnique, *n),
             IRAggExpr::Count {
                 input,
@@ -852,6 +874,10 @@ impl Compiler<'_> {
             _ => (input, None),
         };
         let (e, k) = self.expr(value, cols, Ctx::Row)?;
+        // Polars aggregates a literal as one value, SQL over every row.
+        if !reads_column(&e) {
+            return self.no(|| "an aggregate of a literal".into());
+        }
         let out = match f {
             Agg::Sum => match k {
                 Kind::Int | Kind::Float => k,
@@ -983,7 +1009,13 @@ fn project(s: Step, out: Vec<(String, Ex, Kind)>) -> Option<Step> {
     })
 }
 
+/// A literal; text with a NUL (which no stored text holds, and SQL text
+/// cannot carry) is not translated.
 fn literal(v: &LiteralValue) -> Option<(Lit, Kind)> {
+    literal_any_text(v).filter(|(l, _)| !matches!(l, Lit::Text(t) if t.contains('\0')))
+}
+
+fn literal_any_text(v: &LiteralValue) -> Option<(Lit, Kind)> {
     use polars_plan::plans::DynLiteralValue;
     match v {
         LiteralValue::Dyn(DynLiteralValue::Int(i)) => {
@@ -1050,6 +1082,7 @@ fn literal_list(s: &Series, k: Kind) -> Option<Vec<Lit>> {
     s.iter()
         .map(|v| match any_lit(&v, &dt)? {
             (Lit::Null, _) => None,
+            (Lit::Text(t), _) if t.contains('\0') => None,
             (l, lk) if lk == k => Some(l),
             (Lit::Int(i), Kind::Int) if k == Kind::Float => Some(Lit::Float(i as f64)),
             _ => None,
@@ -1060,6 +1093,25 @@ fn literal_list(s: &Series, k: Kind) -> Option<Vec<Lit>> {
 /// The name an expression's column gets.
 fn name_of(e: &ExprIR) -> Option<String> {
     e.output_name_inner().get().map(|n| n.to_string())
+}
+
+/// Whether `e` reads a column.
+fn reads_column(e: &Ex) -> bool {
+    match e {
+        Ex::Col(_) => true,
+        Ex::Lit(_) => false,
+        Ex::Bin(a, _, b) => reads_column(a) || reads_column(b),
+        Ex::Not(a)
+        | Ex::Neg(a)
+        | Ex::Abs(a)
+        | Ex::IsNull(a)
+        | Ex::IsNotNull(a)
+        | Ex::IsIn(a, _)
+        | Ex::Cast(a, _)
+        | Ex::Part(_, a) => reads_column(a),
+        Ex::Case(p, t, f) => reads_column(p) || reads_column(t) || reads_column(f),
+        Ex::Agg(..) => true,
+    }
 }
 
 /// A null of kind `k`.
