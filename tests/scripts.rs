@@ -547,7 +547,7 @@ fn frames_pushed_to_postgresql_match_the_same_plans_over_loaded_rows() {
         let db = seeded("metrics_pushdown").await;
         let pushed = analytics(&db, FrameCache::disabled());
         let loaded = analytics(&db, FrameCache::disabled()).with_pushdown(false);
-        let written: [(&str, &str, bool); 9] = [
+        let written: [(&str, &str, bool); 10] = [
             (
                 "aggregates.rhai",
                 r#"const NAME = "Pushdown case";
@@ -660,6 +660,18 @@ transactions()
                 true,
             ),
             (
+                "hostile_names.rhai",
+                r#"const NAME = "Pushdown case";
+const KIND = "table";
+transactions()
+    .filter(col("category") != "O'Brien'); DROP TABLE transactions; --")
+    .with_column(col("region").alias("r\"; DROP TABLE customers; --"))
+    .group_by(["category", "r\"; DROP TABLE customers; --"])
+    .agg([len().alias("c0"), col("total_amount").sum().alias("\\'\"")])
+    .sort(["category", "r\"; DROP TABLE customers; --"])"#,
+                true,
+            ),
+            (
                 "wrapping.rhai",
                 r#"const NAME = "Pushdown case";
 const KIND = "table";
@@ -705,6 +717,7 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
             "rollup_shapes.rhai",
             "having.rhai",
             "kpi.rhai",
+            "hostile_names.rhai",
         ];
         let scripts = BUILTIN_METRICS
             .iter()
@@ -752,6 +765,14 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
                     assert_eq!(after.pushed, before.pushed, "{file} must not be pushed");
                 }
             }
+        }
+        // The hostile names went through as names: every table is there.
+        for t in ["transactions", "customers", "sessions", "products"] {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+            assert!(n > 0, "{t} is empty");
         }
         let l = loaded.script_reads();
         assert_eq!(l.pushed, 0, "pushdown off pushes nothing");

@@ -194,23 +194,11 @@ fn dim_only(e: &Ex, cols: &[(String, Role)], needs: &mut Needs) -> Option<()> {
             }
             dim_only(inner, cols, needs)
         }
-        Ex::Bin(a, _, b) => {
-            dim_only(a, cols, needs)?;
-            dim_only(b, cols, needs)
-        }
-        Ex::Not(a)
-        | Ex::Neg(a)
-        | Ex::Abs(a)
-        | Ex::IsNull(a)
-        | Ex::IsNotNull(a)
-        | Ex::IsIn(a, _)
-        | Ex::Cast(a, _) => dim_only(a, cols, needs),
-        Ex::Case(p, t, f) => {
-            dim_only(p, cols, needs)?;
-            dim_only(t, cols, needs)?;
-            dim_only(f, cols, needs)
-        }
         Ex::Agg(..) => None,
+        other => other
+            .children()
+            .into_iter()
+            .try_for_each(|c| dim_only(c, cols, needs)),
     }
 }
 
@@ -232,21 +220,11 @@ fn agg_answerable(e: &Ex, cols: &[(String, Role)], needs: &mut Needs) -> Option<
                 Agg::Median | Agg::Std(_) | Agg::Var(_) => None,
             }
         }
-        Ex::Lit(_) => Some(()),
         Ex::Col(_) => None,
-        Ex::Bin(a, _, b) => {
-            agg_answerable(a, cols, needs)?;
-            agg_answerable(b, cols, needs)
-        }
-        Ex::Not(a) | Ex::Neg(a) | Ex::Abs(a) | Ex::IsNull(a) | Ex::IsNotNull(a) => {
-            agg_answerable(a, cols, needs)
-        }
-        Ex::IsIn(a, _) | Ex::Cast(a, _) | Ex::Part(_, a) => agg_answerable(a, cols, needs),
-        Ex::Case(p, t, f) => {
-            agg_answerable(p, cols, needs)?;
-            agg_answerable(t, cols, needs)?;
-            agg_answerable(f, cols, needs)
-        }
+        other => other
+            .children()
+            .into_iter()
+            .try_for_each(|c| agg_answerable(c, cols, needs)),
     }
 }
 

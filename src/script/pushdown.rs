@@ -258,6 +258,26 @@ enum Ctx {
     Agg,
 }
 
+impl Ex {
+    /// The expressions this one is made of (an aggregate's filter included).
+    pub fn children(&self) -> Vec<&Ex> {
+        match self {
+            Ex::Col(_) | Ex::Lit(_) => Vec::new(),
+            Ex::Bin(a, _, b) => vec![a, b],
+            Ex::Not(a)
+            | Ex::Neg(a)
+            | Ex::Abs(a)
+            | Ex::IsNull(a)
+            | Ex::IsNotNull(a)
+            | Ex::IsIn(a, _)
+            | Ex::Cast(a, _)
+            | Ex::Part(_, a) => vec![a],
+            Ex::Case(p, t, f) => vec![p, t, f],
+            Ex::Agg(_, a, filter) => std::iter::once(a).chain(filter).map(|b| &**b).collect(),
+        }
+    }
+}
+
 /// What one compiled step gives: its rows and whether their order means
 /// anything.
 struct Step {
@@ -1097,21 +1117,7 @@ fn name_of(e: &ExprIR) -> Option<String> {
 
 /// Whether `e` reads a column.
 fn reads_column(e: &Ex) -> bool {
-    match e {
-        Ex::Col(_) => true,
-        Ex::Lit(_) => false,
-        Ex::Bin(a, _, b) => reads_column(a) || reads_column(b),
-        Ex::Not(a)
-        | Ex::Neg(a)
-        | Ex::Abs(a)
-        | Ex::IsNull(a)
-        | Ex::IsNotNull(a)
-        | Ex::IsIn(a, _)
-        | Ex::Cast(a, _)
-        | Ex::Part(_, a) => reads_column(a),
-        Ex::Case(p, t, f) => reads_column(p) || reads_column(t) || reads_column(f),
-        Ex::Agg(..) => true,
-    }
+    matches!(e, Ex::Col(_)) || e.children().into_iter().any(reads_column)
 }
 
 /// A null of kind `k`.
