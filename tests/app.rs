@@ -733,7 +733,7 @@ fn scripts_are_edited_run_saved_and_shown_on_the_dashboard() {
             .scripts()
             .catalog
             .as_ref()
-            .is_some_and(|c| c.files.len() == 10)
+            .is_some_and(|c| c.files.len() == 12)
     });
     wait_for(&mut h, "rows", 60, |h| {
         h.state()
@@ -913,7 +913,7 @@ fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
             .scripts()
             .catalog
             .as_ref()
-            .is_some_and(|c| c.scenarios().len() == 3)
+            .is_some_and(|c| c.scenarios().len() == 5)
     });
     wait_for(&mut h, "rows", 60, |h| {
         h.state()

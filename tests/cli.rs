@@ -403,6 +403,56 @@ async fn generator_scripts_and_scenarios_drive_generate_and_run() {
     assert!(s.len() > 100, "{} sales", s.len());
     assert!(s.iter().all(|e| e["category"] == "Garden"), "{:?}", s[0]);
 
+    // --days and --stats: what the stream says about the shop's customers,
+    // checked against the events themselves.
+    let days = [
+        "generate",
+        "--days",
+        "2",
+        "--seed",
+        "3",
+        "--start",
+        "2026-01-06T00:00:00Z",
+    ];
+    let events = salespulse(&days, &[]);
+    assert!(events.status.success(), "{}", text(&events));
+    let all: Vec<serde_json::Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let time = |e: &serde_json::Value| {
+        e.get("started_at")
+            .or(e.get("occurred_at"))
+            .and_then(|t| t.as_str())
+            .unwrap()
+            .to_owned()
+    };
+    assert!(all.iter().all(|e| time(e).as_str() < "2026-01-08T00:00"));
+    assert!(all.iter().any(|e| time(e).as_str() > "2026-01-07T23:00"));
+    let checkouts: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|e| e.get("transaction_id").is_some())
+        .map(|e| e["session_id"].as_str().unwrap())
+        .collect();
+    let mut stats_args = days.to_vec();
+    stats_args.extend(["--stats", "--json"]);
+    let st = salespulse(&stats_args, &[]);
+    assert!(st.status.success(), "{}", text(&st));
+    let r: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(r["orders"].as_u64().unwrap(), checkouts.len() as u64, "{r}");
+    let one = r["one_order_share"].as_f64().unwrap();
+    assert!((0.8..1.0).contains(&one), "{r}");
+    assert!(r["lifecycle"]["existing"].as_u64().unwrap() > 0, "{r}");
+    let st = salespulse(&["generate", "--days", "1", "--stats"], &[]);
+    assert!(
+        text(&st).contains("new-customer share of daily orders"),
+        "{}",
+        text(&st)
+    );
+    let bad = salespulse(&["generate", "--days=0"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("--days"), "{}", text(&bad));
+
     // The payment outage: PayPal fails 90 % of the time for 30 minutes.
     let args = [
         "generate",

@@ -16,7 +16,7 @@ use crate::script::{from_json, to_json, Limits, Sandbox, ScriptError};
 /// The built-in shop script (the default `scripts/generator/default.rhai`).
 pub(crate) const BUILTIN_SHOP: &str = include_str!("../../scripts/generator/default.rhai");
 /// The scenario scripts shipped with salespulse: (file name, source).
-pub(crate) const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
+pub(crate) const BUILTIN_SCENARIOS: [(&str, &str); 5] = [
     (
         "flash_sale.rhai",
         include_str!("../../scripts/generator/flash_sale.rhai"),
@@ -28,6 +28,14 @@ pub(crate) const BUILTIN_SCENARIOS: [(&str, &str); 3] = [
     (
         "product_launch.rhai",
         include_str!("../../scripts/generator/product_launch.rhai"),
+    ),
+    (
+        "campaign.rhai",
+        include_str!("../../scripts/generator/campaign.rhai"),
+    ),
+    (
+        "bad_experience.rhai",
+        include_str!("../../scripts/generator/bad_experience.rhai"),
     ),
 ];
 
@@ -117,9 +125,21 @@ fn shop_from_json(
     let serde_json::Value::Object(fields) = v else {
         return Err(ScriptError::new(
             file,
-            "a shop script must end with a map of parameters (#{ customers: …, … })",
+            "a shop script must end with a map of parameters (#{ sessions_per_hour: …, … })",
         ));
     };
+    for gone in ["customers", "activity_pareto_shape"] {
+        if fields.contains_key(gone) {
+            return Err(ScriptError::new(
+                file,
+                format!(
+                    "`{gone}` is gone: customers now arrive with traffic, come back and leave \
+                     (see `lifecycle` and the segments' `activity` and `dropout` in \
+                     scripts/generator/default.rhai)"
+                ),
+            ));
+        }
+    }
     let mut merged = match base {
         Some(b) => serde_json::to_value(b)
             .map_err(|e| ScriptError::new(file, e.to_string()))?
@@ -128,7 +148,18 @@ fn shop_from_json(
             .unwrap_or_default(),
         None => serde_json::Map::new(),
     };
-    merged.extend(fields);
+    for (k, v) in fields {
+        // A map (`lifecycle`) is merged one level deep: fields left out keep
+        // the base's values.
+        match (merged.get_mut(&k), v) {
+            (Some(serde_json::Value::Object(old)), serde_json::Value::Object(new)) => {
+                old.extend(new);
+            }
+            (_, v) => {
+                merged.insert(k, v);
+            }
+        }
+    }
     let params: GeneratorParams = from_json(file, serde_json::Value::Object(merged))?;
     params
         .validate()
@@ -203,7 +234,7 @@ mod tests {
         let v = eval("default.rhai", BUILTIN_SHOP).unwrap();
         let p = shop_from_json("default.rhai", v, None).unwrap();
         assert_eq!(p.categories.len(), 10);
-        assert_eq!(p.customers, 50_000);
+        assert_eq!(p.lifecycle, crate::generator::LifecycleSpec::default());
         assert_eq!(p.segments.len(), 3);
         assert_ne!(&p, &GeneratorParams::fallback());
         assert_eq!(builtin(), &p);
@@ -211,15 +242,25 @@ mod tests {
 
     #[test]
     fn a_partial_shop_keeps_the_rest() {
-        let p = shop_from_source("mine.rhai", "#{ customers: 1234 }").unwrap();
-        assert_eq!(p.customers, 1234);
+        let p = shop_from_source("mine.rhai", "#{ lifecycle: #{ dropout: 0.9 } }").unwrap();
+        assert_eq!(p.lifecycle.dropout, 0.9);
+        assert_eq!(
+            p.lifecycle.purchases_per_year,
+            builtin().lifecycle.purchases_per_year
+        );
         assert_eq!(p.categories, builtin().categories);
+        // The fixed population is gone, with a pointer to what replaced it.
+        let e = shop_from_source("old.rhai", "#{ customers: 1234 }").unwrap_err();
+        assert!(e.message.contains("lifecycle"), "{e}");
     }
 
     #[test]
     fn bad_shops_are_refused_with_the_field() {
-        let e = shop_from_source("mine.rhai", "#{ customers: \"many\" }").unwrap_err();
-        assert!(e.message.contains("`customers`"), "{e}");
+        let e =
+            shop_from_source("mine.rhai", "#{ lifecycle: #{ dropout: \"many\" } }").unwrap_err();
+        assert!(e.message.contains("dropout"), "{e}");
+        let e = shop_from_source("mine.rhai", "#{ lifecycle: #{ dropout: 1.5 } }").unwrap_err();
+        assert!(e.message.contains("lifecycle.dropout"), "{e}");
         let e = shop_from_source("mine.rhai", "#{ custmers: 3 }").unwrap_err();
         assert!(e.message.contains("custmers"), "{e}");
         let e = shop_from_source("mine.rhai", "#{ hour_weights: [1.0] }").unwrap_err();
@@ -228,8 +269,12 @@ mod tests {
         assert!(e.message.contains("map of parameters"), "{e}");
         // Numbers that would size memory beyond reason are refused, not
         // allocated.
-        let e = shop_from_source("mine.rhai", "#{ customers: 4000000000 }").unwrap_err();
-        assert!(e.message.contains("customers must be within"), "{e}");
+        let e = shop_from_source(
+            "mine.rhai",
+            "#{ lifecycle: #{ max_customers: 4000000000 } }",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("max_customers must be within"), "{e}");
         let e = shop_from_source("mine.rhai", "#{ sessions_per_hour: 1e300 }").unwrap_err();
         assert!(e.message.contains("sessions_per_hour"), "{e}");
     }
@@ -253,10 +298,10 @@ mod tests {
             "{e}"
         );
         assert_eq!(
-            shop_from_source("fine.rhai", "#{ customers: 7 }")
+            shop_from_source("fine.rhai", "#{ sessions_per_hour: 7.0 }")
                 .unwrap()
-                .customers,
-            7
+                .sessions_per_hour,
+            7.0
         );
     }
 
@@ -266,7 +311,8 @@ mod tests {
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 5);
+        assert!(all.iter().any(|s| s.effects.churn > 1.0));
         assert!(all.iter().any(|s| s.effects.traffic >= 5.0));
         assert!(all.iter().any(|s| s.effects.payment_outage.is_some()));
         assert!(all.iter().any(|s| s.effects.launch.is_some()));

@@ -1,9 +1,11 @@
 //! The event generator: a seeded, deterministic simulation of a web shop.
 //!
-//! A fixed population (customers, catalogue) is built from
+//! The catalogue and the existing customers come from
 //! [`GeneratorParams::population_seed`]; behaviour (who visits when, what they
-//! buy) comes from the run's seed. Each step simulates one shopping session and
-//! emits its sale events followed by one session event.
+//! buy, who comes back) from the run's seed and start. Each step simulates one
+//! shopping session and emits its sale events followed by one session event.
+//! Customers arrive with traffic, come back and leave as [`lifecycle`]
+//! describes.
 //!
 //! ## Indexing
 //! The simulation indexes its own tables (regions, countries, customers,
@@ -14,8 +16,10 @@
 //! with a value from outside.
 
 pub mod behaviour;
+pub mod lifecycle;
 mod params;
 pub mod scenario;
+pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,12 +28,13 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::weighted::WeightedAliasIndex;
-use rand_distr::{Distribution, Exp, LogNormal, Pareto};
+use rand_distr::{Distribution, Exp, LogNormal};
 use uuid::Uuid;
 
+pub use lifecycle::LifecycleCounts;
 pub use params::{
-    CategorySpec, ChannelSpec, GeneratorParams, ParamsError, RegionSpec, SegmentSpec, Share,
-    StatusShare,
+    CategorySpec, ChannelSpec, GeneratorParams, LifecycleSpec, ParamsError, RegionSpec,
+    SegmentSpec, Share, StatusShare,
 };
 pub use scenario::{Effects, Scenario, Switchboard};
 
@@ -45,16 +50,6 @@ pub enum Clock {
     Simulated(DateTime<Utc>),
 }
 
-struct Customer {
-    id: String,
-    region: usize,
-    country: usize,
-    /// Basket multiplier (Pareto × segment): big spenders buy more units.
-    spend: f64,
-    /// Conversion multiplier of the customer's segment.
-    conversion: f64,
-}
-
 struct Product {
     id: String,
     name: String,
@@ -65,7 +60,6 @@ struct Product {
 struct Region {
     name: String,
     countries: Vec<String>,
-    country_pick: WeightedAliasIndex<f64>,
     payment_methods: Vec<String>,
     payment_pick: WeightedAliasIndex<f64>,
 }
@@ -85,6 +79,8 @@ struct Effective {
     discount: Vec<Option<(f64, f64, f64)>>,
     /// (method, failure rate, retry probability).
     outage: Option<(String, f64, f64)>,
+    /// Dropout after a purchase, × this.
+    churn: f64,
 }
 
 /// The generator. Not `Sync`: give each producer its own (they are cheap to
@@ -94,8 +90,18 @@ pub struct Generator {
     rng: ChaCha8Rng,
     clock: Clock,
     sim_now: DateTime<Utc>,
-    customers: Vec<Customer>,
-    customer_pick: WeightedAliasIndex<f64>,
+    population: lifecycle::Population,
+    /// Customers who will come back, by next visit.
+    calendar: lifecycle::Calendar,
+    /// Key of the existing customers' traits (the population seed).
+    base_key: u64,
+    /// Key of the traits of customers acquired in this run (seed and start).
+    run_key: u64,
+    /// Shown in the ids of customers acquired in this run.
+    run_tag: u32,
+    /// Number of the next new visitor of this run.
+    next_visitor: u64,
+    counts: LifecycleCounts,
     products: Vec<Product>,
     product_weights: Vec<f64>,
     categories: Vec<String>,
@@ -158,11 +164,17 @@ fn poisson(rng: &mut impl Rng, lambda: f64, cap: u32) -> u32 {
 }
 
 impl Generator {
-    /// A generator of the shop `params`: the population comes from its
-    /// `population_seed`, behaviour from `seed`, timestamps from `clock`. Fails
-    /// when the parameters are invalid.
-    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
+    /// A generator of the shop `params`: the catalogue and the existing
+    /// customers come from its `population_seed`, behaviour from `seed`,
+    /// timestamps from `clock`. Fails when the parameters are invalid.
     pub fn new(params: GeneratorParams, seed: u64, clock: Clock) -> Result<Self, ParamsError> {
+        let mut g = Self::build(params, seed, clock)?;
+        g.seed_existing_customers();
+        Ok(g)
+    }
+
+    #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
+    fn build(params: GeneratorParams, seed: u64, clock: Clock) -> Result<Self, ParamsError> {
         params.validate()?;
         let mut pop = ChaCha8Rng::seed_from_u64(params.population_seed);
 
@@ -173,45 +185,12 @@ impl Generator {
                 Ok(Region {
                     name: r.name.clone(),
                     countries: r.countries.iter().map(|c| c.name.clone()).collect(),
-                    country_pick: alias(r.countries.iter().map(|c| c.weight))?,
                     payment_methods: r.payment_mix.iter().map(|c| c.name.clone()).collect(),
                     payment_pick: alias(r.payment_mix.iter().map(|c| c.weight))?,
                 })
             })
             .collect::<Result<Vec<_>, ParamsError>>()?;
-        let region_pick = alias(params.regions.iter().map(|r| r.weight))?;
-
-        let activity = Pareto::new(1.0, params.activity_pareto_shape)
-            .map_err(|e| ParamsError(format!("activity_pareto_shape: {e}")))?;
-        let spend = Pareto::new(1.0, params.spend_pareto_shape)
-            .map_err(|e| ParamsError(format!("spend_pareto_shape: {e}")))?;
-        let segment_pick = if params.segments.is_empty() {
-            None
-        } else {
-            Some(alias(params.segments.iter().map(|s| s.share))?)
-        };
-        let mut activity_weights = Vec::with_capacity(params.customers as usize);
-        let customers = (0..params.customers)
-            .map(|i| {
-                let region = region_pick.sample(&mut pop);
-                let country = regions[region].country_pick.sample(&mut pop);
-                let seg = segment_pick
-                    .as_ref()
-                    .map(|p| &params.segments[p.sample(&mut pop)]);
-                let (act, spe, conv) =
-                    seg.map_or((1.0, 1.0, 1.0), |s| (s.activity, s.spend, s.conversion));
-                // Cap the tail so one customer cannot dominate a small population.
-                activity_weights.push(activity.sample(&mut pop).min(1_000.0) * act);
-                Customer {
-                    id: format!("C{i:07}"),
-                    region,
-                    country,
-                    spend: spend.sample(&mut pop).min(8.0) * spe,
-                    conversion: conv,
-                }
-            })
-            .collect::<Vec<_>>();
-        let customer_pick = alias(activity_weights)?;
+        let population = lifecycle::Population::new(&params)?;
 
         let mut products = Vec::new();
         let mut product_weights = Vec::new();
@@ -251,11 +230,24 @@ impl Generator {
             launched: Vec::new(),
             discount: vec![None; params.categories.len()],
             outage: None,
+            churn: 1.0,
         };
 
         let sim_now = match clock {
             Clock::Simulated(t) => t,
             Clock::Wall => Utc::now(),
+        };
+        // Customers acquired in the run: their ids and traits follow the
+        // seed and, on a simulated clock, the start (a later backfill of the
+        // same seed meets other people); on the wall clock the seed alone (a
+        // seeded stream is the same stream).
+        let run_key = {
+            let start = match clock {
+                Clock::Simulated(t) => t.timestamp_micros() as u64,
+                Clock::Wall => 0,
+            };
+            let mut m = lifecycle::Mix::new(seed, start, 7);
+            rand::RngCore::next_u64(&mut m)
         };
         Ok(Self {
             categories: params.categories.iter().map(|c| c.name.clone()).collect(),
@@ -268,8 +260,13 @@ impl Generator {
             rng: ChaCha8Rng::seed_from_u64(seed),
             clock,
             sim_now,
-            customers,
-            customer_pick,
+            population,
+            calendar: lifecycle::Calendar::default(),
+            base_key: params.population_seed,
+            run_key,
+            run_tag: (run_key >> 32) as u32,
+            next_visitor: 0,
+            counts: LifecycleCounts::default(),
             products,
             product_weights,
             effective,
@@ -288,6 +285,75 @@ impl Generator {
     /// The shop the generator currently runs.
     pub fn params(&self) -> &GeneratorParams {
         &self.params
+    }
+
+    /// What the customer lifecycle did so far (and how many customers
+    /// memory holds now).
+    pub fn lifecycle_counts(&self) -> LifecycleCounts {
+        LifecycleCounts {
+            tracked: self.calendar.len() as u64,
+            ..self.counts
+        }
+    }
+
+    /// Puts the shop's existing customers (those of its history still
+    /// active at the start) in the calendar.
+    fn seed_existing_customers(&mut self) {
+        let start = self.sim_now.timestamp_micros();
+        let base = lifecycle::existing_base(&self.population, &self.params, self.base_key);
+        let max_gap = lifecycle::days_us(self.population.spec().max_gap_days);
+        for &(gap_hours, id, last) in base.iter() {
+            let at = self.population.after(start, gap_hours);
+            let last = start.saturating_add(last);
+            if at.saturating_sub(last) > max_gap {
+                continue;
+            }
+            self.counts.existing += 1;
+            self.track(lifecycle::Due { at, id, last });
+        }
+    }
+
+    /// Keeps a customer who will come back, within `max_customers`.
+    fn track(&mut self, d: lifecycle::Due) {
+        self.calendar.push(d);
+        let max = self.population.spec().max_customers as usize;
+        while self.calendar.len() > max {
+            if self.calendar.evict_farthest().is_none() {
+                break;
+            }
+            self.counts.evicted += 1;
+        }
+    }
+
+    /// The id events carry for customer number `id`.
+    fn customer_id(&self, id: u64) -> String {
+        if id >= lifecycle::RUN_BIT {
+            format!("C{:08x}-{:07}", self.run_tag, id - lifecycle::RUN_BIT)
+        } else {
+            format!("C{id:07}")
+        }
+    }
+
+    /// The key customer number `id`'s traits derive from.
+    fn key_of(&self, id: u64) -> u64 {
+        if id >= lifecycle::RUN_BIT {
+            self.run_key
+        } else {
+            self.base_key
+        }
+    }
+
+    /// After customer `id`'s visit at `now`: the next one, unless they have
+    /// gone `max_gap_days` since their last purchase (`last`).
+    fn schedule_next_visit(&mut self, id: u64, traits: &lifecycle::Lifecycle, now: i64, last: i64) {
+        let gap = lifecycle::gap_hours(&mut self.rng, self.population.visit_rate(traits));
+        let at = self.population.after(now, gap);
+        let max_gap = lifecycle::days_us(self.population.spec().max_gap_days);
+        if at.saturating_sub(last) > max_gap {
+            self.counts.lapsed += 1;
+            return;
+        }
+        self.track(lifecycle::Due { at, id, last });
     }
 
     /// Follows the shop and scenarios of `switch` from the next session on.
@@ -366,8 +432,15 @@ impl Generator {
     /// Rebuilds customers and catalogue from `params`; the behaviour stream,
     /// the clock and the scenarios go on.
     fn replace_shop(&mut self, params: GeneratorParams) {
-        match Generator::new(params, 0, self.clock) {
+        match Generator::build(params, 0, self.clock) {
             Ok(mut fresh) => {
+                // The customers stay (their traits follow the new shop's tables).
+                fresh.calendar = std::mem::take(&mut self.calendar);
+                fresh.base_key = self.base_key;
+                fresh.run_key = self.run_key;
+                fresh.run_tag = self.run_tag;
+                fresh.next_visitor = self.next_visitor;
+                fresh.counts = self.counts;
                 fresh.rng = self.rng.clone();
                 fresh.sim_now = self.sim_now;
                 fresh.pending = std::mem::take(&mut self.pending);
@@ -412,6 +485,7 @@ impl Generator {
             launched: Vec::new(),
             discount: vec![None; self.categories.len()],
             outage: None,
+            churn: 1.0,
         };
         let mut demand = vec![1.0; self.categories.len()];
         let mut launches = Vec::new();
@@ -419,6 +493,7 @@ impl Generator {
             let fx = &s.effects;
             e.traffic *= fx.traffic;
             e.conversion *= fx.conversion;
+            e.churn *= fx.churn;
             for (c, m) in &fx.categories {
                 if let Some(&i) = cat_index.get(c.as_str()) {
                     demand[i] *= m;
@@ -513,18 +588,20 @@ impl Generator {
     }
 
     /// Advances the simulated clock by one seasonal inter-arrival time.
+    ///
+    /// On the wall clock the simulated clock still advances: it is the
+    /// customers' clock (who comes back when), so that a seeded stream is the
+    /// same stream whatever the pace it is read at.
     fn next_session_start(&mut self) -> DateTime<Utc> {
+        let (hour, day) = self.seasonality(self.sim_now);
+        let rate_per_sec =
+            self.params.sessions_per_hour / 3600.0 * hour * day * self.effective.traffic;
+        let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let gap = -u.ln() / rate_per_sec.max(1e-9);
+        self.sim_now += Duration::microseconds((gap * 1e6) as i64);
         match self.clock {
             Clock::Wall => Utc::now(),
-            Clock::Simulated(_) => {
-                let (hour, day) = self.seasonality(self.sim_now);
-                let rate_per_sec =
-                    self.params.sessions_per_hour / 3600.0 * hour * day * self.effective.traffic;
-                let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
-                let gap = -u.ln() / rate_per_sec.max(1e-9);
-                self.sim_now += Duration::microseconds((gap * 1e6) as i64);
-                self.sim_now
-            }
+            Clock::Simulated(_) => self.sim_now,
         }
     }
 
@@ -539,20 +616,37 @@ impl Generator {
             self.refresh_scenarios(now);
         }
         let start = self.next_session_start();
+        let now = self.sim_now.timestamp_micros();
+        // A returning customer whose visit is due, or a new visitor.
+        let due = self.calendar.pop_due(now);
+        let id = match due {
+            Some(d) => {
+                self.counts.returning_visits += 1;
+                d.id
+            }
+            None => {
+                self.counts.new_visitors += 1;
+                self.next_visitor += 1;
+                lifecycle::RUN_BIT + self.next_visitor - 1
+            }
+        };
+        let key = self.key_of(id);
+        let traits = self.population.lifecycle(key, id);
+        let looks = self.population.looks(key, id, traits.segment);
+        let customer_id = self.customer_id(id);
         let length = self.session_len.sample(&mut self.rng).max(10.0);
         let (start, end) = match self.clock {
             // Live: the session is ending now; nothing is stamped in the future.
             Clock::Wall => (start - Duration::milliseconds((length * 1e3) as i64), start),
             Clock::Simulated(_) => (start, start + Duration::milliseconds((length * 1e3) as i64)),
         };
-        let ci = self.customer_pick.sample(&mut self.rng);
         let channel_i = self.channel_pick.sample(&mut self.rng);
         let channel = self.params.channels[channel_i].channel.clone();
         let (hour, _) = self.seasonality(start);
         let lift = 1.0 + self.params.seasonal_conversion_lift * (hour - 1.0);
         let p_convert = (self.params.channels[channel_i].conversion
             * lift
-            * self.customers[ci].conversion
+            * traits.conversion
             * self.effective.conversion)
             .clamp(0.0, 1.0);
         let p_more = 1.0 - 1.0 / self.params.mean_page_views;
@@ -578,23 +672,35 @@ impl Generator {
                     start + Duration::milliseconds((length * f * 1e3) as i64)
                 }
             };
-            let sale = self.sale(ci, &session_id, channel.clone(), at);
-            let retry = self.retry_after_outage(&sale, ci);
+            let sale = self.sale(&looks, &customer_id, &session_id, channel.clone(), at);
+            let retry = self.retry_after_outage(&sale, looks.region);
             self.pending.push_back(Event::Sale(sale));
             if let Some(r) = retry {
                 self.pending.push_back(Event::Sale(r));
                 orders += 1;
             }
         }
-        let c = &self.customers[ci];
-        let region = &self.regions[c.region];
+        if placed > 0 {
+            if due.is_none() {
+                self.counts.acquired += 1;
+            }
+            let leave = (traits.dropout * self.effective.churn).clamp(0.0, 1.0);
+            if self.rng.random_bool(leave) {
+                self.counts.dropped += 1;
+            } else {
+                self.schedule_next_visit(id, &traits, now, now);
+            }
+        } else if let Some(d) = due {
+            self.schedule_next_visit(id, &traits, now, d.last);
+        }
+        let region = &self.regions[looks.region];
         self.pending.push_back(Event::Session(SessionEvent {
             session_id,
-            customer_id: c.id.clone(),
+            customer_id,
             started_at: start,
             ended_at: end,
             region: region.name.clone(),
-            country: region.countries[c.country].clone(),
+            country: region.countries[looks.country].clone(),
             channel,
             page_views,
             orders,
@@ -604,13 +710,13 @@ impl Generator {
     #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn sale(
         &mut self,
-        ci: usize,
+        c: &lifecycle::Looks,
+        customer_id: &str,
         session_id: &str,
         channel: Channel,
         at: DateTime<Utc>,
     ) -> SaleEvent {
         let rng = &mut self.rng;
-        let c = &self.customers[ci];
         let region = &self.regions[c.region];
         let pi = self.effective.product_pick.sample(rng);
         let p = match self.products.get(pi) {
@@ -643,7 +749,7 @@ impl Generator {
         SaleEvent {
             transaction_id: random_uuid(rng),
             occurred_at: at,
-            customer_id: c.id.clone(),
+            customer_id: customer_id.to_owned(),
             session_id: session_id.to_owned(),
             product_id: p.id.clone(),
             product_name: p.name.clone(),
@@ -666,7 +772,7 @@ impl Generator {
     /// A customer whose payment failed in an outage may pay again at once
     /// with another of their region's methods.
     #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
-    fn retry_after_outage(&mut self, failed: &SaleEvent, ci: usize) -> Option<SaleEvent> {
+    fn retry_after_outage(&mut self, failed: &SaleEvent, region: usize) -> Option<SaleEvent> {
         let (method, _, retry) = self.effective.outage.as_ref()?;
         if failed.status != Status::Failed || &failed.payment_method != method {
             return None;
@@ -674,7 +780,7 @@ impl Generator {
         if !self.rng.random_bool(*retry) {
             return None;
         }
-        let region = &self.regions[self.customers[ci].region];
+        let region = &self.regions[region];
         let other = (0..10)
             .map(|_| &region.payment_methods[region.payment_pick.sample(&mut self.rng)])
             .find(|m| *m != method)?
@@ -793,10 +899,57 @@ const CSV_HEADER: [&str; 22] = [
     "orders",
 ];
 
-/// Writes `count` events to `out`.
+/// How much of a stream to take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Extent {
+    /// This many events.
+    Events(u64),
+    /// Events until this instant of generator time (the first event at or
+    /// after it is not taken).
+    Until(DateTime<Utc>),
+}
+
+/// The events of `g` over `extent`.
+pub fn events(g: &mut Generator, extent: Extent) -> impl Iterator<Item = Event> + '_ {
+    let mut taken = 0u64;
+    std::iter::from_fn(move || {
+        let e = match extent {
+            Extent::Events(n) if taken >= n => return None,
+            Extent::Events(_) => g.next_event(),
+            Extent::Until(t) => {
+                let e = g.next_event();
+                let at = match &e {
+                    Event::Sale(s) => s.occurred_at,
+                    Event::Session(s) => s.started_at,
+                };
+                if at >= t {
+                    return None;
+                }
+                e
+            }
+        };
+        taken += 1;
+        Some(e)
+    })
+}
+
+/// The customer statistics of `g`'s events over `extent` (see [`stats`]),
+/// with what its lifecycle did.
+pub fn customer_stats(g: &mut Generator, extent: Extent) -> stats::StatsReport {
+    let mut st = stats::CustomerStats::new();
+    for e in events(g, extent) {
+        st.observe(&e);
+    }
+    stats::StatsReport {
+        lifecycle: Some(g.lifecycle_counts()),
+        ..st.report()
+    }
+}
+
+/// Writes the events of `g` over `extent` to `out`.
 pub fn write_events<W: std::io::Write>(
     g: &mut Generator,
-    count: u64,
+    extent: Extent,
     format: OutputFormat,
     out: W,
 ) -> std::io::Result<()> {
@@ -804,16 +957,16 @@ pub fn write_events<W: std::io::Write>(
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
     match format {
         OutputFormat::Ndjson => {
-            for _ in 0..count {
-                serde_json::to_writer(&mut out, &g.next_event())?;
+            for e in events(g, extent) {
+                serde_json::to_writer(&mut out, &e)?;
                 out.write_all(b"\n")?;
             }
         }
         OutputFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
             w.write_record(CSV_HEADER)?;
-            for _ in 0..count {
-                let row: [String; 22] = match g.next_event() {
+            for e in events(g, extent) {
+                let row: [String; 22] = match e {
                     Event::Sale(s) => [
                         "sale".into(),
                         s.transaction_id.to_string(),
@@ -943,14 +1096,13 @@ mod tests {
             "conversion {conversion}"
         );
         assert!(categories.len() >= 8);
-        let repeat =
-            per_customer.values().filter(|&&n| n > 1).count() as f64 / per_customer.len() as f64;
-        assert!(repeat > 0.2, "repeat buyers {repeat}");
-        // Pareto: the top 20 % of buyers place well over 20 % of orders.
-        let mut counts: Vec<u32> = per_customer.values().copied().collect();
-        counts.sort_unstable_by(|a, b| b.cmp(a));
-        let top: u32 = counts[..counts.len() / 5].iter().sum();
-        assert!(f64::from(top) / f64::from(orders) > 0.45);
+        // ~40 hours: existing customers come back, but most buyers are new.
+        let existing = per_customer.keys().filter(|c| !c.contains('-')).count();
+        let share = existing as f64 / per_customer.len() as f64;
+        assert!(
+            (0.2..0.6).contains(&share),
+            "existing customers' share {share}"
+        );
         // Evening peak beats the small hours.
         assert!(by_hour[20] > 3 * by_hour[3], "{by_hour:?}");
         let completed = f64::from(statuses["completed"]) / f64::from(orders);
@@ -999,6 +1151,11 @@ mod tests {
         }
         let params = GeneratorParams {
             sessions_per_hour: 57_600.0,
+            // A shop opening with the run: these tests look at hours.
+            lifecycle: LifecycleSpec {
+                history_days: 0.0,
+                ..LifecycleSpec::default()
+            },
             ..GeneratorParams::builtin()
         };
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
@@ -1173,18 +1330,26 @@ mod tests {
         for _ in 0..1_000 {
             g.next_event();
         }
+        let tracked = g.lifecycle_counts().tracked;
         board.set_shop(GeneratorParams {
-            customers: 100,
+            currency: "EUR".into(),
             ..GeneratorParams::builtin()
         });
-        let mut seen = std::collections::HashSet::new();
+        let mut currencies = std::collections::HashSet::new();
         for _ in 0..5_000 {
-            if let Event::Session(s) = g.next_event() {
-                seen.insert(s.customer_id);
+            if let Event::Sale(s) = g.next_event() {
+                currencies.insert(s.currency);
             }
         }
-        assert!(seen.len() <= 101, "{} customers", seen.len());
-        assert_eq!(g.params().customers, 100);
+        assert_eq!(currencies.len(), 1, "{currencies:?}");
+        assert!(currencies.contains("EUR"));
+        assert_eq!(g.params().currency, "EUR");
+        // The customers stayed.
+        let after = g.lifecycle_counts();
+        assert!(
+            after.tracked + after.returning_visits >= tracked,
+            "{after:?}"
+        );
     }
 
     #[test]
@@ -1197,5 +1362,201 @@ mod tests {
         s.effects.payment_outage.as_mut().unwrap().method = "iou".into();
         let e = check_scenario(&GeneratorParams::builtin(), &s).unwrap_err();
         assert!(e.contains("iou") && e.contains("paypal"), "{e}");
+    }
+
+    /// `days` of backfill from 2026-01-05 at `sessions_per_hour`, through
+    /// the stats collector.
+    fn backfill(
+        sessions_per_hour: f64,
+        days: i64,
+        lifecycle: LifecycleSpec,
+        seed: u64,
+    ) -> (stats::StatsReport, LifecycleCounts) {
+        let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
+        let params = GeneratorParams {
+            sessions_per_hour,
+            lifecycle,
+            ..GeneratorParams::builtin()
+        };
+        let mut g = Generator::new(params, seed, Clock::Simulated(start)).unwrap();
+        let end = start + Duration::days(days);
+        let mut st = stats::CustomerStats::new();
+        loop {
+            let e = g.next_event();
+            if let Event::Session(s) = &e {
+                if s.started_at >= end {
+                    break;
+                }
+            }
+            st.observe(&e);
+        }
+        (st.report(), g.lifecycle_counts())
+    }
+
+    #[test]
+    fn customers_arrive_return_and_leave_alike_at_rates_a_hundredfold_apart() {
+        let (low, _) = backfill(25.0, 90, LifecycleSpec::default(), 5);
+        let (high, counts) = backfill(2_500.0, 90, LifecycleSpec::default(), 6);
+        assert!(low.customers > 5_000, "{low}");
+        assert!(high.customers > 100 * low.customers / 2, "{high}");
+        for r in [&low, &high] {
+            // Most customers buy once in 90 days; a minority comes back.
+            assert!((0.78..0.92).contains(&r.one_order_share), "{r}");
+            let o = &r.orders_per_customer;
+            assert!((1.08..1.40).contains(&o.mean), "{r}");
+            assert_eq!(o.p50, 1.0, "{r}");
+            assert!((2.0..=8.0).contains(&o.p99), "{r}");
+            // Repeat orders weeks apart, not hours.
+            assert!((10.0..45.0).contains(&r.days_between_orders.p50), "{r}");
+            assert!(r.days_between_orders_p10 > 1.0, "{r}");
+            // New customers place most but not all of a day's orders.
+            let n = r.new_customer_share_of_daily_orders.mean;
+            assert!((0.45..0.75).contains(&n), "{r}");
+            assert!(
+                r.back_within_30_days > 0.03 && r.back_within_30_days < 0.2,
+                "{r}"
+            );
+        }
+        // The same shop at either rate: shares within a few points.
+        let close = |a: f64, b: f64, tol: f64, what: &str| {
+            assert!((a - b).abs() < tol, "{what}: {a} vs {b}\n{low}\n{high}");
+        };
+        close(low.one_order_share, high.one_order_share, 0.03, "one order");
+        close(
+            low.orders_per_customer.mean,
+            high.orders_per_customer.mean,
+            0.06,
+            "orders per customer",
+        );
+        close(
+            low.new_customer_share_of_daily_orders.mean,
+            high.new_customer_share_of_daily_orders.mean,
+            0.04,
+            "new-customer share",
+        );
+        close(
+            low.days_between_orders.p50,
+            high.days_between_orders.p50,
+            6.0,
+            "days between orders",
+        );
+        // The biggest customer is a person, not the simulation.
+        assert!(high.orders_per_customer.max < 60.0, "{high}");
+        // A weekly cohort's share ordering again falls week by week.
+        let weeks = 9;
+        let mean_at = |k: usize| {
+            let v: Vec<f64> = high
+                .cohorts
+                .iter()
+                .filter_map(|c| c.retention.get(k).copied())
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        for k in 1..weeks {
+            assert!(
+                mean_at(k + 1) <= mean_at(k) + 0.002,
+                "week {k}: {} then {}\n{high}",
+                mean_at(k),
+                mean_at(k + 1)
+            );
+        }
+        assert!(mean_at(weeks) < 0.7 * mean_at(1), "{high}");
+        assert!(counts.existing > 0 && counts.acquired > 0 && counts.evicted == 0);
+    }
+
+    #[test]
+    fn memory_stays_flat_over_a_long_run_and_within_the_bound() {
+        let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
+        let params = GeneratorParams {
+            sessions_per_hour: 300.0,
+            ..GeneratorParams::builtin()
+        };
+        let mut g = Generator::new(params, 3, Clock::Simulated(start)).unwrap();
+        let mut tracked = Vec::new();
+        let mut next = start + Duration::days(60);
+        loop {
+            if let Event::Session(s) = g.next_event() {
+                if s.started_at >= next {
+                    tracked.push(g.lifecycle_counts().tracked as f64);
+                    if tracked.len() == 12 {
+                        break;
+                    }
+                    next += Duration::days(60);
+                }
+            }
+        }
+        // Two years: what memory holds neither grows nor drains.
+        let (lo, hi) = tracked
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        assert!(
+            hi < 1.25 * lo,
+            "customers kept in memory over time: {tracked:?}"
+        );
+        let c = g.lifecycle_counts();
+        // Memory holds who will come back, not everyone ever seen.
+        assert!(c.new_visitors + c.existing > 20 * c.tracked, "{c:?}");
+        eprintln!("kept in memory every 60 days: {tracked:?}");
+        // With a small bound it holds, and the farthest visits go first.
+        let (r, c) = backfill(
+            2_500.0,
+            10,
+            LifecycleSpec {
+                max_customers: 5_000,
+                ..LifecycleSpec::default()
+            },
+            4,
+        );
+        assert!(c.tracked <= 5_000 && c.evicted > 0, "{c:?}");
+        assert!(r.customers > 10_000, "{r}");
+    }
+
+    #[test]
+    fn a_bad_experience_drives_customers_away_and_ids_follow_seed_and_start() {
+        let mut churn = scenario("bad_experience.rhai");
+        churn.duration_minutes = None;
+        let run = |scenarios: &[Scenario]| {
+            let mut g = with(61, scenarios);
+            for _ in 0..200_000 {
+                g.next_event();
+            }
+            let c = g.lifecycle_counts();
+            c.dropped as f64 / (c.acquired + c.returning_visits) as f64
+        };
+        let (base, bad) = (run(&[]), run(&[churn]));
+        assert!(bad > 1.3 * base, "dropout share {base} -> {bad}");
+        // A campaign (traffic ×2) brings new visitors, not more returns.
+        let mut campaign = scenario("campaign.rhai");
+        campaign.duration_minutes = None;
+        let new_share = |scenarios: Vec<Scenario>| {
+            let board = Switchboard::new();
+            for s in scenarios {
+                board.switch_on(s);
+            }
+            let mut g = sim(62).with_switch(board);
+            for _ in 0..100_000 {
+                g.next_event();
+            }
+            let c = g.lifecycle_counts();
+            c.new_visitors as f64 / (c.new_visitors + c.returning_visits) as f64
+        };
+        let (plain, ads) = (new_share(vec![]), new_share(vec![campaign]));
+        assert!((0.5..0.8).contains(&plain), "new visitors' share {plain}");
+        assert!(ads > plain + 0.1, "new visitors' share {plain} -> {ads}");
+        // A new run (another start) does not reuse the ids of new customers.
+        let ids = |start: DateTime<Utc>| {
+            let mut g =
+                Generator::new(GeneratorParams::builtin(), 1, Clock::Simulated(start)).unwrap();
+            (0..2_000)
+                .filter_map(|_| match g.next_event() {
+                    Event::Session(s) if s.customer_id.contains('-') => Some(s.customer_id),
+                    _ => None,
+                })
+                .collect::<HashSet<_>>()
+        };
+        let a = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let b = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
+        assert_eq!(ids(a), ids(a));
+        assert!(ids(a).is_disjoint(&ids(b)));
     }
 }

@@ -13,18 +13,16 @@ use crate::event::{Channel, Status};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorParams {
-    /// Seed of the shop itself: its customers and catalogue. Kept apart from
-    /// the behaviour seed so that runs with different seeds see the same shop
-    /// (and the same customers come back as repeat buyers).
+    /// Seed of the shop itself: its catalogue and its existing customers
+    /// (see [`LifecycleSpec::history_days`]). Kept apart from the behaviour
+    /// seed so that runs with different seeds see the same shop, and the
+    /// same existing customers come back.
     pub population_seed: u64,
     /// ISO 4217 code all prices are quoted in.
     pub currency: String,
-    /// Size of the customer population.
-    pub customers: u32,
-    /// Pareto shape of customer activity (how often a customer visits).
-    /// 1.16 gives the classic 80/20 split: a fifth of the customers make
-    /// most of the visits, hence most repeat purchases.
-    pub activity_pareto_shape: f64,
+    /// How customers arrive, come back and leave.
+    #[serde(default)]
+    pub lifecycle: LifecycleSpec,
     /// Pareto shape of a customer's basket multiplier (big spenders buy more units).
     pub spend_pareto_shape: f64,
     /// Product catalogue by category.
@@ -59,8 +57,55 @@ pub struct GeneratorParams {
     pub max_discount_fraction: f64,
     /// Mean session length in seconds (exponential).
     pub mean_session_seconds: f64,
-    /// Simulated clock only: sessions per hour at an average hour.
+    /// Sessions per hour at an average hour: the pace of the simulated
+    /// clock; on the wall clock, the pace of the customers' clock (who
+    /// comes back when: events carry the wall time, but a seeded stream is
+    /// the same whatever pace it is read at); and the traffic of the shop's
+    /// history.
     pub sessions_per_hour: f64,
+}
+
+/// How customers arrive, come back and leave: a modified BG/NBD process
+/// tied to traffic (see [`crate::generator::lifecycle`]). Fields left out
+/// keep these defaults, calibrated in `scripts/generator/default.rhai`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSpec {
+    /// Purchases per year of an active average customer: the mean of the
+    /// customers' purchase rates (a segment's `activity` multiplies it).
+    pub purchases_per_year: f64,
+    /// Gamma shape of purchase rates across customers: below 1, most
+    /// customers buy rarely and a few often.
+    pub rate_shape: f64,
+    /// Mean probability that a customer leaves for good after a purchase,
+    /// the first included (a segment's `dropout` overrides it).
+    pub dropout: f64,
+    /// How alike customers' dropout probabilities are (the Beta
+    /// distribution's `a + b`): higher, more alike.
+    pub dropout_concentration: f64,
+    /// A customer who has not bought for this many days has left.
+    pub max_gap_days: f64,
+    /// How long the shop has been open when a run starts: the customers of
+    /// that history still active then come back during the run. 0: the shop
+    /// opens with the run.
+    pub history_days: f64,
+    /// Most returning customers kept in memory (24 bytes each); past it the
+    /// ones whose next visit is farthest away are let go first.
+    pub max_customers: u32,
+}
+
+impl Default for LifecycleSpec {
+    fn default() -> Self {
+        Self {
+            purchases_per_year: 3.5,
+            rate_shape: 0.8,
+            dropout: 0.6,
+            dropout_concentration: 4.0,
+            max_gap_days: 365.0,
+            history_days: 730.0,
+            max_customers: 4_000_000,
+        }
+    }
 }
 
 /// One product category of the catalogue.
@@ -90,9 +135,13 @@ pub struct SegmentSpec {
     pub name: String,
     /// Share of the population.
     pub share: f64,
-    /// Visit frequency multiplier.
+    /// Purchase frequency multiplier (of the lifecycle's `purchases_per_year`).
     #[serde(default = "one")]
     pub activity: f64,
+    /// Mean probability of leaving after a purchase (loyalty is its
+    /// complement); `None`: the lifecycle's `dropout`.
+    #[serde(default)]
+    pub dropout: Option<f64>,
     /// Units-per-order multiplier.
     #[serde(default = "one")]
     pub spend: f64,
@@ -174,8 +223,7 @@ impl GeneratorParams {
         Self {
             population_seed: 0x5a1e_5e5e,
             currency: "USD".into(),
-            customers: 10_000,
-            activity_pareto_shape: 1.16,
+            lifecycle: LifecycleSpec::default(),
             spend_pareto_shape: 2.5,
             categories: vec![CategorySpec {
                 name: "General".into(),
@@ -216,9 +264,8 @@ impl GeneratorParams {
     }
 }
 
-/// Most customers a shop may have (each is a row in memory and in the
-/// customers table).
-pub(crate) const MAX_CUSTOMERS: u64 = 10_000_000;
+/// Most returning customers a generator may keep in memory (24 bytes each).
+pub(crate) const MAX_CUSTOMERS: u64 = 20_000_000;
 /// Most products over all categories.
 pub(crate) const MAX_PRODUCTS: u64 = 1_000_000;
 /// Most entries of any list (categories, items, regions, countries …).
@@ -261,15 +308,7 @@ impl GeneratorParams {
         )?;
         // Upper bounds too: a shop script comes from anyone, and each
         // number sizes memory (customers and products are tables).
-        check(
-            (1..=MAX_CUSTOMERS).contains(&u64::from(self.customers)),
-            || {
-                format!(
-                    "customers must be within 1..={MAX_CUSTOMERS}, got {}",
-                    self.customers
-                )
-            },
-        )?;
+        self.lifecycle.validate()?;
         check(self.categories.len() <= MAX_LIST, || {
             format!(
                 "at most {MAX_LIST} categories, got {}",
@@ -302,14 +341,15 @@ impl GeneratorParams {
                 },
             )?;
         }
-        for (what, shape) in [
-            ("activity_pareto_shape", self.activity_pareto_shape),
-            ("spend_pareto_shape", self.spend_pareto_shape),
-        ] {
-            check(shape.is_finite() && shape > 0.0, || {
-                format!("{what} must be > 0, got {shape}")
-            })?;
-        }
+        check(
+            self.spend_pareto_shape.is_finite() && self.spend_pareto_shape > 0.0,
+            || {
+                format!(
+                    "spend_pareto_shape must be > 0, got {}",
+                    self.spend_pareto_shape
+                )
+            },
+        )?;
         positive_weights("categories", self.categories.iter().map(|c| c.weight))?;
         for c in &self.categories {
             check(c.products > 0, || {
@@ -349,9 +389,15 @@ impl GeneratorParams {
                 ("spend", s.spend),
                 ("conversion", s.conversion),
             ] {
-                check(v.is_finite() && v > 0.0, || {
-                    format!("segment {:?}: {what} must be > 0, got {v}", s.name)
+                check(v.is_finite() && v > 0.0 && v <= 1_000.0, || {
+                    format!(
+                        "segment {:?}: {what} must be within (0, 1000], got {v}",
+                        s.name
+                    )
                 })?;
+            }
+            if let Some(d) = s.dropout {
+                probability(&format!("segment {:?}: dropout", s.name), d)?;
             }
         }
         positive_weights("channels", self.channels.iter().map(|c| c.weight))?;
@@ -399,5 +445,42 @@ impl GeneratorParams {
             })?;
         }
         Ok(())
+    }
+}
+
+impl LifecycleSpec {
+    /// Rejects values the lifecycle cannot run with.
+    fn validate(&self) -> Result<(), ParamsError> {
+        for (what, v, lo, hi) in [
+            (
+                "purchases_per_year",
+                self.purchases_per_year,
+                1e-3,
+                10_000.0,
+            ),
+            ("rate_shape", self.rate_shape, 0.01, 100.0),
+            (
+                "dropout_concentration",
+                self.dropout_concentration,
+                0.1,
+                10_000.0,
+            ),
+            ("max_gap_days", self.max_gap_days, 1.0, 3_650.0),
+            ("history_days", self.history_days, 0.0, 3_650.0),
+        ] {
+            check(v.is_finite() && (lo..=hi).contains(&v), || {
+                format!("lifecycle.{what} must be within {lo}..={hi}, got {v}")
+            })?;
+        }
+        probability("lifecycle.dropout", self.dropout)?;
+        check(
+            (1..=MAX_CUSTOMERS).contains(&u64::from(self.max_customers)),
+            || {
+                format!(
+                    "lifecycle.max_customers must be within 1..={MAX_CUSTOMERS}, got {}",
+                    self.max_customers
+                )
+            },
+        )
     }
 }

@@ -36,10 +36,14 @@ pub struct Scenario {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Effects {
-    /// Sessions per unit of time, × this.
+    /// Sessions per unit of time, × this. Returning customers come when
+    /// they come, so the extra sessions are new visitors: a campaign.
     pub traffic: f64,
     /// Probability that a session orders, × this.
     pub conversion: f64,
+    /// Probability that a customer leaves after a purchase, × this (capped
+    /// at 1): a bad experience.
+    pub churn: f64,
     /// Demand for products of a category, × this (by category name).
     pub categories: BTreeMap<String, f64>,
     /// Extra discounts on order lines (`None`: the shop's own only).
@@ -55,6 +59,7 @@ impl Default for Effects {
         Self {
             traffic: 1.0,
             conversion: 1.0,
+            churn: 1.0,
             categories: BTreeMap::new(),
             discount: None,
             payment_outage: None,
@@ -138,6 +143,7 @@ impl Scenario {
         let e = &self.effects;
         in_range("effects.traffic", e.traffic, 0.01, 100.0)?;
         in_range("effects.conversion", e.conversion, 0.0, 20.0)?;
+        in_range("effects.churn", e.churn, 0.0, 100.0)?;
         for (c, m) in &e.categories {
             in_range(&format!("effects.categories.{c}"), *m, 0.0, 1000.0)?;
         }

@@ -646,9 +646,11 @@ async fn run_script(
             )
             .map_err(err)?;
             let summary = format!(
-                "shop: {} customers in {} segments, {} categories, {} regions, {} sessions/hour",
-                p.customers,
+                "shop: customers in {} segments ({} purchases a year while active, {:.0} % leave \
+                 after a purchase), {} categories, {} regions, {} sessions/hour",
                 p.segments.len().max(1),
+                p.lifecycle.purchases_per_year,
+                p.lifecycle.dropout * 100.0,
                 p.categories.len(),
                 p.regions.len(),
                 p.sessions_per_hour

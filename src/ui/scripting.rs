@@ -298,15 +298,15 @@ mod tests {
     #[test]
     fn the_shipped_scripts_seed_a_folder_and_all_load() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(seed(dir.path()).unwrap(), 10);
+        assert_eq!(seed(dir.path()).unwrap(), 12);
         assert_eq!(seed(dir.path()).unwrap(), 0, "never overwrites");
         let c = Catalog::scan(dir.path());
-        assert_eq!(c.files.len(), 10);
+        assert_eq!(c.files.len(), 12);
         for f in &c.files {
             assert!(f.error().is_none(), "{}: {:?}", f.rel, f.error());
         }
         assert_eq!(c.metrics().len(), 6);
-        assert_eq!(c.scenarios().len(), 3);
+        assert_eq!(c.scenarios().len(), 5);
         assert!(matches!(
             c.get("generator/default.rhai").map(|f| &f.kind),
             Some(ScriptKind::Shop)

@@ -114,11 +114,23 @@ pub enum Command {
         #[command(subcommand)]
         which: RollupsCommand,
     },
-    /// Writes generated events to stdout.
+    /// Writes generated events to stdout (or, with --stats, what they say
+    /// about the shop's customers).
     Generate {
-        /// Events to print.
+        /// Events to make.
+        #[arg(long, required_unless_present = "days", conflicts_with = "days")]
+        count: Option<u64>,
+        /// Simulated days of events to make instead (from --start).
+        #[arg(long, conflicts_with = "wall_clock")]
+        days: Option<f64>,
+        /// Print customer statistics of the events instead of the events:
+        /// one-order share, repeat rate, orders per customer, days between
+        /// orders, new customers' share of daily orders, weekly cohorts.
         #[arg(long)]
-        count: u64,
+        stats: bool,
+        /// With --stats: print them as JSON.
+        #[arg(long, requires = "stats")]
+        json: bool,
         /// ndjson or csv.
         #[arg(long, default_value = "ndjson")]
         format: OutputFormat,

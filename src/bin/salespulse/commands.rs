@@ -152,18 +152,38 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
         }
         Command::Generate {
             count,
+            days,
+            stats,
+            json,
             format,
             seed,
             start,
             wall_clock,
             behaviour,
         } => {
+            let start = start.unwrap_or_else(generator::default_simulated_start);
             let clock = if wall_clock {
                 Clock::Wall
             } else {
-                Clock::Simulated(start.unwrap_or_else(generator::default_simulated_start))
+                Clock::Simulated(start)
             };
-            generate(&behaviour, count, format, seed, clock)
+            let extent = match (count, days) {
+                (Some(n), _) => generator::Extent::Events(n),
+                (None, Some(d)) if d.is_finite() && d > 0.0 && d <= 36_500.0 => {
+                    generator::Extent::Until(
+                        start + chrono::Duration::seconds((d * 86_400.0) as i64),
+                    )
+                }
+                (None, _) => return Err(UsageError::new("--days must be within (0, 36500]").into()),
+            };
+            generate(
+                &behaviour,
+                extent,
+                format,
+                seed,
+                clock,
+                stats.then_some(json),
+            )
         }
         Command::Ingest { workers } => {
             println!("{}", services::ingest(cfg, workers).await?);
@@ -260,10 +280,11 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
 /// `salespulse generate`: events to stdout.
 fn generate(
     behaviour: &BehaviourArgs,
-    count: u64,
+    extent: generator::Extent,
     format: generator::OutputFormat,
     seed: u64,
     clock: Clock,
+    stats_json: Option<bool>,
 ) -> anyhow::Result<()> {
     let (params, scenarios) = behaviour.load()?;
     let board = generator::Switchboard::new();
@@ -271,8 +292,12 @@ fn generate(
         board.switch_on(sc);
     }
     let mut g = Generator::new(params, seed, clock)?.with_switch(board);
+    if let Some(json) = stats_json {
+        let report = generator::customer_stats(&mut g, extent);
+        return print_report(&report, json);
+    }
     let stdout = std::io::stdout().lock();
-    match generator::write_events(&mut g, count, format, stdout) {
+    match generator::write_events(&mut g, extent, format, stdout) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
     }
