@@ -722,8 +722,9 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
         let scripts = BUILTIN_METRICS
             .iter()
             .map(|(f, s)| {
-                // The four shipped metrics over raw rows are pushed whole.
-                let raw = !matches!(*f, "revenue_per_session.rhai" | "top_customers_ltv.rhai");
+                // The five shipped metrics over raw rows are pushed whole
+                // (top customers: a stable sort by the table's unique key).
+                let raw = !matches!(*f, "revenue_per_session.rhai");
                 (*f, *s, raw)
             })
             .chain(written);

@@ -290,7 +290,9 @@ fn distinct_customers(f: &Filters, span: Option<Span>) -> String {
     };
     let Some(s) = span else {
         return if f.no_dimensions() {
-            "(SELECT count(*) FROM customers WHERE orders > 0)".into()
+            // Kept by ingest (most rows of `customers` are visitors who
+            // never ordered: counting its buyers meant scanning them all).
+            "coalesce((SELECT buyers FROM shop_totals WHERE id = 1), 0)".into()
         } else {
             raw("TRUE".into())
         };
@@ -642,15 +644,27 @@ pub fn top_products(f: &Filters, span: Option<Span>, limit: u64) -> Query {
 }
 
 /// The `top_customers` view: the `limit` customers with the most completed
-/// revenue. All time and unfiltered, it reads the `customers` totals instead
-/// of `transactions`.
+/// revenue. All time and unfiltered, it reads the paying customers' totals
+/// in `customers` in the order of their index (`customers_top_value`),
+/// instead of `transactions`; customers without a completed order then
+/// come after them, only if there are fewer than `limit` paying ones.
 pub fn top_customers(f: &Filters, span: Option<Span>, limit: u64) -> Query {
     let sql = if span.is_none() && f.no_dimensions() {
         format!(
-            "SELECT customer_id, region, orders::int8, completed_orders::int8, units::int8,
+            "SELECT * FROM (
+            (SELECT customer_id, region, orders::int8, completed_orders::int8, units::int8,
                 total_spent::float8 AS revenue
-            FROM customers WHERE orders > 0
-            ORDER BY total_spent DESC, customer_id LIMIT {limit}"
+            FROM customers WHERE completed_orders > 0
+            ORDER BY total_spent::float8 DESC NULLS LAST, customer_id COLLATE \"C\" NULLS LAST
+            LIMIT {limit})
+            UNION ALL
+            (SELECT customer_id, region, orders::int8, completed_orders::int8, units::int8,
+                total_spent::float8 AS revenue
+            FROM customers WHERE orders > 0 AND completed_orders = 0
+                AND (SELECT count(*) FROM (SELECT 1 FROM customers WHERE completed_orders > 0
+                     LIMIT {limit}) p) < {limit}
+            ORDER BY customer_id COLLATE \"C\" LIMIT {limit})) u
+            ORDER BY revenue DESC NULLS LAST, customer_id COLLATE \"C\" LIMIT {limit}"
         )
     } else {
         format!(

@@ -297,6 +297,33 @@ enum Order {
     Free,
 }
 
+/// The column that is unique in each raw table (its primary key): rows
+/// sorted by it have no ties, so a stable sort of loaded rows by it does not
+/// depend on the order they were loaded in.
+fn unique_key(table: &str) -> Option<&'static str> {
+    match table {
+        "transactions" => Some("transaction_id"),
+        "sessions" => Some("session_id"),
+        "customers" => Some("customer_id"),
+        "products" => Some("product_id"),
+        _ => None,
+    }
+}
+
+/// Whether column `name` of `rel`'s output is the table's own column of
+/// that name, passed through filters and projections unchanged.
+fn keeps_column(rel: &Rel, name: &str) -> bool {
+    match rel {
+        Rel::Table { columns } => columns.iter().any(|c| c == name),
+        Rel::Filter { input, .. } => keeps_column(input, name),
+        Rel::Project { input, columns } => columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, e)| *e == Ex::Col(name.to_owned()) && keeps_column(input, name)),
+        Rel::Aggregate { .. } | Rel::Distinct { .. } | Rel::Sort { .. } => false,
+    }
+}
+
 /// Recognises a raw table's scan: its table and the script's options.
 pub(crate) type Leaf = dyn Fn(&dyn std::any::Any) -> Option<(String, Vec<(String, String)>)>;
 
@@ -698,10 +725,7 @@ impl Compiler<'_> {
                         }
                     }
                 }
-                // A stable sort over loaded rows breaks ties by load order.
-                if s.order == Order::Loaded && sort_options.maintain_order {
-                    return self.no(|| "a stable sort of raw rows (ties in load order)".into());
-                }
+                let stable_over_loaded = s.order == Order::Loaded && sort_options.maintain_order;
                 let mut by = Vec::with_capacity(by_column.len());
                 for (i, e) in by_column.iter().enumerate() {
                     let (x, _) = self.expr(e.node(), &s.cols, Ctx::Row)?;
@@ -720,6 +744,19 @@ impl Compiler<'_> {
                             .copied()
                             .unwrap_or(false),
                     });
+                }
+                // A stable sort over loaded rows breaks ties by load order,
+                // unless a key is the table's own unique key, untouched: then
+                // there are no ties.
+                if stable_over_loaded {
+                    let key = self.table.as_ref().and_then(|(t, _)| unique_key(t));
+                    let total = key.is_some_and(|k| {
+                        by.iter().any(|b| b.expr == Ex::Col(k.to_owned()))
+                            && keeps_column(&s.rel, k)
+                    });
+                    if !total {
+                        return self.no(|| "a stable sort of raw rows (ties in load order)".into());
+                    }
                 }
                 by.extend(then_by);
                 let (offset, limit) = match slice {
@@ -1248,6 +1285,8 @@ mod tests {
 
     fn scan() -> LazyFrame {
         let schema: Schema = [
+            Field::new("transaction_id".into(), DataType::String),
+            Field::new("product_id".into(), DataType::String),
             Field::new("category".into(), DataType::String),
             Field::new("quantity".into(), DataType::Int64),
             Field::new("total_amount".into(), DataType::Float64),
@@ -1342,7 +1381,17 @@ mod tests {
         assert!(why(scan().limit(5)).contains("sliced"));
         // A stable sort breaks ties by load order.
         let stable = SortMultipleOptions::default().with_maintain_order(true);
-        assert!(why(scan().sort(["total_amount"], stable).limit(3)).contains("stable sort"));
+        assert!(why(scan().sort(["total_amount"], stable.clone()).limit(3)).contains("stable sort"));
+        // ... unless a key is the table's unique key, as loaded: no ties.
+        let by_key = scan()
+            .sort(["total_amount", "transaction_id"], stable.clone())
+            .limit(3);
+        assert!(compile(&by_key, &leaf).is_ok());
+        let renamed = scan()
+            .with_column(col("product_id").alias("transaction_id"))
+            .sort(["total_amount", "transaction_id"], stable.clone())
+            .limit(3);
+        assert!(why(renamed).contains("stable sort"));
         // A function with no translation, anywhere in the plan.
         let rounded = scan().group_by([col("category")]).agg([col("total_amount")
             .round(1, RoundMode::HalfAwayFromZero)

@@ -242,14 +242,27 @@ pub const PRODUCTS: Rollup = Rollup {
     ],
 };
 
+/// Shop-wide totals: customers who have ever ordered (one row, once there
+/// is a sale). The writer adds each batch's first-time buyers.
+pub const SHOP_TOTALS: Rollup = Rollup {
+    table: "shop_totals",
+    source: "transactions",
+    grains: &[],
+    columns: &[
+        key("id", "1"),
+        col("buyers", Merge::Add, "count(DISTINCT customer_id)"),
+    ],
+};
+
 /// Every derived table.
-pub const ROLLUPS: [Rollup; 6] = [
+pub const ROLLUPS: [Rollup; 7] = [
     SALES_METRICS,
     SALES_METRICS_LITE,
     CUSTOMER_DAYS,
     SESSION_METRICS,
     CUSTOMERS,
     PRODUCTS,
+    SHOP_TOTALS,
 ];
 
 impl Rollup {

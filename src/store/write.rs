@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use super::rollups::{
     CUSTOMERS, CUSTOMER_DAYS, GRAINS, LITE_GRAINS, PRODUCTS, SALES_METRICS, SALES_METRICS_LITE,
-    SESSION_METRICS,
+    SESSION_METRICS, SHOP_TOTALS,
 };
 use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
@@ -1390,7 +1390,7 @@ impl<'a> Aggregates<'a> {
             next_offset: "int8" = |(_, o)| *o,
         );
         let (group, topic) = (a.bind(group)?, a.bind(topic)?);
-        let [sales_conflict, lite_conflict, days_conflict, session_conflict, customers_conflict, products_conflict] =
+        let [sales_conflict, lite_conflict, days_conflict, session_conflict, customers_conflict, products_conflict, totals_conflict] =
             &*CONFLICTS;
         let notify = super::changes::NOTIFY_SQL;
         let sql = format!(
@@ -1430,6 +1430,17 @@ cust AS (
         spent / 100.0
     FROM {customers}
     {customers_conflict}
+    RETURNING c.customer_id, c.orders
+),
+-- First-time buyers: their order count after this batch is the batch's own.
+buyers AS (
+    INSERT INTO shop_totals AS s (id, buyers)
+    SELECT 1, n FROM (
+        SELECT count(*) AS n FROM cust JOIN {customers} ON t.id = cust.customer_id
+        WHERE t.orders > 0 AND cust.orders = t.orders
+    ) first_time
+    WHERE n > 0
+    {totals_conflict}
 ),
 prod AS (
     INSERT INTO products AS p (product_id, name, category, list_price, first_seen, last_seen,
@@ -1473,7 +1484,7 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
 
 /// How the upsert folds each table's new partial aggregates into it: the
 /// `ON CONFLICT` clauses, from the tables' definitions in `rollups`.
-static CONFLICTS: LazyLock<[String; 6]> = LazyLock::new(|| {
+static CONFLICTS: LazyLock<[String; 7]> = LazyLock::new(|| {
     [
         SALES_METRICS.on_conflict("m"),
         SALES_METRICS_LITE.on_conflict("m"),
@@ -1481,6 +1492,7 @@ static CONFLICTS: LazyLock<[String; 6]> = LazyLock::new(|| {
         SESSION_METRICS.on_conflict("m"),
         CUSTOMERS.on_conflict("c"),
         PRODUCTS.on_conflict("p"),
+        SHOP_TOTALS.on_conflict("s"),
     ]
 });
 
