@@ -319,6 +319,10 @@ impl Population {
     /// quiet ones slowly, so visits scheduled this way follow the shop's
     /// rhythm. Saturates far in the future.
     pub(crate) fn after(&self, from: i64, gap_hours: f64) -> i64 {
+        if gap_hours == f64::INFINITY {
+            // Never (a rate of zero): beyond any gap allowed.
+            return i64::MAX / 4;
+        }
         if !(gap_hours.is_finite() && gap_hours > 0.0) {
             return from;
         }
@@ -391,7 +395,9 @@ impl Calendar {
         self.len
     }
 
-    /// Adds a visit.
+    /// Adds a visit. The lifecycle never schedules one more than
+    /// `max_gap_days` (at most ten years) after a purchase that is not in
+    /// the future, so the hours between the first and the last are bounded.
     pub(crate) fn push(&mut self, d: Due) {
         let hour = d.at.div_euclid(HOUR_US);
         if self.buckets.is_empty() {
@@ -694,6 +700,10 @@ mod tests {
         let pop = Population::new(&p).unwrap();
         let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
         let t0 = start.timestamp_micros();
+        // A customer who never visits is never due; no gap is no wait.
+        assert_eq!(pop.after(t0, f64::INFINITY), i64::MAX / 4);
+        assert_eq!(pop.after(t0, 0.0), t0);
+        assert_eq!(pop.after(t0, f64::NAN), t0);
         // A week of traffic time is a week.
         assert_eq!(pop.after(t0, 168.0), t0 + 168 * HOUR_US);
         assert_eq!(pop.after(t0 + 5, 3.0 * 168.0), t0 + 5 + 3 * 168 * HOUR_US);
