@@ -299,7 +299,7 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     let db = TestDb::new("pgdown").await;
     let (broker, cfg) = mock_broker(&db.url, 3);
     let brokers = broker.bootstrap_servers().to_owned();
-    let targets = produce(&brokers, &cfg.topic, 41, 5_000);
+    produce(&brokers, &cfg.topic, 41, 5_000);
 
     // Lock the transactions table so every write blocks, then times out.
     let mut locker = db.store.pool().begin().await.unwrap();
@@ -376,6 +376,10 @@ async fn a_blocked_database_loses_nothing_and_ingest_resumes() {
     for _ in 0..3 {
         held.push(store.pool().acquire().await.unwrap());
     }
+    // Something to write, so that ingest needs a connection (it may have
+    // caught up already): the first events again. They are stored, so
+    // neither rows nor totals may change.
+    let targets = produce(&brokers, &cfg.topic, 41, 500);
     wait_until(Duration::from_secs(60), "degraded on a full pool", || async {
         matches!(
             stats.health(),

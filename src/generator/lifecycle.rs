@@ -63,22 +63,34 @@ const WEEK_HOURS: usize = 168;
 /// Customer numbers at or above this were acquired during the run; below,
 /// they belong to the existing base.
 pub(crate) const RUN_BIT: u64 = 1 << 48;
-/// Most historic customers the existing base simulates: beyond this the
-/// history is thinned (fewer existing customers than the traffic implies),
-/// which bounds the start-up time (about 0.1 µs each).
-const MAX_HISTORIC: f64 = 30_000_000.0;
+/// Most purchases the existing base simulates (about 10 ns each): beyond
+/// this the history is thinned (fewer existing customers than the traffic
+/// implies), which bounds the start-up time whatever the shop.
+const MAX_HISTORIC_WORK: f64 = 100_000_000.0;
+/// Most purchases simulated per historic customer.
+const MAX_PURCHASES: usize = 10_000;
 
 /// SplitMix64: a tiny, fast generator for per-customer draws (each
 /// customer's traits come from its own stream, seeded by its number).
 pub(crate) struct Mix(u64);
 
 impl Mix {
-    /// The stream of customer `id` under `key`, for purpose `stream`.
+    /// The stream of customer `id` under `key`, for purpose `stream`. Each
+    /// input is scrambled before they are combined: neighbouring ids (or a
+    /// key with few bits set) must not give overlapping streams, as they
+    /// would if the state were `key ^ id·step` (SplitMix steps by `step`).
     pub(crate) fn new(key: u64, id: u64, stream: u64) -> Self {
-        let mut m = Mix(key ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.rotate_left(32));
-        m.next_u64();
-        m
+        Mix(fmix(
+            key ^ fmix(id ^ fmix(stream.wrapping_add(0x5851_F42D_4C95_7F2D))),
+        ))
     }
+}
+
+/// SplitMix64's finaliser: a bijective scramble of 64 bits.
+fn fmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl RngCore for Mix {
@@ -87,10 +99,7 @@ impl RngCore for Mix {
     }
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        fmix(self.0)
     }
     fn fill_bytes(&mut self, dst: &mut [u8]) {
         for chunk in dst.chunks_mut(8) {
@@ -555,19 +564,22 @@ pub(crate) fn existing_base(pop: &Population, params: &GeneratorParams, key: u64
     base
 }
 
-/// Expected returning visits of one acquired customer over their active
-/// life (a pilot sample, to size the acquisition rate of the history): the
-/// visits before each repeat purchase and, for those who lapse, the visits
-/// of the `max_gap_days` without one.
-fn mean_returning_visits(pop: &Population, key: u64) -> f64 {
+/// Expected returning visits and purchases of one acquired customer over
+/// their active life (a pilot sample, to size the acquisition rate of the
+/// history and the work of simulating it): the visits before each repeat
+/// purchase and, for those who lapse, the visits of the `max_gap_days`
+/// without one.
+fn pilot(pop: &Population, key: u64) -> (f64, f64) {
     const PILOT: u64 = 20_000;
     let max_gap = pop.spec.max_gap_days;
     let mut visits = 0.0;
+    let mut purchases = 0u64;
     for i in 0..PILOT {
         let t = pop.lifecycle(key ^ 0x5eed, i);
         let mut r = Mix::new(key ^ 0x5eed, i, 3);
         let mut days = 0.0;
-        for _ in 0..10_000 {
+        for _ in 0..MAX_PURCHASES {
+            purchases += 1;
             if r.random::<f64>() < t.dropout {
                 break;
             }
@@ -580,7 +592,7 @@ fn mean_returning_visits(pop: &Population, key: u64) -> f64 {
         }
         visits += pop.visit_rate(&t) * days;
     }
-    visits / PILOT as f64
+    (visits / PILOT as f64, purchases as f64 / PILOT as f64)
 }
 
 fn simulate_base(pop: &Population, params: &GeneratorParams, key: u64) -> Vec<(f64, u64, i64)> {
@@ -593,9 +605,10 @@ fn simulate_base(pop: &Population, params: &GeneratorParams, key: u64) -> Vec<(f
     // m returning visits, so A = c (T - A m), A = c T / (1 + c m).
     let traffic_per_day = params.sessions_per_hour * 24.0;
     let c = pop.mean_conversion;
-    let per_day = c * traffic_per_day / (1.0 + c * mean_returning_visits(pop, key));
+    let (visits, purchases) = pilot(pop, key);
+    let per_day = c * traffic_per_day / (1.0 + c * visits);
     let wanted = per_day * spec.history_days;
-    let customers = wanted.min(MAX_HISTORIC).floor() as u64;
+    let customers = wanted.min(MAX_HISTORIC_WORK / purchases.max(1.0)).floor() as u64;
     let span = spec.history_days;
     let mut out = Vec::new();
     for id in 0..customers {
@@ -603,8 +616,10 @@ fn simulate_base(pop: &Population, params: &GeneratorParams, key: u64) -> Vec<(f
         let mut r = Mix::new(key, id, 3);
         // Acquired uniformly over the history (days before the start).
         let mut last = -span * (1.0 - (id as f64 + r.random::<f64>()) / customers as f64);
-        for _ in 0..10_000 {
+        let mut active = true;
+        for _ in 0..MAX_PURCHASES {
             if r.random::<f64>() < t.dropout {
+                active = false;
                 break;
             }
             let e: f64 = Exp1.sample(&mut r);
@@ -614,16 +629,17 @@ fn simulate_base(pop: &Population, params: &GeneratorParams, key: u64) -> Vec<(f
                 f64::INFINITY
             };
             if next >= 0.0 || next - last > spec.max_gap_days {
-                // No purchase between the last one and the start: still
-                // active (visiting) if the start is within the gap allowed.
-                if last + spec.max_gap_days >= 0.0 {
-                    let v = pop.visit_rate(&t);
-                    let first: f64 = Exp1.sample(&mut r);
-                    out.push((first / v * 24.0, id, (last * DAY_US as f64) as i64));
-                }
                 break;
             }
             last = next;
+        }
+        // No purchase between the last one and the start (or the most a
+        // customer is simulated for): still active, visiting, if the start
+        // is within the gap allowed.
+        if active && last + spec.max_gap_days >= 0.0 {
+            let v = pop.visit_rate(&t);
+            let first: f64 = Exp1.sample(&mut r);
+            out.push((first / v * 24.0, id, (last * DAY_US as f64) as i64));
         }
     }
     out

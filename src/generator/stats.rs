@@ -183,7 +183,9 @@ impl CustomerStats {
                 retention: k
                     .iter()
                     .enumerate()
-                    .take_while(|(i, _)| w + (*i as i64) < weeks_seen)
+                    // A first order late in week w: its week i ends by the
+                    // end of week w + i + 1.
+                    .take_while(|(i, _)| w + (*i as i64) + 1 < weeks_seen)
                     .map(|(_, x)| *x as f64 / size.max(1) as f64)
                     .collect(),
             })
