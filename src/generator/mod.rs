@@ -1465,6 +1465,46 @@ mod tests {
     }
 
     #[test]
+    fn the_most_extreme_shop_the_checks_allow_starts_quickly_and_runs() {
+        // Customers who never leave and buy constantly, rates near zero for
+        // most, ten years of history at the highest traffic: start-up work
+        // is bounded, nothing divides by zero or schedules at once forever,
+        // and memory stays within its bound.
+        for (rate_shape, dropout_concentration) in [(0.01, 0.1), (100.0, 10_000.0)] {
+            let lifecycle = LifecycleSpec {
+                purchases_per_year: 10_000.0,
+                rate_shape,
+                dropout: 0.0,
+                dropout_concentration,
+                max_gap_days: 3_650.0,
+                history_days: 3_650.0,
+                max_customers: 20_000,
+            };
+            let params = GeneratorParams {
+                sessions_per_hour: 100_000_000.0,
+                lifecycle,
+                ..GeneratorParams::builtin()
+            };
+            let t = std::time::Instant::now();
+            let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
+            let mut g = Generator::new(params, 9, Clock::Simulated(start)).unwrap();
+            let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+            for _ in 0..50_000 {
+                let e = g.next_event();
+                assert_eq!(e.validate(now), vec![], "{e:?}");
+            }
+            let c = g.lifecycle_counts();
+            assert!(c.tracked <= 20_000, "{c:?}");
+            eprintln!("shape {rate_shape}: {:?}, {c:?}", t.elapsed());
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+    }
+
+    #[test]
     fn memory_stays_flat_over_a_long_run_and_within_the_bound() {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
         let params = GeneratorParams {

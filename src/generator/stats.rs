@@ -6,7 +6,7 @@
 //! one order. "New" customers are those acquired during the run (their ids
 //! carry the run's tag, `C<tag>-<n>`); the existing base (`C<n>`) never is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -36,7 +36,7 @@ struct Customer {
 #[derive(Default)]
 pub struct CustomerStats {
     customers: HashMap<String, Customer>,
-    visitors: HashMap<String, ()>,
+    visitors: HashSet<String>,
     gaps_days: Vec<f32>,
     /// Orders and orders that were a new customer's first, by UTC day.
     days: BTreeMap<i64, (u64, u64)>,
@@ -74,8 +74,8 @@ impl CustomerStats {
         match e {
             Event::Session(s) => {
                 self.sessions += 1;
-                if !self.visitors.contains_key(&s.customer_id) {
-                    self.visitors.insert(s.customer_id.clone(), ());
+                if !self.visitors.contains(&s.customer_id) {
+                    self.visitors.insert(s.customer_id.clone());
                 }
                 let t = s.started_at.timestamp_micros();
                 self.first = Some(self.first.map_or(t, |f| f.min(t)));
@@ -154,6 +154,8 @@ impl CustomerStats {
             .filter(|(_, (o, _))| *o > 0)
             .map(|(_, (o, n))| *n as f64 / *o as f64)
             .collect();
+        let mut daily = inner.clone();
+        daily.sort_unstable_by(f64::total_cmp);
         let mean_new = if inner.is_empty() {
             0.0
         } else {
@@ -226,15 +228,11 @@ impl CustomerStats {
             days_between_orders_p90: f64::from(quantile(&gaps, 0.9)),
             new_customer_share_of_daily_orders: Spread {
                 mean: mean_new,
-                p50: {
-                    let mut v = inner.clone();
-                    v.sort_unstable_by(f64::total_cmp);
-                    quantile(&v, 0.5)
-                },
-                p99: inner.iter().copied().fold(0.0, f64::max),
-                max: inner.iter().copied().fold(0.0, f64::max),
+                p50: quantile(&daily, 0.5),
+                p99: quantile(&daily, 0.99),
+                max: daily.last().copied().unwrap_or(0.0),
             },
-            new_customer_share_min: inner.iter().copied().fold(1.0, f64::min),
+            new_customer_share_min: daily.first().copied().unwrap_or(0.0),
             cohorts,
             lifecycle: None,
         }
@@ -301,7 +299,7 @@ pub struct StatsReport {
     /// 90th percentile of those days.
     pub days_between_orders_p90: f64,
     /// Share of a day's orders that were a new customer's first, over whole
-    /// days (`p99` is the largest day, as is `max`).
+    /// days.
     pub new_customer_share_of_daily_orders: Spread,
     /// The smallest day's share.
     pub new_customer_share_min: f64,
