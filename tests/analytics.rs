@@ -898,3 +898,103 @@ async fn a_cached_view_answers_while_the_pool_is_exhausted() {
     store.pool().close().await;
     db.drop().await;
 }
+
+/// Distinct customers (the `customers` of `kpis`, current and previous
+/// period) are exact over any range while orders arrive late, out of order
+/// and in ties: ranges on the hour and off it, within one hour, across
+/// many hours and longer than `order_gaps` tells (then from
+/// `customer_days`), each against `count(DISTINCT customer_id)` over the
+/// raw rows; and `order_gaps` agrees with its recomputation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_customers_hold_with_late_out_of_order_and_tied_orders() {
+    let db = TestDb::new("order_gaps").await;
+    let mut g = sparse_generator(11, 150.0);
+    let events: Vec<Event> = (0..12_000).map(|_| g.next_event()).collect();
+    // Returning orders of the same customers, written after the originals:
+    // hours earlier (late), minutes later, and at the same instant (a tie
+    // broken by the transaction id), two of them in one batch.
+    let mut again = Vec::new();
+    let mut n = 0u128;
+    for (i, e) in events.iter().enumerate() {
+        let Event::Sale(s) = e else { continue };
+        if i % 3 != 0 {
+            continue;
+        }
+        let shifts: &[i64] = match i % 4 {
+            0 => &[-60, -37 * 60],
+            1 => &[0],
+            2 => &[17, -200 * 60],
+            _ => &[-3],
+        };
+        for m in shifts {
+            n += 1;
+            let mut c = s.clone();
+            c.transaction_id = uuid::Uuid::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0000 + n);
+            c.occurred_at += chrono::Duration::minutes(*m);
+            again.push(Event::Sale(c));
+        }
+    }
+    assert!(again.len() > 1_000, "{} returning orders", again.len());
+    let mut offsets = HashMap::new();
+    write_events(&db.store, events, 1_500, &mut offsets).await;
+    write_events(&db.store, again, 400, &mut offsets).await;
+    let off = salespulse::store::rollups::verify(&db.store).await.unwrap();
+    assert!(off.is_empty(), "{off:?}");
+    let gaps: i64 = sqlx::query_scalar("SELECT count(*) FROM order_gaps WHERE back < 745")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert!(gaps > 100, "{gaps} buckets of returning orders");
+
+    let (lo, hi): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(occurred_at), max(occurred_at) FROM transactions")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    let at = |minutes: i64| {
+        let h = lo.timestamp() - lo.timestamp().rem_euclid(3_600);
+        DateTime::from_timestamp(h + minutes * 60, 0).unwrap()
+    };
+    let mut ranges = vec![
+        (at(3 * 60), at(20 * 60)),                // on the hour
+        (at(3 * 60 + 17), at(41 * 60 + 43)),      // off it at both ends
+        (at(5 * 60), at(9 * 60 + 30)),            // on it at the start only
+        (at(5 * 60 + 10), at(5 * 60 + 50)),       // within one hour
+        (at(7 * 60 + 59), at(8 * 60 + 1)),        // two minutes across an hour
+        (at(-40 * 24 * 60), at(2 * 24 * 60 + 7)), // longer than order_gaps tells
+        (lo, hi + chrono::Duration::minutes(1)),  // all of it
+    ];
+    // And pseudo-random ones over the data.
+    let span_min = (hi - lo).num_minutes() + 120;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..16 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let from = (x % span_min as u64) as i64;
+        let len = 1 + ((x >> 20) % 3_000) as i64;
+        ranges.push((at(from), at(from + len)));
+    }
+    let a = no_cache(&db.store);
+    for (from, to) in ranges {
+        let req = ViewRequest::new(ViewKind::Kpis).with_filters(Filters {
+            range: TimeRange::Between { from, to },
+            ..Filters::default()
+        });
+        let got = a.view(&req).await.unwrap().frame;
+        let col = got.column("customers").unwrap().i64().unwrap().clone();
+        for (row, (f, t)) in [(0, (from, to)), (1, (from - (to - from), from))] {
+            let want: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT customer_id) FROM transactions \
+                 WHERE occurred_at >= $1 AND occurred_at < $2",
+            )
+            .bind(f)
+            .bind(t)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+            assert_eq!(col.get(row), Some(want), "customers in [{f}, {t})");
+        }
+    }
+    db.drop().await;
+}

@@ -547,7 +547,7 @@ fn frames_pushed_to_postgresql_match_the_same_plans_over_loaded_rows() {
         let db = seeded("metrics_pushdown").await;
         let pushed = analytics(&db, FrameCache::disabled());
         let loaded = analytics(&db, FrameCache::disabled()).with_pushdown(false);
-        let written: [(&str, &str, bool); 10] = [
+        let written: [(&str, &str, bool); 13] = [
             (
                 "aggregates.rhai",
                 r#"const NAME = "Pushdown case";
@@ -672,6 +672,43 @@ transactions()
                 true,
             ),
             (
+                "customer_totals.rhai",
+                r#"const NAME = "Pushdown case";
+const KIND = "table";
+transactions()
+    .group_by("customer_id")
+    .agg([len().alias("n"), col("quantity").sum().alias("units"), col("session_id").count().alias("rows")])
+    .filter(col("n") >= 2)
+    .sort(["units", "customer_id"], [true, false])
+    .head(20)"#,
+                true,
+            ),
+            (
+                "completed_buyers.rhai",
+                r#"const NAME = "Pushdown case";
+const KIND = "table";
+let buyers = transactions()
+    .filter(col("status") == "completed")
+    .group_by("customer_id")
+    .agg([col("total_amount").sum().alias("spent"), len().alias("orders")]);
+let repeat = buyers.filter(col("orders") >= 2).height;
+buyers
+    .select([len().alias("buyers"), col("spent").sum().alias("spent"), col("orders").max().alias("most")])
+    .with_column(lit(repeat).alias("repeat"))"#,
+                true,
+            ),
+            (
+                "product_totals.rhai",
+                r#"const NAME = "Pushdown case";
+const KIND = "table";
+transactions()
+    .group_by("product_id")
+    .agg([len().alias("n"), col("quantity").sum().alias("units"),
+          col("occurred_at").min().alias("first"), col("occurred_at").max().alias("last")])
+    .sort("product_id")"#,
+                true,
+            ),
+            (
                 "wrapping.rhai",
                 r#"const NAME = "Pushdown case";
 const KIND = "table";
@@ -719,6 +756,14 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
             "kpi.rhai",
             "hostile_names.rhai",
         ];
+        // What the per-customer and per-product totals answer over the
+        // whole history (no range, no filter).
+        let from_totals = [
+            "repeat_customer_rate.rhai",
+            "customer_totals.rhai",
+            "completed_buyers.rhai",
+            "product_totals.rhai",
+        ];
         let scripts = BUILTIN_METRICS
             .iter()
             .map(|(f, s)| {
@@ -761,7 +806,9 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
                 if expect_pushed {
                     assert_eq!(after.loads, before.loads, "{file} loaded raw rows");
                     let rollups = after.rollups > before.rollups;
-                    assert_eq!(rollups, from_rollups.contains(&file), "{file} from the rollups");
+                    let kept = from_rollups.contains(&file)
+                        || (filters == Filters::default() && from_totals.contains(&file));
+                    assert_eq!(rollups, kept, "{file} from kept aggregates");
                 } else {
                     assert_eq!(after.pushed, before.pushed, "{file} must not be pushed");
                 }

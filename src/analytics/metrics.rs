@@ -648,7 +648,9 @@ impl FrameSource for AnalyticsSource {
             return Ok(None);
         }
         let (filters, span) = self.table_scope(&q.opts)?;
-        let rollup = super::pushdown::from_rollups(q, &filters, span, MAX_SCRIPT_ROWS + 1);
+        // Kept aggregates first: rollups, then per-customer and -product totals.
+        let rollup = super::pushdown::from_rollups(q, &filters, span, MAX_SCRIPT_ROWS + 1)
+            .or_else(|| super::pushdown::from_totals(q, &filters, span, MAX_SCRIPT_ROWS + 1));
         let stmt = match &rollup {
             Some(stmt) => stmt.clone(),
             None => {

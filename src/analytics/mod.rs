@@ -238,7 +238,8 @@ struct ReadCounters {
 pub struct ScriptReads {
     /// Frames whose whole plan ran in PostgreSQL (only the answer loaded).
     pub pushed: u64,
-    /// Of those, the ones answered from the sales rollups.
+    /// Of those, the ones answered from kept aggregates (the sales rollups,
+    /// or the per-customer and per-product totals) instead of raw rows.
     pub rollups: u64,
     /// Raw-table loads (columns of rows, for Polars to work on).
     pub loads: u64,

@@ -69,6 +69,243 @@ pub(crate) fn from_rollups(
     render_over(q, &base, max_rows, true).ok()
 }
 
+/// Totals the ingest keeps per key of `transactions` in a table of its own,
+/// over every row the key ever had (so only for the whole history).
+struct Totals {
+    /// The key column in `transactions`.
+    key: &'static str,
+    /// The table holding one row per key, keyed by a column of that name.
+    table: &'static str,
+    /// Its rows that have at least one raw row; over completed rows only
+    /// when `Some` (`None`: not known for completed rows alone).
+    rows: (&'static str, Option<&'static str>),
+    /// What it keeps: the aggregate, of which column (`""`: of rows), over
+    /// completed rows only, and the column that holds it.
+    aggs: &'static [(Agg, &'static str, bool, Column)],
+}
+
+/// The totals `customers` and `products` keep (`store::write` folds them
+/// in the same transaction as the rows they count).
+const TOTALS: [Totals; 2] = [
+    Totals {
+        key: "customer_id",
+        table: "customers",
+        rows: ("orders > 0", Some("completed_orders > 0")),
+        aggs: &[
+            (Agg::CountAll, "", false, col("orders", ColType::Int)),
+            (
+                Agg::CountAll,
+                "",
+                true,
+                col("completed_orders", ColType::Int),
+            ),
+            (Agg::Sum, "quantity", false, col("units", ColType::Int)),
+            (
+                Agg::Sum,
+                "total_amount",
+                true,
+                col("total_spent", ColType::Float),
+            ),
+        ],
+    },
+    Totals {
+        key: "product_id",
+        table: "products",
+        rows: ("orders > 0", None),
+        aggs: &[
+            (Agg::CountAll, "", false, col("orders", ColType::Int)),
+            (Agg::Sum, "quantity", false, col("units", ColType::Int)),
+            (
+                Agg::Sum,
+                "total_amount",
+                true,
+                col("revenue", ColType::Float),
+            ),
+            (
+                Agg::Min,
+                "occurred_at",
+                false,
+                col("first_seen", ColType::Time),
+            ),
+            (
+                Agg::Max,
+                "occurred_at",
+                false,
+                col("last_seen", ColType::Time),
+            ),
+        ],
+    },
+];
+
+const fn col(name: &'static str, ty: ColType) -> Column {
+    Column { name, ty }
+}
+
+/// `q` answered from the per-customer or per-product totals, when it
+/// groups all of history's sales (or all completed ones) by customer or
+/// product and only counts rows or sums what those tables sum: the
+/// aggregation becomes a read of one row per customer or product.
+pub(crate) fn from_totals(
+    q: &Pushed,
+    filters: &super::Filters,
+    span: Option<sql::Span>,
+    max_rows: u64,
+) -> Option<Query> {
+    let no_other = filters.categories.is_empty()
+        && filters.payment_methods.is_empty()
+        && filters.regions.is_empty()
+        && filters.channels.is_empty();
+    let completed = match filters.statuses.as_slice() {
+        [] => false,
+        [s] if s == "completed" => true,
+        _ => return None,
+    };
+    if q.table != "transactions" || span.is_some() || !no_other {
+        return None;
+    }
+    let mut base = None;
+    let rel = swap_totals(&q.rel, completed, &mut base)?;
+    let base = base?;
+    render_over(&Pushed { rel, ..q.clone() }, &base, max_rows, false).ok()
+}
+
+/// `rel` with its aggregation by a totals key replaced by a read of the
+/// totals (`base` set to that read).
+fn swap_totals(rel: &Rel, completed: bool, base: &mut Option<Query>) -> Option<Rel> {
+    let boxed = |r: &Rel, base: &mut Option<Query>| swap_totals(r, completed, base).map(Box::new);
+    Some(match rel {
+        Rel::Table { .. } => return None,
+        Rel::Filter { input, predicate } => Rel::Filter {
+            input: boxed(input, base)?,
+            predicate: predicate.clone(),
+        },
+        Rel::Project { input, columns } => Rel::Project {
+            input: boxed(input, base)?,
+            columns: columns.clone(),
+        },
+        Rel::Distinct { input } => Rel::Distinct {
+            input: boxed(input, base)?,
+        },
+        Rel::Sort {
+            input,
+            by,
+            offset,
+            limit,
+        } => Rel::Sort {
+            input: boxed(input, base)?,
+            by: by.clone(),
+            offset: *offset,
+            limit: *limit,
+        },
+        Rel::Aggregate { input, keys, aggs } => {
+            let totals = match keys.as_slice() {
+                [(_, Ex::Col(key))] => TOTALS.iter().find(|t| t.key == key),
+                _ => None,
+            };
+            let (Some(totals), [(key_name, _)]) = (totals, keys.as_slice()) else {
+                // An aggregation of an aggregation by a key below.
+                return Some(Rel::Aggregate {
+                    input: boxed(input, base)?,
+                    keys: keys.clone(),
+                    aggs: aggs.clone(),
+                });
+            };
+            let completed = completed || completed_rows(input)?;
+            let rows = if completed {
+                totals.rows.1?
+            } else {
+                totals.rows.0
+            };
+            let mut read = vec![col(totals.key, ColType::Text)];
+            let mut columns = vec![(key_name.clone(), Ex::Col(totals.key.to_owned()))];
+            for (name, a) in aggs {
+                let Ex::Agg(f, of, filter) = a else {
+                    return None;
+                };
+                let completed = match filter {
+                    None => completed,
+                    Some(p) if is_completed(p) => true,
+                    Some(_) => return None,
+                };
+                let of = match (f, of.as_ref()) {
+                    (Agg::CountAll, _) => "",
+                    // No column of `transactions` is null but the offsets'.
+                    (Agg::Count, Ex::Col(c)) if !c.starts_with("kafka_") => "",
+                    (_, Ex::Col(c)) => c.as_str(),
+                    _ => return None,
+                };
+                let f = if *f == Agg::Count { Agg::CountAll } else { *f };
+                let (.., held) = totals
+                    .aggs
+                    .iter()
+                    .find(|(af, ac, ad, _)| *af == f && *ac == of && *ad == completed)?;
+                if !read.iter().any(|c| c.name == held.name) {
+                    read.push(*held);
+                }
+                columns.push((name.clone(), Ex::Col(held.name.to_owned())));
+            }
+            let list: Vec<String> = read
+                .iter()
+                .map(|c| match c.ty {
+                    ColType::Int => format!("{0}::int8 AS {0}", c.name),
+                    ColType::Float => format!("{0}::float8 AS {0}", c.name),
+                    ColType::Text | ColType::Time => c.name.to_owned(),
+                })
+                .collect();
+            *base = Some(Query {
+                sql: format!(
+                    "SELECT {} FROM {} WHERE {rows}",
+                    list.join(", "),
+                    totals.table
+                ),
+                columns: read.clone(),
+                parts: Vec::new(),
+            });
+            Rel::Project {
+                input: Box::new(Rel::Table {
+                    columns: read.iter().map(|c| c.name.to_owned()).collect(),
+                }),
+                columns,
+            }
+        }
+    })
+}
+
+/// Whether the rows below an aggregation are the completed ones only
+/// (`Some(false)`: all of them); `None` when they are filtered otherwise.
+fn completed_rows(rel: &Rel) -> Option<bool> {
+    match rel {
+        Rel::Table { .. } => Some(false),
+        Rel::Filter { input, predicate } => {
+            completed_rows(input)?;
+            is_completed(predicate).then_some(true)
+        }
+        // Only the table's own columns, under their own names.
+        Rel::Project { input, columns } => {
+            let plain = columns
+                .iter()
+                .all(|(n, e)| matches!(e, Ex::Col(c) if c == n));
+            plain.then(|| completed_rows(input))?
+        }
+        Rel::Aggregate { .. } | Rel::Distinct { .. } | Rel::Sort { .. } => None,
+    }
+}
+
+/// Whether `p` is `status == "completed"`.
+fn is_completed(p: &Ex) -> bool {
+    let done = |c: &str, l: &Lit| c == "status" && *l == Lit::Text("completed".into());
+    match p {
+        Ex::Bin(a, Op::Eq, b) => match (a.as_ref(), b.as_ref()) {
+            (Ex::Col(c), Ex::Lit(l)) | (Ex::Lit(l), Ex::Col(c)) => done(c, l),
+            _ => false,
+        },
+        Ex::IsIn(a, list) => {
+            matches!((a.as_ref(), list.as_slice()), (Ex::Col(c), [l]) if done(c, l))
+        }
+        _ => false,
+    }
+}
+
 /// What a query needs of the rollups.
 #[derive(Default)]
 struct Needs {
@@ -936,5 +1173,124 @@ mod tests {
             limit: Some(1),
         };
         assert!(render(&q, &base(), 10).is_err());
+    }
+
+    /// Buyers with two or more completed orders, counted: the shape of
+    /// `repeat_customer_rate.rhai` once `height` is counted in the database.
+    fn repeat_buyers(filter: Option<Ex>) -> Pushed {
+        let table = Rel::Table {
+            columns: vec!["customer_id".into(), "status".into()],
+        };
+        let rows = match filter {
+            Some(predicate) => Rel::Filter {
+                input: Box::new(table),
+                predicate,
+            },
+            None => table,
+        };
+        let count = || Ex::Agg(Agg::CountAll, Box::new(Ex::Lit(Lit::Null)), None);
+        let by_buyer = Rel::Aggregate {
+            input: Box::new(rows),
+            keys: vec![("customer_id".into(), Ex::Col("customer_id".into()))],
+            aggs: vec![("orders".into(), count())],
+        };
+        Pushed {
+            table: "transactions".into(),
+            opts: Vec::new(),
+            rel: Rel::Aggregate {
+                input: Box::new(Rel::Filter {
+                    input: Box::new(by_buyer),
+                    predicate: Ex::Bin(
+                        Box::new(Ex::Col("orders".into())),
+                        Op::GtEq,
+                        Box::new(Ex::Lit(Lit::Int(2))),
+                    ),
+                }),
+                keys: Vec::new(),
+                aggs: vec![("len".into(), count())],
+            },
+            outputs: vec![("len".into(), Kind::Int)],
+        }
+    }
+
+    #[test]
+    fn whole_history_groups_by_customer_read_the_customer_totals() {
+        let completed = Ex::Bin(
+            Box::new(Ex::Col("status".into())),
+            Op::Eq,
+            Box::new(Ex::Lit(Lit::Text("completed".into()))),
+        );
+        let all = Filters::default();
+        let only_completed = Filters {
+            statuses: vec!["completed".into()],
+            ..Filters::default()
+        };
+        // Completed rows, by a filter in the plan or by the run's filters.
+        for (q, f) in [
+            (repeat_buyers(Some(completed.clone())), &all),
+            (repeat_buyers(None), &only_completed),
+        ] {
+            let s = from_totals(&q, f, None, 10).unwrap().sql;
+            assert!(
+                s.contains("FROM customers WHERE completed_orders > 0"),
+                "{s}"
+            );
+            assert!(!s.contains("transactions"), "{s}");
+        }
+        // All rows: customers who ever ordered, and their orders.
+        let s = from_totals(&repeat_buyers(None), &all, None, 10)
+            .unwrap()
+            .sql;
+        assert!(
+            s.contains("orders::int8 AS orders FROM customers WHERE orders > 0"),
+            "{s}"
+        );
+        // Not the whole history, another filter, another status: raw rows.
+        let span = sql::minute_span(chrono::Utc::now(), chrono::Utc::now());
+        assert!(from_totals(&repeat_buyers(None), &all, Some(span), 10).is_none());
+        let by_region = Filters {
+            regions: vec!["Europe".into()],
+            ..Filters::default()
+        };
+        assert!(from_totals(&repeat_buyers(None), &by_region, None, 10).is_none());
+        let refunded = Ex::Bin(
+            Box::new(Ex::Col("status".into())),
+            Op::Eq,
+            Box::new(Ex::Lit(Lit::Text("refunded".into()))),
+        );
+        assert!(from_totals(&repeat_buyers(Some(refunded)), &all, None, 10).is_none());
+        // What the totals do not keep: a mean, a sum of completed
+        // quantities, a completed count per product.
+        let inner = |key: Ex, column: &str, agg: Ex| {
+            let mut q = repeat_buyers(None);
+            if let Rel::Aggregate { input, .. } = &mut q.rel {
+                if let Rel::Filter { input, .. } = input.as_mut() {
+                    if let Rel::Aggregate { aggs, input, keys } = input.as_mut() {
+                        aggs[0].1 = agg;
+                        keys[0].1 = key;
+                        **input = Rel::Table {
+                            columns: vec![column.into(), "quantity".into()],
+                        };
+                    }
+                }
+            }
+            q
+        };
+        let by = |c: &str| Ex::Col(c.into());
+        let mean = Ex::Agg(Agg::Mean, Box::new(by("quantity")), None);
+        let sum = Ex::Agg(Agg::Sum, Box::new(by("quantity")), None);
+        let q = inner(by("customer_id"), "customer_id", mean);
+        assert!(from_totals(&q, &all, None, 10).is_none());
+        let q = inner(by("customer_id"), "customer_id", sum.clone());
+        assert!(from_totals(&q, &only_completed, None, 10).is_none());
+        assert!(from_totals(&q, &all, None, 10).is_some());
+        let q = inner(by("product_id"), "product_id", sum.clone());
+        let s = from_totals(&q, &all, None, 10).unwrap().sql;
+        assert!(s.contains("FROM products WHERE orders > 0"), "{s}");
+        assert!(from_totals(&q, &only_completed, None, 10).is_none());
+        // A key computed from the row is not the customer.
+        let day = Ex::Part(Part::Day, Box::new(by("occurred_at")));
+        let q = inner(day, "occurred_at", sum);
+        assert!(from_totals(&q, &all, None, 10).is_none());
     }
 }

@@ -297,6 +297,11 @@ fn distinct_customers(f: &Filters, span: Option<Span>) -> String {
             raw("TRUE".into())
         };
     };
+    if f.no_dimensions() {
+        if let Some(q) = customers_by_gaps(s) {
+            return q;
+        }
+    }
     let days = Span {
         from: ceil_to(s.from, Grain::Day.seconds()),
         to: floor_to(s.to, Grain::Day.seconds()),
@@ -318,6 +323,61 @@ fn distinct_customers(f: &Filters, span: Option<Span>) -> String {
         ts(days.to),
         ts(s.to),
     )
+}
+
+/// Distinct customers with an order in `s` (every order counts), from
+/// `order_gaps` for the whole hours and the raw rows for the minutes at the
+/// edges; `None` when `s` has no whole hour or reaches further back than
+/// `order_gaps` tells (see `store::rollups::ORDER_GAPS`).
+///
+/// A customer is counted by their first order in `s`, the one whose
+/// previous order is before `s.from`:
+/// - in the whole hours, from `order_gaps`: the orders whose previous order
+///   is in an hour before `s.from`'s (`s.from` on the hour), or before or in
+///   that hour (otherwise: that also counts the orders whose previous order
+///   is in the leading minutes);
+/// - in the leading minutes, the customers with no order in the whole hours
+///   (so that those just counted are not counted twice);
+/// - in the trailing minutes, the customers with no order earlier in `s`.
+fn customers_by_gaps(s: Span) -> Option<String> {
+    let hour = Grain::Hour.seconds();
+    let (first, last, lead) = (
+        ceil_to(s.from, hour),
+        floor_to(s.to, hour),
+        floor_to(s.from, hour),
+    );
+    let reach = (last - lead).num_hours();
+    if first >= last || reach > i64::from(crate::store::rollups::GAP_HOURS) {
+        return None;
+    }
+    // Hours back an order's previous one must be, at least, from each hour.
+    let beyond = i32::from(first == s.from);
+    let unless_in = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM transactions x WHERE x.customer_id = e.customer_id \
+             AND x.occurred_at >= {} AND x.occurred_at < {})",
+            ts(from),
+            ts(to)
+        )
+    };
+    let edge = |from: DateTime<Utc>, to: DateTime<Utc>, unless: String| {
+        format!(
+            "(SELECT count(*) FROM (SELECT DISTINCT customer_id FROM transactions \
+             WHERE occurred_at >= {} AND occurred_at < {}) e WHERE {unless})",
+            ts(from),
+            ts(to)
+        )
+    };
+    Some(format!(
+        "(coalesce((SELECT sum(orders) FROM order_gaps WHERE hour >= {f} AND hour < {l} \
+            AND back >= (extract(epoch FROM hour - {lead}) / 3600)::int4 + {beyond}), 0) \
+          + {leading} + {trailing})",
+        f = ts(first),
+        l = ts(last),
+        lead = ts(lead),
+        leading = edge(s.from, first, unless_in(first, last)),
+        trailing = edge(last, s.to, unless_in(s.from, last)),
+    ))
 }
 
 fn raw_time(span: Option<Span>, col: &str) -> String {
@@ -1020,6 +1080,39 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn distinct_customers_read_order_gaps_within_their_reach() {
+        let f = Filters::default();
+        let span = |a: &str, b: &str| Some(minute_span(t(a), t(b)));
+        // Off the hour: gaps for the whole hours, raw rows at the edges.
+        let q = distinct_customers(&f, span("2026-11-01T22:17:00Z", "2026-11-08T22:17:00Z"));
+        assert!(q.contains("FROM order_gaps WHERE hour >= "), "{q}");
+        assert!(q.contains("/ 3600)::int4 + 0"), "{q}");
+        // On the hour: an order counts when its previous one is in an
+        // earlier hour than the range's first.
+        let q = distinct_customers(&f, span("2026-11-01T22:00:00Z", "2026-11-02T05:00:00Z"));
+        assert!(q.contains("/ 3600)::int4 + 1"), "{q}");
+        // No whole hour, further back than the gaps tell, a filter: not gaps.
+        for (f, a, b) in [
+            (&f, "2026-11-01T22:17:00Z", "2026-11-01T23:59:00Z"),
+            (&f, "2026-10-01T00:00:00Z", "2026-11-01T01:00:00Z"),
+            (
+                &Filters {
+                    categories: vec!["Books".into()],
+                    ..Filters::default()
+                },
+                "2026-11-01T22:17:00Z",
+                "2026-11-08T22:17:00Z",
+            ),
+        ] {
+            let q = distinct_customers(f, span(a, b));
+            assert!(!q.contains("order_gaps"), "{a}..{b}: {q}");
+        }
+        // 744 hours back from the last whole hour is the reach.
+        let q = distinct_customers(&f, span("2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z"));
+        assert!(q.contains("order_gaps"), "{q}");
     }
 
     #[test]

@@ -146,6 +146,27 @@ impl Frame {
         Ok(self.done.get_or_init(|| df).clone())
     }
 
+    /// How many rows the frame has: counted where its plan runs, so that a
+    /// plan that runs in the database sends one number rather than its rows
+    /// (which are then not kept: reading them later runs the plan again).
+    fn height(&self) -> R<i64> {
+        if let Some(df) = self.done.get() {
+            return Ok(df.height() as i64);
+        }
+        if let Some(df) = pushed(&self.lf.clone().select([len()]))? {
+            let n = df
+                .columns()
+                .first()
+                .and_then(|c| c.cast(&DataType::Int64).ok())
+                .and_then(|c| c.i64().ok().and_then(|a| a.get(0)));
+            return match n {
+                Some(n) => Ok(n),
+                None => fail("the database answered no row count"),
+            };
+        }
+        Ok(self.collect()?.height() as i64)
+    }
+
     /// The plan to extend: the rows themselves once they have been read,
     /// so that a frame built on a read one does not read again.
     fn lazy(&self) -> LazyFrame {
@@ -1022,9 +1043,7 @@ pub(crate) fn register(engine: &mut Engine) {
         .register_fn("drop", |f: &mut Frame, cols: Dynamic| {
             Frame::plan(f.lazy().drop(by_name(names(&cols)?, true, false)))
         })
-        .register_get("height", |f: &mut Frame| -> R<i64> {
-            Ok(f.collect()?.height() as i64)
-        })
+        .register_get("height", |f: &mut Frame| f.height())
         .register_get("width", |f: &mut Frame| -> R<i64> {
             Ok(f.schema()?.len() as i64)
         })

@@ -582,9 +582,11 @@ impl Compiler<'_> {
                     return project(s, out);
                 }
                 // Every expression an aggregate: one row of them.
-                if aggs != out.len() || s.order == Order::Sorted {
+                if aggs != out.len() {
                     return self.no(|| "aggregates and row values in one select".into());
                 }
+                let s = whole(s)
+                    .or_else(|| self.no(|| "aggregates of a top-k (some sorted rows)".into()))?;
                 Some(Step {
                     cols: out.iter().map(|(n, _, k)| (n.clone(), *k)).collect(),
                     rel: Rel::Aggregate {
@@ -637,9 +639,8 @@ impl Compiler<'_> {
                 }
                 let s = self.rel(*input)?;
                 self.set_input(*input);
-                if s.order == Order::Sorted {
-                    return self.no(|| "a group_by of sorted (top-k) rows".into());
-                }
+                let s = whole(s)
+                    .or_else(|| self.no(|| "a group_by of a top-k (some sorted rows)".into()))?;
                 if *maintain_order && s.order == Order::Loaded {
                     return self.no(|| "a group_by keeping load order".into());
                 }
@@ -1052,6 +1053,37 @@ impl Compiler<'_> {
 
 /// A projection step (over a sort: the sort stays on top, the projection
 /// is rendered in the same statement).
+/// The rows of `s` for an aggregation, in which their order means
+/// nothing (no aggregate translated depends on it): a sort of all of them
+/// (a grouped frame comes out sorted by its keys) is dropped; `None` for
+/// a top-k, whose rows depend on it.
+fn whole(s: Step) -> Option<Step> {
+    if s.order != Order::Sorted {
+        return Some(s);
+    }
+    fn unsorted(rel: Rel) -> Option<Rel> {
+        match rel {
+            Rel::Sort {
+                input,
+                offset: 0,
+                limit: None,
+                ..
+            } => Some(*input),
+            // A projection of the sorted rows (as a select keeps them).
+            Rel::Project { input, columns } => Some(Rel::Project {
+                input: Box::new(unsorted(*input)?),
+                columns,
+            }),
+            _ => None,
+        }
+    }
+    Some(Step {
+        rel: unsorted(s.rel)?,
+        order: Order::Free,
+        cols: s.cols,
+    })
+}
+
 fn project(s: Step, out: Vec<(String, Ex, Kind)>) -> Option<Step> {
     if s.order == Order::Sorted && !matches!(s.rel, Rel::Sort { .. }) {
         return None;
@@ -1307,6 +1339,49 @@ mod tests {
                 vec![("last".into(), "7d".into())],
             )
         })
+    }
+
+    #[test]
+    fn a_count_of_grouped_rows_is_pushed() {
+        // Grouped frames come out sorted by their keys (`script::frames`).
+        let sorted = SortMultipleOptions::default().with_nulls_last(true);
+        let by = scan()
+            .filter(col("category").eq(lit("Books")))
+            .group_by([col("product_id")])
+            .agg([
+                len().alias("orders"),
+                col("total_amount").sum().alias("spent"),
+            ])
+            .sort(["product_id"], sorted.clone());
+        let counted = by
+            .clone()
+            .filter(col("orders").gt_eq(lit(2)))
+            .select([len()]);
+        let bare = scan()
+            .group_by([col("product_id")])
+            .agg([len().alias("orders")])
+            .sort(["product_id"], sorted.clone())
+            .select([len()]);
+        if let Err(why) = compile(&bare, &leaf) {
+            panic!("{why}\n{}", bare.describe_optimized_plan().unwrap());
+        }
+        if let Err(why) = compile(&counted, &leaf) {
+            panic!("{why}\n{}", counted.describe_optimized_plan().unwrap());
+        }
+        let summed = by.select([
+            len().alias("n"),
+            col("spent").sum(),
+            col("orders").max().alias("most"),
+        ]);
+        if let Err(why) = compile(&summed, &leaf) {
+            panic!("{why}\n{}", summed.describe_optimized_plan().unwrap());
+        }
+        // A top-k's rows depend on the order: not aggregated in SQL.
+        let top = scan()
+            .sort(["total_amount"], sorted)
+            .limit(5)
+            .select([col("quantity").sum()]);
+        assert!(compile(&top, &leaf).is_err());
     }
 
     #[test]

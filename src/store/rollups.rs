@@ -1,5 +1,5 @@
 //! The derived tables, each defined once: every column of every rollup,
-//! `customer_days`, `customers` and `products` is written here as what it is
+//! `customer_days`, `order_gaps`, `customers` and `products` is written here as what it is
 //! over the raw `transactions` and `sessions` rows (an SQL expression under
 //! `GROUP BY` of the key columns) and how two partial results of it combine
 //! ([`Merge`]).
@@ -254,8 +254,40 @@ pub const SHOP_TOTALS: Rollup = Rollup {
     ],
 };
 
+/// Hours back to a customer's previous order that [`ORDER_GAPS`] tells
+/// apart; further back, or no earlier order, is [`GAP_NEVER`].
+pub const GAP_HOURS: i32 = 744;
+
+/// The [`ORDER_GAPS`] bucket of orders with no previous order by their
+/// customer within [`GAP_HOURS`] (or none at all).
+pub const GAP_NEVER: i32 = GAP_HOURS + 1;
+
+/// Orders per UTC hour by how many hours back (between the hours' starts,
+/// at most [`GAP_NEVER`]) their customer's previous order was: an order
+/// is its customer's first in a range exactly when that previous order is
+/// before the range, so distinct customers over up to [`GAP_HOURS`] hours
+/// are a sum over these rows (`analytics::sql`). Orders are in the order
+/// of (time, transaction id).
+pub const ORDER_GAPS: Rollup = Rollup {
+    table: "order_gaps",
+    // `745` is GAP_NEVER (a test holds them together).
+    source: "(SELECT date_trunc('hour', occurred_at, 'UTC') AS hour,
+                     CASE WHEN prev IS NULL THEN 745
+                          ELSE least(745, (extract(epoch FROM date_trunc('hour', occurred_at, 'UTC')
+                                    - date_trunc('hour', prev, 'UTC')) / 3600)::int4) END AS back
+              FROM (SELECT occurred_at, lag(occurred_at) OVER (PARTITION BY customer_id
+                                ORDER BY occurred_at, transaction_id) AS prev
+                    FROM transactions) ordered) AS raw",
+    grains: &[],
+    columns: &[
+        key("hour", "hour"),
+        key("back", "back"),
+        col("orders", Merge::Add, "count(*)"),
+    ],
+};
+
 /// Every derived table.
-pub const ROLLUPS: [Rollup; 7] = [
+pub const ROLLUPS: [Rollup; 8] = [
     SALES_METRICS,
     SALES_METRICS_LITE,
     CUSTOMER_DAYS,
@@ -263,6 +295,7 @@ pub const ROLLUPS: [Rollup; 7] = [
     CUSTOMERS,
     PRODUCTS,
     SHOP_TOTALS,
+    ORDER_GAPS,
 ];
 
 impl Rollup {
@@ -518,6 +551,16 @@ mod tests {
             CUSTOMER_DAYS.on_conflict("d"),
             "ON CONFLICT (day, customer_id) DO NOTHING"
         );
+    }
+
+    #[test]
+    fn the_order_gaps_definition_uses_the_writers_bounds() {
+        let never = format!("THEN {GAP_NEVER}");
+        assert!(ORDER_GAPS.source.contains(&never));
+        assert!(ORDER_GAPS.source.contains(&format!("least({GAP_NEVER}, ")));
+        let migration = include_str!("../../migrations/0005_order_gaps.sql");
+        assert!(migration.contains(&never), "the migration's bound");
+        assert!(migration.contains(&format!("BETWEEN 0 AND {GAP_NEVER}")));
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! 2. `COPY` the new rows into `transactions` and `sessions` (binary format,
 //!    as fast as a bulk load);
 //! 3. fold *exactly those new rows* into the rollups, customers and products,
-//!    aggregated here, and advance the partition offsets, in one statement.
+//!    aggregated here, and advance the partition offsets, in one statement;
+//! 4. place the new orders among their customers' stored ones (one indexed
+//!    read, after step 3 has locked those customers' rows, so that no other
+//!    writer adds orders of theirs meanwhile) and fold the gaps between
+//!    orders into `order_gaps`.
 //!
 //! If a row exists already (redelivery) or another writer inserts one of the
 //! same ids concurrently, the `COPY` fails on the primary key, the transaction
@@ -43,8 +47,8 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::rollups::{
-    CUSTOMERS, CUSTOMER_DAYS, GRAINS, LITE_GRAINS, PRODUCTS, SALES_METRICS, SALES_METRICS_LITE,
-    SESSION_METRICS, SHOP_TOTALS,
+    CUSTOMERS, CUSTOMER_DAYS, GAP_NEVER, GRAINS, LITE_GRAINS, ORDER_GAPS, PRODUCTS, SALES_METRICS,
+    SALES_METRICS_LITE, SESSION_METRICS, SHOP_TOTALS,
 };
 use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
@@ -1170,6 +1174,16 @@ struct Aggregates<'a> {
     spans: BTreeMap<i32, Span>,
     customers: BTreeMap<&'a str, CustomerCell<'a>>,
     products: BTreeMap<&'a str, ProductCell<'a>>,
+    /// Per customer: the transaction ids of their new orders, and the
+    /// earliest and latest of their times.
+    orders: BTreeMap<&'a str, NewOrders>,
+}
+
+/// A customer's new orders in a batch.
+struct NewOrders {
+    ids: Vec<Uuid>,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
 }
 
 impl<'a> Aggregates<'a> {
@@ -1207,6 +1221,17 @@ impl<'a> Aggregates<'a> {
             a.customer_days
                 .insert((truncate(s.occurred_at, 86_400), s.customer_id.as_str()));
 
+            let o = a
+                .orders
+                .entry(s.customer_id.as_str())
+                .or_insert_with(|| NewOrders {
+                    ids: Vec::new(),
+                    first: s.occurred_at,
+                    last: s.occurred_at,
+                });
+            o.ids.push(s.transaction_id);
+            o.first = o.first.min(s.occurred_at);
+            o.last = o.last.max(s.occurred_at);
             let cu = a.customer(
                 &s.customer_id,
                 &s.region,
@@ -1478,7 +1503,139 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
         sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
             .execute(&mut *conn)
             .await?;
+        self.fold_gaps(conn).await
+    }
+
+    /// Folds the new orders into `order_gaps` (see `rollups::ORDER_GAPS`):
+    /// each new order counts in its hour at the distance back to its
+    /// customer's previous order; a stored order whose previous order is now
+    /// a new (late) one moves from its old distance to the new one. Runs
+    /// after the upsert, whose `customers` rows stay locked until commit: a
+    /// writer of the same customers' orders (another lane or process,
+    /// whatever the producer keyed them by) waits for this one, and this
+    /// read sees every order committed before.
+    async fn fold_gaps(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        if self.orders.is_empty() {
+            return Ok(());
+        }
+        let mut a = Arrays::default();
+        let ids = a.bind(self.orders.keys().copied().collect::<Vec<_>>())?;
+        let firsts = a.bind(self.orders.values().map(|o| o.first).collect::<Vec<_>>())?;
+        let lasts = a.bind(self.orders.values().map(|o| o.last).collect::<Vec<_>>())?;
+        // Per customer, their orders from the last one before the new ones to
+        // the first one after (the new ones are stored already).
+        let sql = format!(
+            "SELECT c.id, x.transaction_id, x.occurred_at
+             FROM unnest({ids}::text[], {firsts}::timestamptz[], {lasts}::timestamptz[])
+                 AS c(id, first_at, last_at)
+             CROSS JOIN LATERAL (
+                 (SELECT transaction_id, occurred_at FROM transactions
+                  WHERE customer_id = c.id AND occurred_at < c.first_at
+                  ORDER BY occurred_at DESC, transaction_id DESC LIMIT 1)
+                 UNION ALL
+                 (SELECT transaction_id, occurred_at FROM transactions
+                  WHERE customer_id = c.id AND occurred_at >= c.first_at
+                      AND occurred_at <= c.last_at)
+                 UNION ALL
+                 (SELECT transaction_id, occurred_at FROM transactions
+                  WHERE customer_id = c.id AND occurred_at > c.last_at
+                  ORDER BY occurred_at, transaction_id LIMIT 1)
+             ) x"
+        );
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut stored: BTreeMap<String, Vec<(DateTime<Utc>, Uuid)>> = BTreeMap::new();
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            stored
+                .entry(id)
+                .or_default()
+                .push((r.try_get(2)?, r.try_get(1)?));
+        }
+        let mut delta: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
+        for (customer, seq) in &mut stored {
+            let Some(new) = self.orders.get(customer.as_str()) else {
+                continue;
+            };
+            gap_deltas(seq, &new.ids, &mut delta);
+        }
+        delta.retain(|_, n| *n != 0);
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let emptied = delta.values().any(|n| *n < 0);
+        let mut a = Arrays::default();
+        let gaps = unnest!(a, delta,
+            hour: "timestamptz" = |(k, _)| k.0,
+            back: "int4" = |(k, _)| k.1,
+            orders: "int8" = |(_, n)| *n,
+        );
+        let sql = format!(
+            "INSERT INTO order_gaps AS g (hour, back, orders) SELECT hour, back, orders FROM {gaps} {}",
+            &*GAPS_CONFLICT
+        );
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
+            .execute(&mut *conn)
+            .await?;
+        if emptied {
+            // A late order moved a stored one: a bucket it left may be empty.
+            let hours: Vec<DateTime<Utc>> = delta
+                .iter()
+                .filter(|(_, n)| **n < 0)
+                .map(|(k, _)| k.0)
+                .collect();
+            sqlx::query("DELETE FROM order_gaps WHERE hour = ANY($1) AND orders = 0")
+                .bind(hours)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
+    }
+}
+
+/// The start of `t`'s UTC hour.
+fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    truncate(t, 3_600)
+}
+
+/// The `order_gaps` bucket of an order at `at` whose customer's previous
+/// order was at `prev`.
+fn gap_back(at: DateTime<Utc>, prev: Option<DateTime<Utc>>) -> i32 {
+    match prev {
+        None => GAP_NEVER,
+        Some(p) => {
+            let hours = (hour_of(at) - hour_of(p)).num_hours();
+            i32::try_from(hours.clamp(0, i64::from(GAP_NEVER))).unwrap_or(GAP_NEVER)
+        }
+    }
+}
+
+/// Adds to `delta` what one customer's new orders (`new`, among `seq`: their
+/// stored orders from the last before the new ones to the first after,
+/// new ones included) change in `order_gaps`.
+fn gap_deltas(
+    seq: &mut [(DateTime<Utc>, Uuid)],
+    new: &[Uuid],
+    delta: &mut BTreeMap<(DateTime<Utc>, i32), i64>,
+) {
+    seq.sort_unstable();
+    // The previous order of any kind, and the previous one stored before
+    // this batch (what a stored order's previous order was).
+    let mut prev: Option<DateTime<Utc>> = None;
+    let mut prev_old: Option<DateTime<Utc>> = None;
+    for &(at, id) in seq.iter() {
+        let hour = hour_of(at);
+        if new.contains(&id) {
+            *delta.entry((hour, gap_back(at, prev))).or_default() += 1;
+        } else {
+            if prev != prev_old {
+                *delta.entry((hour, gap_back(at, prev_old))).or_default() -= 1;
+                *delta.entry((hour, gap_back(at, prev))).or_default() += 1;
+            }
+            prev_old = Some(at);
+        }
+        prev = Some(at);
     }
 }
 
@@ -1495,6 +1652,9 @@ static CONFLICTS: LazyLock<[String; 7]> = LazyLock::new(|| {
         SHOP_TOTALS.on_conflict("s"),
     ]
 });
+
+/// How `fold_gaps` adds its counts (from `rollups::ORDER_GAPS`).
+static GAPS_CONFLICT: LazyLock<String> = LazyLock::new(|| ORDER_GAPS.on_conflict("g"));
 
 /// The arguments of one statement, bound one by one where they are named,
 /// so that no placeholder is numbered by hand.
