@@ -778,14 +778,15 @@ fn scripts_are_edited_run_saved_and_shown_on_the_dashboard() {
     let path = dir.join("metrics/repeat_customer_rate.rhai");
     let original = std::fs::read_to_string(&path).unwrap();
     assert_eq!(h.state().scripts().text, original);
-    let broken = original.replace("let n = buyers.height;", "let n = buyers.heigth;");
+    let broken = original.replace("let n = counts.value(", "let n = counts.valeu(");
+    assert_ne!(broken, original, "the line to break is in the script");
     set_code(&mut h, &broken);
     assert!(h.state().scripts().dirty());
     h.get_by_label("Run").click_accesskit();
     wait_for(&mut h, "the error", 30, |h| {
         matches!(h.state().scripts().result, Some(Err(_)))
     });
-    let line = broken.lines().position(|l| l.contains("heigth")).unwrap() + 1;
+    let line = broken.lines().position(|l| l.contains("valeu")).unwrap() + 1;
     let err = match &h.state().scripts().result {
         Some(Err(e)) => e.clone(),
         _ => unreachable!(),
