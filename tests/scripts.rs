@@ -677,7 +677,8 @@ transactions()
 const KIND = "table";
 transactions()
     .group_by("customer_id")
-    .agg([len().alias("n"), col("quantity").sum().alias("units"), col("session_id").count().alias("rows")])
+    .agg([len().alias("n"), col("quantity").sum().alias("units"), col("session_id").count().alias("rows"),
+          col("occurred_at").min().alias("first"), col("occurred_at").max().alias("last")])
     .filter(col("n") >= 2)
     .sort(["units", "customer_id"], [true, false])
     .head(20)"#,

@@ -85,7 +85,9 @@ struct Totals {
 }
 
 /// The totals `customers` and `products` keep (`store::write` folds them
-/// in the same transaction as the rows they count).
+/// in the same transaction as the rows they count). Every row of either
+/// has an order (schema v6 for `customers`); a count of buyers reads the
+/// narrow `customers_buyers` index alone.
 const TOTALS: [Totals; 2] = [
     Totals {
         key: "customer_id",
@@ -105,6 +107,18 @@ const TOTALS: [Totals; 2] = [
                 "total_amount",
                 true,
                 col("total_spent", ColType::Float),
+            ),
+            (
+                Agg::Min,
+                "occurred_at",
+                false,
+                col("first_seen", ColType::Time),
+            ),
+            (
+                Agg::Max,
+                "occurred_at",
+                false,
+                col("last_seen", ColType::Time),
             ),
         ],
     },

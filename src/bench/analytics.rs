@@ -661,8 +661,9 @@ async fn load(store: &Store, opts: &AnalyticsBenchOptions) -> anyhow::Result<()>
         "sessions",
         "sales_metrics",
         "sales_metrics_lite",
-        "customer_days",
         "session_metrics",
+        "order_gaps",
+        "order_gaps_daily",
         "customers",
         "products",
     ] {

@@ -177,6 +177,8 @@ pub struct StepTimes {
     pub fold_ns: AtomicU64,
     /// Upserting rollups, customers, products and offsets.
     pub upsert_ns: AtomicU64,
+    /// Placing the new orders among their customers' and folding the gaps.
+    pub gaps_ns: AtomicU64,
     /// `BEGIN` and `COMMIT`.
     pub commit_ns: AtomicU64,
 }
@@ -188,6 +190,7 @@ impl StepTimes {
             (&self.copy_ns, t.copy),
             (&self.fold_ns, t.fold),
             (&self.upsert_ns, t.upsert),
+            (&self.gaps_ns, t.gaps),
             (&self.commit_ns, t.commit),
         ] {
             counter.fetch_add(nanos(d), Ordering::Relaxed);
@@ -202,6 +205,7 @@ impl StepTimes {
             ("copy", &self.copy_ns),
             ("fold", &self.fold_ns),
             ("upsert", &self.upsert_ns),
+            ("gaps", &self.gaps_ns),
             ("commit", &self.commit_ns),
         ]
         .into_iter()

@@ -1,5 +1,5 @@
 //! The derived tables, each defined once: every column of every rollup,
-//! `customer_days`, `order_gaps`, `customers` and `products` is written here as what it is
+//! `order_gaps`, `order_gaps_daily`, `customers` and `products` is written here as what it is
 //! over the raw `transactions` and `sessions` rows (an SQL expression under
 //! `GROUP BY` of the key columns) and how two partial results of it combine
 //! ([`Merge`]).
@@ -155,17 +155,6 @@ pub const SALES_METRICS_LITE: Rollup = Rollup {
     ],
 };
 
-/// Every (UTC day, customer) with a sale: distinct customers over whole days.
-pub const CUSTOMER_DAYS: Rollup = Rollup {
-    table: "customer_days",
-    source: "transactions",
-    grains: &[],
-    columns: &[
-        key("day", "date_trunc('day', occurred_at, 'UTC')"),
-        key("customer_id", "customer_id"),
-    ],
-};
-
 /// Sessions per minute, hour and day by region and channel.
 pub const SESSION_METRICS: Rollup = Rollup {
     table: "session_metrics",
@@ -187,25 +176,20 @@ pub const SESSION_METRICS: Rollup = Rollup {
     ],
 };
 
-/// One row per customer seen in a sale or a session.
+/// One row per customer who has ordered: their lifetime totals. A visitor
+/// whose sessions never led to an order is not a customer (schema v6);
+/// their visits are in `sessions`.
 pub const CUSTOMERS: Rollup = Rollup {
     table: "customers",
-    source: "(SELECT customer_id, region, country, occurred_at AS first_at,
-                     occurred_at AS last_at, 0 AS session, 1 AS sale, status, quantity,
-                     total_amount
-              FROM transactions
-              UNION ALL
-              SELECT customer_id, region, country, started_at, ended_at, 1, 0, NULL, 0, 0
-              FROM sessions) AS raw",
+    source: "transactions",
     grains: &[],
     columns: &[
         key("customer_id", "customer_id"),
         text_min("region", "min(region COLLATE \"C\")"),
         text_min("country", "min(country COLLATE \"C\")"),
-        col("first_seen", Merge::Min, "min(first_at)"),
-        col("last_seen", Merge::Max, "max(last_at)"),
-        col("sessions", Merge::Add, "sum(session)"),
-        col("orders", Merge::Add, "sum(sale)"),
+        col("first_seen", Merge::Min, "min(occurred_at)"),
+        col("last_seen", Merge::Max, "max(occurred_at)"),
+        col("orders", Merge::Add, "count(*)"),
         col(
             "completed_orders",
             Merge::Add,
@@ -286,16 +270,42 @@ pub const ORDER_GAPS: Rollup = Rollup {
     ],
 };
 
+/// The [`ORDER_GAPS_DAILY`] bucket of orders with no previous order by
+/// their customer (or one further back than any range is long).
+pub const DAY_GAP_NEVER: i32 = 100_000;
+
+/// [`ORDER_GAPS`] by UTC day: orders per day by how many days back
+/// (between the days' starts) their customer's previous order was, so
+/// that distinct customers over whole days of any length are a sum over
+/// these rows (`analytics::sql`), without a cap below [`DAY_GAP_NEVER`].
+pub const ORDER_GAPS_DAILY: Rollup = Rollup {
+    table: "order_gaps_daily",
+    // `100000` is DAY_GAP_NEVER (a test holds them together).
+    source: "(SELECT date_trunc('day', occurred_at, 'UTC') AS day,
+                     CASE WHEN prev IS NULL THEN 100000
+                          ELSE least(100000, (extract(epoch FROM date_trunc('day', occurred_at, 'UTC')
+                                    - date_trunc('day', prev, 'UTC')) / 86400)::int4) END AS back
+              FROM (SELECT occurred_at, lag(occurred_at) OVER (PARTITION BY customer_id
+                                ORDER BY occurred_at, transaction_id) AS prev
+                    FROM transactions) ordered) AS raw",
+    grains: &[],
+    columns: &[
+        key("day", "day"),
+        key("back", "back"),
+        col("orders", Merge::Add, "count(*)"),
+    ],
+};
+
 /// Every derived table.
 pub const ROLLUPS: [Rollup; 8] = [
     SALES_METRICS,
     SALES_METRICS_LITE,
-    CUSTOMER_DAYS,
     SESSION_METRICS,
     CUSTOMERS,
     PRODUCTS,
     SHOP_TOTALS,
     ORDER_GAPS,
+    ORDER_GAPS_DAILY,
 ];
 
 impl Rollup {
@@ -508,9 +518,12 @@ pub async fn rebuild(store: &Store) -> Result<Vec<(&'static str, u64)>, StoreErr
                 ),
             )
         };
+        // In key order, as ingest writes them (bucket by bucket): a range
+        // of buckets is then a few pages, not one row on each of many.
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} ({names}) {select}",
-            r.table
+            "INSERT INTO {} ({names}) SELECT * FROM ({select}) o ORDER BY {}",
+            r.table,
+            keys.join(", ")
         )))
         .execute(&mut *tx)
         .await?;
@@ -548,8 +561,8 @@ mod tests {
              revenue = p.revenue + EXCLUDED.revenue"
         );
         assert_eq!(
-            CUSTOMER_DAYS.on_conflict("d"),
-            "ON CONFLICT (day, customer_id) DO NOTHING"
+            ORDER_GAPS_DAILY.on_conflict("g"),
+            "ON CONFLICT (day, back) DO UPDATE SET orders = g.orders + EXCLUDED.orders"
         );
     }
 
@@ -561,6 +574,14 @@ mod tests {
         let migration = include_str!("../../migrations/0005_order_gaps.sql");
         assert!(migration.contains(&never), "the migration's bound");
         assert!(migration.contains(&format!("BETWEEN 0 AND {GAP_NEVER}")));
+        let never = format!("THEN {DAY_GAP_NEVER}");
+        assert!(ORDER_GAPS_DAILY.source.contains(&never));
+        assert!(ORDER_GAPS_DAILY
+            .source
+            .contains(&format!("least({DAY_GAP_NEVER}, ")));
+        let migration = include_str!("../../migrations/0006_buyers_and_daily_gaps.sql");
+        assert!(migration.contains(&never), "the migration's bound");
+        assert!(migration.contains(&format!("BETWEEN 0 AND {DAY_GAP_NEVER}")));
     }
 
     #[test]

@@ -38,7 +38,7 @@
 //! data: the write fails as a fault to be retried, and nothing is
 //! dead-lettered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -47,8 +47,8 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::rollups::{
-    CUSTOMERS, CUSTOMER_DAYS, GAP_NEVER, GRAINS, LITE_GRAINS, ORDER_GAPS, PRODUCTS, SALES_METRICS,
-    SALES_METRICS_LITE, SESSION_METRICS, SHOP_TOTALS,
+    CUSTOMERS, DAY_GAP_NEVER, GAP_NEVER, GRAINS, LITE_GRAINS, ORDER_GAPS, ORDER_GAPS_DAILY,
+    PRODUCTS, SALES_METRICS, SALES_METRICS_LITE, SESSION_METRICS, SHOP_TOTALS,
 };
 use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
@@ -112,6 +112,8 @@ pub struct WriteTimings {
     pub fold: std::time::Duration,
     /// The upsert of rollups, customers, products and offsets.
     pub upsert: std::time::Duration,
+    /// Reading the new orders' neighbours and folding the order gaps.
+    pub gaps: std::time::Duration,
     /// `BEGIN` and `COMMIT` (the commit waits for the WAL flush).
     pub commit: std::time::Duration,
 }
@@ -122,6 +124,7 @@ impl WriteTimings {
         self.copy += o.copy;
         self.fold += o.fold;
         self.upsert += o.upsert;
+        self.gaps += o.gaps;
         self.commit += o.commit;
     }
 }
@@ -367,6 +370,9 @@ async fn write_in(
             let upserting = Instant::now();
             folded.upsert(tx, group, topic, &batch.offsets).await?;
             out.timings.upsert += upserting.elapsed();
+            let gaps = Instant::now();
+            folded.fold_gaps(tx).await?;
+            out.timings.gaps += gaps.elapsed();
             out.refused.extend(by_db);
         }
     }
@@ -424,6 +430,9 @@ async fn write_rows(
     let upserting = Instant::now();
     folded.upsert(tx, group, topic, offsets).await?;
     timings.upsert += upserting.elapsed();
+    let gaps = Instant::now();
+    folded.fold_gaps(tx).await?;
+    timings.gaps += gaps.elapsed();
     Ok(())
 }
 
@@ -1119,12 +1128,13 @@ struct SessionCell {
     page_views: i64,
 }
 
+/// A buyer's orders in the batch (a session makes no customer: `customers`
+/// holds the people who ordered).
 struct CustomerCell<'a> {
     region: &'a str,
     country: &'a str,
     first: DateTime<Utc>,
     last: DateTime<Utc>,
-    sessions: i64,
     orders: i64,
     completed: i64,
     units: i64,
@@ -1168,8 +1178,6 @@ struct Span {
 struct Aggregates<'a> {
     sales: BTreeMap<SalesKey<'a>, SalesCell>,
     lite: BTreeMap<LiteKey<'a>, SalesCell>,
-    /// (UTC day, customer) of every sale.
-    customer_days: BTreeSet<(DateTime<Utc>, &'a str)>,
     sessions: BTreeMap<SessionKey<'a>, SessionCell>,
     spans: BTreeMap<i32, Span>,
     customers: BTreeMap<&'a str, CustomerCell<'a>>,
@@ -1218,8 +1226,6 @@ impl<'a> Aggregates<'a> {
                     c.discount += to_cents(s.discount);
                 }
             }
-            a.customer_days
-                .insert((truncate(s.occurred_at, 86_400), s.customer_id.as_str()));
 
             let o = a
                 .orders
@@ -1232,13 +1238,7 @@ impl<'a> Aggregates<'a> {
             o.ids.push(s.transaction_id);
             o.first = o.first.min(s.occurred_at);
             o.last = o.last.max(s.occurred_at);
-            let cu = a.customer(
-                &s.customer_id,
-                &s.region,
-                &s.country,
-                s.occurred_at,
-                s.occurred_at,
-            );
+            let cu = a.customer(&s.customer_id, &s.region, &s.country, s.occurred_at);
             cu.orders += 1;
             cu.units += i64::from(s.quantity);
             if completed {
@@ -1285,14 +1285,6 @@ impl<'a> Aggregates<'a> {
                 c.orders += i64::from(s.orders);
                 c.page_views += i64::from(s.page_views);
             }
-            let cu = a.customer(
-                &s.customer_id,
-                &s.region,
-                &s.country,
-                s.started_at,
-                s.ended_at,
-            );
-            cu.sessions += 1;
         }
         a
     }
@@ -1311,15 +1303,13 @@ impl<'a> Aggregates<'a> {
         id: &'a str,
         region: &'a str,
         country: &'a str,
-        first: DateTime<Utc>,
-        last: DateTime<Utc>,
+        at: DateTime<Utc>,
     ) -> &mut CustomerCell<'a> {
         let c = self.customers.entry(id).or_insert_with(|| CustomerCell {
             region,
             country,
-            first,
-            last,
-            sessions: 0,
+            first: at,
+            last: at,
             orders: 0,
             completed: 0,
             units: 0,
@@ -1327,13 +1317,14 @@ impl<'a> Aggregates<'a> {
         });
         c.region = c.region.min(region);
         c.country = c.country.min(country);
-        c.first = c.first.min(first);
-        c.last = c.last.max(last);
+        c.first = c.first.min(at);
+        c.last = c.last.max(at);
         c
     }
 
     /// Folds the aggregates into the derived tables and advances the
-    /// offsets and watermarks, in one statement. Each table's new rows go in
+    /// offsets and watermarks, in one statement (the order gaps follow, in
+    /// [`Aggregates::fold_gaps`]). Each table's new rows go in
     /// as one array per column, bound where the column is named (see
     /// [`Arrays`] and [`unnest!`]).
     async fn upsert(
@@ -1368,10 +1359,6 @@ impl<'a> Aggregates<'a> {
             revenue: "int8" = |(_, v)| v.revenue,
             discount: "int8" = |(_, v)| v.discount,
         );
-        let days = unnest!(a, self.customer_days,
-            day: "timestamptz" = |(d, _)| *d,
-            customer_id: "text" = |(_, c)| *c,
-        );
         let sessions = unnest!(a, self.sessions,
             grain: "text" = |(k, _)| k.0,
             bucket: "timestamptz" = |(k, _)| k.1,
@@ -1388,7 +1375,6 @@ impl<'a> Aggregates<'a> {
             country: "text" = |(_, v)| v.country,
             first_seen: "timestamptz" = |(_, v)| v.first,
             last_seen: "timestamptz" = |(_, v)| v.last,
-            sessions: "int8" = |(_, v)| v.sessions,
             orders: "int8" = |(_, v)| v.orders,
             completed: "int8" = |(_, v)| v.completed,
             units: "int8" = |(_, v)| v.units,
@@ -1415,7 +1401,7 @@ impl<'a> Aggregates<'a> {
             next_offset: "int8" = |(_, o)| *o,
         );
         let (group, topic) = (a.bind(group)?, a.bind(topic)?);
-        let [sales_conflict, lite_conflict, days_conflict, session_conflict, customers_conflict, products_conflict, totals_conflict] =
+        let [sales_conflict, lite_conflict, session_conflict, customers_conflict, products_conflict, totals_conflict] =
             &*CONFLICTS;
         let notify = super::changes::NOTIFY_SQL;
         let sql = format!(
@@ -1436,11 +1422,6 @@ lite_rollup AS (
     FROM {lite}
     {lite_conflict}
 ),
-days AS (
-    INSERT INTO customer_days AS d (day, customer_id)
-    SELECT day, customer_id FROM {days}
-    {days_conflict}
-),
 session_rollup AS (
     INSERT INTO session_metrics AS m (grain, bucket, region, channel, sessions,
         converted_sessions, orders, page_views)
@@ -1449,20 +1430,20 @@ session_rollup AS (
     {session_conflict}
 ),
 cust AS (
-    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, sessions,
-        orders, completed_orders, units, total_spent)
-    SELECT id, region, country, first_seen, last_seen, sessions, orders, completed, units,
-        spent / 100.0
+    INSERT INTO customers AS c (customer_id, region, country, first_seen, last_seen, orders,
+        completed_orders, units, total_spent)
+    SELECT id, region, country, first_seen, last_seen, orders, completed, units, spent / 100.0
     FROM {customers}
     {customers_conflict}
     RETURNING c.customer_id, c.orders
 ),
--- First-time buyers: their order count after this batch is the batch's own.
+-- First-time buyers (every row of customers has ordered): their order
+-- count after this batch is the batch's own.
 buyers AS (
     INSERT INTO shop_totals AS s (id, buyers)
     SELECT 1, n FROM (
         SELECT count(*) AS n FROM cust JOIN {customers} ON t.id = cust.customer_id
-        WHERE t.orders > 0 AND cust.orders = t.orders
+        WHERE cust.orders = t.orders
     ) first_time
     WHERE n > 0
     {totals_conflict}
@@ -1503,13 +1484,14 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
         sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
             .execute(&mut *conn)
             .await?;
-        self.fold_gaps(conn).await
+        Ok(())
     }
 
-    /// Folds the new orders into `order_gaps` (see `rollups::ORDER_GAPS`):
-    /// each new order counts in its hour at the distance back to its
-    /// customer's previous order; a stored order whose previous order is now
-    /// a new (late) one moves from its old distance to the new one. Runs
+    /// Folds the new orders into `order_gaps` and `order_gaps_daily` (see
+    /// `rollups::ORDER_GAPS`): each new order counts in its hour (day) at
+    /// the distance back to its customer's previous order; a stored order
+    /// whose previous order is now a new (late) one moves from its old
+    /// distance to the new one. Both tables come from one read. Runs
     /// after the upsert, whose `customers` rows stay locked until commit: a
     /// writer of the same customers' orders (another lane or process,
     /// whatever the producer keyed them by) waits for this one, and this
@@ -1553,85 +1535,122 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
                 .or_default()
                 .push((r.try_get(2)?, r.try_get(1)?));
         }
-        let mut delta: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
+        let mut hourly: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
+        let mut daily: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
         for (customer, seq) in &mut stored {
             let Some(new) = self.orders.get(customer.as_str()) else {
                 continue;
             };
-            gap_deltas(seq, &new.ids, &mut delta);
+            seq.sort_unstable();
+            gap_deltas(seq, &new.ids, HOURLY, &mut hourly);
+            gap_deltas(seq, &new.ids, DAILY, &mut daily);
         }
-        delta.retain(|_, n| *n != 0);
-        if delta.is_empty() {
+        hourly.retain(|_, n| *n != 0);
+        daily.retain(|_, n| *n != 0);
+        if hourly.is_empty() && daily.is_empty() {
             return Ok(());
         }
-        let emptied = delta.values().any(|n| *n < 0);
         let mut a = Arrays::default();
-        let gaps = unnest!(a, delta,
+        let hours = unnest!(a, hourly,
             hour: "timestamptz" = |(k, _)| k.0,
             back: "int4" = |(k, _)| k.1,
             orders: "int8" = |(_, n)| *n,
         );
+        let days = unnest!(a, daily,
+            day: "timestamptz" = |(k, _)| k.0,
+            back: "int4" = |(k, _)| k.1,
+            orders: "int8" = |(_, n)| *n,
+        );
+        let [hours_conflict, days_conflict] = &*GAPS_CONFLICTS;
         let sql = format!(
-            "INSERT INTO order_gaps AS g (hour, back, orders) SELECT hour, back, orders FROM {gaps} {}",
-            &*GAPS_CONFLICT
+            "WITH hourly AS (
+                INSERT INTO order_gaps AS g (hour, back, orders)
+                SELECT hour, back, orders FROM {hours} {hours_conflict})
+             INSERT INTO order_gaps_daily AS g (day, back, orders)
+             SELECT day, back, orders FROM {days} {days_conflict}"
         );
         sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
             .execute(&mut *conn)
             .await?;
-        if emptied {
-            // A late order moved a stored one: a bucket it left may be empty.
-            let hours: Vec<DateTime<Utc>> = delta
+        let left = |delta: &BTreeMap<(DateTime<Utc>, i32), i64>| -> Vec<DateTime<Utc>> {
+            delta
                 .iter()
                 .filter(|(_, n)| **n < 0)
                 .map(|(k, _)| k.0)
-                .collect();
-            sqlx::query("DELETE FROM order_gaps WHERE hour = ANY($1) AND orders = 0")
-                .bind(hours)
-                .execute(&mut *conn)
-                .await?;
+                .collect()
+        };
+        let (hours_left, days_left) = (left(&hourly), left(&daily));
+        if !(hours_left.is_empty() && days_left.is_empty()) {
+            // A late order moved a stored one: a bucket it left may be empty
+            // (after the upsert above, which this statement would not see).
+            sqlx::query(
+                "WITH h AS (DELETE FROM order_gaps WHERE hour = ANY($1) AND orders = 0)
+                 DELETE FROM order_gaps_daily WHERE day = ANY($2) AND orders = 0",
+            )
+            .bind(hours_left)
+            .bind(days_left)
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
 }
 
-/// The start of `t`'s UTC hour.
-fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    truncate(t, 3_600)
+/// One of the order-gap tables: its bucket width in seconds and the
+/// bucket of an order with no previous one (or one further back).
+#[derive(Clone, Copy)]
+struct GapGrain {
+    width: i64,
+    never: i32,
 }
 
-/// The `order_gaps` bucket of an order at `at` whose customer's previous
-/// order was at `prev`.
-fn gap_back(at: DateTime<Utc>, prev: Option<DateTime<Utc>>) -> i32 {
+/// `order_gaps` (`rollups::ORDER_GAPS`).
+const HOURLY: GapGrain = GapGrain {
+    width: 3_600,
+    never: GAP_NEVER,
+};
+
+/// `order_gaps_daily` (`rollups::ORDER_GAPS_DAILY`).
+const DAILY: GapGrain = GapGrain {
+    width: 86_400,
+    never: DAY_GAP_NEVER,
+};
+
+/// The bucket (buckets back, between the buckets' starts) of an order at
+/// `at` whose customer's previous order was at `prev`.
+fn gap_back(g: GapGrain, at: DateTime<Utc>, prev: Option<DateTime<Utc>>) -> i32 {
     match prev {
-        None => GAP_NEVER,
+        None => g.never,
         Some(p) => {
-            let hours = (hour_of(at) - hour_of(p)).num_hours();
-            i32::try_from(hours.clamp(0, i64::from(GAP_NEVER))).unwrap_or(GAP_NEVER)
+            let n = (truncate(at, g.width) - truncate(p, g.width)).num_seconds() / g.width;
+            i32::try_from(n.clamp(0, i64::from(g.never))).unwrap_or(g.never)
         }
     }
 }
 
 /// Adds to `delta` what one customer's new orders (`new`, among `seq`: their
 /// stored orders from the last before the new ones to the first after,
-/// new ones included) change in `order_gaps`.
+/// new ones included, sorted) change in the gap table of grain `g`.
 fn gap_deltas(
-    seq: &mut [(DateTime<Utc>, Uuid)],
+    seq: &[(DateTime<Utc>, Uuid)],
     new: &[Uuid],
+    g: GapGrain,
     delta: &mut BTreeMap<(DateTime<Utc>, i32), i64>,
 ) {
-    seq.sort_unstable();
     // The previous order of any kind, and the previous one stored before
     // this batch (what a stored order's previous order was).
     let mut prev: Option<DateTime<Utc>> = None;
     let mut prev_old: Option<DateTime<Utc>> = None;
-    for &(at, id) in seq.iter() {
-        let hour = hour_of(at);
+    for &(at, id) in seq {
+        let bucket = truncate(at, g.width);
         if new.contains(&id) {
-            *delta.entry((hour, gap_back(at, prev))).or_default() += 1;
+            *delta.entry((bucket, gap_back(g, at, prev))).or_default() += 1;
         } else {
             if prev != prev_old {
-                *delta.entry((hour, gap_back(at, prev_old))).or_default() -= 1;
-                *delta.entry((hour, gap_back(at, prev))).or_default() += 1;
+                *delta
+                    .entry((bucket, gap_back(g, at, prev_old)))
+                    .or_default() -= 1;
+                *delta.entry((bucket, gap_back(g, at, prev))).or_default() += 1;
             }
             prev_old = Some(at);
         }
@@ -1641,11 +1660,10 @@ fn gap_deltas(
 
 /// How the upsert folds each table's new partial aggregates into it: the
 /// `ON CONFLICT` clauses, from the tables' definitions in `rollups`.
-static CONFLICTS: LazyLock<[String; 7]> = LazyLock::new(|| {
+static CONFLICTS: LazyLock<[String; 6]> = LazyLock::new(|| {
     [
         SALES_METRICS.on_conflict("m"),
         SALES_METRICS_LITE.on_conflict("m"),
-        CUSTOMER_DAYS.on_conflict("d"),
         SESSION_METRICS.on_conflict("m"),
         CUSTOMERS.on_conflict("c"),
         PRODUCTS.on_conflict("p"),
@@ -1653,8 +1671,14 @@ static CONFLICTS: LazyLock<[String; 7]> = LazyLock::new(|| {
     ]
 });
 
-/// How `fold_gaps` adds its counts (from `rollups::ORDER_GAPS`).
-static GAPS_CONFLICT: LazyLock<String> = LazyLock::new(|| ORDER_GAPS.on_conflict("g"));
+/// How `fold_gaps` adds its counts (from `rollups::ORDER_GAPS` and
+/// `rollups::ORDER_GAPS_DAILY`).
+static GAPS_CONFLICTS: LazyLock<[String; 2]> = LazyLock::new(|| {
+    [
+        ORDER_GAPS.on_conflict("g"),
+        ORDER_GAPS_DAILY.on_conflict("g"),
+    ]
+});
 
 /// The arguments of one statement, bound one by one where they are named,
 /// so that no placeholder is numbered by hand.
