@@ -17,12 +17,16 @@ DELETE FROM customers WHERE orders = 0;
 
 ALTER TABLE customers DROP COLUMN sessions;
 
+-- What the sessions contributed (first and last visit, the smallest region
+-- and country of any visit) goes: each is now over the orders alone.
 UPDATE customers c
-SET first_seen = t.first_at, last_seen = t.last_at
-FROM (SELECT customer_id, min(occurred_at) AS first_at, max(occurred_at) AS last_at
+SET first_seen = t.first_at, last_seen = t.last_at, region = t.region, country = t.country
+FROM (SELECT customer_id, min(occurred_at) AS first_at, max(occurred_at) AS last_at,
+             min(region COLLATE "C") AS region, min(country COLLATE "C") AS country
       FROM transactions GROUP BY customer_id) t
 WHERE t.customer_id = c.customer_id
-  AND (c.first_seen, c.last_seen) IS DISTINCT FROM (t.first_at, t.last_at);
+  AND (c.first_seen, c.last_seen, c.region, c.country)
+      IS DISTINCT FROM (t.first_at, t.last_at, t.region, t.country);
 
 -- Whole-history counts of buyers (how many bought, how many bought again:
 -- `analytics::pushdown::from_totals` answers a script's group-by-customer
