@@ -932,6 +932,14 @@ async fn distinct_customers_hold_with_late_out_of_order_and_tied_orders() {
             let mut c = s.clone();
             c.transaction_id = uuid::Uuid::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0000 + n);
             c.occurred_at += chrono::Duration::minutes(*m);
+            // The same customer in another category or region now and then
+            // (the gaps by dimension count per value).
+            if n.is_multiple_of(3) {
+                c.category = "Garden".into();
+            }
+            if n.is_multiple_of(5) {
+                c.region = "Antarctica".into();
+            }
             again.push(Event::Sale(c));
         }
     }
@@ -979,8 +987,30 @@ async fn distinct_customers_hold_with_late_out_of_order_and_tied_orders() {
         ranges.push((at(from), at(from + len)));
     }
     let a = no_cache(&db.store);
-    for (from, to) in ranges {
+    // Under one category or one region too (from `order_gaps_daily_by`
+    // for whole days), including the values only the copies carry.
+    let category: String = sqlx::query_scalar("SELECT min(category) FROM transactions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    let region: String = sqlx::query_scalar("SELECT min(region) FROM transactions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    let dims = [
+        ("category", category.as_str()),
+        ("category", "Garden"),
+        ("region", region.as_str()),
+        ("region", "Antarctica"),
+    ];
+    for &(from, to) in &ranges {
         assert_distinct_customers(&a, &db.store, from, to).await;
+        for by in dims {
+            assert_distinct_customers_by(&a, &db.store, Some((from, to)), Some(by)).await;
+        }
+    }
+    for by in dims {
+        assert_distinct_customers_by(&a, &db.store, None, Some(by)).await;
     }
     db.drop().await;
 }
@@ -993,23 +1023,58 @@ async fn assert_distinct_customers(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) {
-    let req = ViewRequest::new(ViewKind::Kpis).with_filters(Filters {
-        range: TimeRange::Between { from, to },
+    assert_distinct_customers_by(a, store, Some((from, to)), None).await;
+}
+
+/// [`assert_distinct_customers`] under a filter on one value of a
+/// dimension (`category` or `region`), over `range` (`None`: all data, one
+/// period).
+async fn assert_distinct_customers_by(
+    a: &Analytics,
+    store: &Store,
+    range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    by: Option<(&str, &str)>,
+) {
+    let mut filters = Filters {
+        range: range.map_or(TimeRange::All, |(from, to)| TimeRange::Between { from, to }),
         ..Filters::default()
-    });
+    };
+    let (dim, value) = by.unwrap_or(("", ""));
+    match dim {
+        "category" => filters.categories = vec![value.to_owned()],
+        "region" => filters.regions = vec![value.to_owned()],
+        _ => {}
+    }
+    let req = ViewRequest::new(ViewKind::Kpis).with_filters(filters);
     let got = a.view(&req).await.unwrap().frame;
     let col = got.column("customers").unwrap().i64().unwrap().clone();
-    for (row, (f, t)) in [(0, (from, to)), (1, (from - (to - from), from))] {
+    let periods = match range {
+        Some((from, to)) => vec![
+            (Some(from), Some(to)),
+            (Some(from - (to - from)), Some(from)),
+        ],
+        None => vec![(None, None)],
+    };
+    for (row, (f, t)) in periods.into_iter().enumerate() {
         let want: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT customer_id) FROM transactions \
-             WHERE occurred_at >= $1 AND occurred_at < $2",
+             WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) \
+               AND ($2::timestamptz IS NULL OR occurred_at < $2) \
+               AND CASE $3 WHEN 'category' THEN category = $4 \
+                           WHEN 'region' THEN region = $4 ELSE TRUE END",
         )
         .bind(f)
         .bind(t)
+        .bind(dim)
+        .bind(value)
         .fetch_one(store.pool())
         .await
         .unwrap();
-        assert_eq!(col.get(row), Some(want), "customers in [{f}, {t})");
+        assert_eq!(
+            col.get(row),
+            Some(want),
+            "customers in [{f:?}, {t:?}) with {dim} = {value:?}"
+        );
     }
 }
 
@@ -1041,6 +1106,9 @@ async fn order_gaps_hold_when_two_writers_share_customers() {
                 c.transaction_id =
                     uuid::Uuid::from_u128(0x1a2e_0000_0000_0000_0000_0000_0000_0000 + n);
                 c.occurred_at += chrono::Duration::minutes(m);
+                if n.is_multiple_of(3) {
+                    c.category = "Garden".into();
+                }
                 events.push(Event::Sale(c));
             }
         }
@@ -1120,4 +1188,155 @@ async fn order_gaps_hold_when_two_writers_share_customers() {
         assert_distinct_customers(&a, &db.store, from, to).await;
     }
     db.drop().await;
+}
+
+/// Copies the rows of `select` in `from` into `into` (a table and its
+/// columns) in `to`, as COPY text.
+async fn copy_rows(from: &Store, to: &Store, select: &str, into: &str) -> u64 {
+    use futures::TryStreamExt;
+    let mut src = from.pool().acquire().await.unwrap();
+    let mut bytes = Vec::new();
+    {
+        let mut out = src
+            .copy_out_raw(&format!("COPY ({select}) TO STDOUT"))
+            .await
+            .unwrap();
+        while let Some(chunk) = out.try_next().await.unwrap() {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    let mut dst = to.pool().acquire().await.unwrap();
+    let mut copy = dst
+        .copy_in_raw(&format!("COPY {into} FROM STDIN"))
+        .await
+        .unwrap();
+    copy.send(bytes).await.unwrap();
+    copy.finish().await.unwrap()
+}
+
+/// A database that schema v5 wrote (every visitor a row of `customers`,
+/// with a visit count and first/last seen and region widened by their
+/// sessions, `customer_days` kept) upgrades to the current schema (v6:
+/// buyers only, daily gaps; v7: daily gaps by category and region) with
+/// every derived table equal to its recomputation from the raw rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_v5_database_upgrades_to_the_current_schema() {
+    use salespulse::store;
+    // What ingest wrote: raw rows and the derived tables v5 shares with v6.
+    let (src, _, _) = seeded("upgsrc").await;
+    let name = format!(
+        "sp_test_upgv5_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    store::create_database_if_missing(&pg_server_url(), &name)
+        .await
+        .unwrap();
+    let url = store::with_database(&pg_server_url(), &name).unwrap();
+    let old = Store::connect(&url, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let migrator = sqlx::migrate!("./migrations");
+    migrator.run_to(5, old.pool()).await.unwrap();
+    for table in [
+        "transactions",
+        "sessions",
+        "sales_metrics",
+        "sales_metrics_lite",
+        "session_metrics",
+        "products",
+        "order_gaps",
+        "shop_totals",
+        "ingest_watermarks",
+        "ingest_offsets",
+    ] {
+        copy_rows(&src.store, &old, &format!("SELECT * FROM {table}"), table).await;
+    }
+    let cols = "customer_id, region, country, first_seen, last_seen, orders, \
+                completed_orders, units, total_spent";
+    copy_rows(
+        &src.store,
+        &old,
+        &format!("SELECT {cols} FROM customers"),
+        &format!("customers ({cols})"),
+    )
+    .await;
+    sqlx::raw_sql(
+        "-- v5: visits widened a buyer's first and last seen and region, and
+         -- were counted per customer; every visitor had a row.
+         UPDATE customers c SET sessions = s.n,
+             first_seen = least(c.first_seen, s.first_at),
+             last_seen = greatest(c.last_seen, s.last_at),
+             region = least(c.region COLLATE \"C\", s.region),
+             country = least(c.country COLLATE \"C\", s.country)
+         FROM (SELECT customer_id, count(*) AS n, min(started_at) AS first_at,
+                      max(started_at) AS last_at, min(region COLLATE \"C\") AS region,
+                      min(country COLLATE \"C\") AS country
+               FROM sessions GROUP BY customer_id) s
+         WHERE s.customer_id = c.customer_id;
+         INSERT INTO customers (customer_id, region, country, first_seen, last_seen, sessions)
+         SELECT customer_id, min(region COLLATE \"C\"), min(country COLLATE \"C\"),
+                min(started_at), max(started_at), count(*)
+         FROM sessions s
+         WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
+         GROUP BY customer_id;
+         INSERT INTO customer_days (day, customer_id)
+         SELECT DISTINCT date_trunc('day', occurred_at, 'UTC'), customer_id FROM transactions;",
+    )
+    .execute(old.pool())
+    .await
+    .unwrap();
+    // The upgrade has work to do: visitors to drop, buyers to narrow.
+    let (visitors, widened): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE orders = 0),
+                count(*) FILTER (WHERE orders > 0 AND (first_seen, last_seen) <>
+                    (SELECT min(occurred_at), max(occurred_at) FROM transactions t
+                     WHERE t.customer_id = c.customer_id))
+         FROM customers c",
+    )
+    .fetch_one(old.pool())
+    .await
+    .unwrap();
+    assert!(visitors > 100 && widened > 100, "{visitors} {widened}");
+
+    old.migrate().await.unwrap();
+    let mismatches = store::rollups::verify(&old).await.unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+    let left: (i64, Option<String>, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM customers), to_regclass('customer_days')::text,
+                (SELECT buyers FROM shop_totals WHERE id = 1)",
+    )
+    .fetch_one(old.pool())
+    .await
+    .unwrap();
+    let buyers = count(&src.store, "SELECT count(*) FROM customers").await;
+    assert_eq!(left, (buyers, None, buyers));
+    // And every view of the upgraded database matches SQL over its raw rows,
+    // unfiltered and under one category or region (the v7 table).
+    let a = no_cache(&old);
+    all_views_match(&a, &old, Filters::default()).await;
+    all_views_match(
+        &a,
+        &old,
+        Filters {
+            range: cross_grain_range(),
+            ..Filters::default()
+        },
+    )
+    .await;
+    let (category, region): (String, String) =
+        sqlx::query_as("SELECT min(category), max(region) FROM transactions")
+            .fetch_one(old.pool())
+            .await
+            .unwrap();
+    for by in [("category", category.as_str()), ("region", region.as_str())] {
+        assert_distinct_customers_by(&a, &old, None, Some(by)).await;
+        let range = match cross_grain_range() {
+            TimeRange::Between { from, to } => (from, to),
+            _ => unreachable!(),
+        };
+        assert_distinct_customers_by(&a, &old, Some(range), Some(by)).await;
+    }
+    old.pool().close().await;
+    store::drop_database(&pg_server_url(), &name).await.unwrap();
+    src.drop().await;
 }

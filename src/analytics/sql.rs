@@ -290,20 +290,48 @@ fn distinct_customers(f: &Filters, span: Option<Span>) -> String {
             dims(f, false)
         )
     };
+    let by = gap_dimension(f);
     let Some(s) = span else {
         return if f.no_dimensions() {
             // Kept by ingest.
             "coalesce((SELECT buyers FROM shop_totals WHERE id = 1), 0)".into()
+        } else if let Some((dim, value)) = by {
+            // Each customer's first order with that value.
+            format!(
+                "coalesce((SELECT sum(orders) FROM order_gaps_daily_by \
+                 WHERE dim = {} AND value = {} AND back = {}), 0)",
+                text(dim),
+                text(value),
+                crate::store::rollups::DAY_GAP_NEVER
+            )
         } else {
             raw("TRUE".into())
         };
     };
     if f.no_dimensions() {
-        if let Some(q) = customers_by_gaps(s).or_else(|| customers_by_day_gaps(s)) {
+        if let Some(q) = customers_by_gaps(s).or_else(|| customers_by_day_gaps(s, None)) {
+            return q;
+        }
+    } else if by.is_some() {
+        if let Some(q) = customers_by_day_gaps(s, by) {
             return q;
         }
     }
     raw(raw_time(Some(s), "occurred_at"))
+}
+
+/// The dimension and value of `f` when it filters on one value of one
+/// dimension that `order_gaps_daily_by` keeps gaps for
+/// (`store::rollups::GAP_DIMENSIONS`) and on nothing else.
+fn gap_dimension(f: &Filters) -> Option<(&'static str, &str)> {
+    if !(f.payment_methods.is_empty() && f.channels.is_empty() && f.statuses.is_empty()) {
+        return None;
+    }
+    match (f.categories.as_slice(), f.regions.as_slice()) {
+        ([c], []) => Some(("category", c.as_str())),
+        ([], [r]) => Some(("region", r.as_str())),
+        _ => None,
+    }
 }
 
 /// The customers with an order in `[from, to)` (an edge of a range, under
@@ -317,20 +345,29 @@ fn edge_customers(
     to: DateTime<Utc>,
     none_from: DateTime<Utc>,
     none_to: DateTime<Utc>,
+    by: Option<(&'static str, &str)>,
 ) -> String {
     if from >= to {
         return "0".into();
     }
+    // Orders with that value of the dimension only, on both sides (`dim`
+    // is a column name: one of ours, never a request's text).
+    let only = |alias: &str| {
+        by.map(|(dim, value)| format!(" AND {alias}{dim} = {}", text(value)))
+            .unwrap_or_default()
+    };
     format!(
         "(SELECT count(*) FROM (SELECT DISTINCT customer_id FROM transactions \
-         WHERE occurred_at >= {} AND occurred_at < {}) e \
+         WHERE occurred_at >= {} AND occurred_at < {}{}) e \
          CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT 1 FROM transactions x \
-         WHERE x.customer_id = e.customer_id AND x.occurred_at >= {} AND x.occurred_at < {} \
+         WHERE x.customer_id = e.customer_id AND x.occurred_at >= {} AND x.occurred_at < {}{} \
          LIMIT 1) y) p WHERE p.n = 0)",
         ts(from),
         ts(to),
+        only(""),
         ts(none_from),
-        ts(none_to)
+        ts(none_to),
+        only("x.")
     )
 }
 
@@ -339,22 +376,31 @@ fn edge_customers(
 /// (`L = [s.from, d1)`, `R = [d2, s.to)`): the customers of the whole days
 /// (their first order there has its previous order before `d1`), those of
 /// `L` with no order in the whole days, and those of `R` with no order
-/// earlier in `s`. `None` when `s` has no whole day.
-fn customers_by_day_gaps(s: Span) -> Option<String> {
+/// earlier in `s`. `None` when `s` has no whole day. With `by` (a dimension
+/// and value), only orders with that value count, from
+/// `order_gaps_daily_by`.
+fn customers_by_day_gaps(s: Span, by: Option<(&'static str, &str)>) -> Option<String> {
     let day = Grain::Day.seconds();
     let (d1, d2) = (ceil_to(s.from, day), floor_to(s.to, day));
     let days = (d2 - d1).num_days();
     if d1 >= d2 || days >= i64::from(crate::store::rollups::DAY_GAP_NEVER) {
         return None;
     }
+    let (table, only) = match by {
+        None => ("order_gaps_daily", String::new()),
+        Some((dim, value)) => (
+            "order_gaps_daily_by",
+            format!("dim = {} AND value = {} AND ", text(dim), text(value)),
+        ),
+    };
     Some(format!(
-        "(coalesce((SELECT sum(orders) FROM order_gaps_daily WHERE day >= {a} AND day < {b} \
+        "(coalesce((SELECT sum(orders) FROM {table} WHERE {only}day >= {a} AND day < {b} \
             AND back > (extract(epoch FROM day - {a}) / 86400)::int4), 0) \
           + {leading} + {trailing})",
         a = ts(d1),
         b = ts(d2),
-        leading = edge_customers(s.from, d1, d1, d2),
-        trailing = edge_customers(d2, s.to, s.from, d2),
+        leading = edge_customers(s.from, d1, d1, d2, by),
+        trailing = edge_customers(d2, s.to, s.from, d2, by),
     ))
 }
 
@@ -392,8 +438,8 @@ fn customers_by_gaps(s: Span) -> Option<String> {
         f = ts(first),
         l = ts(last),
         lead = ts(lead),
-        leading = edge_customers(s.from, first, first, last),
-        trailing = edge_customers(last, s.to, s.from, last),
+        leading = edge_customers(s.from, first, first, last, None),
+        trailing = edge_customers(last, s.to, s.from, last, None),
     ))
 }
 
@@ -1119,20 +1165,60 @@ mod tests {
         let q = distinct_customers(&f, span("2026-01-05T13:10:00Z", "2026-04-01T07:00:00Z"));
         assert!(q.contains("FROM order_gaps_daily WHERE day >= "), "{q}");
         assert_eq!(q.matches("SELECT DISTINCT customer_id").count(), 2, "{q}");
-        // No whole hour, a filter: not gaps.
+        // One category or one region: the daily gaps by dimension, whole
+        // days only, and edges under that filter.
+        let books = Filters {
+            categories: vec!["Books".into()],
+            ..Filters::default()
+        };
+        let q = distinct_customers(&books, span("2026-11-01T22:17:00Z", "2026-11-08T22:17:00Z"));
+        assert!(
+            q.contains(
+                "FROM order_gaps_daily_by WHERE dim = E'category' AND value = E'Books' AND day >= "
+            ),
+            "{q}"
+        );
+        assert_eq!(q.matches(" AND category = E'Books'").count(), 2, "{q}");
+        assert_eq!(q.matches(" AND x.category = E'Books'").count(), 2, "{q}");
+        let north = Filters {
+            regions: vec!["North".into()],
+            ..Filters::default()
+        };
+        let q = distinct_customers(&north, None);
+        assert!(
+            q.contains("WHERE dim = E'region' AND value = E'North' AND back = 100000"),
+            "{q}"
+        );
+        // No whole hour; no whole day under a filter; two values, two
+        // dimensions, or a dimension without gaps: not gaps.
+        let two_cats = Filters {
+            categories: vec!["Books".into(), "Toys".into()],
+            ..Filters::default()
+        };
+        let cat_and_region = Filters {
+            regions: vec!["North".into()],
+            ..books.clone()
+        };
+        let channel = Filters {
+            channels: vec!["web".into()],
+            ..Filters::default()
+        };
         for (f, a, b) in [
             (&f, "2026-11-01T22:17:00Z", "2026-11-01T23:59:00Z"),
+            (&books, "2026-11-01T22:17:00Z", "2026-11-02T22:17:00Z"),
+            (&two_cats, "2026-11-01T22:17:00Z", "2026-11-08T22:17:00Z"),
             (
-                &Filters {
-                    categories: vec!["Books".into()],
-                    ..Filters::default()
-                },
+                &cat_and_region,
                 "2026-11-01T22:17:00Z",
                 "2026-11-08T22:17:00Z",
             ),
+            (&channel, "2026-11-01T22:17:00Z", "2026-11-08T22:17:00Z"),
         ] {
             let q = distinct_customers(f, span(a, b));
             assert!(!q.contains("order_gaps"), "{a}..{b}: {q}");
+        }
+        for f in [&two_cats, &cat_and_region, &channel] {
+            assert!(!distinct_customers(f, None).contains("order_gaps"));
         }
         // 744 hours back from the last whole hour is the reach.
         let q = distinct_customers(&f, span("2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z"));

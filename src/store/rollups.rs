@@ -296,8 +296,44 @@ pub const ORDER_GAPS_DAILY: Rollup = Rollup {
     ],
 };
 
+/// The dimensions [`ORDER_GAPS_DAILY_BY`] keeps gaps for, with the
+/// column of `transactions` that holds each.
+pub const GAP_DIMENSIONS: [&str; 2] = ["category", "region"];
+
+/// [`ORDER_GAPS_DAILY`] per value of a dimension ([`GAP_DIMENSIONS`]):
+/// orders per (dimension, value, UTC day) by how many days back the same
+/// customer's previous order *with the same value* was, so that distinct
+/// customers under a one-value filter on that dimension, over whole days,
+/// are a sum over these rows (`analytics::sql`).
+pub const ORDER_GAPS_DAILY_BY: Rollup = Rollup {
+    table: "order_gaps_daily_by",
+    // `100000` is DAY_GAP_NEVER and the dimensions are GAP_DIMENSIONS (a
+    // test holds them together).
+    source: "(SELECT dim, value, date_trunc('day', occurred_at, 'UTC') AS day,
+                     CASE WHEN prev IS NULL THEN 100000
+                          ELSE least(100000, (extract(epoch FROM date_trunc('day', occurred_at, 'UTC')
+                                    - date_trunc('day', prev, 'UTC')) / 86400)::int4) END AS back
+              FROM (SELECT 'category' AS dim, category AS value, occurred_at,
+                           lag(occurred_at) OVER (PARTITION BY customer_id, category
+                                                  ORDER BY occurred_at, transaction_id) AS prev
+                    FROM transactions
+                    UNION ALL
+                    SELECT 'region', region, occurred_at,
+                           lag(occurred_at) OVER (PARTITION BY customer_id, region
+                                                  ORDER BY occurred_at, transaction_id)
+                    FROM transactions) ordered) AS raw",
+    grains: &[],
+    columns: &[
+        key("dim", "dim"),
+        key("value", "value"),
+        key("day", "day"),
+        key("back", "back"),
+        col("orders", Merge::Add, "count(*)"),
+    ],
+};
+
 /// Every derived table.
-pub const ROLLUPS: [Rollup; 8] = [
+pub const ROLLUPS: [Rollup; 9] = [
     SALES_METRICS,
     SALES_METRICS_LITE,
     SESSION_METRICS,
@@ -306,6 +342,7 @@ pub const ROLLUPS: [Rollup; 8] = [
     SHOP_TOTALS,
     ORDER_GAPS,
     ORDER_GAPS_DAILY,
+    ORDER_GAPS_DAILY_BY,
 ];
 
 impl Rollup {
@@ -581,6 +618,31 @@ mod tests {
             .contains(&format!("least({DAY_GAP_NEVER}, ")));
         let migration = include_str!("../../migrations/0006_buyers_and_daily_gaps.sql");
         assert!(migration.contains(&never), "the migration's bound");
+        assert!(migration.contains(&format!("BETWEEN 0 AND {DAY_GAP_NEVER}")));
+        // Per dimension: the same bound, and the dimensions the writer folds.
+        let migration = include_str!("../../migrations/0007_order_gaps_by_dimension.sql");
+        for text in [ORDER_GAPS_DAILY_BY.source, migration] {
+            assert!(text.contains(&never));
+            assert!(text.contains(&format!("least({DAY_GAP_NEVER}, ")));
+            for d in GAP_DIMENSIONS {
+                assert!(
+                    text.contains(&format!("PARTITION BY customer_id, {d}\n")),
+                    "{d}"
+                );
+                assert!(text.contains(&format!("'{d}'")), "{d}");
+            }
+            assert_eq!(text.matches("PARTITION BY").count(), GAP_DIMENSIONS.len());
+        }
+        // The migration fills the table with this very definition.
+        let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        let inner = words(ORDER_GAPS_DAILY_BY.source);
+        let inner = inner
+            .strip_prefix('(')
+            .and_then(|i| i.strip_suffix(") AS raw"))
+            .unwrap_or("not the expected shape");
+        assert!(words(migration).contains(inner), "{inner}");
+        let listed: Vec<String> = GAP_DIMENSIONS.iter().map(|d| format!("'{d}'")).collect();
+        assert!(migration.contains(&format!("CHECK (dim IN ({}))", listed.join(", "))));
         assert!(migration.contains(&format!("BETWEEN 0 AND {DAY_GAP_NEVER}")));
     }
 

@@ -47,8 +47,9 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::rollups::{
-    CUSTOMERS, DAY_GAP_NEVER, GAP_NEVER, GRAINS, LITE_GRAINS, ORDER_GAPS, ORDER_GAPS_DAILY,
-    PRODUCTS, SALES_METRICS, SALES_METRICS_LITE, SESSION_METRICS, SHOP_TOTALS,
+    CUSTOMERS, DAY_GAP_NEVER, GAP_DIMENSIONS, GAP_NEVER, GRAINS, LITE_GRAINS, ORDER_GAPS,
+    ORDER_GAPS_DAILY, ORDER_GAPS_DAILY_BY, PRODUCTS, SALES_METRICS, SALES_METRICS_LITE,
+    SESSION_METRICS, SHOP_TOTALS,
 };
 use super::{Fault, StoreError};
 use crate::event::{to_cents, SaleEvent, SessionEvent, Status};
@@ -1185,6 +1186,9 @@ struct Aggregates<'a> {
     /// Per customer: the transaction ids of their new orders, and the
     /// earliest and latest of their times.
     orders: BTreeMap<&'a str, NewOrders>,
+    /// The same per (dimension, value, customer), for
+    /// `order_gaps_daily_by` (`rollups::GAP_DIMENSIONS`).
+    orders_by: BTreeMap<(&'static str, &'a str, &'a str), NewOrders>,
 }
 
 /// A customer's new orders in a batch.
@@ -1192,6 +1196,24 @@ struct NewOrders {
     ids: Vec<Uuid>,
     first: DateTime<Utc>,
     last: DateTime<Utc>,
+}
+
+impl NewOrders {
+    /// Adds the order `id` at `at` to `entry`.
+    fn add<K: Ord>(
+        entry: std::collections::btree_map::Entry<'_, K, NewOrders>,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) {
+        let o = entry.or_insert_with(|| NewOrders {
+            ids: Vec::new(),
+            first: at,
+            last: at,
+        });
+        o.ids.push(id);
+        o.first = o.first.min(at);
+        o.last = o.last.max(at);
+    }
 }
 
 impl<'a> Aggregates<'a> {
@@ -1227,17 +1249,12 @@ impl<'a> Aggregates<'a> {
                 }
             }
 
-            let o = a
-                .orders
-                .entry(s.customer_id.as_str())
-                .or_insert_with(|| NewOrders {
-                    ids: Vec::new(),
-                    first: s.occurred_at,
-                    last: s.occurred_at,
-                });
-            o.ids.push(s.transaction_id);
-            o.first = o.first.min(s.occurred_at);
-            o.last = o.last.max(s.occurred_at);
+            let (id, at) = (s.transaction_id, s.occurred_at);
+            NewOrders::add(a.orders.entry(s.customer_id.as_str()), id, at);
+            for (dim, value) in GAP_VALUES {
+                let key = (dim, value(s), s.customer_id.as_str());
+                NewOrders::add(a.orders_by.entry(key), id, at);
+            }
             let cu = a.customer(&s.customer_id, &s.region, &s.country, s.occurred_at);
             cu.orders += 1;
             cu.units += i64::from(s.quantity);
@@ -1487,11 +1504,14 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
         Ok(())
     }
 
-    /// Folds the new orders into `order_gaps` and `order_gaps_daily` (see
-    /// `rollups::ORDER_GAPS`): each new order counts in its hour (day) at
-    /// the distance back to its customer's previous order; a stored order
-    /// whose previous order is now a new (late) one moves from its old
-    /// distance to the new one. Both tables come from one read. Runs
+    /// Folds the new orders into `order_gaps`, `order_gaps_daily` and
+    /// `order_gaps_daily_by` (see `rollups::ORDER_GAPS`): each new order
+    /// counts in its hour (day) at the distance back to its customer's
+    /// previous order (with the same category or region, by dimension); a
+    /// stored order whose previous order is now a new (late) one moves from
+    /// its old distance to the new one. One read gives each customer's
+    /// neighbouring orders; a second, for customers with orders before this
+    /// batch only, their neighbours with the same category and region. Runs
     /// after the upsert, whose `customers` rows stay locked until commit: a
     /// writer of the same customers' orders (another lane or process,
     /// whatever the producer keyed them by) waits for this one, and this
@@ -1500,54 +1520,57 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
         if self.orders.is_empty() {
             return Ok(());
         }
-        let mut a = Arrays::default();
-        let ids = a.bind(self.orders.keys().copied().collect::<Vec<_>>())?;
-        let firsts = a.bind(self.orders.values().map(|o| o.first).collect::<Vec<_>>())?;
-        let lasts = a.bind(self.orders.values().map(|o| o.last).collect::<Vec<_>>())?;
-        // Per customer, their orders from the last one before the new ones to
-        // the first one after (the new ones are stored already).
-        let sql = format!(
-            "SELECT c.id, x.transaction_id, x.occurred_at
-             FROM unnest({ids}::text[], {firsts}::timestamptz[], {lasts}::timestamptz[])
-                 AS c(id, first_at, last_at)
-             CROSS JOIN LATERAL (
-                 (SELECT transaction_id, occurred_at FROM transactions
-                  WHERE customer_id = c.id AND occurred_at < c.first_at
-                  ORDER BY occurred_at DESC, transaction_id DESC LIMIT 1)
-                 UNION ALL
-                 (SELECT transaction_id, occurred_at FROM transactions
-                  WHERE customer_id = c.id AND occurred_at >= c.first_at
-                      AND occurred_at <= c.last_at)
-                 UNION ALL
-                 (SELECT transaction_id, occurred_at FROM transactions
-                  WHERE customer_id = c.id AND occurred_at > c.last_at
-                  ORDER BY occurred_at, transaction_id LIMIT 1)
-             ) x"
-        );
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut stored: BTreeMap<String, Vec<(DateTime<Utc>, Uuid)>> = BTreeMap::new();
-        for r in &rows {
-            let id: String = r.try_get(0)?;
-            stored
-                .entry(id)
-                .or_default()
-                .push((r.try_get(2)?, r.try_get(1)?));
-        }
+        let customers: Vec<GapKey<'_>> = self.orders.iter().map(|(c, o)| ("", "", *c, o)).collect();
+        let seqs = neighbours(conn, &customers).await?;
         let mut hourly: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
         let mut daily: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
-        for (customer, seq) in &mut stored {
-            let Some(new) = self.orders.get(customer.as_str()) else {
-                continue;
-            };
-            seq.sort_unstable();
+        // The customers with no order but this batch's: their orders with a
+        // value are the new ones with it, without another read.
+        let mut only_new: HashMap<&str, &[(DateTime<Utc>, Uuid)]> = HashMap::new();
+        for (&(_, _, customer, new), seq) in customers.iter().zip(&seqs) {
             gap_deltas(seq, &new.ids, HOURLY, &mut hourly);
             gap_deltas(seq, &new.ids, DAILY, &mut daily);
+            if seq.len() == new.ids.len() {
+                only_new.insert(customer, seq);
+            }
+        }
+        let mut local: Vec<(GapKey<'_>, OrderSeq)> = Vec::new();
+        let mut probe: Vec<GapKey<'_>> = Vec::new();
+        for ((dim, value, customer), new) in &self.orders_by {
+            let key = (*dim, *value, *customer, new);
+            match only_new.get(customer) {
+                Some(seq) => {
+                    let with: Vec<_> = seq
+                        .iter()
+                        .filter(|(_, id)| new.ids.contains(id))
+                        .copied()
+                        .collect();
+                    local.push((key, with));
+                }
+                None => probe.push(key),
+            }
+        }
+        let probed = if probe.is_empty() {
+            Vec::new()
+        } else {
+            neighbours(conn, &probe).await?
+        };
+        let mut daily_by: BTreeMap<(&str, &str, DateTime<Utc>, i32), i64> = BTreeMap::new();
+        let mut one: BTreeMap<(DateTime<Utc>, i32), i64> = BTreeMap::new();
+        for ((dim, value, _, new), seq) in local
+            .iter()
+            .map(|(k, s)| (k, s))
+            .chain(probe.iter().zip(&probed))
+        {
+            gap_deltas(seq, &new.ids, DAILY, &mut one);
+            for ((day, back), n) in std::mem::take(&mut one) {
+                *daily_by.entry((*dim, *value, day, back)).or_default() += n;
+            }
         }
         hourly.retain(|_, n| *n != 0);
         daily.retain(|_, n| *n != 0);
-        if hourly.is_empty() && daily.is_empty() {
+        daily_by.retain(|_, n| *n != 0);
+        if hourly.is_empty() && daily.is_empty() && daily_by.is_empty() {
             return Ok(());
         }
         let mut a = Arrays::default();
@@ -1561,13 +1584,23 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
             back: "int4" = |(k, _)| k.1,
             orders: "int8" = |(_, n)| *n,
         );
-        let [hours_conflict, days_conflict] = &*GAPS_CONFLICTS;
+        let days_by = unnest!(a, daily_by,
+            dim: "text" = |(k, _)| k.0,
+            value: "text" = |(k, _)| k.1,
+            day: "timestamptz" = |(k, _)| k.2,
+            back: "int4" = |(k, _)| k.3,
+            orders: "int8" = |(_, n)| *n,
+        );
+        let [hours_conflict, days_conflict, by_conflict] = &*GAPS_CONFLICTS;
         let sql = format!(
             "WITH hourly AS (
                 INSERT INTO order_gaps AS g (hour, back, orders)
-                SELECT hour, back, orders FROM {hours} {hours_conflict})
-             INSERT INTO order_gaps_daily AS g (day, back, orders)
-             SELECT day, back, orders FROM {days} {days_conflict}"
+                SELECT hour, back, orders FROM {hours} {hours_conflict}),
+             daily AS (
+                INSERT INTO order_gaps_daily AS g (day, back, orders)
+                SELECT day, back, orders FROM {days} {days_conflict})
+             INSERT INTO order_gaps_daily_by AS g (dim, value, day, back, orders)
+             SELECT dim, value, day, back, orders FROM {days_by} {by_conflict}"
         );
         sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
             .execute(&mut *conn)
@@ -1580,20 +1613,107 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
                 .collect()
         };
         let (hours_left, days_left) = (left(&hourly), left(&daily));
-        if !(hours_left.is_empty() && days_left.is_empty()) {
+        let by_left: Vec<(&str, &str, DateTime<Utc>)> = daily_by
+            .iter()
+            .filter(|(_, n)| **n < 0)
+            .map(|(k, _)| (k.0, k.1, k.2))
+            .collect();
+        if !(hours_left.is_empty() && days_left.is_empty() && by_left.is_empty()) {
             // A late order moved a stored one: a bucket it left may be empty
             // (after the upsert above, which this statement would not see).
             sqlx::query(
-                "WITH h AS (DELETE FROM order_gaps WHERE hour = ANY($1) AND orders = 0)
-                 DELETE FROM order_gaps_daily WHERE day = ANY($2) AND orders = 0",
+                "WITH h AS (DELETE FROM order_gaps WHERE hour = ANY($1) AND orders = 0),
+                      d AS (DELETE FROM order_gaps_daily WHERE day = ANY($2) AND orders = 0)
+                 DELETE FROM order_gaps_daily_by
+                 WHERE (dim, value, day) IN (SELECT * FROM unnest($3::text[], $4::text[],
+                                                                   $5::timestamptz[]))
+                   AND orders = 0",
             )
             .bind(hours_left)
             .bind(days_left)
+            .bind(by_left.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(by_left.iter().map(|k| k.1).collect::<Vec<_>>())
+            .bind(by_left.iter().map(|k| k.2).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
         Ok(())
     }
+}
+
+/// Each of `rollups::GAP_DIMENSIONS` (a unit test holds them together) and
+/// its value in a sale.
+const GAP_VALUES: [(&str, ValueOf); 2] = [
+    ("category", |s| s.category.as_str()),
+    ("region", |s| s.region.as_str()),
+];
+
+/// A customer's orders as [`gap_deltas`] reads them: (time, id), sorted.
+type OrderSeq = Vec<(DateTime<Utc>, Uuid)>;
+
+/// Where a sale holds its value of a dimension.
+type ValueOf = fn(&SaleEvent) -> &str;
+
+/// What [`neighbours`] reads for: a dimension (`''`: none) and its value,
+/// a customer, and their new orders in the batch.
+type GapKey<'k> = (&'k str, &'k str, &'k str, &'k NewOrders);
+
+/// Per key, sorted, the customer's stored orders (with the key's value of
+/// its dimension, when it has one) from the last one before the new ones
+/// to the first one after, the new ones (stored already) included.
+async fn neighbours(
+    conn: &mut PgConnection,
+    keys: &[GapKey<'_>],
+) -> Result<Vec<OrderSeq>, StoreError> {
+    let mut a = Arrays::default();
+    let dims = a.bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())?;
+    let values = a.bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())?;
+    let ids = a.bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())?;
+    let firsts = a.bind(keys.iter().map(|k| k.3.first).collect::<Vec<_>>())?;
+    let lasts = a.bind(keys.iter().map(|k| k.3.last).collect::<Vec<_>>())?;
+    // Same value: the dimension names the column (another dimension, none).
+    let same = format!(
+        "CASE c.dim WHEN '' THEN TRUE {} ELSE FALSE END",
+        GAP_DIMENSIONS
+            .iter()
+            .map(|d| format!("WHEN '{d}' THEN t.{d} = c.value"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let sql = format!(
+        "SELECT c.ord, x.transaction_id, x.occurred_at
+         FROM unnest({dims}::text[], {values}::text[], {ids}::text[],
+                     {firsts}::timestamptz[], {lasts}::timestamptz[])
+             WITH ORDINALITY AS c(dim, value, id, first_at, last_at, ord)
+         CROSS JOIN LATERAL (
+             (SELECT transaction_id, occurred_at FROM transactions t
+              WHERE customer_id = c.id AND occurred_at < c.first_at AND {same}
+              ORDER BY occurred_at DESC, transaction_id DESC LIMIT 1)
+             UNION ALL
+             (SELECT transaction_id, occurred_at FROM transactions t
+              WHERE customer_id = c.id AND occurred_at >= c.first_at
+                  AND occurred_at <= c.last_at AND {same})
+             UNION ALL
+             (SELECT transaction_id, occurred_at FROM transactions t
+              WHERE customer_id = c.id AND occurred_at > c.last_at AND {same}
+              ORDER BY occurred_at, transaction_id LIMIT 1)
+         ) x"
+    );
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), a.args)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = vec![Vec::new(); keys.len()];
+    for r in &rows {
+        let ord: i64 = r.try_get(0)?;
+        // `ord` numbers the keys from 1.
+        if let Some(seq) = usize::try_from(ord - 1).ok().and_then(|i| out.get_mut(i)) {
+            seq.push((r.try_get(2)?, r.try_get(1)?));
+        }
+    }
+    for seq in &mut out {
+        seq.sort_unstable();
+    }
+    Ok(out)
 }
 
 /// One of the order-gap tables: its bucket width in seconds and the
@@ -1671,12 +1791,13 @@ static CONFLICTS: LazyLock<[String; 6]> = LazyLock::new(|| {
     ]
 });
 
-/// How `fold_gaps` adds its counts (from `rollups::ORDER_GAPS` and
-/// `rollups::ORDER_GAPS_DAILY`).
-static GAPS_CONFLICTS: LazyLock<[String; 2]> = LazyLock::new(|| {
+/// How `fold_gaps` adds its counts (from `rollups::ORDER_GAPS`,
+/// `rollups::ORDER_GAPS_DAILY` and `rollups::ORDER_GAPS_DAILY_BY`).
+static GAPS_CONFLICTS: LazyLock<[String; 3]> = LazyLock::new(|| {
     [
         ORDER_GAPS.on_conflict("g"),
         ORDER_GAPS_DAILY.on_conflict("g"),
+        ORDER_GAPS_DAILY_BY.on_conflict("g"),
     ]
 });
 
@@ -1704,6 +1825,36 @@ impl Arrays {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gap_values_are_the_gap_dimensions_columns() {
+        let names: Vec<&str> = GAP_VALUES.iter().map(|(d, _)| *d).collect();
+        assert_eq!(names, GAP_DIMENSIONS);
+        // Every text field a different value: each function reads its own.
+        let sale = SaleEvent {
+            transaction_id: Uuid::from_u128(1),
+            occurred_at: DateTime::<Utc>::UNIX_EPOCH,
+            customer_id: "customer".into(),
+            session_id: "session".into(),
+            product_id: "product".into(),
+            product_name: "name".into(),
+            category: "Home".into(),
+            quantity: 1,
+            unit_price: 1.0,
+            discount: 0.0,
+            total_amount: 1.0,
+            currency: "EUR".into(),
+            payment_method: "card".into(),
+            status: Status::Completed,
+            region: "Europe".into(),
+            country: "DE".into(),
+            channel: crate::event::Channel::Web,
+        };
+        let json = serde_json::to_value(&sale).unwrap();
+        for (dim, value) in GAP_VALUES {
+            assert_eq!(json[dim].as_str(), Some(value(&sale)), "{dim}");
+        }
+    }
 
     #[test]
     fn copy_text_escapes() {
