@@ -103,6 +103,11 @@ pub struct Config {
     pub embedded_pg_port: u16,
     /// Analytics frames are cached in Redis this long, in seconds (0 = no cache).
     pub cache_ttl_secs: u64,
+    /// The HTTP API reads the data versions at most this often, in ms: a
+    /// view over a range that reaches live data is then computed at most
+    /// once per interval, and is at most this much older than the newest
+    /// commit (0 = read them for every request). The app is not affected.
+    pub api_refresh_ms: u64,
     /// The app's scripts folder (generator/ and metrics/); default
     /// `./scripts` when present, else one in the user's data directory.
     pub scripts_dir: Option<PathBuf>,
@@ -147,6 +152,7 @@ impl Default for Config {
             data_dir: None,
             embedded_pg_port: 54329,
             cache_ttl_secs: 3_600,
+            api_refresh_ms: 1_000,
             scripts_dir: None,
             kafka_security_protocol: "plaintext".into(),
             kafka_ssl_ca_location: None,
@@ -255,6 +261,7 @@ impl Config {
         env!("SALESPULSE_DATA_DIR" => Some data_dir);
         env!("SALESPULSE_PG_PORT" => embedded_pg_port);
         env!("SALESPULSE_CACHE_TTL_SECS" => cache_ttl_secs);
+        env!("SALESPULSE_API_REFRESH_MS" => api_refresh_ms);
         env!("SALESPULSE_SCRIPTS" => Some scripts_dir);
         env!("SALESPULSE_KAFKA_SECURITY_PROTOCOL" => kafka_security_protocol);
         env!("SALESPULSE_KAFKA_SSL_CA_LOCATION" => Some kafka_ssl_ca_location);

@@ -536,6 +536,42 @@ async fn cache_hits_misses_and_expires() {
     db.drop().await;
 }
 
+/// With `with_versions_every` (the HTTP API's), the data versions are read
+/// once per interval: a view over live data is computed once per interval
+/// however many commits land, and moves on after it; without, a commit
+/// shows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_read_once_per_interval_bound_recomputation_and_staleness() {
+    let (db, mut offsets, mut g) = seeded("versions_every").await;
+    let held = analytics(&db.store, redis_cache(Duration::from_secs(60)))
+        .with_versions_every(Duration::from_secs(3_600));
+    let brief = no_cache(&db.store).with_versions_every(Duration::from_millis(300));
+    let exact = no_cache(&db.store);
+    let req = ViewRequest::new(ViewKind::Kpis).with_filters(Filters {
+        range: TimeRange::Last { minutes: 60 },
+        ..Filters::default()
+    });
+    let first = held.view(&req).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Miss);
+    let (v_held, v_brief) = (
+        held.versions().await.unwrap(),
+        brief.versions().await.unwrap(),
+    );
+    let more: Vec<Event> = (0..300).map(|_| g.next_event()).collect();
+    write_events(&db.store, more, 5_000, &mut offsets).await;
+    // Within the interval: the same versions, so the same frame, cached.
+    assert_eq!(held.versions().await.unwrap(), v_held);
+    let again = held.view(&req).await.unwrap();
+    assert_eq!(again.outcome, Outcome::Hit);
+    assert!(again.frame.equals_missing(&first.frame));
+    // Read for every request: the commit shows at once.
+    assert!(exact.versions().await.unwrap().commits > v_held.commits);
+    // After the interval: the new commit.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(brief.versions().await.unwrap().commits > v_brief.commits);
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_data_invalidates_the_open_bucket_only() {
     let (db, mut offsets, mut g) = seeded("cacheinval").await;

@@ -223,6 +223,13 @@ pub struct Analytics {
     /// Whether script frames may run in the database.
     pushdown: bool,
     reads: Arc<ReadCounters>,
+    /// Data versions read this recently are used again (zero: read for
+    /// every request); see [`Analytics::with_versions_every`].
+    versions_every: Duration,
+    /// The last versions read, and when the read began.
+    last_versions: Arc<std::sync::Mutex<Option<(Instant, DataVersions)>>>,
+    /// Whether a request is reading them anew.
+    reading_versions: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -268,7 +275,21 @@ impl Analytics {
             isolation: script_host::Isolation::default(),
             pushdown: true,
             reads: Arc::default(),
+            versions_every: Duration::ZERO,
+            last_versions: Arc::default(),
+            reading_versions: Arc::default(),
         }
+    }
+
+    /// Reads the data versions at most once per `every` and answers from
+    /// that read meanwhile: a frame over a range that reaches live data is
+    /// then at most `every` (plus its computation) behind the committed
+    /// data, and is computed at most once per `every` however many
+    /// commits land, instead of once per commit. For the HTTP API, whose
+    /// clients poll; zero (the default) reads them for every request.
+    pub fn with_versions_every(mut self, every: Duration) -> Self {
+        self.versions_every = every;
+        self
     }
 
     /// Where metric scripts run (a child process with a memory cap, by
@@ -354,8 +375,52 @@ impl Analytics {
             .clone()
     }
 
-    /// Reads the data versions (one small query).
+    /// The data versions: one small query, or the last one's answer when
+    /// it began less than [`Analytics::with_versions_every`] ago (or while
+    /// another request reads them anew).
     pub async fn versions(&self) -> Result<DataVersions, AnalyticsError> {
+        if self.versions_every.is_zero() {
+            return self.read_versions().await;
+        }
+        let last = |this: &Self| {
+            this.last_versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        let held = last(self);
+        if let Some((at, v)) = &held {
+            if at.elapsed() < self.versions_every {
+                return Ok(v.clone());
+            }
+        }
+        // One request reads them anew; the others answer from the last
+        // read meanwhile rather than queue for the same row.
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        if let (Some((_, v)), Err(_)) = (
+            &held,
+            self.reading_versions
+                .compare_exchange(false, true, AcqRel, Acquire),
+        ) {
+            return Ok(v.clone());
+        }
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Release);
+            }
+        }
+        let _done = Done(&self.reading_versions);
+        let began = Instant::now();
+        let v = self.read_versions().await?;
+        let mut slot = self.last_versions.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|(at, _)| *at < began) {
+            *slot = Some((began, v.clone()));
+        }
+        Ok(v)
+    }
+
+    async fn read_versions(&self) -> Result<DataVersions, AnalyticsError> {
         let row = sqlx::query(
             "SELECT coalesce(sum(commits), 0)::int8, coalesce(sum(late_commits), 0)::int8,
                     min(max_event_at) FILTER (WHERE partition >= 0) - interval '1 hour',

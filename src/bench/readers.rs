@@ -72,6 +72,8 @@ pub struct ReadersBenchReport {
     pub clients: usize,
     /// Refresh interval, ms.
     pub interval_ms: u64,
+    /// The server's `api_refresh_ms`: how often it read the data versions.
+    pub api_refresh_ms: u64,
     /// Seconds the clients ran.
     pub secs: u64,
     /// Requests answered, all kinds.
@@ -104,6 +106,11 @@ impl std::fmt::Display for ReadersBenchReport {
             f,
             "{} dashboard clients over HTTP, {} transactions of history, refresh every {} ms, {} s",
             self.clients, self.transactions, self.interval_ms, self.secs
+        )?;
+        writeln!(
+            f,
+            "server            reads the data versions at most every {} ms (api_refresh_ms)",
+            self.api_refresh_ms
         )?;
         writeln!(
             f,
@@ -276,7 +283,7 @@ async fn run_on(cfg: &Config, opts: &ReadersBenchOptions) -> anyhow::Result<Read
         .await
         .context("the pipeline task")?
         .context("the pipeline")?;
-    tally.report(opts, ran, &report)
+    tally.report(opts, cfg.api_refresh_ms, ran, &report)
 }
 
 /// The filters clients pick from (query strings, without the view): ranges
@@ -363,6 +370,7 @@ impl Tally {
     fn report(
         &self,
         opts: &ReadersBenchOptions,
+        api_refresh_ms: u64,
         ran: f64,
         run: &services::RunReport,
     ) -> anyhow::Result<ReadersBenchReport> {
@@ -402,6 +410,7 @@ impl Tally {
             transactions: opts.data.transactions,
             clients: opts.clients,
             interval_ms: opts.interval_ms,
+            api_refresh_ms,
             secs: opts.secs,
             requests,
             requests_per_sec: requests as f64 / ran.max(1e-9),

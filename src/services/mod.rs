@@ -122,7 +122,12 @@ impl Services {
     /// process that produces or ingests adds its counters.
     pub fn telemetry(&self, cfg: &Config, store: &Store) -> anyhow::Result<Telemetry> {
         Ok(Telemetry {
-            analytics: Some(analytics(cfg, store)?),
+            // Clients poll: one read of the data versions serves them all
+            // for `api_refresh_ms`.
+            analytics: Some(
+                analytics(cfg, store)?
+                    .with_versions_every(Duration::from_millis(cfg.api_refresh_ms)),
+            ),
             lag: Some(self.lag_source(cfg, store)),
             ..Telemetry::default()
         })
