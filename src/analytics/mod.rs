@@ -397,20 +397,21 @@ impl Analytics {
         // One request reads them anew; the others answer from the last
         // read meanwhile rather than queue for the same row.
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
-        if let (Some((_, v)), Err(_)) = (
-            &held,
-            self.reading_versions
-                .compare_exchange(false, true, AcqRel, Acquire),
-        ) {
-            return Ok(v.clone());
+        let reader = self
+            .reading_versions
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_ok();
+        if let (false, Some((_, v))) = (reader, held) {
+            return Ok(v);
         }
+        /// Clears the flag when the reader is done, however it ends.
         struct Done<'a>(&'a std::sync::atomic::AtomicBool);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 self.0.store(false, Release);
             }
         }
-        let _done = Done(&self.reading_versions);
+        let _done = reader.then(|| Done(&self.reading_versions));
         let began = Instant::now();
         let v = self.read_versions().await?;
         let mut slot = self.last_versions.lock().unwrap_or_else(|p| p.into_inner());
