@@ -105,8 +105,9 @@ pub struct Config {
     pub cache_ttl_secs: u64,
     /// The HTTP API reads the data versions at most this often, in ms: a
     /// view over a range that reaches live data is then computed at most
-    /// once per interval, and is at most this much older than the newest
-    /// commit (0 = read them for every request). The app is not affected.
+    /// once per interval, and is about this much older than the newest
+    /// commit at most (three intervals while a read of them is slow or
+    /// failing; 0 = read them for every request). The app is not affected.
     pub api_refresh_ms: u64,
     /// The app's scripts folder (generator/ and metrics/); default
     /// `./scripts` when present, else one in the user's data directory.

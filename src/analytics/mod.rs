@@ -388,22 +388,20 @@ impl Analytics {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
         };
-        let held = last(self);
-        if let Some((at, v)) = &held {
+        if let Some((at, v)) = last(self) {
             if at.elapsed() < self.versions_every {
-                return Ok(v.clone());
+                return Ok(v);
             }
         }
         // One request reads them anew; the others answer from the last
-        // read meanwhile rather than queue for the same row.
+        // read meanwhile (looked up once the reader is known, so the newest
+        // stored) rather than queue for the same row — but not from one
+        // three intervals old (a slow or failing read): then they read too.
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
         let reader = self
             .reading_versions
             .compare_exchange(false, true, AcqRel, Acquire)
             .is_ok();
-        if let (false, Some((_, v))) = (reader, held) {
-            return Ok(v);
-        }
         /// Clears the flag when the reader is done, however it ends.
         struct Done<'a>(&'a std::sync::atomic::AtomicBool);
         impl Drop for Done<'_> {
@@ -412,6 +410,16 @@ impl Analytics {
             }
         }
         let _done = reader.then(|| Done(&self.reading_versions));
+        let fresh_enough = if reader {
+            self.versions_every
+        } else {
+            self.versions_every.saturating_mul(3)
+        };
+        if let Some((at, v)) = last(self) {
+            if at.elapsed() < fresh_enough {
+                return Ok(v);
+            }
+        }
         let began = Instant::now();
         let v = self.read_versions().await?;
         let mut slot = self.last_versions.lock().unwrap_or_else(|p| p.into_inner());
