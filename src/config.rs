@@ -109,6 +109,11 @@ pub struct Config {
     /// commit at most (three intervals while a read of them is slow or
     /// failing; 0 = read them for every request). The app is not affected.
     pub api_refresh_ms: u64,
+    /// Views the HTTP API computes at once (0 = one per two CPU cores, at
+    /// least one); the others wait their turn. Fewer leave more of the
+    /// machine to ingest when many dashboards poll; at most the API's
+    /// database pool less one. The app is not affected.
+    pub api_compute_limit: usize,
     /// The app's scripts folder (generator/ and metrics/); default
     /// `./scripts` when present, else one in the user's data directory.
     pub scripts_dir: Option<PathBuf>,
@@ -154,6 +159,7 @@ impl Default for Config {
             embedded_pg_port: 54329,
             cache_ttl_secs: 3_600,
             api_refresh_ms: 1_000,
+            api_compute_limit: 0,
             scripts_dir: None,
             kafka_security_protocol: "plaintext".into(),
             kafka_ssl_ca_location: None,
@@ -263,6 +269,7 @@ impl Config {
         env!("SALESPULSE_PG_PORT" => embedded_pg_port);
         env!("SALESPULSE_CACHE_TTL_SECS" => cache_ttl_secs);
         env!("SALESPULSE_API_REFRESH_MS" => api_refresh_ms);
+        env!("SALESPULSE_API_COMPUTE_LIMIT" => api_compute_limit);
         env!("SALESPULSE_SCRIPTS" => Some scripts_dir);
         env!("SALESPULSE_KAFKA_SECURITY_PROTOCOL" => kafka_security_protocol);
         env!("SALESPULSE_KAFKA_SSL_CA_LOCATION" => Some kafka_ssl_ca_location);

@@ -406,6 +406,8 @@ async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
     let r = again(format!("\"nope\", W/{etag}")).await;
     assert_eq!(r.status().as_u16(), 304);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    // Told from the tag alone: nothing fetched from the cache.
+    assert_eq!(r.headers()["x-salespulse-cache"], "not-modified");
     assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(again("\"other\"".into()).await.status().as_u16(), 200);
     let more: Vec<Event> = (0..500).map(|_| g.next_event()).collect();

@@ -228,8 +228,8 @@ pub struct Analytics {
     versions_every: Duration,
     /// The last versions read, and when the read began.
     last_versions: Arc<std::sync::Mutex<Option<(Instant, DataVersions)>>>,
-    /// Whether a request is reading them anew.
-    reading_versions: Arc<std::sync::atomic::AtomicBool>,
+    /// Held by the request reading them anew.
+    versions_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -277,7 +277,7 @@ impl Analytics {
             reads: Arc::default(),
             versions_every: Duration::ZERO,
             last_versions: Arc::default(),
-            reading_versions: Arc::default(),
+            versions_turn: Arc::default(),
         }
     }
 
@@ -395,28 +395,22 @@ impl Analytics {
         }
         // One request reads them anew; the others answer from the last
         // read meanwhile (looked up once the reader is known, so the newest
-        // stored) rather than queue for the same row — but not from one
-        // three intervals old (a slow or failing read): then they read too.
-        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
-        let reader = self
-            .reading_versions
-            .compare_exchange(false, true, AcqRel, Acquire)
-            .is_ok();
-        /// Clears the flag when the reader is done, however it ends.
-        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Release);
+        // stored) rather than queue for the same row — unless there is none
+        // yet, or it is three intervals old (a slow or failing read): then
+        // they wait for that read and use it, or read after it in turn.
+        let _turn = match self.versions_turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                if let Some((at, v)) = last(self) {
+                    if at.elapsed() < self.versions_every.saturating_mul(3) {
+                        return Ok(v);
+                    }
+                }
+                self.versions_turn.lock().await
             }
-        }
-        let _done = reader.then(|| Done(&self.reading_versions));
-        let fresh_enough = if reader {
-            self.versions_every
-        } else {
-            self.versions_every.saturating_mul(3)
         };
         if let Some((at, v)) = last(self) {
-            if at.elapsed() < fresh_enough {
+            if at.elapsed() < self.versions_every {
                 return Ok(v);
             }
         }
@@ -511,6 +505,26 @@ impl Analytics {
         self.view_at(req, &v).await
     }
 
+    /// The cache key of `req` under `v` (checked and resolved already).
+    fn key_of(req: &ViewRequest, span: Option<Span>, g: Granularity, v: &DataVersions) -> String {
+        frame_key(req.view.as_str(), &Self::key_material(req, span, g, v))
+    }
+
+    /// The tag ([`ViewResult::tag`]) that `req` would have under `v`,
+    /// without computing or fetching it: a client that holds a frame with
+    /// this tag holds exactly what [`Analytics::view_at`] would answer (a
+    /// frame's key names its request and the data versions).
+    pub(crate) fn tag_at(
+        &self,
+        req: &ViewRequest,
+        v: &DataVersions,
+    ) -> Result<String, AnalyticsError> {
+        let mut req = req.clone();
+        req.check()?;
+        let (span, g) = Self::resolve(&req, v);
+        Ok(crate::cache::frame_tag(&Self::key_of(&req, span, g, v)).to_owned())
+    }
+
     /// A view under versions already read (one read serves a whole dashboard).
     pub(crate) async fn view_at(
         &self,
@@ -521,7 +535,7 @@ impl Analytics {
         let mut req = req.clone();
         req.check()?;
         let (span, g) = Self::resolve(&req, v);
-        let key = frame_key(req.view.as_str(), &Self::key_material(&req, span, g, v));
+        let key = Self::key_of(&req, span, g, v);
         let this = self.clone();
         let creq = req.clone();
         let ckey = key.clone();

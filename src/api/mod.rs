@@ -555,9 +555,25 @@ async fn view(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let versions = match analytics.versions().await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    // A client that holds this frame already is told so without a fetch
+    // from the cache (its tag names the request and the data versions).
+    match analytics.tag_at(&req, &versions) {
+        Ok(tag) => {
+            let etag = format!("\"{tag}\"");
+            if if_none_match(&headers, &etag) {
+                return not_modified(etag, "not-modified", None);
+            }
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
     // The computation itself goes on detached (and is shared with other
     // requests for the same view) if this one gives up or its client leaves.
-    let answer = match tokio::time::timeout(VIEW_TIMEOUT, analytics.view(&req)).await {
+    let view = analytics.view_at(&req, &versions);
+    let answer = match tokio::time::timeout(VIEW_TIMEOUT, view).await {
         Ok(a) => a,
         Err(_) => {
             return error(
@@ -575,13 +591,7 @@ async fn view(
             let cache_header = format!("{:?}", r.outcome).to_lowercase();
             let elapsed_header = format!("{:.3}", r.elapsed.as_secs_f64() * 1e3);
             if if_none_match(&headers, &etag) {
-                return Response::builder()
-                    .status(StatusCode::NOT_MODIFIED)
-                    .header(header::ETAG, etag)
-                    .header("x-salespulse-cache", cache_header)
-                    .header("x-salespulse-elapsed-ms", elapsed_header)
-                    .body(Body::empty())
-                    .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+                return not_modified(etag, &cache_header, Some(elapsed_header));
             }
             let mut buf = Vec::new();
             let mut frame = r.frame;
@@ -599,6 +609,20 @@ async fn view(
         Err(e) if e.is_bad_request() => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// A `304 Not Modified` with `etag`, how the frame was found (`cache`)
+/// and, when it was looked up, how long that took.
+fn not_modified(etag: String, cache: &str, elapsed_ms: Option<String>) -> Response {
+    let mut r = Response::builder()
+        .status(StatusCode::NOT_MODIFIED)
+        .header(header::ETAG, etag)
+        .header("x-salespulse-cache", cache);
+    if let Some(ms) = elapsed_ms {
+        r = r.header("x-salespulse-elapsed-ms", ms);
+    }
+    r.body(Body::empty())
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// Whether the client's `If-None-Match` names `etag` (or is `*`): it holds
@@ -619,8 +643,43 @@ pub async fn serve(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    serve_on(listener, state, shutdown).await
+    serve_on(listen(bind).await?, state, shutdown).await
+}
+
+/// Connections the kernel may queue for the API before it accepts them.
+/// The standard library's 128 is less than 50 dashboards reconnecting at
+/// once (five connections each): the rest have their SYN dropped and retry
+/// a second later. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `bind` (an address, or a name that resolves to some)
+/// with a queue of [`LISTEN_BACKLOG`] pending connections.
+pub async fn listen(bind: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(bind).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio do: a restarted server can bind again at once
+        // (not on Windows, where it would let another process take the port).
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{bind} names no address to listen on"),
+        )
+    }))
 }
 
 /// Serves the API on an already bound listener until `shutdown` resolves.
@@ -643,6 +702,38 @@ pub async fn serve_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of connections beyond the standard library's backlog of 128
+    /// is queued by the kernel, not dropped (a dropped SYN costs the client
+    /// a one-second retry). Linux only: other systems cap the backlog at
+    /// their own `somaxconn` (128 on macOS).
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_connections_waits_in_the_queue_instead_of_being_dropped() {
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if somaxconn < 400 {
+            eprintln!("skipped: net.core.somaxconn is {somaxconn}");
+            return;
+        }
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nobody accepts: every connection must wait in the queue.
+        let connects = (0..300).map(|_| async move {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        });
+        let results = futures::future::join_all(connects).await;
+        let late = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(late, 0, "{late} of 300 connections were not queued");
+        drop(listener);
+        assert!(listen("no-such-host.invalid:80").await.is_err());
+    }
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -121,11 +121,13 @@ impl Services {
     /// process: the analytics layer (its cache) and the group's lag. A
     /// process that produces or ingests adds its counters.
     pub fn telemetry(&self, cfg: &Config, store: &Store) -> anyhow::Result<Telemetry> {
+        let pool = store.pool().options().get_max_connections() as usize;
         Ok(Telemetry {
             // Clients poll: one read of the data versions serves them all
-            // for `api_refresh_ms`.
+            // for `api_refresh_ms`, and a few computations at a time leave
+            // the rest of the machine to ingest.
             analytics: Some(
-                analytics(cfg, store)?
+                analytics_computing(cfg, store, api_compute_limit(cfg, pool))?
                     .with_versions_every(Duration::from_millis(cfg.api_refresh_ms)),
             ),
             lag: Some(self.lag_source(cfg, store)),
@@ -184,21 +186,32 @@ pub async fn database_url(cfg: &Config) -> anyhow::Result<(String, Option<Embedd
 
 /// The analytics layer over `store`, cached in the configured Redis.
 pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
+    // One connection stays free for other reads (health checks, exports);
+    // data versions are read on a connection of their own.
+    let pool = store.pool().options().get_max_connections() as usize;
+    analytics_computing(cfg, store, pool.saturating_sub(1))
+}
+
+/// Views the HTTP API computes at once: `api_compute_limit`, or one per
+/// two CPU cores when it is 0; never more than `pool` less one (a
+/// connection stays free for health checks and version reads).
+pub fn api_compute_limit(cfg: &Config, pool: usize) -> usize {
+    let wanted = match cfg.api_compute_limit {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+        n => n,
+    };
+    wanted.min(pool.saturating_sub(1)).max(1)
+}
+
+/// [`analytics`] computing at most `limit` views at once.
+fn analytics_computing(cfg: &Config, store: &Store, limit: usize) -> anyhow::Result<Analytics> {
     let cache = FrameCache::new_in(
         &cfg.redis_url,
         Duration::from_secs(cfg.cache_ttl_secs),
         cfg.data_dir.as_deref(),
     )
     .with_context(|| format!("redis_url {}", redact_url(&cfg.redis_url)))?
-    // One connection stays free for other reads (health checks, exports);
-    // data versions are read on a connection of their own.
-    .with_compute_limit(
-        store
-            .pool()
-            .options()
-            .get_max_connections()
-            .saturating_sub(1) as usize,
-    );
+    .with_compute_limit(limit);
     Ok(Analytics::new(
         store.pool().clone(),
         Arc::new(cache),
@@ -359,7 +372,7 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
                 ApiState::new(opts.params.clone(), opts.seed, services.health_targets(cfg))?
                     .with_telemetry(telemetry)
                     .with_token(api::token_from_env());
-            let listener = tokio::net::TcpListener::bind(bind)
+            let listener = api::listen(bind)
                 .await
                 .with_context(|| format!("binding the HTTP API to {bind}"))?;
             api::check_exposure(listener.local_addr()?, api::token_from_env().as_deref())?;
@@ -544,4 +557,24 @@ pub async fn serve(cfg: &Config, bind: &str, seed: u64) -> anyhow::Result<()> {
     api::serve(bind, state, shutdown_signal())
         .await
         .with_context(|| format!("serving on {bind}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_computes_what_its_setting_and_pool_allow() {
+        let with = |n| Config {
+            api_compute_limit: n,
+            ..Config::default()
+        };
+        assert_eq!(api_compute_limit(&with(3), 10), 3);
+        // Never the whole pool: one connection stays free.
+        assert_eq!(api_compute_limit(&with(8), 5), 4);
+        // Never none, even with a pool of one.
+        assert_eq!(api_compute_limit(&with(2), 1), 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(api_compute_limit(&with(0), 64), (cores / 2).max(1));
+    }
 }
