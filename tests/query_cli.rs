@@ -171,6 +171,45 @@ async fn export_writes_files_and_cache_clear_empties_the_cache() {
     db.drop().await;
 }
 
+/// `bench ingest`, small, with events as dense as a 2,000 events/s shop's:
+/// every event stored once, in time that dense, and a bad rate refused
+/// with a message rather than a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_runs_small_at_a_given_event_rate() {
+    let db = TestDb::new("cliingest").await;
+    let o = salespulse(
+        &[
+            "bench",
+            "ingest",
+            "--events",
+            "4000",
+            "--event-rate",
+            "2000",
+            "--json",
+        ],
+        &db.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["events"], 4000, "{v}");
+    assert_eq!(
+        v["sales"].as_u64().unwrap() + v["sessions"].as_u64().unwrap(),
+        4000,
+        "{v}"
+    );
+    assert_eq!(v["event_rate"], 2000.0, "{v}");
+    assert!(v["ratio"].as_f64().unwrap() > 0.0, "{v}");
+    for bad in ["0", "-5", "NaN"] {
+        let rate = format!("--event-rate={bad}");
+        let o = salespulse(&["bench", "ingest", "--events", "10", &rate], &db.url);
+        let t = text(&o);
+        assert!(!o.status.success(), "{bad}: {t}");
+        assert!(t.contains("--event-rate must be a positive"), "{bad}: {t}");
+        assert!(!t.contains("panicked"), "{bad}: {t}");
+    }
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_analytics_runs_small() {
     let db = TestDb::new("clibench").await;

@@ -37,6 +37,11 @@ pub struct IngestBenchOptions {
     pub seed: u64,
     /// Keep the bench database afterwards (for inspection).
     pub keep: bool,
+    /// Stamp the events as a shop with this many events per second would
+    /// (`None`: the built-in shop's own traffic, about one session a
+    /// second, so 200,000 events span two days). Denser time fills fewer
+    /// rollup buckets per event.
+    pub event_rate: Option<f64>,
 }
 
 /// What `bench ingest` measured: the pipeline against a raw COPY of the same rows.
@@ -54,6 +59,8 @@ pub struct IngestBenchReport {
     pub partitions: i32,
     /// Most records per ingest batch.
     pub batch_size: usize,
+    /// Events per second of event time (`None`: the built-in shop's).
+    pub event_rate: Option<f64>,
     /// Seconds to produce every event (not compared).
     pub produce_secs: f64,
     /// Seconds from the first record read to the last commit.
@@ -85,6 +92,10 @@ impl std::fmt::Display for IngestBenchReport {
             "setup             {} partitions, {} ingest worker(s), batch {}",
             self.partitions, self.workers, self.batch_size
         )?;
+        match self.event_rate {
+            Some(r) => writeln!(f, "event time        {r:.0} events/s (--event-rate)")?,
+            None => writeln!(f, "event time        the built-in shop's traffic")?,
+        }
         writeln!(
             f,
             "produce           {:.2} s ({:.0} events/s, not part of the comparison)",
@@ -106,16 +117,17 @@ impl std::fmt::Display for IngestBenchReport {
     }
 }
 
-/// Produces `events` events of [`bench_generator`]`(seed)` as fast as the
+/// Produces `events` events of [`bench_generator`]`(seed, event_rate)` as fast as the
 /// producer takes them, off the runtime's threads.
 pub(super) async fn produce_bench_events(
     producer: &Arc<EventProducer>,
     seed: u64,
     events: u64,
+    event_rate: Option<f64>,
 ) -> anyhow::Result<u64> {
     let p = Arc::clone(producer);
     tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut g = bench_generator(seed)?;
+        let mut g = bench_generator(seed, event_rate)?;
         Ok(produce_loop(
             &mut g,
             &p,
@@ -129,21 +141,30 @@ pub(super) async fn produce_bench_events(
 }
 
 /// The benches' generator: the built-in shop on a simulated clock from
-/// 2026-01-05, so the same seed gives the same events.
-pub(super) fn bench_generator(seed: u64) -> anyhow::Result<Generator> {
+/// 2026-01-05, so the same seed gives the same events; with `event_rate`,
+/// its traffic scaled to about that many events per second of event time
+/// (sessions and sales together).
+fn bench_generator(seed: u64, event_rate: Option<f64>) -> anyhow::Result<Generator> {
     let start = Utc
         .with_ymd_and_hms(2026, 1, 5, 0, 0, 0)
         .single()
         .context("start time")?;
-    Ok(Generator::new(
-        GeneratorParams::builtin(),
-        seed,
-        Clock::Simulated(start),
-    )?)
+    let mut params = GeneratorParams::builtin();
+    if let Some(rate) = event_rate {
+        // About 0.29 sales per session in the built-in shop.
+        params.sessions_per_hour = rate * 3_600.0 / 1.29;
+    }
+    Ok(Generator::new(params, seed, Clock::Simulated(start))?)
 }
 
 /// Produces `opts.events` events to a fresh topic, ingests them into a fresh database and compares with COPY.
 pub async fn ingest(cfg: &Config, opts: &IngestBenchOptions) -> anyhow::Result<IngestBenchReport> {
+    if let Some(rate) = opts.event_rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--event-rate must be a positive number of events per second, not {rate}"
+        );
+    }
     let services = Services::resolve(cfg).await?;
     let tag = format!("{}_{}", std::process::id(), Utc::now().timestamp());
     let db = format!("salespulse_bench_{tag}");
@@ -194,7 +215,8 @@ async fn run(
     )?);
     let t = Instant::now();
     let (events, seed) = (opts.events, opts.seed);
-    produce_bench_events(&producer, seed, events).await?;
+    let event_rate = opts.event_rate;
+    produce_bench_events(&producer, seed, events, event_rate).await?;
     let produce_secs = t.elapsed().as_secs_f64();
     let targets = producer.stats().delivered_end_offsets();
 
@@ -242,7 +264,7 @@ async fn run(
 
     // 3. Raw COPY of the same rows into identical tables.
     eprintln!("loading the same rows with COPY…");
-    let rows = tokio::task::spawn_blocking(move || copy_rows(seed, events)).await??;
+    let rows = tokio::task::spawn_blocking(move || copy_rows(seed, events, event_rate)).await??;
     let mut conn = store.pool().acquire().await?;
     sqlx::query("CREATE TABLE copy_transactions (LIKE transactions INCLUDING ALL)")
         .execute(&mut *conn)
@@ -282,6 +304,7 @@ async fn run(
         workers: opts.workers,
         partitions: cfg.partitions,
         batch_size: cfg.batch_size,
+        event_rate: opts.event_rate,
         produce_secs,
         pipeline_secs,
         copy_secs,
@@ -303,8 +326,8 @@ async fn checkpoint(store: &Store) {
 /// The COPY half's data: the same events the pipeline ingested, as the
 /// text-format data `pg_dump` would write (the "dump and COPY";
 /// ingest itself sends binary, which the server converts with less work).
-fn copy_rows(seed: u64, events: u64) -> anyhow::Result<store::CopyRows> {
-    let mut g = bench_generator(seed)?;
+fn copy_rows(seed: u64, events: u64, event_rate: Option<f64>) -> anyhow::Result<store::CopyRows> {
+    let mut g = bench_generator(seed, event_rate)?;
     let mut batch = store::Batch::default();
     for i in 0..events as i64 {
         match g.next_event() {

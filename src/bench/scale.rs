@@ -275,7 +275,7 @@ async fn one_run(
         &cfg.topic,
     )?);
     let events = opts.events;
-    super::pipeline::produce_bench_events(&producer, opts.seed, events).await?;
+    super::pipeline::produce_bench_events(&producer, opts.seed, events, None).await?;
     let targets = producer.stats().delivered_end_offsets();
     drop(producer);
 

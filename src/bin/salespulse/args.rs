@@ -469,6 +469,11 @@ pub enum BenchCommand {
         /// Keep the bench database.
         #[arg(long)]
         keep: bool,
+        /// Stamp the events as a shop with this many events per second
+        /// would (default: the built-in shop's traffic, ~1 session/s, so
+        /// 200,000 events span two days of event time).
+        #[arg(long)]
+        event_rate: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

@@ -558,6 +558,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
             workers,
             seed,
             keep,
+            event_rate,
             json,
         } => {
             let opts = bench::pipeline::IngestBenchOptions {
@@ -565,6 +566,7 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
                 workers,
                 seed,
                 keep,
+                event_rate,
             };
             print_report(&bench::pipeline::ingest(cfg, &opts).await?, json)
         }
