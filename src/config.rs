@@ -109,8 +109,8 @@ pub struct Config {
     /// commit at most (three intervals while a read of them is slow or
     /// failing; 0 = read them for every request). The app is not affected.
     pub api_refresh_ms: u64,
-    /// Views the HTTP API computes at once (0 = one per two CPU cores, at
-    /// least one); the others wait their turn. Fewer leave more of the
+    /// Views the HTTP API computes at once (0 = one per CPU core); the
+    /// others wait their turn. Fewer leave more of the
     /// machine to ingest when many dashboards poll; at most the API's
     /// database pool less one. The app is not affected.
     pub api_compute_limit: usize,

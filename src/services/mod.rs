@@ -193,11 +193,11 @@ pub fn analytics(cfg: &Config, store: &Store) -> anyhow::Result<Analytics> {
 }
 
 /// Views the HTTP API computes at once: `api_compute_limit`, or one per
-/// two CPU cores when it is 0; never more than `pool` less one (a
-/// connection stays free for health checks and version reads).
+/// CPU core when it is 0; never more than `pool` less one (a connection
+/// stays free for health checks and version reads).
 pub fn api_compute_limit(cfg: &Config, pool: usize) -> usize {
     let wanted = match cfg.api_compute_limit {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     wanted.min(pool.saturating_sub(1)).max(1)
@@ -575,6 +575,6 @@ mod tests {
         // Never none, even with a pool of one.
         assert_eq!(api_compute_limit(&with(2), 1), 1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(api_compute_limit(&with(0), 64), (cores / 2).max(1));
+        assert_eq!(api_compute_limit(&with(0), 64), cores);
     }
 }
