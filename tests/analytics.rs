@@ -572,6 +572,40 @@ async fn versions_read_once_per_interval_bound_recomputation_and_staleness() {
     db.drop().await;
 }
 
+/// Many requests at once with no versions read yet: one read serves them
+/// all, and a failing read fails them all at once instead of being tried
+/// again by each in turn (a minute of queueing when the database is away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_version_read_and_its_failure() {
+    let (db, _, _) = seeded("versions_herd").await;
+    let every = Duration::from_secs(1);
+    let ok = no_cache(&db.store).with_versions_every(every);
+    let got = futures::future::join_all((0..40).map(|_| ok.versions())).await;
+    let first = got[0].as_ref().unwrap().clone();
+    assert!(got.iter().all(|v| v.as_ref().ok() == Some(&first)));
+    assert_eq!(ok.versions_reads(), 1);
+    // A database that is not there: one failed read, every caller told.
+    let url = salespulse::store::with_database(&pg_server_url(), "salespulse_no_such_db").unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&url)
+        .unwrap();
+    let away = Analytics::new(pool, Arc::new(FrameCache::disabled()), LoadMode::Rows)
+        .with_versions_every(every);
+    let t = std::time::Instant::now();
+    let got = futures::future::join_all((0..40).map(|_| away.versions())).await;
+    assert!(got.iter().all(|r| r.is_err()));
+    let e = got[0].as_ref().unwrap_err().to_string();
+    assert!(e.contains("salespulse_no_such_db"), "{e}");
+    assert_eq!(away.versions_reads(), 1, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // The next request after a failure reads again.
+    assert!(away.versions().await.is_err());
+    assert_eq!(away.versions_reads(), 2);
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_data_invalidates_the_open_bucket_only() {
     let (db, mut offsets, mut g) = seeded("cacheinval").await;

@@ -410,6 +410,21 @@ async fn abandoned_heavy_views_do_not_exhaust_the_pool() {
     assert_eq!(r.headers()["x-salespulse-cache"], "not-modified");
     assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(again("\"other\"".into()).await.status().as_u16(), 200);
+    // `*` names no frame: answered once the view is known to compute, and
+    // a bad request stays a 400.
+    let r = again("*".into()).await;
+    assert_eq!(r.status().as_u16(), 304);
+    assert_ne!(r.headers()["x-salespulse-cache"], "not-modified");
+    let r = client
+        .get(format!(
+            "{}/view/kpis?from=2026-03-02&to=2026-03-01",
+            s.base
+        ))
+        .header("if-none-match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
     let more: Vec<Event> = (0..500).map(|_| g.next_event()).collect();
     write_events(&db.store, more, 5_000, &mut offsets).await;
     let r = again(etag.clone()).await;

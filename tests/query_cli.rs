@@ -207,6 +207,21 @@ async fn bench_ingest_runs_small_at_a_given_event_rate() {
         assert!(t.contains("--event-rate must be a positive"), "{bad}: {t}");
         assert!(!t.contains("panicked"), "{bad}: {t}");
     }
+    // Beyond the busiest shop the generator allows: said in its terms.
+    let o = salespulse(
+        &[
+            "bench",
+            "ingest",
+            "--events",
+            "10",
+            "--event-rate",
+            "1000000",
+        ],
+        &db.url,
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("--event-rate 1000000"), "{t}");
     db.drop().await;
 }
 

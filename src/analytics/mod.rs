@@ -228,8 +228,11 @@ pub struct Analytics {
     versions_every: Duration,
     /// The last versions read, and when the read began.
     last_versions: Arc<std::sync::Mutex<Option<(Instant, DataVersions)>>>,
-    /// Held by the request reading them anew.
-    versions_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Held by the request reading them anew; holds the error of the last
+    /// read when it failed (shared with the requests that waited for it).
+    versions_turn: Arc<tokio::sync::Mutex<Option<Arc<AnalyticsError>>>>,
+    /// Reads of them ended (either way), counted under `versions_turn`.
+    versions_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -278,6 +281,7 @@ impl Analytics {
             versions_every: Duration::ZERO,
             last_versions: Arc::default(),
             versions_turn: Arc::default(),
+            versions_reads: Arc::default(),
         }
     }
 
@@ -379,6 +383,7 @@ impl Analytics {
     /// it began less than [`Analytics::with_versions_every`] ago (or while
     /// another request reads them anew).
     pub async fn versions(&self) -> Result<DataVersions, AnalyticsError> {
+        use std::sync::atomic::Ordering::{Acquire, Release};
         if self.versions_every.is_zero() {
             return self.read_versions().await;
         }
@@ -397,8 +402,10 @@ impl Analytics {
         // read meanwhile (looked up once the reader is known, so the newest
         // stored) rather than queue for the same row — unless there is none
         // yet, or it is three intervals old (a slow or failing read): then
-        // they wait for that read and use it, or read after it in turn.
-        let _turn = match self.versions_turn.try_lock() {
+        // they wait for the read under way and take its outcome, success
+        // or failure, rather than each read again in turn.
+        let seen = self.versions_reads.load(Acquire);
+        let mut turn = match self.versions_turn.try_lock() {
             Ok(turn) => turn,
             Err(_) => {
                 if let Some((at, v)) = last(self) {
@@ -409,18 +416,48 @@ impl Analytics {
                 self.versions_turn.lock().await
             }
         };
+        if self.versions_reads.load(Acquire) != seen {
+            // A read ended while this request waited.
+            if let Some(e) = turn.as_ref() {
+                return Err(AnalyticsError::Shared(Arc::clone(e)));
+            }
+            if let Some((_, v)) = last(self) {
+                return Ok(v);
+            }
+        }
         if let Some((at, v)) = last(self) {
             if at.elapsed() < self.versions_every {
                 return Ok(v);
             }
         }
         let began = Instant::now();
-        let v = self.read_versions().await?;
-        let mut slot = self.last_versions.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_none_or(|(at, _)| *at < began) {
-            *slot = Some((began, v.clone()));
-        }
-        Ok(v)
+        let read = self.read_versions().await;
+        // Under the turn: the outcome and the count change together.
+        *turn = None;
+        let out = match read {
+            Ok(v) => {
+                let mut slot = self.last_versions.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_none_or(|(at, _)| *at < began) {
+                    *slot = Some((began, v.clone()));
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                *turn = Some(Arc::clone(&e));
+                Err(AnalyticsError::Shared(e))
+            }
+        };
+        self.versions_reads.fetch_add(1, Release);
+        out
+    }
+
+    /// Reads of the data versions that [`Analytics::versions`] has made so
+    /// far under an interval (see [`Analytics::with_versions_every`]),
+    /// whether they succeeded or failed.
+    pub fn versions_reads(&self) -> u64 {
+        self.versions_reads
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn read_versions(&self) -> Result<DataVersions, AnalyticsError> {

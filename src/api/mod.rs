@@ -555,26 +555,29 @@ async fn view(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let versions = match analytics.versions().await {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    // A client that holds this frame already is told so without a fetch
-    // from the cache (its tag names the request and the data versions).
-    match analytics.tag_at(&req, &versions) {
-        Ok(tag) => {
-            let etag = format!("\"{tag}\"");
-            if if_none_match(&headers, &etag) {
-                return not_modified(etag, "not-modified", None);
-            }
+    // One time limit covers the versions read too. The computation itself
+    // goes on detached (and is shared with other requests for the same
+    // view) if this one gives up or its client leaves.
+    let answer = tokio::time::timeout(VIEW_TIMEOUT, async {
+        let versions = analytics.versions().await?;
+        // A client that names this frame's tag holds it already: told so
+        // without a fetch from the cache (the tag names the request and the
+        // data versions). Not for `*`, which names no frame: that one is
+        // answered once the view is known to be computable.
+        let tag = format!("\"{}\"", analytics.tag_at(&req, &versions)?);
+        if names_tag(&headers, &tag) {
+            return Ok(ViewAnswer::Held(tag));
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    }
-    // The computation itself goes on detached (and is shared with other
-    // requests for the same view) if this one gives up or its client leaves.
-    let view = analytics.view_at(&req, &versions);
-    let answer = match tokio::time::timeout(VIEW_TIMEOUT, view).await {
-        Ok(a) => a,
+        analytics
+            .view_at(&req, &versions)
+            .await
+            .map(ViewAnswer::Frame)
+    })
+    .await;
+    let answer = match answer {
+        Ok(Ok(ViewAnswer::Held(tag))) => return not_modified(tag, "not-modified", None),
+        Ok(Ok(ViewAnswer::Frame(r))) => Ok(r),
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -611,6 +614,14 @@ async fn view(
     }
 }
 
+/// What a `/view` request comes to, short of an error.
+enum ViewAnswer {
+    /// The client holds the current frame: this tag.
+    Held(String),
+    /// The frame.
+    Frame(crate::analytics::ViewResult),
+}
+
 /// A `304 Not Modified` with `etag`, how the frame was found (`cache`)
 /// and, when it was looked up, how long that took.
 fn not_modified(etag: String, cache: &str, elapsed_ms: Option<String>) -> Response {
@@ -628,13 +639,22 @@ fn not_modified(etag: String, cache: &str, elapsed_ms: Option<String>) -> Respon
 /// Whether the client's `If-None-Match` names `etag` (or is `*`): it holds
 /// this frame already (RFC 9110 §13.1.2, weak comparison).
 fn if_none_match(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    if_none_match_tags(headers).any(|t| t == "*" || t == etag)
+}
+
+/// Whether the client's `If-None-Match` names `etag` itself (not `*`).
+fn names_tag(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    if_none_match_tags(headers).any(|t| t == etag)
+}
+
+/// The entity tags of `If-None-Match`, without their weak marks.
+fn if_none_match_tags(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == "*" || t == etag)
 }
 
 /// Serves the API on `bind` until `shutdown` resolves.

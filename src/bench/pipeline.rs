@@ -154,7 +154,11 @@ fn bench_generator(seed: u64, event_rate: Option<f64>) -> anyhow::Result<Generat
         // About 0.29 sales per session in the built-in shop.
         params.sessions_per_hour = rate * 3_600.0 / 1.29;
     }
-    Ok(Generator::new(params, seed, Clock::Simulated(start))?)
+    let g = Generator::new(params, seed, Clock::Simulated(start));
+    Ok(match event_rate {
+        Some(rate) => g.with_context(|| format!("--event-rate {rate}: the shop it implies"))?,
+        None => g?,
+    })
 }
 
 /// Produces `opts.events` events to a fresh topic, ingests them into a fresh database and compares with COPY.
