@@ -117,6 +117,9 @@ pub struct Config {
     /// The app's scripts folder (generator/ and metrics/); default
     /// `./scripts` when present, else one in the user's data directory.
     pub scripts_dir: Option<PathBuf>,
+    /// The notebooks folder whose scheduled notebooks `run` and the app
+    /// rerun; default `./notebooks` when present.
+    pub notebooks_dir: Option<PathBuf>,
     /// How Kafka clients talk to the brokers: `plaintext` or `ssl` (TLS).
     pub kafka_security_protocol: String,
     /// PEM file of the CA(s) a TLS broker's certificate is checked against
@@ -161,6 +164,7 @@ impl Default for Config {
             api_refresh_ms: 1_000,
             api_compute_limit: 0,
             scripts_dir: None,
+            notebooks_dir: None,
             kafka_security_protocol: "plaintext".into(),
             kafka_ssl_ca_location: None,
             kafka_ssl_certificate_location: None,
@@ -271,6 +275,7 @@ impl Config {
         env!("SALESPULSE_API_REFRESH_MS" => api_refresh_ms);
         env!("SALESPULSE_API_COMPUTE_LIMIT" => api_compute_limit);
         env!("SALESPULSE_SCRIPTS" => Some scripts_dir);
+        env!("SALESPULSE_NOTEBOOKS" => Some notebooks_dir);
         env!("SALESPULSE_KAFKA_SECURITY_PROTOCOL" => kafka_security_protocol);
         env!("SALESPULSE_KAFKA_SSL_CA_LOCATION" => Some kafka_ssl_ca_location);
         env!("SALESPULSE_KAFKA_SSL_CERTIFICATE_LOCATION" => Some kafka_ssl_certificate_location);

@@ -7,7 +7,8 @@
 //! 1. `generator`, `bus` (Kafka), `store` (PostgreSQL), `cache` (Redis).
 //! 2. `analytics` (Polars views and metrics over `store`, cached by `cache`)
 //!    and `pipeline` (producer loop, ingest workers, lag, service probes).
-//! 3. `api`: the HTTP server over the generator, views and telemetry.
+//! 3. `api`: the HTTP server over the generator, views and telemetry;
+//!    `notebook`: Rhai notebooks (`.ipynb`), their outputs and reports.
 //! 4. `services`: the wiring — resolves services, builds telemetry once,
 //!    runs the headless pipeline, ingest, the server and the app's live
 //!    pipeline.
@@ -28,6 +29,7 @@ pub mod cache;
 pub mod config;
 pub mod event;
 pub mod generator;
+pub mod notebook;
 pub mod pipeline;
 pub mod script;
 pub mod services;

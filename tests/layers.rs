@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("analytics", 2),
     ("pipeline", 2),
     ("api", 3),
+    ("notebook", 3),
     ("services", 4),
     ("ui", 5),
     ("bench", 6),

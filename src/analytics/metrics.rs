@@ -113,7 +113,8 @@ impl MetricKind {
 }
 
 impl MetricFormat {
-    fn parse(s: &str) -> Option<Self> {
+    /// The format a script names (`currency`, `percent`, `count`, `number`).
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "currency" => Self::Currency,
             "percent" => Self::Percent,
@@ -839,6 +840,22 @@ fn run_metric(
 }
 
 impl Analytics {
+    /// The frames of this database for a script run outside a metric (a
+    /// notebook), under `filters` and the data versions read now. Its
+    /// calls block: use it on a blocking thread.
+    pub async fn frame_source(
+        &self,
+        filters: &Filters,
+    ) -> Result<Arc<dyn FrameSource>, AnalyticsError> {
+        let v = self.versions().await?;
+        Ok(Arc::new(AnalyticsSource {
+            analytics: self.clone(),
+            filters: filters.clone(),
+            versions: v,
+            rt: Handle::current(),
+        }))
+    }
+
     /// Evaluates any script text (not only a metric) with the frame
     /// functions over this database, under `filters`; returns its value.
     pub async fn eval_script(

@@ -97,6 +97,33 @@ pub(crate) fn with_source<T>(source: Option<Arc<dyn FrameSource>>, f: impl FnOnc
     out
 }
 
+/// Frames a script named with `register`, by name.
+pub(crate) type Registered = HashMap<String, Frame>;
+
+/// [`with_source`] with `registered` frames in place, and what `f`
+/// registers kept in it afterwards (a notebook's cells share them).
+pub(crate) fn with_source_keeping<T>(
+    source: Option<Arc<dyn FrameSource>>,
+    registered: &mut Registered,
+    f: impl FnOnce() -> T,
+) -> T {
+    let previous = RUN.with_borrow_mut(|r| {
+        std::mem::replace(
+            r,
+            RunFrames {
+                source,
+                registered: std::mem::take(registered),
+            },
+        )
+    });
+    let out = f();
+    RUN.with_borrow_mut(|r| {
+        let mine = std::mem::replace(r, previous);
+        *registered = mine.registered;
+    });
+    out
+}
+
 fn source() -> R<Arc<dyn FrameSource>> {
     match RUN.with_borrow(|r| r.source.clone()) {
         Some(s) => Ok(s),

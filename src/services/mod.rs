@@ -6,6 +6,7 @@
 
 pub mod live;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -333,6 +334,93 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The notebooks folder whose schedules are honoured: the configured one,
+/// else `./notebooks` when it exists.
+pub fn notebooks_dir(cfg: &Config) -> Option<PathBuf> {
+    match &cfg.notebooks_dir {
+        Some(d) => Some(d.clone()),
+        None => Some(PathBuf::from("notebooks")).filter(|d| d.is_dir()),
+    }
+}
+
+/// How often scheduled notebooks are checked for being due.
+pub const NOTEBOOK_CHECK: Duration = Duration::from_secs(30);
+
+/// Reruns the scheduled notebooks of `dir` as they fall due, one at a
+/// time, for ever (abort the task to stop), on a pool of their own opened
+/// when the first one is due (ingest never waits behind a notebook). Each
+/// run is kept in the notebook's history; a failing one is logged, and
+/// the schedule goes on.
+pub async fn run_notebook_schedules(dir: PathBuf, cfg: Config, database_url: String) {
+    let mut tick = tokio::time::interval(NOTEBOOK_CHECK);
+    let mut opened: Option<(Analytics, Store)> = None;
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            crate::notebook::schedule::due(&d, chrono::Utc::now())
+        })
+        .await
+        .unwrap_or_default();
+        if due.is_empty() {
+            continue;
+        }
+        if opened.is_none() {
+            let store = Store::connect(
+                &database_url,
+                2,
+                Duration::from_millis(cfg.pg_statement_timeout_ms),
+            )
+            .await;
+            match store
+                .map_err(anyhow::Error::from)
+                .and_then(|s| analytics_computing(&cfg, &s, 1).map(|a| (a, s)))
+            {
+                Ok(o) => opened = Some(o),
+                Err(e) => {
+                    tracing::warn!("scheduled notebooks wait for the database: {e:#}");
+                    continue;
+                }
+            }
+        }
+        let Some((analytics, _)) = &opened else {
+            continue;
+        };
+        for path in due {
+            let source = match analytics
+                .frame_source(&crate::analytics::Filters::default())
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("scheduled notebooks wait: {e}");
+                    break;
+                }
+            };
+            let p = path.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                crate::notebook::run_scheduled(&p, source, None)
+            })
+            .await;
+            match done {
+                Ok(Ok(r)) => match (&r.failed_cell, &r.error) {
+                    (Some(c), Some(e)) => tracing::warn!(
+                        "scheduled notebook {}: cell {c} failed: {e}",
+                        path.display()
+                    ),
+                    _ => tracing::info!(
+                        "scheduled notebook {} ran in {:.1} s",
+                        path.display(),
+                        r.seconds
+                    ),
+                },
+                Ok(Err(e)) => tracing::warn!("scheduled notebook {}: {e:#}", path.display()),
+                Err(e) => tracing::warn!("scheduled notebook {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
 /// The headless main job: generator + producer + ingest workers. With
 /// `events`, stops after producing them and returns once all are committed;
 /// otherwise runs until Ctrl-C, then drains what was produced.
@@ -382,6 +470,15 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
                 std::future::pending(),
             ))))
         }
+        None => None,
+    };
+    // Scheduled notebooks rerun while the pipeline runs.
+    let _notebooks = match notebooks_dir(cfg) {
+        Some(dir) => Some(AbortOnDrop(tokio::spawn(run_notebook_schedules(
+            dir,
+            cfg.clone(),
+            services.database_url.clone(),
+        )))),
         None => None,
     };
     let board = Switchboard::new();
@@ -468,7 +565,7 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
 
 /// A spawned task that is aborted when this is dropped (however the scope
 /// that owns it ends).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

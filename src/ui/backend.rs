@@ -743,6 +743,15 @@ async fn run(
     if let Some(rate) = autostart {
         start(&mut live, rate, &out);
     }
+    // Scheduled notebooks rerun while the app is open (as under `run`).
+    let _notebooks = crate::services::notebooks_dir(live.config()).map(|dir| {
+        let task = tokio::spawn(crate::services::run_notebook_schedules(
+            dir,
+            live.config().clone(),
+            live.database_url().to_owned(),
+        ));
+        crate::services::AbortOnDrop(task)
+    });
     let started = Instant::now();
     let (watch_tx, watch_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(watch_dashboard(

@@ -69,6 +69,21 @@ pub enum Command {
         #[command(subcommand)]
         which: MetricCommand,
     },
+    /// Notebooks (Jupyter `.ipynb` files of Rhai cells, in `notebooks/`).
+    Notebook {
+        #[command(subcommand)]
+        which: NotebookCommand,
+    },
+    /// The Jupyter kernel: `kernel -f CONNECTION_FILE` serves one (Jupyter
+    /// starts it so); `kernel install` writes its kernelspec.
+    #[command(args_conflicts_with_subcommands = true)]
+    Kernel {
+        /// The connection file Jupyter wrote.
+        #[arg(short = 'f', long = "connection-file")]
+        connection_file: Option<PathBuf>,
+        #[command(subcommand)]
+        which: Option<KernelCommand>,
+    },
     /// Prints a view (kpis, revenue_trend, category_performance, payment_mix,
     /// status_breakdown, region_breakdown, top_products, top_customers,
     /// weekday_hour, transactions).
@@ -290,6 +305,83 @@ pub enum MetricCommand {
         #[arg(default_value = "scripts/metrics")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+// Parsed once at start; its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum NotebookCommand {
+    /// Runs notebooks headless and writes them with their outputs (in
+    /// place, or into --out); exits non-zero naming the failing cell.
+    Run {
+        /// Notebook files (`.ipynb`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A parameter over the `parameters` cell's default: name=value
+        /// (numbers, true/false, else text). Repeat for more.
+        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Write the executed notebooks (and reports) into this folder
+        /// instead of over the files.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write one self-contained offline HTML report per notebook.
+        #[arg(long)]
+        html: bool,
+        /// The filters views run under unless a cell names its own
+        /// (default: all data).
+        #[command(flatten)]
+        filters: FilterArgs,
+    },
+    /// Sets when a notebook reruns (`salespulse run` and the app honour
+    /// it), keeping each run's report in its history.
+    Schedule {
+        file: PathBuf,
+        /// An interval (15m, 1h, 1d, 1w) or a cron expression in UTC
+        /// ("0 6 * * 1-5").
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        every: Option<String>,
+        /// Removes the schedule.
+        #[arg(long)]
+        off: bool,
+    },
+    /// The kept runs of a scheduled notebook, newest first.
+    History { file: PathBuf },
+    /// Lists the notebooks of a folder: title, cells, parameters.
+    List {
+        #[arg(default_value = "notebooks")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KernelCommand {
+    /// Writes the kernelspec so Jupyter (JupyterLab, VS Code, nbclient,
+    /// papermill) offers "salespulse (Rhai)".
+    Install {
+        /// Into the user's Jupyter data directory (default unless --prefix).
+        #[arg(long, conflicts_with = "prefix")]
+        user: bool,
+        /// Into PREFIX/share/jupyter (an environment), instead.
+        #[arg(long)]
+        prefix: Option<PathBuf>,
+    },
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: a parameter is name=value"))?;
+    let k = k.trim();
+    let ok = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!("{k:?}: a parameter's name is a Rhai variable name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// View filters; lists take commas or repeated flags.

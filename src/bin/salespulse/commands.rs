@@ -13,13 +13,14 @@ use salespulse::bench;
 use salespulse::bus::EmbeddedBroker;
 use salespulse::config::Config;
 use salespulse::generator::{self, Clock, Generator, GeneratorParams};
+use salespulse::notebook;
 use salespulse::pipeline::doctor;
 use salespulse::services::{self, RunOptions};
 use salespulse::ui::{self, log::LogBuffer};
 
 use crate::args::{
-    BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs, MetricCommand,
-    RollupsCommand,
+    BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs, KernelCommand,
+    MetricCommand, NotebookCommand, RollupsCommand,
 };
 use crate::report::{print_report, write_frame};
 use crate::UsageError;
@@ -260,6 +261,42 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
         Command::Metric {
             which: MetricCommand::List { dir },
         } => metric_list(&dir),
+        Command::Notebook {
+            which:
+                NotebookCommand::Run {
+                    files,
+                    params,
+                    out,
+                    html,
+                    filters,
+                },
+        } => notebook_run(cfg, &files, &params, out, html, &filters).await,
+        Command::Notebook {
+            which: NotebookCommand::List { dir },
+        } => notebook_list(&dir),
+        Command::Notebook {
+            which:
+                NotebookCommand::Schedule {
+                    file,
+                    every,
+                    off: _,
+                },
+        } => notebook_schedule(&file, every.as_deref()),
+        Command::Notebook {
+            which: NotebookCommand::History { file },
+        } => notebook_history(&file),
+        Command::Kernel {
+            which: Some(KernelCommand::Install { user: _, prefix }),
+            ..
+        } => kernel_install(prefix),
+        Command::Kernel {
+            connection_file: Some(file),
+            which: None,
+        } => kernel(cfg, &file).await,
+        Command::Kernel { .. } => Err(UsageError::new(
+            "`salespulse kernel` needs -f CONNECTION_FILE (Jupyter passes it) or `install`",
+        )
+        .into()),
         Command::Cache { which } => cache(cfg, which).await,
         Command::Rollups { which } => rollups(cfg, which).await,
         Command::Broker { port } => broker(cfg, port).await,
@@ -434,6 +471,203 @@ async fn metric_run(
         r.frame
     };
     write_frame(&mut frame, format, raw_csv)
+}
+
+/// `salespulse notebook run`: runs each notebook in turn; fails naming
+/// the first failing cell of each notebook that failed.
+async fn notebook_run(
+    cfg: &Config,
+    files: &[PathBuf],
+    params: &[(String, String)],
+    out: Option<PathBuf>,
+    html: bool,
+    filters: &FilterArgs,
+) -> anyhow::Result<()> {
+    let f = request(filters, "kpis")?.filters;
+    let (analytics, _pg) = open_analytics(cfg).await?;
+    let target = notebook::RunTarget { out_dir: out, html };
+    let mut failed = Vec::new();
+    for file in files {
+        let source = analytics.frame_source(&f).await?;
+        let (file2, params2, target2) = (file.clone(), params.to_vec(), target.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            notebook::run_file(&file2, &params2, Some(source), &target2, None)
+        })
+        .await??;
+        match &done.run.failed {
+            None => println!(
+                "{}: {} code cells in {:.1} s -> {}{}",
+                file.display(),
+                done.run.executed,
+                done.run.elapsed.as_secs_f64(),
+                done.notebook.display(),
+                done.report
+                    .as_ref()
+                    .map_or_else(String::new, |r| format!(", {}", r.display()))
+            ),
+            Some(f) => {
+                eprintln!(
+                    "{}: cell {} failed: {} (written with the error: {})",
+                    file.display(),
+                    f.cell,
+                    f.error,
+                    done.notebook.display()
+                );
+                failed.push(format!("{} (cell {})", file.display(), f.cell));
+            }
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "notebooks failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// `salespulse kernel install`: the kernelspec for this binary.
+fn kernel_install(prefix: Option<PathBuf>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("where is this binary?")?;
+    let data = match prefix {
+        Some(p) => p.join("share").join("jupyter"),
+        None => notebook::kernel::user_data_dir()
+            .context("no Jupyter data directory: set JUPYTER_DATA_DIR or use --prefix")?,
+    };
+    let dir = notebook::kernel::install(&data, &exe)
+        .with_context(|| format!("cannot write the kernelspec into {}", data.display()))?;
+    println!("installed kernelspec salespulse in {}", dir.display());
+    Ok(())
+}
+
+/// `salespulse kernel -f FILE`: a Jupyter kernel over this database (the
+/// data versions are read again before each cell).
+async fn kernel(cfg: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the connection file {}", file.display()))?;
+    let conn: jupyter_protocol::ConnectionInfo = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a Jupyter connection file", file.display()))?;
+    // The database is opened when a cell first reads data, so that the
+    // kernel answers Jupyter at once; if it cannot be, each cell that reads
+    // data says why (restart the kernel once it is fixed).
+    type Opened = (
+        Result<Analytics, String>,
+        Option<salespulse::store::EmbeddedPostgres>,
+    );
+    let opened: Arc<tokio::sync::OnceCell<Opened>> = Arc::default();
+    let cfg = cfg.clone();
+    let sources: notebook::kernel::SourceFactory = Arc::new(move || {
+        let (opened, cfg) = (Arc::clone(&opened), cfg.clone());
+        Box::pin(async move {
+            let (analytics, _) = opened
+                .get_or_init(|| async {
+                    match open_analytics(&cfg).await {
+                        Ok((a, pg)) => (Ok(a), pg),
+                        Err(e) => (Err(format!("{e:#}")), None),
+                    }
+                })
+                .await;
+            match analytics {
+                Ok(a) => a
+                    .frame_source(&salespulse::analytics::Filters::default())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why.clone()),
+            }
+        })
+    });
+    notebook::kernel::serve(conn, sources).await
+}
+
+/// `salespulse notebook schedule`: sets or removes a notebook's schedule.
+fn notebook_schedule(file: &std::path::Path, every: Option<&str>) -> anyhow::Result<()> {
+    use notebook::schedule;
+    let every = every
+        .map(schedule::Every::parse)
+        .transpose()
+        .map_err(|e| UsageError::new(format!("--every {e}")))?;
+    let mut nb = notebook::Notebook::load(file)?;
+    schedule::set_schedule(&mut nb, every.as_ref());
+    nb.save(file)?;
+    match every {
+        Some(e) => {
+            let next = e
+                .next(
+                    schedule::history(file).first().map(|r| r.started),
+                    chrono::Utc::now(),
+                )
+                .map_or_else(
+                    || "never".to_owned(),
+                    |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+                );
+            println!(
+                "{}: every {e}; next run {next} (while `salespulse run` or the app runs); \
+                 reports kept in {}",
+                file.display(),
+                schedule::runs_dir(file).display()
+            );
+        }
+        None => println!("{}: no schedule", file.display()),
+    }
+    Ok(())
+}
+
+/// `salespulse notebook history`: a notebook's kept runs.
+fn notebook_history(file: &std::path::Path) -> anyhow::Result<()> {
+    use notebook::schedule;
+    let runs = schedule::history(file);
+    if runs.is_empty() {
+        println!("{}: no kept runs", file.display());
+    }
+    let dir = schedule::runs_dir(file);
+    for r in runs {
+        let outcome = match (&r.failed_cell, &r.error) {
+            (Some(c), Some(e)) => format!("failed at cell {c}: {e}"),
+            _ => format!("ok, {} code cells", r.executed),
+        };
+        println!(
+            "{}  {:>6.1} s  {outcome}  {}",
+            r.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            r.seconds,
+            dir.join(&r.report).display()
+        );
+    }
+    Ok(())
+}
+
+/// `salespulse notebook list`: the notebooks of a folder.
+fn notebook_list(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut broken = 0;
+    for n in notebook::list(dir)? {
+        let file = n
+            .path
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        match n.info {
+            Ok(i) => println!(
+                "{file:<28} {:>2} code {:>2} text  {:<9} {:<28} {:<14} {:<24} {}",
+                i.cells.0,
+                i.cells.1,
+                if i.has_outputs { "outputs" } else { "not run" },
+                if i.parameters.is_empty() {
+                    "-".to_owned()
+                } else {
+                    i.parameters.join(",")
+                },
+                i.schedule.as_deref().unwrap_or("-"),
+                i.last_run.map_or_else(
+                    || "-".to_owned(),
+                    |(t, failed)| format!(
+                        "{}{}",
+                        t.format("%Y-%m-%d %H:%M"),
+                        if failed { " failed" } else { "" }
+                    )
+                ),
+                i.title
+            ),
+            Err(e) => {
+                broken += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    anyhow::ensure!(broken == 0, "{broken} notebooks cannot be read");
+    Ok(())
 }
 
 /// `salespulse metric list`: compiles a folder's metric scripts.
