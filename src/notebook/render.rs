@@ -813,6 +813,8 @@ impl ChartSpec {
         let mut builder = ChartBuilder::on(root);
         builder
             .margin(12)
+            // Room for the last x label, centred on the axis' end.
+            .margin_right(32)
             .x_label_area_size(if category_x { 60 } else { 40 })
             .y_label_area_size(if self.kind == ChartKind::Heatmap {
                 90

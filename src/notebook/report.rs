@@ -34,6 +34,7 @@ table.sp-frame th{border-bottom:2px solid #d0d7de}\
 table.sp-frame .num{text-align:right;font-variant-numeric:tabular-nums}\
 .sp-shape{color:#57606a;font-size:12px;margin:.2em 0}\
 img{max-width:100%;height:auto}\
+.output.kpi{display:inline-block;vertical-align:top}\
 @media print{pre{white-space:pre-wrap}}";
 
 /// Markdown as HTML, raw HTML in it shown as text.
@@ -149,8 +150,14 @@ pub fn html_report(nb: &Notebook, title: &str, subtitle: &str) -> String {
                             );
                         }
                         Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => {
+                            // KPI cards sit side by side.
+                            let class = if data.json(KPI_MIME).is_some() {
+                                "output kpi"
+                            } else {
+                                "output"
+                            };
                             let _ =
-                                writeln!(out, "<div class=\"output\">{}</div>", bundle_html(data));
+                                writeln!(out, "<div class=\"{class}\">{}</div>", bundle_html(data));
                         }
                         Output::Error { traceback, .. } => {
                             let _ = writeln!(
