@@ -604,6 +604,25 @@ try:
     r = kc.execute_interactive("n > 0", timeout=20)
     assert r["content"]["status"] == "ok", r
     assert km.is_alive()
+    # A client without the key: its request is dropped unanswered and does
+    # not run; the kernel goes on.
+    import queue
+    from jupyter_client import BlockingKernelClient
+    info = km.get_connection_info(session=False)
+    info["key"] = b"not-the-key"
+    bad = BlockingKernelClient()
+    bad.load_connection_info(info)
+    bad.start_channels()
+    bad.execute("let forged = 1;")
+    try:
+        bad.get_shell_msg(timeout=3)
+        raise AssertionError("a request signed with the wrong key was answered")
+    except queue.Empty:
+        pass
+    bad.stop_channels()
+    r = kc.execute_interactive("forged", timeout=20)
+    assert r["content"]["status"] == "error", r
+    print("forged request refused")
 finally:
     kc.stop_channels()
     km.shutdown_kernel(now=False)
@@ -618,7 +637,29 @@ fn the_kernel_passes_jupyter_kernel_test_and_interrupt_stops_a_runaway_cell() {
     let out = python_with_kernel(KERNEL_TESTS, &jupyter, db, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("OK"), "{out}");
     let out = python_with_kernel(INTERRUPT, &jupyter, db, &[]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.contains("stopped in"), "{out}");
+    assert!(
+        out.contains("stopped in") && out.contains("forged request refused"),
+        "{out}"
+    );
+
+    // A connection file without a key is refused: the kernel would run code
+    // from any local user.
+    let conn = tmp.path().join("nokey.json");
+    std::fs::write(
+        &conn,
+        r#"{"ip": "127.0.0.1", "transport": "tcp", "shell_port": 1, "iopub_port": 2,
+            "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": "",
+            "signature_scheme": "hmac-sha256"}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_salespulse"))
+        .args(["kernel", "-f"])
+        .arg(&conn)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no key"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

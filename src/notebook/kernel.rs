@@ -294,9 +294,20 @@ impl Kernel {
     }
 }
 
+/// How long a channel waits after a refused message (a broken socket
+/// must not spin).
+const BAD_MESSAGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Serves the kernel on the sockets of `conn` until a shutdown request
 /// (or a socket fails).
 pub async fn serve(conn: ConnectionInfo, sources: SourceFactory) -> anyhow::Result<()> {
+    // Without a key no message is signed, and any local user could run
+    // code in this kernel by writing to its ports.
+    anyhow::ensure!(
+        !conn.key.trim().is_empty(),
+        "the connection file has no key: the kernel would run code from any local user \
+         (Jupyter writes a key unless told not to)"
+    );
     let session_id = uuid::Uuid::new_v4().to_string();
     let mut heartbeat = create_kernel_heartbeat_connection(&conn).await?;
     let (mut shell_tx, mut shell_rx) = create_kernel_shell_connection(&conn, &session_id)
@@ -312,13 +323,29 @@ pub async fn serve(conn: ConnectionInfo, sources: SourceFactory) -> anyhow::Resu
         sources,
     };
 
-    let beat = tokio::spawn(async move { while heartbeat.single_heartbeat().await.is_ok() {} });
+    let beat = tokio::spawn(async move {
+        loop {
+            if heartbeat.single_heartbeat().await.is_err() {
+                tokio::time::sleep(BAD_MESSAGE_PAUSE).await;
+            }
+        }
+    });
 
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cancel = Arc::clone(&kernel.cancel);
     let control_task = tokio::spawn(async move {
         let mut stop_tx = Some(stop_tx);
-        while let Ok(msg) = control.read().await {
+        loop {
+            // A message that is not signed with the key (or not a message)
+            // is dropped; the channel goes on.
+            let msg = match control.read().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("kernel: control message refused: {e}");
+                    tokio::time::sleep(BAD_MESSAGE_PAUSE).await;
+                    continue;
+                }
+            };
             let reply: Option<JupyterMessage> = match &msg.content {
                 JupyterMessageContent::KernelInfoRequest(_) => {
                     Some(kernel_info().as_child_of(&msg))
@@ -372,7 +399,8 @@ pub async fn serve(conn: ConnectionInfo, sources: SourceFactory) -> anyhow::Resu
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!("kernel: unreadable shell message: {e}");
+                        tracing::warn!("kernel: shell message refused: {e}");
+                        tokio::time::sleep(BAD_MESSAGE_PAUSE).await;
                         continue;
                     }
                 };
