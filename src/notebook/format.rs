@@ -340,9 +340,31 @@ impl Notebook {
             path: path.display().to_string(),
             source,
         };
-        let tmp = path.with_extension("ipynb.tmp");
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        // A new file of our own beside it (never one planted in advance,
+        // nor another writer's), then renamed over the notebook.
+        let name = path.file_name().map_or_else(
+            || "notebook".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write as _;
+                f.write_all(self.to_json().as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(io)
     }
 
     /// Declares salespulse's Rhai kernel in the metadata (kept otherwise).

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use pulldown_cmark::{Event, Options, Parser};
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
 use super::format::{Cell, MimeBundle, Notebook, Output};
 use super::render::{self, escape_html, DATARESOURCE_MIME, KPI_MIME};
@@ -42,9 +42,13 @@ pub fn markdown_html(text: &str) -> String {
     let mut opts = Options::empty();
     opts.insert(Options::ENABLE_TABLES);
     opts.insert(Options::ENABLE_STRIKETHROUGH);
-    let events = Parser::new_ext(text, opts).map(|e| match e {
-        Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
-        other => other,
+    // Links and images keep their text, not their target: a report holds
+    // no URL (no external resource, no `javascript:`) from the file.
+    let events = Parser::new_ext(text, opts).filter_map(|e| match e {
+        Event::Html(h) | Event::InlineHtml(h) => Some(Event::Text(h)),
+        Event::Start(Tag::Link { .. } | Tag::Image { .. })
+        | Event::End(TagEnd::Link | TagEnd::Image) => None,
+        other => Some(other),
     });
     let mut out = String::new();
     pulldown_cmark::html::push_html(&mut out, events);
@@ -184,7 +188,7 @@ mod tests {
     fn the_report_keeps_no_markup_from_the_file() {
         let mut nb = Notebook::new();
         nb.cells.push(Cell::markdown(
-            "# Sales <script>alert(1)</script>\n\n<img src=\"http://x.example/a.png\">\n\n| a | b |\n|---|---|\n| 1 | 2 |",
+            "# Sales <script>alert(1)</script>\n\n<img src=\"http://x.example/a.png\">\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n[click](javascript:alert(3)) ![pixel](https://tracker.example/p.png) [site](https://x.example)",
         ));
         let mut evil = MimeBundle::default();
         evil.set_text("text/html", "<script>alert(2)</script>");
@@ -201,6 +205,11 @@ mod tests {
         let html = html_report(&nb, "T <x>", "run");
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<img src=\"http"), "{html}");
+        assert!(
+            !html.contains("javascript:") && !html.contains("https://"),
+            "{html}"
+        );
+        assert!(html.contains("click") && html.contains("pixel") && html.contains("site"));
         assert!(html.contains("&lt;b&gt;plain&lt;/b&gt;"));
         assert!(html.contains("<title>T &lt;x&gt;</title>"));
         assert!(html.contains("<table>"), "markdown tables render: {html}");

@@ -448,7 +448,13 @@ pub fn parameter_literal(value: &str) -> String {
         return if v.contains('.') {
             v.to_owned()
         } else {
-            format!("{}", v.parse::<f64>().unwrap_or(0.0))
+            // `1e20`: Rhai's float literal with a point (`1.0e20`), which
+            // an integer could not hold.
+            let e = format!("{:e}", v.parse::<f64>().unwrap_or(0.0));
+            match e.split_once('e') {
+                Some((m, x)) if !m.contains('.') => format!("{m}.0e{x}"),
+                _ => e,
+            }
         };
     }
     if v == "true" || v == "false" {
@@ -462,7 +468,8 @@ pub fn parameter_literal(value: &str) -> String {
             '\n' => s.push_str("\\n"),
             '\r' => s.push_str("\\r"),
             '\t' => s.push_str("\\t"),
-            c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            // Rhai reads `\uXXXX` with exactly four digits (controls are ≤ U+009F).
+            c if c.is_control() => s.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => s.push(c),
         }
     }
@@ -689,7 +696,13 @@ mod tests {
         );
         assert_eq!(parameter_literal("42"), "42");
         assert_eq!(parameter_literal("2.5"), "2.5");
-        assert_eq!(parameter_literal("1e3"), "1000");
+        assert_eq!(parameter_literal("1e3"), "1.0e3");
+        assert_eq!(parameter_literal("1e20"), "1.0e20");
+        assert_eq!(parameter_literal("a\u{1b}"), "\"a\\u001b\"");
+        for v in ["a\u{1b}\u{7f}", "1e20", "5E-2", "x\"\\\n"] {
+            let code = format!("let p = {};", parameter_literal(v));
+            assert!(sandbox().compile("p", &code).is_ok(), "{v:?}: {code}");
+        }
         assert_eq!(parameter_literal("true"), "true");
         assert_eq!(parameter_literal("7d"), "\"7d\"");
         assert_eq!(parameter_literal("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");

@@ -69,7 +69,10 @@ fn field(text: &str, lo: u32, hi: u32, name: &str) -> Result<(Vec<bool>, bool), 
             if let Some(x) = set.get_mut(v as usize) {
                 *x = true;
             }
-            v += step;
+            match v.checked_add(step) {
+                Some(n) => v = n,
+                None => break,
+            }
         }
     }
     Ok((set, text == "*"))
@@ -125,8 +128,12 @@ impl Cron {
 
     /// The first minute after `t` the expression names (within 5 years).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut m = t.with_second(0)?.with_nanosecond(0)? + TimeDelta::minutes(1);
-        let end = t + TimeDelta::days(366 * 5);
+        let minute = TimeDelta::minutes(1);
+        let mut m = t
+            .with_second(0)?
+            .with_nanosecond(0)?
+            .checked_add_signed(minute)?;
+        let end = t.checked_add_signed(TimeDelta::days(366 * 5))?;
         while m <= end {
             if !on_month(&self.months, m.month()) {
                 // Skip to the first minute of the next month.
@@ -143,7 +150,7 @@ impl Cron {
             if self.matches(m) {
                 return Some(m);
             }
-            m += TimeDelta::minutes(1);
+            m = m.checked_add_signed(minute)?;
         }
         None
     }
@@ -188,7 +195,7 @@ impl Every {
     pub fn next(&self, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match (self, last) {
             (Every::Interval(_), None) => Some(now),
-            (Every::Interval(d), Some(l)) => Some(l + TimeDelta::from_std(*d).ok()?),
+            (Every::Interval(d), Some(l)) => l.checked_add_signed(TimeDelta::from_std(*d).ok()?),
             (Every::Cron(c), Some(l)) => c.next_after(l),
             (Every::Cron(c), None) => c.next_after(now - TimeDelta::minutes(1)),
         }
@@ -279,7 +286,13 @@ pub fn history(notebook: &Path) -> Vec<RunRecord> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .filter_map(|t| serde_json::from_str(&t).ok())
+        .filter_map(|t| serde_json::from_str::<RunRecord>(&t).ok())
+        // A record names its report by a plain file name beside it; one
+        // that points elsewhere is not ours (and is never deleted through).
+        .filter(|r| {
+            r.report.ends_with(".html")
+                && Path::new(&r.report).file_name() == Some(std::ffi::OsStr::new(&r.report))
+        })
         .collect();
     v.sort_by_key(|r| std::cmp::Reverse(r.started));
     v
@@ -368,6 +381,8 @@ mod tests {
         assert!(Every::parse("* * * *").unwrap_err().contains("interval"));
         assert!(Cron::parse("* * * *").unwrap_err().contains("five fields"));
         assert!(Every::parse("*/0 * * * *").unwrap_err().contains("step"));
+        // A huge step does not overflow: the first value only.
+        assert!(Every::parse("1/4294967295 * * * *").is_ok());
     }
 
     #[test]

@@ -361,7 +361,13 @@ pub async fn run_notebook_schedules(dir: PathBuf, cfg: Config, database_url: Str
             crate::notebook::schedule::due(&d, chrono::Utc::now())
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                "scheduled notebooks: checking {} failed: {e}",
+                dir.display()
+            );
+            Vec::new()
+        });
         if due.is_empty() {
             continue;
         }
