@@ -389,6 +389,18 @@ impl Notebook {
         );
     }
 
+    /// What salespulse keeps in the metadata (`salespulse`: the last
+    /// run's parameters, a schedule), made an object if it is not one.
+    pub fn salespulse_meta(&mut self) -> Option<&mut Map<String, Value>> {
+        if !matches!(self.metadata.get("salespulse"), Some(Value::Object(_))) {
+            self.metadata
+                .insert("salespulse".into(), Value::Object(Map::new()));
+        }
+        self.metadata
+            .get_mut("salespulse")
+            .and_then(Value::as_object_mut)
+    }
+
     /// The notebook's title: its first markdown heading, else `fallback`.
     pub fn title(&self, fallback: &str) -> String {
         self.cells

@@ -578,14 +578,7 @@ pub fn run_notebook(
     }
     nb.set_kernel();
     // The run's parameters beside what else salespulse keeps (a schedule).
-    let entry = nb
-        .metadata
-        .entry("salespulse")
-        .or_insert_with(|| serde_json::json!({}));
-    if !entry.is_object() {
-        *entry = serde_json::json!({});
-    }
-    if let Some(meta) = entry.as_object_mut() {
+    if let Some(meta) = nb.salespulse_meta() {
         meta.insert(
             "parameters".into(),
             serde_json::Value::Object(

@@ -227,14 +227,7 @@ pub fn schedule_of(nb: &Notebook) -> Option<Result<Every, String>> {
 
 /// Sets (or, with `None`, removes) a notebook's schedule.
 pub fn set_schedule(nb: &mut Notebook, every: Option<&Every>) {
-    let entry = nb
-        .metadata
-        .entry("salespulse")
-        .or_insert_with(|| serde_json::json!({}));
-    if !entry.is_object() {
-        *entry = serde_json::json!({});
-    }
-    if let Some(m) = entry.as_object_mut() {
+    if let Some(m) = nb.salespulse_meta() {
         match every {
             Some(e) => {
                 m.insert("schedule".into(), serde_json::Value::String(e.to_string()));
