@@ -280,6 +280,7 @@ impl Kernel {
                     }],
                     error: Some(err),
                     elapsed: std::time::Duration::ZERO,
+                    frames: Vec::new(),
                 }
             }
         }

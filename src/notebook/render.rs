@@ -266,6 +266,88 @@ pub fn html_from_resource(v: &serde_json::Value) -> Option<String> {
     ))
 }
 
+/// The frame a data resource written by [`frame_bundle`] holds (the rows
+/// it kept): integers, numbers, booleans, UTC times and dates by their
+/// schema type, everything else as text. For exporting a table output
+/// whose whole frame is gone (a notebook read from disk).
+pub fn frame_from_resource(v: &serde_json::Value) -> Result<DataFrame, String> {
+    use serde_json::Value;
+    let bad = || "not a table data resource (schema.fields and data)".to_owned();
+    let fields = v
+        .get("schema")
+        .and_then(|s| s.get("fields"))
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?;
+    let data = v.get("data").and_then(Value::as_array).ok_or_else(bad)?;
+    let mut columns = Vec::with_capacity(fields.len());
+    for f in fields {
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+        let ty = f.get("type").and_then(Value::as_str).unwrap_or("string");
+        let cells = data
+            .iter()
+            .map(|row| row.get(name).filter(|x| !x.is_null()));
+        let col = match ty {
+            "integer" => Column::new(
+                name.into(),
+                cells.map(|x| x.and_then(Value::as_i64)).collect::<Vec<_>>(),
+            ),
+            "number" => Column::new(
+                name.into(),
+                cells.map(|x| x.and_then(Value::as_f64)).collect::<Vec<_>>(),
+            ),
+            "boolean" => Column::new(
+                name.into(),
+                cells
+                    .map(|x| x.and_then(Value::as_bool))
+                    .collect::<Vec<_>>(),
+            ),
+            "datetime" => Column::new(
+                name.into(),
+                cells
+                    .map(|x| {
+                        x.and_then(Value::as_str)
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.timestamp_micros())
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .cast(&DataType::Datetime(
+                TimeUnit::Microseconds,
+                Some(TimeZone::UTC),
+            ))
+            .map_err(|e| e.to_string())?,
+            "date" => Column::new(
+                name.into(),
+                cells
+                    .map(|x| {
+                        x.and_then(Value::as_str)
+                            .and_then(|t| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").ok())
+                            .and_then(|d| {
+                                let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+                                i32::try_from((d - epoch).num_days()).ok()
+                            })
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .cast(&DataType::Date)
+            .map_err(|e| e.to_string())?,
+            _ => Column::new(
+                name.into(),
+                cells
+                    .map(|x| {
+                        x.map(|x| match x {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        columns.push(col);
+    }
+    DataFrame::new(data.len(), columns).map_err(|e| e.to_string())
+}
+
 /// A frame as `text/plain` (aligned columns), `text/html` (a table) and a
 /// Table Schema data resource, its first `rows` rows.
 pub fn frame_bundle(df: &DataFrame, rows: usize) -> MimeBundle {
@@ -1131,5 +1213,31 @@ mod tests {
             .unwrap()
             .png()
             .is_ok());
+    }
+
+    #[test]
+    fn a_data_resource_reads_back_as_the_frame_it_kept() {
+        let df = polars::df!(
+            "category" => [Some("Books"), None, Some("Toys")],
+            "orders" => [3i64, 0, 12],
+            "revenue" => [Some(10.5), Some(0.25), None],
+            "ok" => [true, false, true],
+        )
+        .unwrap()
+        .lazy()
+        .with_column(
+            lit(1_772_409_600_000_000i64)
+                .cast(DataType::Datetime(
+                    TimeUnit::Microseconds,
+                    Some(TimeZone::UTC),
+                ))
+                .alias("at"),
+        )
+        .collect()
+        .unwrap();
+        let b = frame_bundle(&df, 2);
+        let back = frame_from_resource(b.json(DATARESOURCE_MIME).unwrap()).unwrap();
+        assert!(back.equals_missing(&df.head(Some(2))), "{back}\n{df}");
+        assert!(frame_from_resource(&serde_json::json!({ "data": [] })).is_err());
     }
 }

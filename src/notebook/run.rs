@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use polars::prelude::DataFrame;
 use rhai::{Dynamic, Map, Scope, AST};
 
 use super::format::{Cell, MimeBundle, Notebook, Output};
@@ -28,9 +29,15 @@ pub const INJECTED_TAG: &str = "injected-parameters";
 /// metric scripts').
 pub const CELL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Whole frames behind table outputs, by output index.
+type KeptFrames = Vec<(usize, Arc<DataFrame>)>;
+
 thread_local! {
     /// Outputs of the cell running on this thread.
     static CAPTURE: RefCell<Option<Vec<Output>>> = const { RefCell::new(None) };
+    /// The whole frames behind the cell's table outputs, by output index,
+    /// when the session keeps them (the app exports them).
+    static FRAMES: RefCell<Option<KeptFrames>> = const { RefCell::new(None) };
 }
 
 fn emit(o: Output) {
@@ -54,6 +61,24 @@ fn display(data: MimeBundle) {
     emit(Output::DisplayData {
         data,
         metadata: serde_json::Map::new(),
+    });
+}
+
+/// Shows `df`'s first `rows` rows, keeping the whole frame when asked.
+fn display_frame(df: DataFrame, rows: usize) {
+    let b = render::frame_bundle(&df, rows);
+    let at = CAPTURE.with_borrow(|c| c.as_ref().map(Vec::len));
+    display(b);
+    if let Some(at) = at {
+        keep_frame(at, df);
+    }
+}
+
+fn keep_frame(at: usize, df: DataFrame) {
+    FRAMES.with_borrow_mut(|f| {
+        if let Some(f) = f.as_mut() {
+            f.push((at, Arc::new(df)));
+        }
     });
 }
 
@@ -83,13 +108,17 @@ pub fn sandbox() -> &'static Sandbox {
             })
         });
         e.register_fn("display", |v: Dynamic| -> R<()> {
-            if let Some(b) = bundle_of(&v, render::PREVIEW_ROWS)? {
+            let at = CAPTURE.with_borrow(|c| c.as_ref().map(Vec::len));
+            if let Some((b, df)) = bundle_of(&v, render::PREVIEW_ROWS)? {
                 display(b);
+                if let (Some(at), Some(df)) = (at, df) {
+                    keep_frame(at, df);
+                }
             }
             Ok(())
         })
         .register_fn("table", |f: Frame| -> R<()> {
-            display(render::frame_bundle(&f.collect()?, render::TABLE_ROWS));
+            display_frame(f.collect()?, render::TABLE_ROWS);
             Ok(())
         })
         .register_fn("table", |f: Frame, opts: Map| -> R<()> {
@@ -108,7 +137,7 @@ pub fn sandbox() -> &'static Sandbox {
             if let Some(k) = opts.keys().find(|k| k.as_str() != "rows") {
                 return frames::fail(format!("table: unknown option `{k}` (only `rows`)"));
             }
-            display(render::frame_bundle(&f.collect()?, rows));
+            display_frame(f.collect()?, rows);
             Ok(())
         })
         .register_fn("chart", |f: Frame| chart(&f, &Map::new()))
@@ -166,21 +195,22 @@ fn kpi(label: &str, v: &Dynamic, format: &str) -> R<()> {
 }
 
 /// A script value as outputs: frames and series as tables (their first
-/// `rows` rows), text and numbers as text, arrays and maps as JSON;
-/// nothing for `()`.
-fn bundle_of(v: &Dynamic, rows: usize) -> R<Option<MimeBundle>> {
+/// `rows` rows; the frame comes back too), text and numbers as text,
+/// arrays and maps as JSON; nothing for `()`.
+fn bundle_of(v: &Dynamic, rows: usize) -> R<Option<(MimeBundle, Option<DataFrame>)>> {
     if v.is_unit() {
         return Ok(None);
     }
     if let Some(f) = v.read_lock::<Frame>() {
-        return Ok(Some(render::frame_bundle(&f.collect()?, rows)));
+        let df = f.collect()?;
+        return Ok(Some((render::frame_bundle(&df, rows), Some(df))));
     }
     if let Some(s) = v.read_lock::<ScriptSeries>() {
         let df = polars::prelude::DataFrame::new_infer_height(vec![
             polars::prelude::IntoColumn::into_column(s.0.clone()),
         ])
         .or_else(|e| frames::fail(e.to_string()))?;
-        return Ok(Some(render::frame_bundle(&df, rows)));
+        return Ok(Some((render::frame_bundle(&df, rows), Some(df))));
     }
     let mut b = MimeBundle::default();
     if v.is_string() || v.is_char() {
@@ -199,7 +229,7 @@ fn bundle_of(v: &Dynamic, rows: usize) -> R<Option<MimeBundle>> {
     } else {
         b.set_text("text/plain", v.to_string());
     }
-    Ok(Some(b))
+    Ok(Some((b, None)))
 }
 
 /// The functions and methods a cell may call, for completion (Rhai's
@@ -271,7 +301,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
 ];
 
 /// What running one cell gave.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Executed {
     /// The session's run counter for this cell.
     pub count: i64,
@@ -281,6 +311,9 @@ pub struct Executed {
     pub error: Option<ScriptError>,
     /// How long it ran.
     pub elapsed: Duration,
+    /// The whole frame behind each table output, by its index in
+    /// `outputs`, when the session keeps frames ([`Session::keep_frames`]).
+    pub frames: KeptFrames,
 }
 
 /// One notebook's running state: the scope its cells share.
@@ -290,6 +323,7 @@ pub struct Session {
     registered: Registered,
     count: i64,
     source: Option<Arc<dyn FrameSource>>,
+    keep_frames: bool,
 }
 
 impl Session {
@@ -302,7 +336,15 @@ impl Session {
             registered: Registered::new(),
             count: 0,
             source,
+            keep_frames: false,
         }
+    }
+
+    /// Keeps the whole frame behind each table a cell shows (in
+    /// [`Executed::frames`]), for a front end that exports them; off by
+    /// default, as they can be large.
+    pub fn keep_frames(&mut self, keep: bool) {
+        self.keep_frames = keep;
     }
 
     /// Where later cells read frames from (a kernel reads the data
@@ -339,12 +381,20 @@ impl Session {
         self.count += 1;
         let count = self.count;
         let previous = CAPTURE.with_borrow_mut(|c| c.replace(Vec::new()));
+        let previous_frames =
+            FRAMES.with_borrow_mut(|f| std::mem::replace(f, self.keep_frames.then(Vec::new)));
         let result = self.run_code(name, code, cancel);
         let mut outputs = CAPTURE
             .with_borrow_mut(|c| std::mem::replace(c, previous))
             .unwrap_or_default();
+        let mut frames = FRAMES
+            .with_borrow_mut(|f| std::mem::replace(f, previous_frames))
+            .unwrap_or_default();
         let error = match result {
-            Ok(Some(data)) => {
+            Ok(Some((data, df))) => {
+                if let (Some(df), true) = (df, self.keep_frames) {
+                    frames.push((outputs.len(), Arc::new(df)));
+                }
                 outputs.push(Output::ExecuteResult {
                     execution_count: Some(count),
                     data,
@@ -363,6 +413,7 @@ impl Session {
             outputs,
             error,
             elapsed: started.elapsed(),
+            frames,
         }
     }
 
@@ -371,7 +422,7 @@ impl Session {
         name: &str,
         code: &str,
         cancel: Option<&Arc<AtomicBool>>,
-    ) -> Result<Option<MimeBundle>, ScriptError> {
+    ) -> Result<Option<(MimeBundle, Option<DataFrame>)>, ScriptError> {
         let sb = sandbox();
         let ast = sb.compile(name, code)?;
         let program = self.functions.merge(&ast);
@@ -750,5 +801,21 @@ mod tests {
             panic!()
         };
         assert!(c.outputs.is_empty() && c.execution_count.is_none());
+    }
+
+    #[test]
+    fn a_session_keeps_the_whole_frames_behind_its_tables_when_asked() {
+        let code = "let f = frame(#{ n: [1, 2, 3, 4, 5] });\nprint(\"x\");\ntable(f, #{ rows: 2 });\ndisplay(42);\nf";
+        let mut s = Session::new(None);
+        let plain = s.execute("cell 1", code, None);
+        assert_eq!(plain.error, None);
+        assert!(plain.frames.is_empty());
+        s.keep_frames(true);
+        let kept = s.execute("cell 2", code, None);
+        assert_eq!(kept.error, None);
+        assert_eq!(kept.outputs.len(), 4, "{:?}", kept.outputs);
+        let at: Vec<(usize, usize)> = kept.frames.iter().map(|(i, f)| (*i, f.height())).collect();
+        // The table (2 of 5 rows shown) and the cell's value, whole.
+        assert_eq!(at, vec![(1, 5), (3, 5)]);
     }
 }
