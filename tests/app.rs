@@ -106,6 +106,23 @@ fn wait_for(
         }
         if Instant::now() >= deadline {
             let a = h.state();
+            let notebook = a.notebooks().open.as_ref().map(|n| {
+                n.cells
+                    .iter()
+                    .zip(&n.nb.cells)
+                    .map(|(s, c)| {
+                        let outputs = match c {
+                            salespulse::notebook::Cell::Code(c) => format!("{:?}", c.outputs)
+                                .chars()
+                                .take(300)
+                                .collect::<String>(),
+                            _ => String::new(),
+                        };
+                        format!("{:?} {:?}: {outputs}", s.status, c.source())
+                    })
+                    .collect::<Vec<_>>()
+            });
+            eprintln!("notebook: {notebook:#?}");
             panic!(
                 "timed out waiting for {what}; script run {:?} result {:?}; filters {:?}, explorer view {:?} error {:?} rows {:?}, dashboard error {:?}",
                 a.scripts().pending,
@@ -1178,4 +1195,340 @@ fn committed_data_shows_on_the_dashboard_without_waiting_for_the_timer() {
     );
     assert!(h.state().dashboards_received() > before);
     close_app(&rt, db, h);
+}
+
+/// The notebooks folder of an app opened with [`with_notebooks`].
+fn notebooks_dir(db: &TestDb) -> std::path::PathBuf {
+    scripts_dir(db).join("notebooks")
+}
+
+fn with_notebooks(cfg: &mut salespulse::config::Config) {
+    cfg.notebooks_dir = cfg.scripts_dir.as_ref().map(|d| d.join("notebooks"));
+}
+
+fn cell_text(nb: &salespulse::notebook::Notebook, i: usize) -> Vec<String> {
+    match &nb.cells[i] {
+        salespulse::notebook::Cell::Code(c) => c
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                salespulse::notebook::Output::Stream { text, .. } => Some(text.clone()),
+                salespulse::notebook::Output::ExecuteResult { data, .. }
+                | salespulse::notebook::Output::DisplayData { data, .. } => data.text("text/plain"),
+                salespulse::notebook::Output::Error { evalue, .. } => Some(evalue.clone()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The Notebooks panel: a notebook in the folder opens with its markdown
+/// rendered; Run all runs every cell (a KPI, a chart, a table whose rows
+/// match SQL over the raw rows); a cell edited and run with Shift+Enter
+/// shows its new output; the table sorts and exports (all its rows);
+/// Ctrl+S saves, and the file on disk has the new source and outputs (and
+/// is valid nbformat); a change made on disk by another program reloads;
+/// a runaway cell is stopped and the session goes on; the HTML report is
+/// written without any URL; a new notebook is made from the panel.
+#[test]
+fn notebooks_are_opened_run_edited_saved_and_reloaded_in_the_app() {
+    use egui::accesskit::Role;
+    use salespulse::notebook::{Cell, Notebook};
+    use salespulse::ui::notebook_out::OutputView;
+
+    let rt = runtime();
+    let (db, mut h) = open_app_logged(
+        &rt,
+        "app_notebooks",
+        [1280.0, 900.0],
+        1.0,
+        |url| Settings {
+            rate: 1_000.0,
+            ..settings(url)
+        },
+        LogBuffer::default(),
+        with_notebooks,
+    );
+    let dir = notebooks_dir(&db);
+    std::fs::create_dir_all(&dir).unwrap();
+    wait_for(&mut h, "rows", 60, |h| {
+        h.state()
+            .telemetry()
+            .is_some_and(|t| t.counters.ingested > 2_000)
+    });
+    // Stop the pipeline so that the data holds still.
+    h.get_by_label("Pipeline").click();
+    h.step();
+    h.get_by_label("Stop").click();
+    wait_for(&mut h, "stopped", 30, |h| has_label(h, "pipeline stopped"));
+
+    let mut nb = Notebook::new();
+    nb.cells.push(Cell::markdown(
+        "# Panel test\n\nSome **bold** words and a [link](https://example.com).",
+    ));
+    nb.cells.push(Cell::code(
+        "let t = transactions(#{ last: \"all\" });\n\
+         kpi(\"Orders\", t.height, \"count\");\n\
+         print(\"rows: \" + t.height);",
+    ));
+    nb.cells.push(Cell::code(
+        "let by = t.group_by(\"category\").agg([len().alias(\"n\")]).sort(\"category\", false);\n\
+         chart(by, #{ kind: \"bar\", x: \"category\", y: \"n\" });\n\
+         by",
+    ));
+    nb.cells.push(Cell::code("40 + 1"));
+    let path = dir.join("panel_test.ipynb");
+    nb.save(&path).unwrap();
+
+    h.get_by_label("Notebooks").click();
+    wait_for(&mut h, "the folder", 30, |h| {
+        h.state()
+            .notebooks()
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.entries.len() == 1)
+    });
+    h.get_by_label("Panel test").click();
+    wait_for(&mut h, "the notebook open", 30, |h| {
+        h.state().notebooks().open.is_some()
+    });
+    // The markdown is rendered: its heading beside the list's title, the
+    // link's text without its target.
+    assert_eq!(h.query_all_by_label("Panel test").count(), 2);
+    assert!(h.query_by_label("Some bold words and a link.").is_some());
+    assert!(h.query_by_label_contains("example.com").is_none());
+
+    h.get_by_label("Run all").click();
+    wait_for(&mut h, "the run", 90, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| !n.running())
+    });
+    for c in &h.state().notebooks().open.as_ref().unwrap().nb.cells {
+        if let Cell::Code(c) = c {
+            assert!(c.execution_count.is_some(), "{c:?}");
+            assert!(
+                !c.outputs
+                    .iter()
+                    .any(|o| matches!(o, salespulse::notebook::Output::Error { .. })),
+                "{c:?}"
+            );
+        }
+    }
+    let (rows, by_category, chart) = {
+        let n = h.state().notebooks().open.as_ref().unwrap();
+        let text = cell_text(&n.nb, 1);
+        assert!(text.iter().any(|t| t.starts_with("Orders: ")), "{text:?}");
+        let rows: i64 = text
+            .iter()
+            .find_map(|t| t.strip_prefix("rows: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let c = &n.cells[2];
+        let chart = c.views.iter().any(|v| matches!(v, OutputView::Chart(_)));
+        let at = c
+            .views
+            .iter()
+            .position(|v| matches!(v, OutputView::Table { .. }))
+            .expect("a table output");
+        let frame = c.frames.get(&at).expect("the whole frame is kept").clone();
+        (rows, frame, chart)
+    };
+    assert!(chart, "the bar chart is drawn from its data");
+    assert!(h.query_by_label("Orders").is_some(), "the KPI card");
+    let (sql_rows, sql_by): (i64, Vec<(String, i64)>) = rt.block_on(async {
+        let n = sqlx::query_scalar("SELECT count(*) FROM transactions")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        let by = sqlx::query_as(
+            "SELECT category, count(*) FROM transactions GROUP BY category ORDER BY category",
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        (n, by)
+    });
+    assert_eq!(rows, sql_rows);
+    assert!(rows > 0);
+    let cats: Vec<String> = (0..by_category.height())
+        .map(
+            |r| match by_category.column("category").unwrap().get(r).unwrap() {
+                polars::prelude::AnyValue::String(s) => s.to_owned(),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    let ns: Vec<i64> = by_category
+        .column("n")
+        .unwrap()
+        .cast(&polars::prelude::DataType::Int64)
+        .unwrap()
+        .i64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(
+        cats.into_iter().zip(ns).collect::<Vec<_>>(),
+        sql_by,
+        "the table against SQL"
+    );
+
+    // Sort the table by n, largest first (one click on a numeric header).
+    h.get_by_label("n").click_accesskit();
+    wait_for(&mut h, "the sort", 20, |h| {
+        h.state().notebooks().open.as_ref().is_some_and(|n| {
+            n.cells[2]
+                .views
+                .iter()
+                .any(|v| matches!(v, OutputView::Table { .. }))
+                && h.query_by_label("n (desc)").is_some()
+        })
+    });
+
+    // Export the table: all its rows.
+    h.get_by_label("Export…").click_accesskit();
+    h.step();
+    let csv = dir.join("by_category.csv");
+    h.state_mut().notebooks_mut().export_path = csv.display().to_string();
+    h.step();
+    h.get_by_label("Export").click_accesskit();
+    wait_for(&mut h, "the export", 30, |h| {
+        h.state().notebooks().export_result.is_some()
+    });
+    assert!(
+        matches!(h.state().notebooks().export_result, Some(Ok(_))),
+        "{:?}",
+        h.state().notebooks().export_result
+    );
+    let exported = polars::prelude::CsvReadOptions::default()
+        .try_into_reader_with_file_path(Some(csv.clone()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(exported.height(), sql_by.len());
+
+    // Edit the last cell and run it with Shift+Enter: its new output shows.
+    let editors: Vec<_> = h.get_all_by_role(Role::MultilineTextInput).collect();
+    assert_eq!(editors.len(), 3, "one editor per code cell");
+    editors[2].set_text_value_accesskit("40 + 2");
+    h.step();
+    h.step();
+    assert!(h.state().notebooks().open.as_ref().unwrap().dirty());
+    assert_eq!(h.state().notebooks().open.as_ref().unwrap().selected, 3);
+    h.key_press_modifiers(egui::Modifiers::SHIFT, egui::Key::Enter);
+    wait_for(&mut h, "the new output", 30, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| cell_text(&n.nb, 3) == vec!["42".to_owned()])
+    });
+    assert!(h.query_all_by_label("42").next().is_some());
+
+    // Ctrl+S saves: the file has the new source and its output.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::S);
+    wait_for(&mut h, "the save", 30, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| !n.dirty())
+    });
+    let saved = Notebook::load(&path).unwrap();
+    assert_eq!(saved.cells[3].source(), "40 + 2");
+    assert_eq!(cell_text(&saved, 3), vec!["42".to_owned()]);
+    assert!(cell_text(&saved, 1)
+        .iter()
+        .any(|t| t == &format!("rows: {rows}\n")));
+    let valid = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import nbformat, sys; nbformat.validate(nbformat.read(sys.argv[1], as_version=4))",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(valid.success(), "the saved notebook is valid nbformat");
+
+    // Another program changes the file: the panel follows it.
+    let mut external = saved.clone();
+    *external.cells[0].source_mut() = "# Panel test, edited elsewhere".into();
+    external.save(&path).unwrap();
+    wait_for(&mut h, "the reload", 30, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| n.nb.cells[0].source() == "# Panel test, edited elsewhere")
+    });
+
+    // A runaway cell is stopped; the session goes on (t is still there).
+    let editors: Vec<_> = h.get_all_by_role(Role::MultilineTextInput).collect();
+    editors[2].set_text_value_accesskit("loop {}");
+    h.step();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    wait_for(&mut h, "the runaway running", 20, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| n.cells[3].status == salespulse::ui::notebooks::CellStatus::Running)
+    });
+    h.get_by_label("Stop").click();
+    wait_for(&mut h, "the runaway stopped", 20, |h| {
+        h.state().notebooks().open.as_ref().is_some_and(|n| {
+            !n.running() && cell_text(&n.nb, 3).iter().any(|t| t.contains("cancelled"))
+        })
+    });
+    let editors: Vec<_> = h.get_all_by_role(Role::MultilineTextInput).collect();
+    editors[2].set_text_value_accesskit("t.height == 0");
+    h.step();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    wait_for(&mut h, "the session going on", 30, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| cell_text(&n.nb, 3) == vec!["false".to_owned()])
+    });
+
+    // The report: offline, every chart in it.
+    h.get_by_label("HTML report").click();
+    wait_for(&mut h, "the report", 30, |h| {
+        h.state().notebooks().report.is_some()
+    });
+    let report = match &h.state().notebooks().report {
+        Some(Ok(p)) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("data:image/png;base64,"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+
+    // A new notebook from the panel.
+    h.get_all_by_role(Role::TextInput)
+        .find(|n| n.value().unwrap_or_default().is_empty())
+        .expect("the new notebook name field")
+        .set_text_value_accesskit("Weekly review");
+    h.step();
+    h.get_by_label("New notebook").click();
+    wait_for(&mut h, "the new notebook", 30, |h| {
+        h.state()
+            .notebooks()
+            .open
+            .as_ref()
+            .is_some_and(|n| n.path.ends_with("weekly_review.ipynb"))
+    });
+    assert!(dir.join("weekly_review.ipynb").is_file());
+
+    let root = scripts_dir(&db);
+    close_app(&rt, db, h);
+    let _ = std::fs::remove_dir_all(root);
 }

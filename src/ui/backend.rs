@@ -18,6 +18,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use polars::prelude::DataFrame;
 
 use super::model::{Dashboard, MetricPanel, MetricView, TableData, DASHBOARD_VIEWS};
+use super::notebook_desk::{
+    self, CellDone, CellJob, FileStamp, NotebookCatalog, NotebookDesk, Opened,
+};
 use super::scripting::{self, Catalog, ScriptKind};
 use super::widgets::SortBy;
 use crate::analytics::export::{self, ExportFormat, ExportReport};
@@ -26,6 +29,7 @@ use crate::analytics::{Analytics, Dimensions, Filters, ViewRequest};
 use crate::cache::CacheStatus;
 use crate::config::secrets::Keyring;
 use crate::config::{redact_url, Config};
+use crate::notebook::Notebook;
 use crate::script::ScriptError;
 use crate::services::live::{Counters, LiveOptions, LivePipeline, RunState, ServiceHealth};
 
@@ -117,6 +121,52 @@ pub enum Command {
     },
     /// Makes the shop script `rel` the generator's.
     UseShop(String),
+    /// Reads a notebook of the notebooks folder for the panel.
+    OpenNotebook(PathBuf),
+    /// Runs cells of a notebook, in order, in its session (a fresh one
+    /// when `fresh`), under `filters`; each answered when done.
+    RunCells {
+        /// The run's tag.
+        seq: u64,
+        /// The notebook (its session).
+        path: PathBuf,
+        /// The cells, in order.
+        cells: Vec<CellJob>,
+        /// Start a new session first.
+        fresh: bool,
+        /// Filters the frame functions read under.
+        filters: Filters,
+    },
+    /// Stops the cell of a notebook running; its queued ones do not run.
+    StopCells(PathBuf),
+    /// Forgets a notebook's session (its variables).
+    RestartNotebook(PathBuf),
+    /// Writes a notebook, outputs included.
+    SaveNotebook {
+        /// Its file (in the notebooks folder).
+        path: PathBuf,
+        /// The document.
+        notebook: Box<Notebook>,
+    },
+    /// Makes a new notebook from the name typed.
+    NewNotebook(String),
+    /// Writes a notebook's offline HTML report.
+    NotebookReport {
+        /// Its file (in the notebooks folder).
+        path: PathBuf,
+        /// The document as shown.
+        notebook: Box<Notebook>,
+    },
+    /// Writes the rows a table output keeps (a notebook's table whose
+    /// whole frame is not in memory).
+    ExportTable {
+        /// The output's data resource.
+        resource: Arc<serde_json::Value>,
+        /// The file to write.
+        path: PathBuf,
+        /// CSV or Parquet.
+        format: ExportFormat,
+    },
     /// Stops the pipeline and ends the backend; `done` is sent when finished.
     Shutdown {
         /// Receives `()` once everything has stopped.
@@ -294,6 +344,55 @@ pub enum Update {
     },
     /// A script was saved (its relative path) or could not be.
     ScriptSaved(Result<String, String>),
+    /// The notebooks folder, read (at start and on every change).
+    Notebooks(Arc<NotebookCatalog>),
+    /// The answer to [`Command::OpenNotebook`].
+    NotebookOpened {
+        /// The file.
+        path: PathBuf,
+        /// The notebook, or why it cannot be read.
+        result: Result<Box<Opened>, String>,
+    },
+    /// A notebook cell started running.
+    NotebookCellStarted {
+        /// The run's tag.
+        seq: u64,
+        /// The notebook.
+        path: PathBuf,
+        /// The cell's id.
+        id: String,
+    },
+    /// A notebook cell ran.
+    NotebookCell {
+        /// The run's tag.
+        seq: u64,
+        /// The notebook.
+        path: PathBuf,
+        /// The cell's id.
+        id: String,
+        /// Its outputs.
+        done: Box<CellDone>,
+    },
+    /// A run of notebook cells ended (`stopped`: by Stop).
+    NotebookRunEnded {
+        /// The run's tag.
+        seq: u64,
+        /// The notebook.
+        path: PathBuf,
+        /// Stopped by the user.
+        stopped: bool,
+    },
+    /// A notebook was saved (the file's new stamp) or could not be.
+    NotebookSaved {
+        /// The file.
+        path: PathBuf,
+        /// Its stamp, or why not.
+        result: Result<Option<FileStamp>, String>,
+    },
+    /// A new notebook was made (its file) or could not be.
+    NotebookCreated(Result<PathBuf, String>),
+    /// A notebook's report was written (its file) or could not be.
+    NotebookReport(Result<PathBuf, String>),
     /// A command failed (the text says which and why).
     Error(String),
     /// Something the user should know that did not fail a command.
@@ -317,6 +416,14 @@ impl Update {
             Update::Scripts(_) => "scripts",
             Update::ScriptRun { .. } => "script run",
             Update::ScriptSaved(_) => "script saved",
+            Update::Notebooks(_) => "notebooks",
+            Update::NotebookOpened { .. } => "notebook opened",
+            Update::NotebookCellStarted { .. } => "notebook cell started",
+            Update::NotebookCell { .. } => "notebook cell",
+            Update::NotebookRunEnded { .. } => "notebook run ended",
+            Update::NotebookSaved { .. } => "notebook saved",
+            Update::NotebookCreated(_) => "notebook created",
+            Update::NotebookReport(_) => "notebook report",
             Update::Error(_) => "error",
             Update::Warning(_) => "warning",
         }
@@ -725,7 +832,7 @@ async fn run(
                         let out = out.clone();
                         tokio::spawn(async move { out.send(Update::ExportPath(f.await)) });
                     }
-                    _ => out.send(Update::Error(format!("services unavailable: {msg}"))),
+                    c => refuse(c, &format!("services unavailable: {msg}"), &out),
                 }
             }
             return;
@@ -740,6 +847,9 @@ async fn run(
     let dims = Arc::new(Mutex::new(None));
     send_dimensions(live.analytics(), &out, &dims);
     let mut desk = ScriptDesk::open(&cfg, &mut live, &out).await;
+    let send = |u| out.send(u);
+    let mut notebooks =
+        NotebookDesk::open(crate::services::notebooks_dir(live.config()), &send).await;
     if let Some(rate) = autostart {
         start(&mut live, rate, &out);
     }
@@ -773,6 +883,7 @@ async fn run(
                 let Some(c) = c else { break };
                 match c {
                     Command::Shutdown { done } => {
+                        notebooks.stop_all();
                         if let Err(e) = live.stop(Duration::from_secs(5)).await {
                             tracing::warn!("stopping the pipeline: {e:#}");
                         }
@@ -783,7 +894,7 @@ async fn run(
                         watch_tx.send_replace(Some(w));
                     }
                     c => {
-                        handle(c, &mut live, &mut desk, &out).await;
+                        handle(c, &mut live, &mut desk, &mut notebooks, &out).await;
                         // Show the effect of start / pause / stop at once.
                         next_sample = tokio::time::Instant::now();
                     }
@@ -793,6 +904,9 @@ async fn run(
                 if desk.changed_on_disk() {
                     desk.rescan(&mut live, &out).await;
                     next_sample = tokio::time::Instant::now();
+                }
+                if notebooks.changed_on_disk() {
+                    notebooks.rescan(&send).await;
                 }
             }
             _ = tokio::time::sleep_until(next_sample) => {
@@ -825,6 +939,36 @@ async fn run(
     }
     // The UI went away without a shutdown: still stop cleanly.
     let _ = live.stop(Duration::from_secs(5)).await;
+}
+
+/// Answers `c` with `why` it cannot be done, in the update that ends
+/// what the UI waits for (a run, a save, an export).
+fn refuse(c: Command, why: &str, out: &Outbox) {
+    let why = why.to_owned();
+    out.send(match c {
+        Command::RunCells { seq, path, .. } => {
+            out.send(Update::Error(why));
+            Update::NotebookRunEnded {
+                seq,
+                path,
+                stopped: false,
+            }
+        }
+        Command::OpenNotebook(path) => Update::NotebookOpened {
+            path,
+            result: Err(why),
+        },
+        Command::SaveNotebook { path, .. } => Update::NotebookSaved {
+            path,
+            result: Err(why),
+        },
+        Command::NewNotebook(_) => Update::NotebookCreated(Err(why)),
+        Command::NotebookReport { .. } => Update::NotebookReport(Err(why)),
+        Command::Export { .. } | Command::ExportFrame { .. } | Command::ExportTable { .. } => {
+            Update::ExportDone(Err(why))
+        }
+        _ => Update::Error(why),
+    });
 }
 
 /// Equal but for when it was taken, and, with the pipeline stopped, for the
@@ -1014,8 +1158,47 @@ fn send_dimensions(analytics: &Analytics, out: &Outbox, last: &Arc<Mutex<Option<
     });
 }
 
-async fn handle(c: Command, live: &mut LivePipeline, desk: &mut ScriptDesk, out: &Outbox) {
+async fn handle(
+    c: Command,
+    live: &mut LivePipeline,
+    desk: &mut ScriptDesk,
+    notebooks: &mut NotebookDesk,
+    out: &Outbox,
+) {
+    let send = |u| out.send(u);
     match c {
+        Command::OpenNotebook(path) => notebooks.load(path, &send).await,
+        Command::RunCells {
+            seq,
+            path,
+            cells,
+            fresh,
+            filters,
+        } => {
+            let source = notebook_desk::source_for(live.analytics(), &filters).await;
+            let o = out.clone();
+            notebooks
+                .run(seq, path, cells, fresh, source, move |u| o.send(u))
+                .await;
+        }
+        Command::StopCells(path) => notebooks.stop(&path),
+        Command::RestartNotebook(path) => notebooks.restart(&path),
+        Command::SaveNotebook { path, notebook } => notebooks.save(path, notebook, &send).await,
+        Command::NewNotebook(name) => notebooks.create(name, &send).await,
+        Command::NotebookReport { path, notebook } => notebooks.report(path, notebook, &send).await,
+        Command::ExportTable {
+            resource,
+            path,
+            format,
+        } => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = crate::notebook::render::frame_from_resource(&resource).and_then(|df| {
+                    export::write_frame(&df, &path, format).map_err(|e| e.to_string())
+                });
+                out.send(Update::ExportDone(r));
+            });
+        }
         Command::RunScript {
             seq,
             rel,

@@ -245,6 +245,92 @@ pub(crate) fn highlight(
     job
 }
 
+/// The last highlighted text of an editor (by hash, theme and error
+/// line), so that typing re-colours only when the text changed.
+pub(crate) type HighlightCache = Option<(u64, bool, Option<usize>, LayoutJob)>;
+
+/// A Rhai code editor: line numbers, highlighting, `error_line` shaded.
+/// With `max_height` it scrolls inside that height; without it, it grows
+/// with its text (a notebook cell inside the notebook's scroll area).
+pub(crate) fn editor_ui(
+    ui: &mut egui::Ui,
+    id: egui::Id,
+    text: &mut String,
+    error_line: Option<usize>,
+    cache: &mut HighlightCache,
+    max_height: Option<f32>,
+) -> egui::Response {
+    let dark = ui.visuals().dark_mode;
+    let font = egui::TextStyle::Monospace.resolve(ui.style());
+    let lines = text.split('\n').count().max(1);
+    let digits = lines.to_string().len().max(2);
+    let numbers: String = (1..=lines)
+        .map(|n| format!("{n:>digits$}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut layouter = |ui: &egui::Ui, buf: &dyn egui::TextBuffer, _wrap: f32| {
+        let text = buf.as_str();
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            h.finish()
+        };
+        let job = match cache {
+            Some((h, d, l, job)) if *h == hash && *d == dark && *l == error_line => job.clone(),
+            _ => {
+                let job = highlight(text, dark, font.clone(), error_line);
+                *cache = Some((hash, dark, error_line, job.clone()));
+                job
+            }
+        };
+        let mut job = job;
+        job.wrap.max_width = f32::INFINITY;
+        ui.fonts_mut(|f| f.layout_job(job))
+    };
+    let body = |ui: &mut egui::Ui| {
+        ui.horizontal_top(|ui| {
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(numbers)
+                        .font(font.clone())
+                        .color(ui.visuals().weak_text_color()),
+                )
+                .selectable(false),
+            );
+            ui.add(
+                egui::TextEdit::multiline(text)
+                    .id(id)
+                    .code_editor()
+                    .desired_rows(if max_height.is_some() { 20 } else { 1 })
+                    .desired_width(f32::INFINITY)
+                    .lock_focus(true)
+                    .frame(egui::Frame::NONE)
+                    .layouter(&mut layouter),
+            )
+        })
+        .inner
+    };
+    egui::Frame::group(ui.style())
+        .show(ui, |ui| match max_height {
+            Some(h) => {
+                egui::ScrollArea::both()
+                    .id_salt(id.with("scroll"))
+                    .max_height(h)
+                    .auto_shrink([false, false])
+                    .show(ui, body)
+                    .inner
+            }
+            None => {
+                egui::ScrollArea::horizontal()
+                    .id_salt(id.with("scroll"))
+                    .show(ui, body)
+                    .inner
+            }
+        })
+        .inner
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

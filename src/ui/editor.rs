@@ -53,7 +53,7 @@ pub struct ScriptsState {
     pub browsing: bool,
     /// The last export: what was written, or why not.
     pub export_result: Option<Result<String, String>>,
-    highlight: Option<(u64, bool, Option<usize>, egui::text::LayoutJob)>,
+    highlight: code::HighlightCache,
 }
 
 impl ScriptsState {
@@ -346,65 +346,16 @@ impl App {
     }
 
     fn editor_ui(&mut self, ui: &mut Ui, height: f32) {
-        let dark = ui.visuals().dark_mode;
-        let font = egui::TextStyle::Monospace.resolve(ui.style());
         let error_line = self.scripts.error().and_then(|e| e.line);
-        let lines = self.scripts.text.split('\n').count().max(1);
-        let digits = lines.to_string().len().max(2);
-        let numbers: String = (1..=lines)
-            .map(|n| format!("{n:>digits$}"))
-            .collect::<Vec<_>>()
-            .join("\n");
         let state = &mut self.scripts;
-        let cache = &mut state.highlight;
-        let mut layouter = |ui: &Ui, buf: &dyn egui::TextBuffer, _wrap: f32| {
-            let text = buf.as_str();
-            let hash = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                text.hash(&mut h);
-                h.finish()
-            };
-            let job = match cache {
-                Some((h, d, l, job)) if *h == hash && *d == dark && *l == error_line => job.clone(),
-                _ => {
-                    let job = code::highlight(text, dark, font.clone(), error_line);
-                    *cache = Some((hash, dark, error_line, job.clone()));
-                    job
-                }
-            };
-            let mut job = job;
-            job.wrap.max_width = f32::INFINITY;
-            ui.fonts_mut(|f| f.layout_job(job))
-        };
-        egui::Frame::group(ui.style()).show(ui, |ui| {
-            egui::ScrollArea::both()
-                .id_salt("script_editor")
-                .max_height(height)
-                .auto_shrink([false, false])
-                .show(ui, |ui| {
-                    ui.horizontal_top(|ui| {
-                        ui.add(
-                            egui::Label::new(
-                                RichText::new(numbers)
-                                    .font(font.clone())
-                                    .color(ui.visuals().weak_text_color()),
-                            )
-                            .selectable(false),
-                        );
-                        ui.add(
-                            egui::TextEdit::multiline(&mut state.text)
-                                .id_salt("script_text")
-                                .code_editor()
-                                .desired_rows(20)
-                                .desired_width(f32::INFINITY)
-                                .lock_focus(true)
-                                .frame(egui::Frame::NONE)
-                                .layouter(&mut layouter),
-                        );
-                    });
-                });
-        });
+        code::editor_ui(
+            ui,
+            egui::Id::unique("script_text"),
+            &mut state.text,
+            error_line,
+            &mut state.highlight,
+            Some(height),
+        );
     }
 
     fn script_error_ui(&mut self, ui: &mut Ui) {

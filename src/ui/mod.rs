@@ -13,6 +13,9 @@ pub mod editor;
 mod explorer;
 pub mod log;
 pub mod model;
+pub mod notebook_desk;
+pub mod notebook_out;
+pub mod notebooks;
 mod pipeline_panel;
 pub mod scripting;
 pub mod settings;
@@ -47,17 +50,20 @@ pub enum Tab {
     Explorer,
     /// The script editor.
     Scripts,
+    /// Rhai + Polars notebooks.
+    Notebooks,
     /// Services, theme and refresh settings.
     Settings,
 }
 
 impl Tab {
     /// Every tab, in the order shown.
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 6] = [
         Tab::Dashboard,
         Tab::Pipeline,
         Tab::Explorer,
         Tab::Scripts,
+        Tab::Notebooks,
         Tab::Settings,
     ];
 
@@ -68,6 +74,7 @@ impl Tab {
             Tab::Pipeline => "Pipeline",
             Tab::Explorer => "Explorer",
             Tab::Scripts => "Scripts",
+            Tab::Notebooks => "Notebooks",
             Tab::Settings => "Settings",
         }
     }
@@ -124,6 +131,7 @@ pub struct App {
     /// Load the explorer's view once the services are up.
     explorer_autoload: bool,
     scripts: editor::ScriptsState,
+    notebooks: notebooks::NotebooksState,
     /// From the environment: a script to open and run, scenarios to switch
     /// on, once the scripts folder has been read.
     startup_script: Option<String>,
@@ -170,6 +178,7 @@ impl App {
             },
             explorer_autoload: false,
             scripts: editor::ScriptsState::default(),
+            notebooks: notebooks::NotebooksState::default(),
             startup_script: None,
             startup_scenarios: Vec::new(),
             logs,
@@ -279,6 +288,7 @@ impl App {
             b.send(Command::Shutdown { done });
         }
         self.pipeline.telemetry = None;
+        self.notebooks.reset_in_flight();
         self.dash = dashboard::DashboardState {
             custom_from: std::mem::take(&mut self.dash.custom_from),
             custom_to: std::mem::take(&mut self.dash.custom_to),
@@ -328,11 +338,19 @@ impl App {
                 }
                 Update::Dashboard { seq, result } => self.dash.apply(seq, result),
                 Update::Explore { seq, result } => self.explorer.apply_explored(seq, result),
-                Update::Sorted { seq, sort, order } => self.explorer.apply_sorted(seq, sort, order),
+                Update::Sorted { seq, sort, order } => {
+                    if !self.notebooks.apply_sorted(seq, &order) {
+                        self.explorer.apply_sorted(seq, sort, order);
+                    }
+                }
                 Update::Telemetry(t) => self.pipeline.apply(t),
                 Update::Dimensions(d) => self.dims = d,
                 Update::ExportProgress { done, total } => {
                     self.explorer.export_progress = Some((done, total));
+                }
+                Update::ExportDone(r) if self.notebooks.exporting => {
+                    self.notebooks.exporting = false;
+                    self.notebooks.export_result = Some(self.export_done(r));
                 }
                 Update::ExportDone(r) if self.scripts.exporting => {
                     self.scripts.exporting = false;
@@ -380,6 +398,59 @@ impl App {
                     if let Some(p) = p {
                         self.explorer.export_path = p.display().to_string();
                     }
+                }
+                Update::Notebooks(c) => {
+                    if let Some(path) = self.notebooks.set_catalog(c) {
+                        // Changed on disk, no edits here: follow the file.
+                        self.send(Command::OpenNotebook(path));
+                    }
+                    self.notebooks_startup();
+                }
+                Update::NotebookOpened { path, result } => match result {
+                    Ok(o) => {
+                        self.notebooks.apply_opened(path, *o);
+                        self.notebooks_startup();
+                    }
+                    Err(e) => {
+                        if self.notebooks.loading.as_ref() == Some(&path) {
+                            self.notebooks.loading = None;
+                        }
+                        // A notebook asked for at start that cannot be read
+                        // is not asked for again.
+                        self.notebooks.startup = None;
+                        self.toast(tracing::Level::ERROR, format!("{}: {e}", path.display()));
+                    }
+                },
+                Update::NotebookCellStarted { path, id, .. } => {
+                    self.notebooks.apply_started(&path, &id)
+                }
+                Update::NotebookCell { path, id, done, .. } => {
+                    self.notebooks.apply_cell(&path, &id, *done)
+                }
+                Update::NotebookRunEnded { seq, path, stopped } => {
+                    self.notebooks.apply_run_ended(&path, seq);
+                    if stopped {
+                        self.toast(tracing::Level::INFO, "stopped the notebook's cells".into());
+                    }
+                }
+                Update::NotebookSaved { path, result } => {
+                    self.notebooks.apply_saved(&path, &result);
+                    match result {
+                        Ok(_) => {
+                            self.toast(tracing::Level::INFO, format!("saved {}", path.display()))
+                        }
+                        Err(e) => self.toast(tracing::Level::ERROR, e),
+                    }
+                }
+                Update::NotebookCreated(r) => match r {
+                    Ok(p) => self.open_notebook(p),
+                    Err(e) => self.toast(tracing::Level::ERROR, e),
+                },
+                Update::NotebookReport(r) => {
+                    if let Err(e) = &r {
+                        self.toast(tracing::Level::ERROR, format!("report: {e}"));
+                    }
+                    self.notebooks.apply_report(r);
                 }
                 Update::Error(e) => self.toast(tracing::Level::ERROR, e),
                 Update::Warning(w) => self.toast(tracing::Level::WARN, w),
@@ -494,6 +565,7 @@ impl App {
             Tab::Pipeline => self.pipeline_ui(ui),
             Tab::Explorer => self.explorer_ui(ui),
             Tab::Scripts => self.scripts_ui(ui),
+            Tab::Notebooks => self.notebooks_ui(ui),
             Tab::Settings => {
                 let current = self.settings.clone();
                 if settings::settings_ui(ui, &mut self.draft, &current) {
@@ -610,14 +682,17 @@ impl App {
             });
     }
 
-    /// `SALESPULSE_TAB` (dashboard, pipeline, explorer, settings) opens a
-    /// panel, `SALESPULSE_EXPLORE` (a view name) loads it in the explorer,
+    /// `SALESPULSE_TAB` (dashboard, pipeline, explorer, scripts, notebooks,
+    /// settings) opens a panel, `SALESPULSE_EXPLORE` (a view name) loads it
+    /// in the explorer,
     /// `SALESPULSE_LAST` (15m, 1h, 24h, 7d, all) sets the range and
     /// `SALESPULSE_RATE` the generation rate and `SALESPULSE_AUTOSTART=0`
     /// keeps the generator off; `SALESPULSE_SCRIPT` (e.g.
     /// `metrics/basket_size_distribution.rhai`) opens and runs a script and
     /// `SALESPULSE_SCENARIOS` (comma-separated scenario files) switches
-    /// scenarios on: for demos, measurements and the screenshot script.
+    /// scenarios on; `SALESPULSE_NOTEBOOK` (a file of the notebooks folder)
+    /// opens a notebook and `SALESPULSE_NOTEBOOK_RUN=1` runs it: for demos,
+    /// measurements and the screenshot script.
     pub(crate) fn apply_startup_env(&mut self) {
         if let Ok(v) = std::env::var("SALESPULSE_SCRIPT") {
             self.startup_script = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -628,6 +703,14 @@ impl App {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
+        }
+        if let Ok(v) = std::env::var("SALESPULSE_NOTEBOOK") {
+            let run = std::env::var("SALESPULSE_NOTEBOOK_RUN")
+                .is_ok_and(|r| matches!(r.trim(), "1" | "true" | "yes"));
+            let v = v.trim().to_owned();
+            if !v.is_empty() {
+                self.notebooks.startup = Some((v, run));
+            }
         }
         if let Ok(v) = std::env::var("SALESPULSE_AUTOSTART") {
             self.settings.autostart = !matches!(v.trim(), "0" | "false" | "no");
