@@ -438,6 +438,36 @@ pub fn frame_bundle(df: &DataFrame, rows: usize) -> MimeBundle {
     b
 }
 
+/// A KPI output's values, read back from its JSON ([`KPI_MIME`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kpi {
+    /// Its label.
+    pub label: String,
+    /// Its value.
+    pub value: f64,
+    /// How the value is written.
+    pub format: MetricFormat,
+    /// The currency of a money value.
+    pub currency: String,
+}
+
+impl Kpi {
+    /// The KPI of `b`, if it has one.
+    pub fn of(b: &MimeBundle) -> Option<Self> {
+        let k = b.json(KPI_MIME)?;
+        Some(Self {
+            label: k.get("label")?.as_str()?.to_owned(),
+            value: k.get("value")?.as_f64()?,
+            format: MetricFormat::parse(k.get("format")?.as_str()?)?,
+            currency: k
+                .get("currency")
+                .and_then(|v| v.as_str())
+                .unwrap_or("USD")
+                .to_owned(),
+        })
+    }
+}
+
 /// A KPI card: its label and value written in `format`, the exact value
 /// on hover.
 pub fn kpi_bundle(label: &str, value: f64, format: MetricFormat, currency: &str) -> MimeBundle {

@@ -14,7 +14,6 @@ use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
 use super::format::{Cell, MimeBundle, Notebook, Output};
 use super::render::{self, escape_html, DATARESOURCE_MIME, KPI_MIME};
-use crate::analytics::metrics::MetricFormat;
 
 const STYLE: &str = "\
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1000px;\
@@ -77,18 +76,11 @@ fn bundle_html(b: &MimeBundle) -> String {
     {
         return html;
     }
-    if let Some(k) = b.json(KPI_MIME) {
-        let label = k.get("label").and_then(|v| v.as_str());
-        let value = k.get("value").and_then(serde_json::Value::as_f64);
-        let format = k
-            .get("format")
-            .and_then(|v| v.as_str())
-            .and_then(MetricFormat::parse);
-        let currency = k.get("currency").and_then(|v| v.as_str()).unwrap_or("USD");
-        if let (Some(l), Some(v), Some(f)) = (label, value, format) {
-            if let Some(h) = render::kpi_bundle(l, v, f, currency).text("text/html") {
-                return h;
-            }
+    if let Some(k) = render::Kpi::of(b) {
+        if let Some(h) =
+            render::kpi_bundle(&k.label, k.value, k.format, &k.currency).text("text/html")
+        {
+            return h;
         }
     }
     if let Some(md) = b.text("text/markdown") {

@@ -15,7 +15,7 @@ use super::widgets::{self, AMBER, RED};
 use crate::analytics::metrics::MetricFormat;
 use crate::notebook::format::{MimeBundle, Output};
 use crate::notebook::render::{
-    self, AxisKind, ChartKind, ChartSpec, CHART_MIME, DATARESOURCE_MIME, KPI_MIME,
+    self, AxisKind, ChartKind, ChartSpec, CHART_MIME, DATARESOURCE_MIME,
 };
 
 /// One output, ready to draw.
@@ -112,21 +112,12 @@ fn bundle_view(b: &MimeBundle) -> OutputView {
             };
         }
     }
-    if let Some(k) = b.json(KPI_MIME) {
-        let label = k.get("label").and_then(|v| v.as_str());
-        let value = k.get("value").and_then(serde_json::Value::as_f64);
-        let format = k
-            .get("format")
-            .and_then(|v| v.as_str())
-            .and_then(MetricFormat::parse);
-        let currency = k.get("currency").and_then(|v| v.as_str()).unwrap_or("USD");
-        if let (Some(l), Some(v), Some(f)) = (label, value, format) {
-            return OutputView::Kpi {
-                label: l.to_owned(),
-                shown: f.render_compact(v, currency),
-                exact: f.render(v, currency),
-            };
-        }
+    if let Some(k) = render::Kpi::of(b) {
+        return OutputView::Kpi {
+            shown: k.format.render_compact(k.value, &k.currency),
+            exact: k.format.render(k.value, &k.currency),
+            label: k.label,
+        };
     }
     if let Some(image) = b.text("image/png").and_then(|p| decode_png(&p)) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -266,9 +257,13 @@ fn label_at(labels: &[String], x: f64) -> Option<String> {
     labels.get(i as usize).cloned()
 }
 
+/// A value on an axis: compact when large (3.2M), else short.
 fn format_number(v: f64) -> String {
-    if v.abs() >= 1e6 || (v != 0.0 && v.abs() < 1e-3) {
-        format!("{v:.3e}")
+    if let Some(c) = crate::analytics::metrics::compact(v) {
+        return c;
+    }
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
@@ -277,6 +272,11 @@ fn format_number(v: f64) -> String {
             .trim_end_matches('.')
             .to_owned()
     }
+}
+
+/// A value under the pointer: whole, with thousands separators.
+fn format_exact(v: f64) -> String {
+    MetricFormat::Number.render(v, "")
 }
 
 /// A colour from low (light) to high (dark blue) for `t` in 0..=1.
@@ -331,7 +331,7 @@ pub(crate) fn chart_ui(ui: &mut Ui, id: egui::Id, spec: &Arc<ChartSpec>) {
                 x_text(&s, xi, true),
                 s.y_name,
                 label_at(&s.y_labels, yi).unwrap_or_default(),
-                format_number(*v)
+                format_exact(*v)
             ));
         }
         let x = x_text(&s, p.x, true);
@@ -344,7 +344,7 @@ pub(crate) fn chart_ui(ui: &mut Ui, id: egui::Id, spec: &Arc<ChartSpec>) {
             "{head}{} {x}\n{} {}",
             s.x_name,
             s.y_name,
-            format_number(p.y)
+            format_exact(p.y)
         ))
     };
     let mut plot = egui_plot::Plot::new(id)

@@ -495,6 +495,7 @@ impl App {
     }
 
     fn notebook_list_ui(&mut self, ui: &mut Ui) {
+        ui.set_min_width(220.0);
         let Some(c) = self.notebooks.catalog.clone() else {
             ui.spinner();
             return;
