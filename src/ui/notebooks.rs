@@ -33,6 +33,11 @@ use crate::notebook::{Cell, Notebook};
 /// Runs the selected cell and selects the next (Shift+Enter).
 pub(crate) const RUN_NEXT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::SHIFT, Key::Enter);
 
+/// The new notebook name field's id.
+const NEW_NAME_FIELD: &str = "notebook_new_name";
+/// The export path field's id.
+const EXPORT_PATH_FIELD: &str = "notebook_export_path";
+
 /// Where a cell's run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CellStatus {
@@ -442,7 +447,11 @@ impl App {
         }
         self.notebooks.frame += 1;
         let mut acts = Vec::new();
-        if let Some(n) = &self.notebooks.open {
+        // The run keys belong to the cells, not to the panel's own fields.
+        let in_field = ui.memory(|m| m.focused()).is_some_and(|f| {
+            f == egui::Id::unique(NEW_NAME_FIELD) || f == egui::Id::unique(EXPORT_PATH_FIELD)
+        });
+        if let (Some(n), false) = (&self.notebooks.open, in_field) {
             let sel = n.selected;
             if ui.input_mut(|i| i.consume_shortcut(&RUN_NEXT)) {
                 acts.push(Act::Run(sel, true));
@@ -450,9 +459,11 @@ impl App {
             if ui.input_mut(|i| i.consume_shortcut(&super::editor::RUN)) {
                 acts.push(Act::Run(sel, false));
             }
-            if ui.input_mut(|i| i.consume_shortcut(&super::editor::SAVE)) {
-                self.save_notebook();
-            }
+        }
+        if self.notebooks.open.is_some()
+            && ui.input_mut(|i| i.consume_shortcut(&super::editor::SAVE))
+        {
+            self.save_notebook();
         }
         egui::Panel::left("notebook_list")
             .resizable(true)
@@ -582,6 +593,7 @@ impl App {
         ui.separator();
         ui.add(
             egui::TextEdit::singleline(&mut self.notebooks.new_name)
+                .id(egui::Id::unique(NEW_NAME_FIELD))
                 .hint_text("new notebook name")
                 .desired_width(f32::INFINITY),
         );
@@ -818,6 +830,7 @@ impl App {
             ui.horizontal(|ui| {
                 ui.add(
                     egui::TextEdit::singleline(&mut self.notebooks.export_path)
+                        .id(egui::Id::unique(EXPORT_PATH_FIELD))
                         .hint_text("file path")
                         .desired_width(360.0),
                 );
