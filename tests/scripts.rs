@@ -829,3 +829,77 @@ transactions().sort("total_amount", true).head(3).select(["transaction_id", "tot
         db.drop().await;
     });
 }
+
+/// RFM scores and segments against an independent computation in
+/// PostgreSQL: `ntile(5)` over the same customers' completed orders, and
+/// the segment rules written again as SQL.
+#[test]
+fn rfm_scores_and_segments_match_ntile_in_postgresql() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = seeded("rfm").await;
+        let a = analytics(&db, FrameCache::disabled());
+        let v = a
+            .eval_script(
+                "rfm.rhai",
+                r#"rfm(transactions(#{ last: "all", status: "completed" }), #{ as_of: "2026-03-05T00:00:00Z" })"#,
+                &Filters::default(),
+            )
+            .await
+            .unwrap();
+        let df = v
+            .try_cast::<salespulse::script::frames::Frame>()
+            .unwrap()
+            .collect()
+            .unwrap();
+        let want: Vec<(String, i64, i64, i64, i64, f64, String)> = sqlx::query_as(
+            r#"WITH c AS (
+                   SELECT customer_id, max(occurred_at) AS last_order, count(*) AS frequency,
+                          round(sum(total_amount), 2) AS spent
+                   FROM transactions WHERE status = 'completed' GROUP BY customer_id),
+               s AS (
+                   SELECT customer_id, frequency, last_order,
+                          ntile(5) OVER (ORDER BY last_order, customer_id COLLATE "C") AS r,
+                          ntile(5) OVER (ORDER BY frequency, customer_id COLLATE "C") AS f,
+                          ntile(5) OVER (ORDER BY spent, customer_id COLLATE "C") AS m
+                   FROM c)
+               SELECT customer_id, frequency, r::int8, f::int8, m::int8,
+                      extract(epoch FROM (timestamptz '2026-03-05T00:00:00Z' - last_order))::float8 / 86400,
+                      CASE WHEN r >= 4 AND f >= 4 THEN 'Champions'
+                           WHEN r >= 3 AND f >= 3 THEN 'Loyal'
+                           WHEN r >= 4 AND f = 1 THEN 'New'
+                           WHEN r >= 4 THEN 'Promising'
+                           WHEN r = 3 THEN 'Need attention'
+                           WHEN f >= 3 THEN 'At risk'
+                           ELSE 'Hibernating' END
+               FROM s ORDER BY customer_id COLLATE "C""#,
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        assert!(want.len() > 100, "{} customers", want.len());
+        assert_eq!(df.height(), want.len());
+        let text = |c: &str, r: usize| match df.column(c).unwrap().get(r).unwrap() {
+            polars::prelude::AnyValue::String(s) => s.to_owned(),
+            other => panic!("{c}: {other:?}"),
+        };
+        let int = |c: &str, r: usize| df.column(c).unwrap().get(r).unwrap().extract::<i64>().unwrap();
+        let float = |c: &str, r: usize| df.column(c).unwrap().get(r).unwrap().extract::<f64>().unwrap();
+        let mut segments = std::collections::BTreeSet::new();
+        for (i, (id, frequency, r, f, m, recency, segment)) in want.iter().enumerate() {
+            assert_eq!(&text("customer_id", i), id);
+            assert_eq!(int("frequency", i), *frequency, "{id}");
+            assert_eq!(
+                (int("r_score", i), int("f_score", i), int("m_score", i)),
+                (*r, *f, *m),
+                "{id}"
+            );
+            assert!((float("recency_days", i) - recency).abs() < 1e-6, "{id}");
+            assert_eq!(&text("segment", i), segment, "{id}");
+            assert_eq!(text("rfm", i), format!("{r}{f}{m}"));
+            segments.insert(segment.clone());
+        }
+        assert!(segments.len() >= 4, "{segments:?}");
+        db.drop().await;
+    });
+}

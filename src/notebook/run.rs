@@ -275,6 +275,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "quantile",
     "register",
     "rename",
+    "rfm",
     "round",
     "rows",
     "select",

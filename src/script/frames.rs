@@ -699,6 +699,41 @@ fn agg_named(e: Expr, how: &str) -> R<Expr> {
     })
 }
 
+/// `rfm(frame, #{ as_of })`: recency, frequency and monetary scores and
+/// segments per customer ([`super::rfm`]).
+fn rfm_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let mut as_of = None;
+    for (k, v) in opts {
+        match k.as_str() {
+            "as_of" => {
+                let t = v.to_string();
+                let parsed = chrono::DateTime::parse_from_rfc3339(&t)
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .ok()
+                    .or_else(|| {
+                        chrono::NaiveDate::parse_from_str(&t, "%Y-%m-%d")
+                            .ok()
+                            .and_then(|d| d.and_hms_opt(0, 0, 0))
+                            .map(|d| d.and_utc())
+                    });
+                match parsed {
+                    Some(p) => as_of = Some(p),
+                    None => {
+                        return fail(format!(
+                            "rfm: as_of {t:?} is not a time (2026-03-01 or 2026-03-01T12:00:00Z)"
+                        ))
+                    }
+                }
+            }
+            other => return fail(format!("rfm: unknown option `{other}` (only `as_of`)")),
+        }
+    }
+    match super::rfm::rfm(&f.collect()?, as_of) {
+        Ok(df) => Ok(Frame::from_df(df)),
+        Err(e) => fail(e),
+    }
+}
+
 /// Wide from long: one row per `index`, one column per value of `on`
 /// (in sorted order), cells `agg` of `values`; missing cells are null.
 fn pivot(f: &Frame, on: &str, index: &Dynamic, values: &str, agg: &str) -> R<Frame> {
@@ -1038,6 +1073,8 @@ pub(crate) fn register(engine: &mut Engine) {
         .register_fn("tail", |f: &mut Frame, n: i64| {
             Frame::plan(f.lazy().tail(n.clamp(0, u32::MAX as i64) as IdxSize))
         })
+        .register_fn("rfm", |f: &mut Frame| rfm_of(f, &Map::new()))
+        .register_fn("rfm", |f: &mut Frame, opts: Map| rfm_of(f, &opts))
         .register_fn("join", |f: &mut Frame, other: Frame, on: Dynamic| {
             let on = exprs(&on)?;
             Frame::plan(

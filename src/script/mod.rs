@@ -9,6 +9,7 @@
 
 pub mod frames;
 pub mod pushdown;
+pub mod rfm;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};

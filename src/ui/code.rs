@@ -31,7 +31,7 @@ const KEYWORDS: [&str; 27] = [
 ];
 
 /// The functions of `scripts/README.md`.
-pub(crate) const BUILTINS: [&str; 62] = [
+pub(crate) const BUILTINS: [&str; 63] = [
     "view",
     "table",
     "transactions",
@@ -85,6 +85,7 @@ pub(crate) const BUILTINS: [&str; 62] = [
     "tail",
     "join",
     "pivot",
+    "rfm",
     "unique",
     "rename",
     "drop",
