@@ -633,6 +633,35 @@ mod tests {
         );
     }
 
+    fn png_b64(w: u32, h: u32) -> String {
+        use base64::Engine as _;
+        let mut bytes = Vec::new();
+        {
+            let mut e = png::Encoder::new(&mut bytes, w, h);
+            e.set_color(png::ColorType::Rgb);
+            e.set_depth(png::BitDepth::Eight);
+            let mut wr = e.write_header().unwrap();
+            wr.write_image_data(&vec![200u8; (w * h * 3) as usize])
+                .unwrap();
+        }
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn large_pictures_are_scaled_down_and_huge_ones_refused() {
+        // Wider than a texture may be: scaled to fit 2048 px.
+        let img = decode_png(&png_b64(5000, 10)).unwrap();
+        assert!(
+            img.size[0] <= MAX_IMAGE_SIDE && img.size[0] >= 1667,
+            "{:?}",
+            img.size
+        );
+        assert_eq!(img.size[1], 4);
+        // More pixels than any chart has: not decoded at all.
+        assert!(decode_png(&png_b64(4000, 3001)).is_none());
+        assert!(decode_png(&png_b64(3, 2)).is_some());
+    }
+
     #[test]
     fn markdown_shows_its_text_without_markup_or_link_targets() {
         let md = "# Title\n\nSome **bold** and `code`, a [link](https://example.com).\n\n- one\n- two\n\n<b>raw</b>";
