@@ -133,6 +133,10 @@ pub struct Config {
     /// never from or to a file.
     #[serde(skip)]
     pub kafka_ssl_key_password: Option<String>,
+    /// A URL alert notifications are POSTed to (it may carry a token):
+    /// from `SALESPULSE_ALERT_WEBHOOK` only, never from or to a file.
+    #[serde(skip)]
+    pub alert_webhook: Option<String>,
 }
 
 impl Default for Config {
@@ -170,6 +174,7 @@ impl Default for Config {
             kafka_ssl_certificate_location: None,
             kafka_ssl_key_location: None,
             kafka_ssl_key_password: None,
+            alert_webhook: None,
         }
     }
 }
@@ -282,6 +287,9 @@ impl Config {
         env!("SALESPULSE_KAFKA_SSL_KEY_LOCATION" => Some kafka_ssl_key_location);
         if let Ok(pw) = std::env::var("SALESPULSE_KAFKA_SSL_KEY_PASSWORD") {
             self.kafka_ssl_key_password = Some(pw).filter(|p| !p.is_empty());
+        }
+        if let Ok(url) = std::env::var("SALESPULSE_ALERT_WEBHOOK") {
+            self.alert_webhook = Some(url).filter(|u| !u.trim().is_empty());
         }
         Ok(())
     }

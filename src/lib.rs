@@ -8,7 +8,8 @@
 //! 2. `analytics` (Polars views and metrics over `store`, cached by `cache`)
 //!    and `pipeline` (producer loop, ingest workers, lag, service probes).
 //! 3. `api`: the HTTP server over the generator, views and telemetry;
-//!    `notebook`: Rhai notebooks (`.ipynb`), their outputs and reports.
+//!    `notebook`: Rhai notebooks (`.ipynb`), their outputs and reports;
+//!    `alerts`: alert rules, their states and history, notifications.
 //! 4. `services`: the wiring — resolves services, builds telemetry once,
 //!    runs the headless pipeline, ingest, the server and the app's live
 //!    pipeline.
@@ -21,6 +22,7 @@
 //! → `analytics` → `api`/`ui`. Library modules report errors with
 //! `thiserror` types; the wiring and the binary use `anyhow`.
 
+pub mod alerts;
 pub mod analytics;
 pub mod api;
 pub mod bench;

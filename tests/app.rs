@@ -1532,3 +1532,160 @@ fn notebooks_are_opened_run_edited_saved_and_reloaded_in_the_app() {
     close_app(&rt, db, h);
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// The webhook URL the alert test's app posts to (a `fn` tweak cannot
+/// capture it).
+static WEBHOOK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn with_webhook(cfg: &mut salespulse::config::Config) {
+    cfg.alert_webhook = WEBHOOK.get().cloned();
+}
+
+/// A payment outage switched on live, in the pipeline panel, raises the
+/// payment-failure alert: the Alerts panel shows it firing, a toast says
+/// so, a local webhook receiver gets its JSON, PostgreSQL keeps the
+/// history; a silence then holds further notifications back.
+#[test]
+fn a_payment_outage_switched_on_live_fires_the_alert_in_the_app_and_at_a_webhook() {
+    use std::sync::{Arc, Mutex};
+    let rt = runtime();
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    {
+        let got = Arc::clone(&got);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+                let got = Arc::clone(&got);
+                async move {
+                    got.lock().unwrap().push(v);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        rt.spawn(async move { axum::serve(listener, app).await });
+    }
+    WEBHOOK.set(format!("http://{addr}/hook")).unwrap();
+    let db_tag = "app_alerts";
+    let (db, mut h) = open_app_logged(
+        &rt,
+        db_tag,
+        [1280.0, 800.0],
+        1.0,
+        |url| Settings {
+            rate: 2_000.0,
+            ..settings(url)
+        },
+        LogBuffer::default(),
+        with_webhook,
+    );
+    let dir = scripts_dir(&db);
+    salespulse::ui::scripting::seed(&dir).unwrap();
+    std::fs::remove_dir_all(dir.join("metrics")).unwrap();
+    std::fs::create_dir_all(dir.join("metrics")).unwrap();
+    // One rule, quick: the failure rate of the last two minutes' sales.
+    // The backend reads the folder once its services are up; written
+    // before, it is what the app finds.
+    std::fs::create_dir_all(dir.join("alerts")).unwrap();
+    std::fs::write(
+        dir.join("alerts/payments.rhai"),
+        r#"#{
+            alert: "Payment failures",
+            description: "failed share of the last two minutes' sales",
+            severity: "critical",
+            every: "2s",
+            pending: "4s",
+            repeat: "1h",
+            no_data: "ok",
+            format: "percent",
+            metric: `let t = transactions(#{ last: "2m" });
+                     if t.height < 50 { NO_DATA } else {
+                         t.filter(col("status") == "failed").height.to_float() / t.height }`,
+            condition: #{ above: 0.12 },
+        }"#,
+    )
+    .unwrap();
+    let state_of = |h: &Harness<'_, App>| {
+        h.state()
+            .alerts()
+            .and_then(|a| a.rules.iter().find(|v| v.rule.name == "Payment failures"))
+            .map(|v| v.state.state)
+    };
+    wait_for(&mut h, "the rule evaluated", 60, |h| {
+        h.state().alerts().is_some_and(|a| {
+            a.rules
+                .iter()
+                .any(|v| v.state.value.is_some() && v.rule.name == "Payment failures")
+        })
+    });
+    assert_eq!(state_of(&h), Some(salespulse::alerts::State::Normal));
+    h.get_by_label("Alerts").click();
+    h.step();
+    assert!(h.query_all_by_label("Payment failures").next().is_some());
+    wait_for(&mut h, "the scenarios", 30, |h| {
+        h.state()
+            .scripts()
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.scenarios().len() == 5)
+    });
+    h.get_by_label("Pipeline").click();
+    h.step();
+    h.get_by_label("Payment outage").click();
+    let switched = Instant::now();
+    wait_for(&mut h, "the alert firing", 120, |h| {
+        state_of(h) == Some(salespulse::alerts::State::Firing)
+    });
+    eprintln!(
+        "firing {:.0} s after the switch",
+        switched.elapsed().as_secs_f64()
+    );
+    h.get_by_label("Alerts").click();
+    h.run_steps(3);
+    assert!(h.query_by_label("firing").is_some());
+    assert!(
+        h.query_by_label_contains("alert: Payment failures is firing")
+            .is_some(),
+        "no toast"
+    );
+    // The webhook: the firing notification as JSON.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().is_empty() && Instant::now() < deadline {
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let posted = got.lock().unwrap().clone();
+    let first = posted.first().expect("nothing posted to the webhook");
+    assert_eq!(first["rule"], "Payment failures");
+    assert_eq!(first["reason"], "firing");
+    assert_eq!(first["severity"], "critical");
+    assert_eq!(first["state"], "firing");
+    assert!(first["value"].as_f64().unwrap() > 0.12, "{first}");
+    // The history in PostgreSQL: normal → firing, notified.
+    let rows: Vec<(String, Option<String>, Option<String>)> = rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT state, previous, notified FROM alert_events WHERE rule = 'Payment failures' ORDER BY id",
+            )
+            .fetch_all(db.store.pool()),
+        )
+        .unwrap();
+    assert!(
+        rows.iter()
+            .any(|(s, _, n)| s == "firing" && n.as_deref() == Some("firing")),
+        "{rows:?}"
+    );
+    // The history shows in the panel.
+    h.get_all_by_label("Payment failures")
+        .next()
+        .unwrap()
+        .click();
+    wait_for(&mut h, "the rule's history", 20, |h| {
+        h.query_by_label_contains("notified: firing").is_some()
+    });
+    close_app(&rt, db, h);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pipeline", 2),
     ("api", 3),
     ("notebook", 3),
+    ("alerts", 3),
     ("services", 4),
     ("ui", 5),
     ("bench", 6),

@@ -903,3 +903,248 @@ fn rfm_scores_and_segments_match_ntile_in_postgresql() {
         db.drop().await;
     });
 }
+
+/// A frame a script returned, collected.
+fn frame_of(v: rhai::Dynamic) -> DataFrame {
+    v.try_cast::<salespulse::script::frames::Frame>()
+        .unwrap()
+        .collect()
+        .unwrap()
+}
+
+#[test]
+fn forecasts_read_the_hourly_series_postgresql_makes_and_refuse_bad_options() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = seeded("forecast").await;
+        let a = analytics(&db, FrameCache::disabled());
+        let hourly = r#"let hourly = transactions(#{ last: "all", status: "completed" })
+            .group_by(col("occurred_at").truncate("1h").alias("hour"))
+            .agg([col("total_amount").sum().alias("revenue")]);
+        "#;
+        let run = |src: String| {
+            let a = &a;
+            async move { a.eval_script("forecast.rhai", &src, &Filters::default()).await }
+        };
+        let df = frame_of(run(format!("{hourly} forecast(hourly, #{{ horizon: 12, level: [80, 99] }})")).await.unwrap());
+        // The history is every hour from the first order's to the last
+        // one's, the hours without an order as 0: as generate_series and a
+        // left join make it in PostgreSQL.
+        let want: Vec<(f64,)> = sqlx::query_as(
+            r#"WITH h AS (
+                   SELECT date_trunc('hour', occurred_at) AS hour, sum(total_amount)::float8 AS revenue
+                   FROM transactions WHERE status = 'completed' GROUP BY 1),
+               s AS (SELECT generate_series(min(hour), max(hour), interval '1 hour') AS hour FROM h)
+               SELECT coalesce(h.revenue, 0) FROM s LEFT JOIN h USING (hour) ORDER BY s.hour"#,
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        assert!(want.len() > 48, "{} hours", want.len());
+        assert_eq!(df.height(), want.len() + 12);
+        let revenue = df.column("revenue").unwrap().f64().unwrap();
+        for (i, (w,)) in want.iter().enumerate() {
+            assert!((revenue.get(i).unwrap() - w).abs() < 1e-6 * w.abs().max(1.0), "hour {i}");
+        }
+        assert_eq!(revenue.null_count(), 12);
+        let lo = df.column("lower_99").unwrap().f64().unwrap();
+        let lo80 = df.column("lower_80").unwrap().f64().unwrap();
+        let point = df.column("forecast").unwrap().f64().unwrap();
+        let hi = df.column("upper_99").unwrap().f64().unwrap();
+        for i in want.len()..df.height() {
+            let (l, l80, p, h) = (lo.get(i).unwrap(), lo80.get(i).unwrap(), point.get(i).unwrap(), hi.get(i).unwrap());
+            assert!(l <= l80 && l80 <= p && p <= h, "step {i}: {l} {l80} {p} {h}");
+        }
+
+        // A backtest's baseline is the seasonal-naive forecast: checked
+        // here against the series itself.
+        let bt = frame_of(run(format!("{hourly} backtest(hourly, #{{ horizon: 6, folds: 2, season: 24 }})")).await.unwrap());
+        assert_eq!(bt.height(), 2);
+        let ys: Vec<f64> = want.iter().map(|w| w.0).collect();
+        let n = ys.len();
+        for (k, start) in [n - 12, n - 6].into_iter().enumerate() {
+            let naive: f64 = (0..6).map(|i| (ys[start + i] - ys[start + i - 24]).abs()).sum::<f64>() / 6.0;
+            let got = bt.column("naive_mae").unwrap().f64().unwrap().get(k).unwrap();
+            assert!((got - naive).abs() < 1e-6 * naive.max(1.0), "fold {k}: {got} vs {naive}");
+            let rel = bt.column("relative_mae").unwrap().f64().unwrap().get(k).unwrap();
+            let mae = bt.column("mae").unwrap().f64().unwrap().get(k).unwrap();
+            assert!((rel - mae / naive).abs() < 1e-9);
+        }
+
+        let an = frame_of(run(format!("{hourly} anomalies(hourly, #{{ last: 6 }})")).await.unwrap());
+        assert_eq!(an.height(), 6);
+        assert_eq!(an.column("side").unwrap().dtype(), &polars::prelude::DataType::String);
+
+        // Segments clustered: reproducible with a seed, every customer once.
+        let km = "let c = rfm(transactions(#{ last: \"all\", status: \"completed\" }));\n\
+                  kmeans(c, 4, #{ seed: 11, columns: [\"recency_days\", \"frequency\", \"monetary\"] })";
+        let k1 = frame_of(run(km.to_owned()).await.unwrap());
+        let k2 = frame_of(run(km.to_owned()).await.unwrap());
+        assert!(k1.equals(&k2));
+        let clusters = k1.column("cluster").unwrap().i64().unwrap();
+        let mut sizes = [0usize; 4];
+        for c in clusters.iter() {
+            sizes[c.unwrap() as usize] += 1;
+        }
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]) && sizes[3] > 0, "{sizes:?}");
+
+        // Bad options and series say what to fix; nothing panics.
+        for (src, says) in [
+            (format!("{hourly} forecast(hourly, #{{ horizon: -1 }})"), "whole number"),
+            (format!("{hourly} forecast(hourly, #{{ level: 150 }})"), "level"),
+            (format!("{hourly} forecast(hourly, #{{ colour: 1 }})"), "unknown option `colour`"),
+            (format!("{hourly} forecast(hourly, #{{ every: \"7q\" }})"), "every"),
+            (format!("{hourly} forecast(hourly.sort(\"hour\").head(3))"), "at least 8"),
+            ("forecast(frame(#{ x: [1, 2, 3] }))".to_owned(), "no date or time column"),
+            (format!("{hourly} backtest(hourly, #{{ horizon: 1000 }})"), "need more than"),
+            (format!("{hourly} anomalies(hourly, #{{ last: 100000 }})"), "check the last"),
+            ("kmeans(frame(#{ x: [1.0, 2.0] }), 5)".to_owned(), "2 rows cannot make 5"),
+            ("kmeans(frame(#{ x: [\"a\"] }), 1)".to_owned(), "no numeric column"),
+        ] {
+            let e = run(src.clone()).await.unwrap_err().to_string();
+            assert!(e.contains(says), "{src}\n=> {e}");
+        }
+        db.drop().await;
+    });
+}
+
+/// Each customer's RFM segment as of `cutoff`, computed in PostgreSQL
+/// (`ntile(5)`), by customer id.
+async fn sql_segments(
+    db: &TestDb,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> HashMap<String, (String, f64)> {
+    let rows: Vec<(String, String, f64)> = sqlx::query_as(
+        r#"WITH c AS (
+               SELECT customer_id, max(occurred_at) AS last_order, count(*) AS frequency,
+                      round(sum(total_amount), 2) AS spent, sum(total_amount)::float8 AS revenue
+               FROM transactions WHERE status = 'completed' AND occurred_at < $1 GROUP BY customer_id),
+           s AS (
+               SELECT customer_id, revenue,
+                      ntile(5) OVER (ORDER BY last_order, customer_id COLLATE "C") AS r,
+                      ntile(5) OVER (ORDER BY frequency, customer_id COLLATE "C") AS f
+               FROM c)
+           SELECT customer_id,
+                  CASE WHEN r >= 4 AND f >= 4 THEN 'Champions'
+                       WHEN r >= 3 AND f >= 3 THEN 'Loyal'
+                       WHEN r >= 4 AND f = 1 THEN 'New'
+                       WHEN r >= 4 THEN 'Promising'
+                       WHEN r = 3 THEN 'Need attention'
+                       WHEN f >= 3 THEN 'At risk'
+                       ELSE 'Hibernating' END,
+                  revenue
+           FROM s"#,
+    )
+    .bind(cutoff)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(|(id, s, r)| (id, (s, r))).collect()
+}
+
+#[test]
+fn segment_sizes_revenue_and_movement_match_postgresql() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = seeded("segments").await;
+        let (lo, hi): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as("SELECT min(occurred_at), max(occurred_at) FROM transactions")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        let as_of = hi + chrono::Duration::seconds(1);
+        let period = (hi - lo) / 3;
+        let r = salespulse::analytics::segments::segments(db.store.pool(), as_of, period)
+            .await
+            .unwrap();
+        let now = sql_segments(&db, as_of).await;
+        let before = sql_segments(&db, as_of - period).await;
+        assert!(
+            before.len() > 50 && now.len() > before.len(),
+            "{} {}",
+            before.len(),
+            now.len()
+        );
+        let total: f64 = now.values().map(|v| v.1).sum();
+        let s = &r.summary;
+        let col_i = |c: &str| {
+            s.column(c)
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect::<Vec<_>>()
+        };
+        let col_f = |c: &str| {
+            s.column(c)
+                .unwrap()
+                .f64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect::<Vec<_>>()
+        };
+        let names: Vec<String> = s
+            .column("segment")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            salespulse::script::rfm::SEGMENTS
+                .map(str::to_owned)
+                .to_vec()
+        );
+        let (customers, revenue_share) = (col_i("customers"), col_f("revenue_share"));
+        let (stayed, moved_in, new, moved_out) = (
+            col_i("stayed"),
+            col_i("moved_in"),
+            col_i("new"),
+            col_i("moved_out"),
+        );
+        for (i, name) in names.iter().enumerate() {
+            let members: Vec<&String> = now
+                .iter()
+                .filter(|(_, v)| &v.0 == name)
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(customers[i], members.len() as i64, "{name}");
+            let rev: f64 = members.iter().map(|k| now[*k].1).sum();
+            assert!((revenue_share[i] - rev / total).abs() < 1e-9, "{name}");
+            let was = |k: &String| before.get(k).map(|v| v.0.as_str());
+            assert_eq!(
+                stayed[i],
+                members.iter().filter(|k| was(k) == Some(name)).count() as i64,
+                "{name}"
+            );
+            assert_eq!(
+                new[i],
+                members.iter().filter(|k| was(k).is_none()).count() as i64,
+                "{name}"
+            );
+            assert_eq!(
+                moved_in[i],
+                members
+                    .iter()
+                    .filter(|k| was(k).is_some_and(|w| w != name))
+                    .count() as i64,
+                "{name}"
+            );
+            let left = before
+                .iter()
+                .filter(|(k, v)| &v.0 == name && now.get(*k).is_some_and(|n| &n.0 != name))
+                .count();
+            assert_eq!(moved_out[i], left as i64, "{name}");
+        }
+        // Exporting a segment gives exactly its customers.
+        let at_risk =
+            salespulse::analytics::segments::customers_of(&r.customers, "At risk").unwrap();
+        assert_eq!(
+            at_risk.height(),
+            now.values().filter(|v| v.0 == "At risk").count()
+        );
+        db.drop().await;
+    });
+}

@@ -26,6 +26,7 @@ pub mod metrics;
 pub(crate) mod pushdown;
 pub mod request;
 pub mod script_host;
+pub mod segments;
 pub mod sql;
 
 use std::collections::BTreeMap;

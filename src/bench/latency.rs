@@ -334,6 +334,7 @@ async fn cases(cfg: &Config, opts: &LatencyBenchOptions) -> anyhow::Result<Vec<L
                 scenarios: Vec::new(),
                 http: None,
                 measure_after: Duration::from_secs(opts.warmup),
+                alerts: None,
             },
         )
         .await

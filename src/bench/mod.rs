@@ -3,13 +3,15 @@
 //! latency at set rates ([`latency`]), the analytics bench
 //! ([`analytics`]), many dashboard clients over HTTP while ingest runs
 //! ([`readers`]), the app's frame and idle benches ([`ui`]), the fault
-//! suite `salespulse chaos` ([`chaos`]), ingest scale-out over processes
+//! suite `salespulse chaos` ([`chaos`]), forecast accuracy on generated
+//! history ([`forecast`]), ingest scale-out over processes
 //! ([`scale`]) and the decoder/encoder fuzzer ([`fuzz`]). They sit on top
 //! of the layers they drive and nothing below imports them; figures quoted
 //! in notes come from these.
 
 pub mod analytics;
 pub mod chaos;
+pub mod forecast;
 pub mod fuzz;
 pub mod latency;
 pub mod pipeline;

@@ -224,6 +224,7 @@ async fn run_on(cfg: &Config, opts: &ReadersBenchOptions) -> anyhow::Result<Read
                 scenarios: Vec::new(),
                 http: Some(http),
                 measure_after: Duration::from_secs(warmup),
+                alerts: None,
             },
         )
         .await

@@ -734,6 +734,250 @@ fn rfm_of(f: &Frame, opts: &Map) -> R<Frame> {
     }
 }
 
+/// A whole number option as a count.
+fn count_opt(what: &str, key: &str, v: &Dynamic) -> R<usize> {
+    match v.as_int().ok().and_then(|i| usize::try_from(i).ok()) {
+        Some(n) => Ok(n),
+        None => fail(format!(
+            "{what}: `{key}` must be a whole number ≥ 0, got {v}"
+        )),
+    }
+}
+
+/// A level as 0.95 or 95.
+fn level_opt(what: &str, v: &Dynamic) -> R<f64> {
+    let x = v
+        .as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64));
+    match x {
+        Some(x) if x > 0.0 && x < 1.0 => Ok(x),
+        Some(x) if (1.0..100.0).contains(&x) => Ok(x / 100.0),
+        _ => fail(format!(
+            "{what}: level {v}; give a level between 0 and 1 (0.95) or a percentage (95)"
+        )),
+    }
+}
+
+/// A step: seconds, or text such as "5m", "1h", "1d", "1w".
+fn every_opt(what: &str, v: &Dynamic) -> R<i64> {
+    if let Ok(i) = v.as_int() {
+        if i > 0 {
+            return Ok(i);
+        }
+    }
+    let t = v.to_string();
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit_secs = match unit {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3_600),
+        "d" => Some(86_400),
+        "w" => Some(604_800),
+        _ => None,
+    };
+    match (num.parse::<i64>().ok(), unit_secs) {
+        (Some(n), Some(u)) if n > 0 => Ok(n.saturating_mul(u)),
+        _ => fail(format!(
+            "{what}: every {t:?}; give seconds or a step such as \"5m\", \"1h\", \"1d\""
+        )),
+    }
+}
+
+/// The options every time-series function takes (`time`, `value`, `every`,
+/// `fill`, `season`, `transform`), and the others left for the caller.
+fn series_opts(what: &str, opts: &Map) -> R<(super::series::SeriesOpts, Vec<(String, Dynamic)>)> {
+    use super::forecast::Transform;
+    use super::series::{Fill, SeriesOpts};
+    let mut o = SeriesOpts::default();
+    let mut rest = Vec::new();
+    for (k, v) in opts {
+        match k.as_str() {
+            "time" => o.time = Some(v.to_string()),
+            "value" => o.value = Some(v.to_string()),
+            "every" => o.every_secs = Some(every_opt(what, v)?),
+            "fill" => {
+                o.fill = if v.to_string() == "previous" {
+                    Fill::Previous
+                } else if let Some(x) = v
+                    .as_float()
+                    .ok()
+                    .or_else(|| v.as_int().ok().map(|i| i as f64))
+                {
+                    Fill::Value(x)
+                } else {
+                    return fail(format!(
+                        "{what}: fill {v}; give a number (0) or \"previous\""
+                    ));
+                }
+            }
+            "season" => {
+                let list: Vec<Dynamic> = match v.read_lock::<Array>() {
+                    Some(a) => a.iter().cloned().collect(),
+                    None => vec![v.clone()],
+                };
+                let mut periods = Vec::with_capacity(list.len());
+                for p in &list {
+                    periods.push(count_opt(what, "season", p)?);
+                }
+                o.periods = Some(periods);
+            }
+            "transform" => {
+                o.transform = match v.to_string().as_str() {
+                    "none" => Transform::None,
+                    "log" => Transform::Log,
+                    "auto" => Transform::Auto,
+                    other => {
+                        return fail(format!(
+                            "{what}: transform {other:?}; give \"auto\", \"none\" or \"log\""
+                        ))
+                    }
+                }
+            }
+            _ => rest.push((k.to_string(), v.clone())),
+        }
+    }
+    Ok((o, rest))
+}
+
+fn unknown<T>(what: &str, key: &str, known: &str) -> R<T> {
+    fail(format!(
+        "{what}: unknown option `{key}` (time, value, every, fill, season, transform, {known})"
+    ))
+}
+
+/// `forecast(frame, #{ horizon, level, … })`: the series, its fit and the
+/// forecast with bands ([`super::series::forecast_frame`]).
+fn forecast_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let (o, rest) = series_opts("forecast", opts)?;
+    let mut horizon = None;
+    let mut levels = super::forecast::DEFAULT_LEVELS.to_vec();
+    for (k, v) in &rest {
+        match k.as_str() {
+            "horizon" => horizon = Some(count_opt("forecast", k, v)?),
+            "level" => {
+                levels = match v.read_lock::<Array>() {
+                    Some(a) => a
+                        .iter()
+                        .map(|x| level_opt("forecast", x))
+                        .collect::<R<Vec<f64>>>()?,
+                    None => vec![level_opt("forecast", v)?],
+                }
+            }
+            other => return unknown("forecast", other, "horizon, level"),
+        }
+    }
+    let s = super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("forecast: {e}")))?;
+    let spec = s.spec(&o);
+    let horizon = horizon.unwrap_or_else(|| default_horizon(&spec, s.values.len()));
+    super::series::forecast_frame(&s, horizon, &levels, &spec)
+        .map(Frame::from_df)
+        .or_else(fail)
+}
+
+/// `decompose(frame, #{ … })`: trend, seasons and remainder
+/// ([`super::series::decompose_frame`]).
+fn decompose_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let (o, rest) = series_opts("decompose", opts)?;
+    if let Some((k, _)) = rest.first() {
+        return unknown("decompose", k, "nothing else");
+    }
+    let s =
+        super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("decompose: {e}")))?;
+    super::series::decompose_frame(&s, &s.spec(&o))
+        .map(Frame::from_df)
+        .or_else(fail)
+}
+
+/// A season of the model, or 10 steps without one.
+fn default_horizon(spec: &super::forecast::Spec, n: usize) -> usize {
+    super::forecast::usable_periods(spec, n)
+        .first()
+        .copied()
+        .unwrap_or(10)
+}
+
+/// `backtest(frame, #{ horizon, folds, level, … })`: one row per fold
+/// ([`super::series::backtest_frame`]).
+fn backtest_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let (o, rest) = series_opts("backtest", opts)?;
+    let (mut horizon, mut folds) = (None, 3);
+    let mut levels = super::forecast::DEFAULT_LEVELS.to_vec();
+    for (k, v) in &rest {
+        match k.as_str() {
+            "horizon" => horizon = Some(count_opt("backtest", k, v)?),
+            "folds" => folds = count_opt("backtest", k, v)?,
+            "level" => {
+                levels = match v.read_lock::<Array>() {
+                    Some(a) => a
+                        .iter()
+                        .map(|x| level_opt("backtest", x))
+                        .collect::<R<Vec<f64>>>()?,
+                    None => vec![level_opt("backtest", v)?],
+                }
+            }
+            other => return unknown("backtest", other, "horizon, folds, level"),
+        }
+    }
+    let s = super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("backtest: {e}")))?;
+    let spec = s.spec(&o);
+    // By default a window is the longest season the folds leave history for.
+    let horizon = horizon.unwrap_or_else(|| {
+        let n = s.values.len();
+        spec.periods
+            .iter()
+            .copied()
+            .filter(|p| *p >= 2 && p.saturating_mul(folds + 2) <= n)
+            .max()
+            .unwrap_or(10)
+    });
+    super::series::backtest_frame(&s, horizon, folds, &levels, &spec)
+        .map(Frame::from_df)
+        .or_else(fail)
+}
+
+/// `anomalies(frame, #{ last, level, … })`: the last points checked
+/// against the band forecast from the ones before
+/// ([`super::series::anomalies_frame`]).
+fn anomalies_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let (o, rest) = series_opts("anomalies", opts)?;
+    let (mut last, mut level) = (None, 0.99);
+    for (k, v) in &rest {
+        match k.as_str() {
+            "last" => last = Some(count_opt("anomalies", k, v)?),
+            "level" => level = level_opt("anomalies", v)?,
+            other => return unknown("anomalies", other, "last, level"),
+        }
+    }
+    let s =
+        super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("anomalies: {e}")))?;
+    let spec = s.spec(&o);
+    let last = last.unwrap_or_else(|| default_horizon(&spec, s.values.len()));
+    super::series::anomalies_frame(&s, last, level, &spec)
+        .map(Frame::from_df)
+        .or_else(fail)
+}
+
+/// `kmeans(frame, k, #{ seed, columns })`: the rows with `cluster` and
+/// `distance` ([`super::series::kmeans_frame`]).
+fn kmeans_of(f: &Frame, k: i64, opts: &Map) -> R<Frame> {
+    let mut seed = 0u64;
+    let mut columns = None;
+    for (key, v) in opts {
+        match key.as_str() {
+            "seed" => seed = count_opt("kmeans", key, v)? as u64,
+            "columns" => columns = Some(names(v)?),
+            other => return fail(format!("kmeans: unknown option `{other}` (seed, columns)")),
+        }
+    }
+    let k = usize::try_from(k).unwrap_or(0);
+    super::series::kmeans_frame(&f.collect()?, k, seed, columns.as_deref())
+        .map(Frame::from_df)
+        .or_else(fail)
+}
+
 /// Wide from long: one row per `index`, one column per value of `on`
 /// (in sorted order), cells `agg` of `values`; missing cells are null.
 fn pivot(f: &Frame, on: &str, index: &Dynamic, values: &str, agg: &str) -> R<Frame> {
@@ -1075,6 +1319,24 @@ pub(crate) fn register(engine: &mut Engine) {
         })
         .register_fn("rfm", |f: &mut Frame| rfm_of(f, &Map::new()))
         .register_fn("rfm", |f: &mut Frame, opts: Map| rfm_of(f, &opts))
+        .register_fn("forecast", |f: &mut Frame| forecast_of(f, &Map::new()))
+        .register_fn("forecast", |f: &mut Frame, opts: Map| forecast_of(f, &opts))
+        .register_fn("decompose", |f: &mut Frame| decompose_of(f, &Map::new()))
+        .register_fn("decompose", |f: &mut Frame, opts: Map| {
+            decompose_of(f, &opts)
+        })
+        .register_fn("backtest", |f: &mut Frame| backtest_of(f, &Map::new()))
+        .register_fn("backtest", |f: &mut Frame, opts: Map| backtest_of(f, &opts))
+        .register_fn("anomalies", |f: &mut Frame| anomalies_of(f, &Map::new()))
+        .register_fn("anomalies", |f: &mut Frame, opts: Map| {
+            anomalies_of(f, &opts)
+        })
+        .register_fn("kmeans", |f: &mut Frame, k: i64| {
+            kmeans_of(f, k, &Map::new())
+        })
+        .register_fn("kmeans", |f: &mut Frame, k: i64, opts: Map| {
+            kmeans_of(f, k, &opts)
+        })
         .register_fn("join", |f: &mut Frame, other: Frame, on: Dynamic| {
             let on = exprs(&on)?;
             Frame::plan(

@@ -7,9 +7,12 @@
 //! no `eval`; Rhai itself has no file or network functions. Every error is a
 //! [`ScriptError`] naming the file, line and column.
 
+pub mod forecast;
 pub mod frames;
+pub mod kmeans;
 pub mod pushdown;
 pub mod rfm;
+pub mod series;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -136,13 +136,28 @@ pub fn rfm(tx: &DataFrame, as_of: Option<DateTime<Utc>>) -> Result<DataFrame, St
                 .map(|a| a.iter().map(|v| v.unwrap_or(0.0)).collect())
         })
         .map_err(err)?;
+    from_aggregates(ids, last, freq, money, as_of.map(|t| t.timestamp_micros()))
+}
+
+/// RFM from per-customer aggregates: `ids` (customer ids), `last` (each
+/// one's last order, microseconds since the epoch), `freq` (orders) and
+/// `money` (their total), as of `as_of_us` (default: the last order of
+/// all). The columns of [`rfm`], one row per customer in the order given.
+pub fn from_aggregates(
+    ids: Vec<String>,
+    last: Vec<i64>,
+    freq: Vec<i64>,
+    money: Vec<f64>,
+    as_of_us: Option<i64>,
+) -> Result<DataFrame, String> {
+    let n = ids.len();
+    if last.len() != n || freq.len() != n || money.len() != n {
+        return Err("rfm: the aggregates differ in length".into());
+    }
     // Money is ordered in whole cents: sums that are equal in cents are
     // equal, whatever order the floats were added in.
     let cents: Vec<i64> = money.iter().map(|m| (m * 100.0).round() as i64).collect();
-    let as_of = match as_of {
-        Some(t) => t.timestamp_micros(),
-        None => last.iter().copied().max().unwrap_or(0),
-    };
+    let as_of = as_of_us.unwrap_or_else(|| last.iter().copied().max().unwrap_or(0));
     let r = scores(&last, &ids);
     let f = scores(&freq, &ids);
     let m = scores(&cents, &ids);
@@ -158,12 +173,17 @@ pub fn rfm(tx: &DataFrame, as_of: Option<DateTime<Utc>>) -> Result<DataFrame, St
         .collect();
     let seg: Vec<&str> = r.iter().zip(&f).map(|(r, f)| segment(*r, *f)).collect();
     let small = |v: &[u8]| v.iter().map(|x| i64::from(*x)).collect::<Vec<_>>();
-    let n = ids.len();
+    let last_order = Column::new("last_order".into(), last)
+        .cast(&DataType::Datetime(
+            TimeUnit::Microseconds,
+            Some(TimeZone::UTC),
+        ))
+        .map_err(err)?;
     DataFrame::new(
         n,
         vec![
             Column::new("customer_id".into(), ids),
-            agg.column("last_order").map_err(err)?.clone(),
+            last_order,
             Column::new("recency_days".into(), recency),
             Column::new("frequency".into(), freq),
             Column::new("monetary".into(), money),

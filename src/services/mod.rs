@@ -4,6 +4,7 @@
 //! ingest command, the HTTP server and the app's live pipeline
 //! ([`live`]).
 
+pub mod alerts;
 pub mod live;
 
 use std::path::PathBuf;
@@ -257,6 +258,8 @@ pub struct RunOptions {
     /// Event → commit latency counts events made this long after the start
     /// or later (the warm-up's are left out); only on the wall clock.
     pub measure_after: Duration,
+    /// Evaluate alert rules while the pipeline runs.
+    pub alerts: Option<alerts::AlertsOptions>,
 }
 
 /// What a headless run did.
@@ -486,6 +489,42 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
             services.database_url.clone(),
         )))),
         None => None,
+    };
+    // Alert rules are evaluated while the pipeline runs, on a pool of
+    // their own (ingest never waits behind a rule's metric).
+    let (_alerts, _stop_alerts) = match &opts.alerts {
+        Some(a) => {
+            let readers = Store::connect(
+                &services.database_url,
+                2,
+                Duration::from_millis(cfg.pg_statement_timeout_ms),
+            )
+            .await
+            .context("connecting the alerts' pool")?;
+            let lag = crate::pipeline::lag::LagSource {
+                brokers: services.brokers.clone(),
+                topic: cfg.topic.clone(),
+                group: cfg.group_id.clone(),
+                store: readers.clone(),
+            };
+            let (figures, figures_task) = alerts::KafkaFigures::spawn(lag, cfg.dlq_topic.clone());
+            let engine = alerts::engine(
+                analytics_computing(cfg, &readers, 1)?,
+                a,
+                None,
+                Some(figures),
+            )
+            .await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            (
+                Some((
+                    AbortOnDrop(alerts::spawn(engine, stopped, None)),
+                    AbortOnDrop(figures_task),
+                )),
+                Some(stop),
+            )
+        }
+        None => (None, None),
     };
     let board = Switchboard::new();
     for s in &opts.scenarios {

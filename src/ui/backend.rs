@@ -167,6 +167,35 @@ pub enum Command {
         /// CSV or Parquet.
         format: ExportFormat,
     },
+    /// Computes the customer segments now and `period_days` earlier.
+    Segments {
+        /// Answer tag: only the newest request's answer is shown.
+        seq: u64,
+        /// The period movement is measured over.
+        period_days: u32,
+    },
+    /// Writes the customers of one segment to `path`.
+    ExportSegment {
+        /// Every customer with its segment (the panel's report).
+        customers: Arc<DataFrame>,
+        /// The segment.
+        segment: String,
+        /// The file to write.
+        path: PathBuf,
+        /// CSV or Parquet.
+        format: ExportFormat,
+    },
+    /// Mutes an alert rule (`*`: all) for `minutes`.
+    SilenceAlert {
+        /// The rule's name.
+        rule: String,
+        /// For how long.
+        minutes: u32,
+    },
+    /// Ends a silence.
+    UnsilenceAlert(i64),
+    /// Asks for the alert history (of one rule, or of all).
+    AlertHistory(Option<String>),
     /// Stops the pipeline and ends the backend; `done` is sent when finished.
     Shutdown {
         /// Receives `()` once everything has stopped.
@@ -393,6 +422,27 @@ pub enum Update {
     NotebookCreated(Result<PathBuf, String>),
     /// A notebook's report was written (its file) or could not be.
     NotebookReport(Result<PathBuf, String>),
+    /// The answer to [`Command::Segments`].
+    Segments {
+        /// The request's tag.
+        seq: u64,
+        /// The report, or why not.
+        result: Result<Arc<crate::analytics::segments::SegmentReport>, String>,
+    },
+    /// An alert rule notified (firing, resolved, …): a toast.
+    AlertNotice(Box<crate::alerts::Notification>),
+    /// The alert rules, their states and the silences (sent when they
+    /// change).
+    Alerts(Arc<super::alert_desk::AlertsSnapshot>),
+    /// A silence was added or ended: the panel asks for its history again.
+    AlertsChanged,
+    /// The answer to [`Command::AlertHistory`].
+    AlertHistory {
+        /// The rule asked for (`None`: all).
+        rule: Option<String>,
+        /// Its rows, newest first.
+        rows: Vec<crate::alerts::history::Event>,
+    },
     /// A command failed (the text says which and why).
     Error(String),
     /// Something the user should know that did not fail a command.
@@ -424,6 +474,11 @@ impl Update {
             Update::NotebookSaved { .. } => "notebook saved",
             Update::NotebookCreated(_) => "notebook created",
             Update::NotebookReport(_) => "notebook report",
+            Update::Segments { .. } => "segments",
+            Update::AlertNotice(_) => "alert notice",
+            Update::Alerts(_) => "alerts",
+            Update::AlertsChanged => "alerts changed",
+            Update::AlertHistory { .. } => "alert history",
             Update::Error(_) => "error",
             Update::Warning(_) => "warning",
         }
@@ -850,6 +905,10 @@ async fn run(
     let send = |u| out.send(u);
     let mut notebooks =
         NotebookDesk::open(crate::services::notebooks_dir(live.config()), &send).await;
+    let mut alerts = {
+        let o = out.clone();
+        super::alert_desk::AlertDesk::open(&live, &desk.dir, move |u| o.send(u)).await
+    };
     if let Some(rate) = autostart {
         start(&mut live, rate, &out);
     }
@@ -884,6 +943,7 @@ async fn run(
                 match c {
                     Command::Shutdown { done } => {
                         notebooks.stop_all();
+                        alerts.stop();
                         if let Err(e) = live.stop(Duration::from_secs(5)).await {
                             tracing::warn!("stopping the pipeline: {e:#}");
                         }
@@ -892,6 +952,18 @@ async fn run(
                     }
                     Command::Watch(w) => {
                         watch_tx.send_replace(Some(w));
+                    }
+                    Command::SilenceAlert { rule, minutes } => {
+                        let o = out.clone();
+                        alerts.silence(rule, minutes, move |u| o.send(u));
+                    }
+                    Command::UnsilenceAlert(id) => {
+                        let o = out.clone();
+                        alerts.unsilence(id, move |u| o.send(u));
+                    }
+                    Command::AlertHistory(rule) => {
+                        let o = out.clone();
+                        alerts.history(rule, move |u| o.send(u));
                     }
                     c => {
                         handle(c, &mut live, &mut desk, &mut notebooks, &out).await;
@@ -964,6 +1036,18 @@ fn refuse(c: Command, why: &str, out: &Outbox) {
         },
         Command::NewNotebook(_) => Update::NotebookCreated(Err(why)),
         Command::NotebookReport { .. } => Update::NotebookReport(Err(why)),
+        Command::Segments { seq, .. } => Update::Segments {
+            seq,
+            result: Err(why),
+        },
+        Command::ExportSegment { .. } => Update::ExportDone(Err(why)),
+        Command::AlertHistory(rule) => {
+            out.send(Update::Error(why));
+            Update::AlertHistory {
+                rule,
+                rows: Vec::new(),
+            }
+        }
         Command::Export { .. } | Command::ExportFrame { .. } | Command::ExportTable { .. } => {
             Update::ExportDone(Err(why))
         }
@@ -1258,6 +1342,36 @@ async fn handle(
             }
             _ => out.send(Update::Error(format!("{rel} is not a shop script"))),
         },
+        Command::Segments { seq, period_days } => {
+            let (pool, out) = (live.analytics().pool().clone(), out.clone());
+            tokio::spawn(async move {
+                let result = crate::analytics::segments::segments(
+                    &pool,
+                    chrono::Utc::now(),
+                    chrono::Duration::days(i64::from(period_days.max(1))),
+                )
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+                out.send(Update::Segments { seq, result });
+            });
+        }
+        Command::ExportSegment {
+            customers,
+            segment,
+            path,
+            format,
+        } => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = crate::analytics::segments::customers_of(&customers, &segment)
+                    .map_err(|e| e.to_string())
+                    .and_then(|rows| {
+                        export::write_frame(&rows, &path, format).map_err(|e| e.to_string())
+                    });
+                out.send(Update::ExportDone(r));
+            });
+        }
         Command::ExportFrame {
             frame,
             path,
@@ -1333,7 +1447,12 @@ async fn handle(
             let out = out.clone();
             tokio::spawn(async move { out.send(Update::ExportPath(f.await)) });
         }
-        Command::Watch(_) | Command::Shutdown { .. } => {}
+        // Answered by the loop itself.
+        Command::Watch(_)
+        | Command::Shutdown { .. }
+        | Command::SilenceAlert { .. }
+        | Command::UnsilenceAlert(_)
+        | Command::AlertHistory(_) => {}
     }
 }
 
@@ -1390,10 +1509,22 @@ async fn refresh_at(
         .iter()
         .map(|&k| ViewRequest::new(k).with_filters(filters.clone()))
         .collect();
+    let now = chrono::Utc::now().timestamp() as f64;
     let results = futures::future::try_join_all(reqs.iter().map(|r| a.view_at(r, v)))
         .await
         .map_err(|e| e.to_string())?;
-    Dashboard::from_results(&results, t.elapsed())
+    let mut d = Dashboard::from_results(&results, t.elapsed())?;
+    // Where revenue is heading: fitted off the runtime's threads.
+    if let Some(g) = d.granularity {
+        let trend = d.trend_revenue.clone();
+        d.trend_forecast = tokio::task::spawn_blocking(move || {
+            super::model::trend_forecast(&trend, g.seconds(), now)
+        })
+        .await
+        .unwrap_or_default();
+    }
+    d.elapsed = t.elapsed();
+    Ok(d)
 }
 
 async fn telemetry(

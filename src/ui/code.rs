@@ -31,7 +31,7 @@ const KEYWORDS: [&str; 27] = [
 ];
 
 /// The functions of `scripts/README.md`.
-pub(crate) const BUILTINS: [&str; 63] = [
+pub(crate) const BUILTINS: [&str; 68] = [
     "view",
     "table",
     "transactions",
@@ -86,6 +86,11 @@ pub(crate) const BUILTINS: [&str; 63] = [
     "join",
     "pivot",
     "rfm",
+    "kmeans",
+    "forecast",
+    "decompose",
+    "backtest",
+    "anomalies",
     "unique",
     "rename",
     "drop",

@@ -640,8 +640,58 @@ fn trend_ui(ui: &mut Ui, d: &Dashboard) {
                         .color(widgets::color(0))
                         .fill(0.0),
                 );
+                if let Some(f) = &d.trend_forecast {
+                    forecast_ui(p, f);
+                }
             });
+        if let Some(f) = &d.trend_forecast {
+            let note = if f.anomalies.is_empty() {
+                format!("forecast: {} from the range shown", f.model)
+            } else {
+                format!(
+                    "forecast: {} from the range shown · {} unexpected",
+                    f.model,
+                    f.anomalies.len()
+                )
+            };
+            ui.label(RichText::new(note).weak().small());
+        }
     });
+}
+
+/// The forecast past the last complete bucket: the 95 % and 80 % bands,
+/// the expected revenue dashed, and unexpected buckets as red points.
+fn forecast_ui(p: &mut egui_plot::PlotUi<'_>, f: &super::model::TrendForecast) {
+    let colour = widgets::color(0);
+    for (name, band, alpha) in [("95 % band", &f.band95, 40u8), ("80 % band", &f.band80, 70)] {
+        if band.is_empty() {
+            continue;
+        }
+        let mut ring: Vec<[f64; 2]> = band.iter().map(|b| [b[0], b[2]]).collect();
+        ring.extend(band.iter().rev().map(|b| [b[0], b[1]]));
+        p.polygon(
+            egui_plot::Polygon::new(name, ring)
+                .fill_color(egui::Color32::from_rgba_unmultiplied(
+                    colour.r(),
+                    colour.g(),
+                    colour.b(),
+                    alpha,
+                ))
+                .stroke(egui::Stroke::NONE),
+        );
+    }
+    p.line(
+        egui_plot::Line::new("forecast", f.point.clone())
+            .color(colour)
+            .style(egui_plot::LineStyle::dashed_loose()),
+    );
+    if !f.anomalies.is_empty() {
+        p.points(
+            egui_plot::Points::new("unexpected", f.anomalies.clone())
+                .color(widgets::RED)
+                .radius(4.0),
+        );
+    }
 }
 
 /// Horizontal bars with labels and values.

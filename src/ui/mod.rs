@@ -6,6 +6,8 @@
 //! the tokio runtime and wakes the UI when something arrives, so an idle
 //! window does no work between refreshes.
 
+pub mod alert_desk;
+mod alerts_panel;
 pub mod backend;
 pub mod code;
 mod dashboard;
@@ -18,6 +20,7 @@ pub mod notebook_out;
 pub mod notebooks;
 mod pipeline_panel;
 pub mod scripting;
+mod segments_panel;
 pub mod settings;
 mod toasts;
 pub mod widgets;
@@ -52,18 +55,24 @@ pub enum Tab {
     Scripts,
     /// Rhai + Polars notebooks.
     Notebooks,
+    /// Alert rules, their states and history.
+    Alerts,
+    /// Customers by RFM segment.
+    Segments,
     /// Services, theme and refresh settings.
     Settings,
 }
 
 impl Tab {
     /// Every tab, in the order shown.
-    pub const ALL: [Tab; 6] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Dashboard,
         Tab::Pipeline,
         Tab::Explorer,
+        Tab::Segments,
         Tab::Scripts,
         Tab::Notebooks,
+        Tab::Alerts,
         Tab::Settings,
     ];
 
@@ -75,6 +84,8 @@ impl Tab {
             Tab::Explorer => "Explorer",
             Tab::Scripts => "Scripts",
             Tab::Notebooks => "Notebooks",
+            Tab::Segments => "Segments",
+            Tab::Alerts => "Alerts",
             Tab::Settings => "Settings",
         }
     }
@@ -132,6 +143,8 @@ pub struct App {
     explorer_autoload: bool,
     scripts: editor::ScriptsState,
     notebooks: notebooks::NotebooksState,
+    alerts: alerts_panel::AlertsState,
+    segments: segments_panel::SegmentsState,
     /// From the environment: a script to open and run, scenarios to switch
     /// on, once the scripts folder has been read.
     startup_script: Option<String>,
@@ -179,6 +192,8 @@ impl App {
             explorer_autoload: false,
             scripts: editor::ScriptsState::default(),
             notebooks: notebooks::NotebooksState::default(),
+            alerts: alerts_panel::AlertsState::default(),
+            segments: segments_panel::SegmentsState::default(),
             startup_script: None,
             startup_scenarios: Vec::new(),
             logs,
@@ -225,6 +240,16 @@ impl App {
     /// The last pipeline sample, once one came.
     pub fn telemetry(&self) -> Option<&PipelineSample> {
         self.pipeline.telemetry.as_deref()
+    }
+
+    /// The alert rules and their states as last sent (for tests).
+    pub fn alerts(&self) -> Option<&alert_desk::AlertsSnapshot> {
+        self.alerts.snapshot.as_deref()
+    }
+
+    /// The customer segments as last computed (for tests).
+    pub fn segments(&self) -> Option<&crate::analytics::segments::SegmentReport> {
+        self.segments.report.as_ref()?.as_ref().ok().map(|r| &**r)
     }
 
     fn send(&mut self, c: Command) {
@@ -352,6 +377,10 @@ impl App {
                     self.notebooks.exporting = false;
                     self.notebooks.export_result = Some(self.export_done(r));
                 }
+                Update::ExportDone(r) if self.segments.exporting => {
+                    self.segments.exporting = false;
+                    self.segments.export_result = Some(self.export_done(r));
+                }
                 Update::ExportDone(r) if self.scripts.exporting => {
                     self.scripts.exporting = false;
                     self.scripts.export_result = Some(self.export_done(r));
@@ -451,6 +480,25 @@ impl App {
                         self.toast(tracing::Level::ERROR, format!("report: {e}"));
                     }
                     self.notebooks.apply_report(r);
+                }
+                Update::AlertNotice(n) => {
+                    use crate::alerts::{Reason, Severity};
+                    let level = match (n.reason, n.severity) {
+                        (Reason::Resolved | Reason::NoData, _) | (_, Severity::Info) => {
+                            tracing::Level::INFO
+                        }
+                        (_, Severity::Warning) => tracing::Level::WARN,
+                        (_, Severity::Critical) => tracing::Level::ERROR,
+                    };
+                    self.toast(level, format!("alert: {}", n.summary));
+                }
+                Update::Alerts(s) => self.alerts.apply(s),
+                Update::Segments { seq, result } => self.segments.apply(seq, result),
+                Update::AlertsChanged => self.alerts.history_wanted = true,
+                Update::AlertHistory { rule, rows } => {
+                    if rule == self.alerts.selected {
+                        self.alerts.history = Some((rule, rows));
+                    }
                 }
                 Update::Error(e) => self.toast(tracing::Level::ERROR, e),
                 Update::Warning(w) => self.toast(tracing::Level::WARN, w),
@@ -566,6 +614,8 @@ impl App {
             Tab::Explorer => self.explorer_ui(ui),
             Tab::Scripts => self.scripts_ui(ui),
             Tab::Notebooks => self.notebooks_ui(ui),
+            Tab::Alerts => self.alerts_ui(ui),
+            Tab::Segments => self.segments_ui(ui),
             Tab::Settings => {
                 let current = self.settings.clone();
                 if settings::settings_ui(ui, &mut self.draft, &current) {
@@ -607,6 +657,15 @@ impl App {
                     if t == Tab::Settings {
                         self.draft = self.settings.clone();
                     }
+                }
+                let firing = self.alerts.firing();
+                if t == Tab::Alerts && firing > 0 {
+                    ui.label(
+                        egui::RichText::new(format!("{firing} firing"))
+                            .color(widgets::RED)
+                            .strong(),
+                    )
+                    .on_hover_text("alert rules firing now");
                 }
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {

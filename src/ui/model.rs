@@ -179,6 +179,9 @@ pub struct Dashboard {
     pub trend_orders: Vec<[f64; 2]>,
     /// Bucket size of the trends (`None` without data).
     pub granularity: Option<Granularity>,
+    /// Where revenue is heading after the range shown, and the buckets of
+    /// the range it did not expect (`None`: too few buckets to tell).
+    pub trend_forecast: Option<TrendForecast>,
     /// Revenue by category.
     pub categories: Vec<Part>,
     /// Revenue by payment method.
@@ -387,6 +390,84 @@ fn series(df: &DataFrame, y: &str) -> Result<Vec<[f64; 2]>, String> {
         .zip(&y)
         .filter_map(|(x, y)| Some([(*x)? / 1e6, y.unwrap_or(0.0)]))
         .collect())
+}
+
+/// The revenue trend's forecast: a few buckets past the last complete one,
+/// with its 80 % and 95 % bands, and the recent buckets outside the 99 %
+/// band forecast from the buckets before them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrendForecast {
+    /// `[unix seconds, revenue]` per bucket ahead.
+    pub point: Vec<[f64; 2]>,
+    /// The 80 % band: `[unix seconds, low, high]`.
+    pub band80: Vec<[f64; 3]>,
+    /// The 95 % band.
+    pub band95: Vec<[f64; 3]>,
+    /// Buckets outside the band expected of them: `[unix seconds, revenue]`.
+    pub anomalies: Vec<[f64; 2]>,
+    /// The model, e.g. "MSTL(24) + AutoETS".
+    pub model: String,
+}
+
+/// The forecast of a revenue trend of buckets of `step` seconds, made from
+/// its buckets that were complete at `now` (the one still filling is left
+/// out). `None` with fewer than 12 complete buckets.
+pub fn trend_forecast(trend: &[[f64; 2]], step: i64, now: f64) -> Option<TrendForecast> {
+    use crate::script::forecast::{self, Spec, Transform};
+    let complete: Vec<[f64; 2]> = trend
+        .iter()
+        .copied()
+        .filter(|[t, _]| t + step as f64 <= now)
+        .collect();
+    let n = complete.len();
+    if n < 12 || step <= 0 {
+        return None;
+    }
+    let y: Vec<f64> = complete.iter().map(|p| p[1]).collect();
+    let spec = Spec {
+        periods: forecast::periods_for_step(step),
+        transform: Transform::Auto,
+        calibrate: true,
+    };
+    let horizon = (n / 4).clamp(3, 48);
+    let p = forecast::forecast(&y, horizon, &[0.80, 0.95], &spec).ok()?;
+    let last = complete.last()?[0];
+    let at = |k: usize| last + step as f64 * (k + 1) as f64;
+    let band = |i: usize| -> Vec<[f64; 3]> {
+        p.bands.get(i).map_or_else(Vec::new, |b| {
+            b.lower
+                .iter()
+                .zip(&b.upper)
+                .enumerate()
+                .map(|(k, (l, u))| [at(k), l.max(0.0), u.max(0.0)])
+                .collect()
+        })
+    };
+    // The last quarter of the range, each checked against the forecast
+    // from the buckets before it.
+    let checked = (n / 4).clamp(1, 48);
+    let anomalies = forecast::anomalies(&y, n - checked, 0.99, &spec)
+        .map(|scan| {
+            scan.side
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s != 0)
+                .filter_map(|(k, _)| complete.get(n - checked + k).copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(TrendForecast {
+        point: p
+            .point
+            .iter()
+            .enumerate()
+            .map(|(k, v)| [at(k), v.max(0.0)])
+            .collect(),
+        band80: band(0),
+        band95: band(1),
+        anomalies,
+        model: p.model,
+    })
 }
 
 impl Dashboard {

@@ -117,6 +117,7 @@ pub fn run_options(events: u64, seed: u64) -> salespulse::services::RunOptions {
         scenarios: Vec::new(),
         http: None,
         measure_after: std::time::Duration::ZERO,
+        alerts: None,
     }
 }
 

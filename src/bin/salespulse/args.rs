@@ -61,8 +61,47 @@ pub enum Command {
         /// (e.g. 127.0.0.1:8080).
         #[arg(long)]
         http: Option<String>,
+        /// Also evaluate the alert rules (scripts/alerts/*.rhai) while
+        /// the pipeline runs.
+        #[arg(long)]
+        alerts: bool,
+        /// With --alerts: POST each notification as JSON to this URL
+        /// (from the environment, so a token in it stays off disk).
+        #[arg(
+            long,
+            env = "SALESPULSE_ALERT_WEBHOOK",
+            requires = "alerts",
+            hide_env_values = true
+        )]
+        alert_webhook: Option<url::Url>,
         #[command(flatten)]
         behaviour: BehaviourArgs,
+    },
+    /// Customer segments (RFM: recency, frequency, monetary quintiles):
+    /// sizes, revenue share and movement since a period earlier; the
+    /// customers of one segment to a file.
+    Segments {
+        /// The time the segments are as of (RFC 3339; default: now).
+        #[arg(long)]
+        as_of: Option<DateTime<Utc>>,
+        /// The period movement is measured over: 7d, 30d, 90d.
+        #[arg(long, default_value = "30d")]
+        period: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Write this segment's customers (e.g. "At risk") to --out.
+        #[arg(long, requires = "out")]
+        export: Option<String>,
+        /// The file --export writes (.csv or .parquet).
+        #[arg(long, requires = "export")]
+        out: Option<PathBuf>,
+    },
+    /// Alert rules (scripts/alerts/*.rhai): evaluate them, list them and
+    /// their states, read their history, test one, silence one.
+    Alerts {
+        #[command(subcommand)]
+        which: AlertsCommand,
     },
     /// Custom metrics (Rhai scripts over Polars frames).
     Metric {
@@ -469,6 +508,64 @@ pub enum RollupsCommand {
     Rebuild,
 }
 
+/// What `salespulse alerts` does.
+#[derive(Subcommand, Debug)]
+pub enum AlertsCommand {
+    /// Evaluates the rules at their intervals until Ctrl-C, recording
+    /// their history and sending notifications (headless).
+    Run {
+        /// The rules folder (default: alerts/ in the scripts folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// POST each notification as JSON to this URL.
+        #[arg(long, env = "SALESPULSE_ALERT_WEBHOOK", hide_env_values = true)]
+        webhook: Option<url::Url>,
+        /// Also show desktop notifications.
+        #[arg(long)]
+        desktop: bool,
+        /// Evaluate every rule once, print what happened, and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The rules, their last recorded state, and the silences in force.
+    List {
+        /// The rules folder (default: alerts/ in the scripts folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// State changes and notifications, newest first.
+    History {
+        /// Only this rule's.
+        rule: Option<String>,
+        /// Rows at most.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        limit: i64,
+    },
+    /// Evaluates one rule file now: its value, whether it breaches, and
+    /// what its state would do (nothing is recorded or sent).
+    Test {
+        /// The rule file.
+        file: PathBuf,
+    },
+    /// Mutes a rule's notifications (or every rule's: "*") for a while;
+    /// its state is still kept and recorded.
+    Silence {
+        /// The rule's name, or "*".
+        rule: String,
+        /// How long: 30m, 2h, 1d.
+        #[arg(long = "for")]
+        duration: String,
+        /// Why (shown in `alerts list`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Ends a silence early.
+    Unsilence {
+        /// The silence's id (`alerts list` shows it).
+        id: i64,
+    },
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Fuzz the event decoder and the COPY encoder with random and mutated
@@ -515,6 +612,34 @@ pub enum BenchCommand {
         /// Seconds per rate before measuring (consumer join, first statements).
         #[arg(long, default_value_t = 5)]
         warmup: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forecast accuracy on generated history: per seed, days of hourly
+    /// completed revenue, the last days held out; MASE and relative MAE
+    /// against repeating last week, and how often the bands cover.
+    Forecast {
+        /// Generator seeds, one history each (commas or repeated flags).
+        #[arg(long, value_delimiter = ',', default_values_t = [1u64, 2, 3])]
+        seeds: Vec<u64>,
+        /// Days of history per seed.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(21..=3650))]
+        days: u32,
+        /// Days held out at the end and forecast.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+        holdout_days: u32,
+        /// What the model fits: auto (ln(1 + revenue), as revenue is never
+        /// negative), log or none (revenue as it is).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "log", "none"])]
+        transform: String,
+        /// The model's own bands, not calibrated (for comparison).
+        #[arg(long)]
+        raw_bands: bool,
+        /// Skip anomaly detection (the payment outage, the flash sale and
+        /// a control week per seed).
+        #[arg(long)]
+        no_detect: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

@@ -19,8 +19,8 @@ use salespulse::services::{self, RunOptions};
 use salespulse::ui::{self, log::LogBuffer};
 
 use crate::args::{
-    BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs, KernelCommand,
-    MetricCommand, NotebookCommand, RollupsCommand,
+    AlertsCommand, BehaviourArgs, BenchCommand, CacheCommand, Cli, Command, FilterArgs,
+    KernelCommand, MetricCommand, NotebookCommand, RollupsCommand,
 };
 use crate::report::{print_report, write_frame};
 use crate::UsageError;
@@ -129,6 +129,8 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             backfill_from,
             partitions,
             http,
+            alerts,
+            alert_webhook,
             behaviour,
         } => {
             if let Some(p) = partitions {
@@ -147,6 +149,11 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 scenarios,
                 http,
                 measure_after: Duration::ZERO,
+                alerts: alerts.then(|| services::alerts::AlertsOptions {
+                    dir: services::alerts::rules_dir(cfg),
+                    webhook: alert_webhook,
+                    desktop: false,
+                }),
             };
             println!("{}", services::run(cfg, opts).await?);
             Ok(())
@@ -261,6 +268,14 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
         Command::Metric {
             which: MetricCommand::List { dir },
         } => metric_list(&dir),
+        Command::Alerts { which } => alerts_command(cfg, which).await,
+        Command::Segments {
+            as_of,
+            period,
+            format,
+            export,
+            out,
+        } => segments_command(cfg, as_of, &period, &format, export, out).await,
         Command::Notebook {
             which:
                 NotebookCommand::Run {
@@ -521,6 +536,204 @@ async fn notebook_run(
     Ok(())
 }
 
+/// `salespulse segments`.
+async fn segments_command(
+    cfg: &Config,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    period: &str,
+    format: &str,
+    export: Option<String>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use salespulse::analytics::segments;
+    let d = salespulse::alerts::rule::parse_duration(period)
+        .map_err(|e| UsageError::new(format!("--period: {e}")))?;
+    if let Some(s) = &export {
+        if !salespulse::script::rfm::SEGMENTS.contains(&s.as_str()) {
+            return Err(UsageError::new(format!(
+                "--export {s:?}: one of {}",
+                salespulse::script::rfm::SEGMENTS.join(", ")
+            ))
+            .into());
+        }
+    }
+    let (analytics, _pg) = open_analytics(cfg).await?;
+    let as_of = as_of.unwrap_or_else(chrono::Utc::now);
+    let r = segments::segments(analytics.pool(), as_of, chrono::Duration::from_std(d)?).await?;
+    if let (Some(seg), Some(path)) = (export, out) {
+        let fmt = export::ExportFormat::from_path(&path).ok_or_else(|| {
+            UsageError::new(format!("--out {}: .csv or .parquet", path.display()))
+        })?;
+        let rows = segments::customers_of(&r.customers, &seg)?;
+        let done = export::write_frame(&rows, &path, fmt)?;
+        eprintln!(
+            "{} customers of {seg} -> {} ({} bytes)",
+            done.rows,
+            path.display(),
+            done.bytes
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "segments as of {}, movement since {}",
+        r.as_of.to_rfc3339(),
+        r.previous.to_rfc3339()
+    );
+    let mut summary = r.summary;
+    write_frame(&mut summary, format, false)
+}
+
+/// `salespulse alerts …`.
+async fn alerts_command(cfg: &Config, which: AlertsCommand) -> anyhow::Result<()> {
+    use salespulse::alerts::{self, history};
+    use services::alerts as wiring;
+    let dir_or = |d: Option<PathBuf>| d.unwrap_or_else(|| wiring::rules_dir(cfg));
+    match which {
+        AlertsCommand::Test { file } => {
+            let rule = alerts::rule::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            let now = chrono::Utc::now();
+            let ev = alerts::evaluate_with(&analytics, &rule, now, "()", std::time::Instant::now())
+                .await;
+            let mut state = alerts::RuleState::new(now);
+            state.step(&rule, now, &ev.outcome);
+            println!(
+                "{} ({}): {}",
+                rule.name,
+                rule.file,
+                rule.condition.describe()
+            );
+            match &ev.outcome {
+                alerts::Outcome::Value { breach, .. } => println!(
+                    "value: {} -> {} (now {}; fires after {:?} of this)",
+                    ev.detail,
+                    if *breach { "breaches" } else { "normal" },
+                    state.state.as_str(),
+                    rule.for_
+                ),
+                alerts::Outcome::NoData => println!("no data -> {}", state.state.as_str()),
+                alerts::Outcome::Error(e) => anyhow::bail!("the rule's metric failed: {e}"),
+            }
+            println!("evaluated in {:.2} s", ev.secs);
+            Ok(())
+        }
+        AlertsCommand::List { dir } => {
+            let dir = dir_or(dir);
+            let (rules, errors) = wiring::load_rules(&dir);
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            let latest = history::latest(analytics.pool()).await?;
+            let now = chrono::Utc::now();
+            let silences = history::silences(analytics.pool(), now).await?;
+            println!("{} rules in {}", rules.len(), dir.display());
+            for r in &rules {
+                let last = latest.iter().find(|e| e.rule == r.name);
+                println!(
+                    "  {:<28} {:<9} {:<9} every {:?}, for {:?}: {}{}",
+                    r.name,
+                    r.severity.as_str(),
+                    last.map_or("normal", |e| e.state.as_str()),
+                    r.every,
+                    r.for_,
+                    r.condition.describe(),
+                    if history::is_silenced(&silences, &r.name, now) {
+                        " (silenced)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            for e in &errors {
+                println!("  error: {e}");
+            }
+            for s in &silences {
+                println!(
+                    "silence {}: {} until {} {}",
+                    s.id,
+                    s.rule,
+                    s.until.to_rfc3339(),
+                    s.reason
+                );
+            }
+            anyhow::ensure!(errors.is_empty(), "{} rule files do not load", errors.len());
+            Ok(())
+        }
+        AlertsCommand::History { rule, limit } => {
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            for e in history::history(analytics.pool(), rule.as_deref(), limit).await? {
+                println!(
+                    "{}  {:<28} {:>9} -> {:<9} {}{}{}",
+                    e.at.format("%Y-%m-%d %H:%M:%S"),
+                    e.rule,
+                    e.previous.map_or("", |p| p.as_str()),
+                    e.state.as_str(),
+                    e.notified
+                        .map_or_else(String::new, |n| format!("[{}] ", n.as_str())),
+                    if e.silenced { "(silenced) " } else { "" },
+                    e.message
+                );
+            }
+            Ok(())
+        }
+        AlertsCommand::Silence {
+            rule,
+            duration,
+            reason,
+        } => {
+            let d = alerts::rule::parse_duration(&duration)
+                .map_err(|e| UsageError::new(format!("--for: {e}")))?;
+            let until = chrono::Utc::now() + chrono::Duration::from_std(d)?;
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            let id = history::silence(analytics.pool(), &rule, until, &reason).await?;
+            println!("silence {id}: {rule} until {}", until.to_rfc3339());
+            Ok(())
+        }
+        AlertsCommand::Unsilence { id } => {
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            anyhow::ensure!(
+                history::unsilence(analytics.pool(), id).await?,
+                "no silence {id}"
+            );
+            println!("silence {id} ended");
+            Ok(())
+        }
+        AlertsCommand::Run {
+            dir,
+            webhook,
+            desktop,
+            once,
+        } => {
+            let opts = wiring::AlertsOptions {
+                dir: dir_or(dir),
+                webhook,
+                desktop,
+            };
+            let (analytics, _pg) = open_analytics(cfg).await?;
+            let mut engine = wiring::engine(analytics, &opts, None, None).await?;
+            if once {
+                let now = chrono::Utc::now();
+                engine.tick(now).await;
+                for v in engine.views(now) {
+                    println!(
+                        "{:<28} {:<9} {}",
+                        v.rule.name,
+                        v.state.state.as_str(),
+                        v.detail
+                    );
+                }
+                // Let webhook deliveries finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = wiring::spawn(engine, stopped, None);
+            services::shutdown_signal().await;
+            let _ = stop.send(true);
+            task.await?;
+            Ok(())
+        }
+    }
+}
+
 /// `salespulse kernel install`: the kernelspec for this binary.
 fn kernel_install(prefix: Option<PathBuf>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("where is this binary?")?;
@@ -773,6 +986,30 @@ async fn bench_command(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> 
                 "the fuzzer found broken properties (listed above)"
             );
             Ok(())
+        }
+        BenchCommand::Forecast {
+            seeds,
+            days,
+            holdout_days,
+            transform,
+            raw_bands,
+            no_detect,
+            json,
+        } => {
+            let opts = bench::forecast::ForecastBenchOptions {
+                detect: !no_detect,
+                calibrate: !raw_bands,
+                seeds,
+                days,
+                holdout_days,
+                transform: match transform.as_str() {
+                    "log" => salespulse::script::forecast::Transform::Log,
+                    "none" => salespulse::script::forecast::Transform::None,
+                    _ => salespulse::script::forecast::Transform::Auto,
+                },
+            };
+            let report = tokio::task::spawn_blocking(move || bench::forecast::run(&opts)).await??;
+            print_report(&report, json)
         }
         BenchCommand::Generator {
             events,
