@@ -60,6 +60,15 @@ fn rules() -> Vec<alerts::Rule> {
 
 /// A local receiver of webhook POSTs: its URL and what it got.
 async fn receiver() -> (url::Url, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let (addr, got) = slow_receiver(Duration::ZERO).await;
+    (format!("http://{addr}/hook").parse().unwrap(), got)
+}
+
+/// A webhook receiver on `/hook` that answers OK after `delay`, keeping
+/// what it was sent.
+async fn slow_receiver(
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
     let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -69,13 +78,14 @@ async fn receiver() -> (url::Url, Arc<Mutex<Vec<serde_json::Value>>>) {
         axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
             let g = Arc::clone(&g);
             async move {
+                tokio::time::sleep(delay).await;
                 g.lock().unwrap().push(v);
                 axum::http::StatusCode::OK
             }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/hook").parse().unwrap(), got)
+    (addr, got)
 }
 
 async fn settle() {
@@ -316,4 +326,160 @@ fn a_webhook_that_fails_is_retried_and_a_client_error_is_not() {
         // Only http(s) webhooks.
         assert!(Notifier::new(None, Some("file:///etc/passwd".parse().unwrap()), false).is_err());
     });
+}
+
+/// `salespulse alerts run --once` over a rule that fires: the webhook is
+/// read from the environment only (no flag: a command line is visible to
+/// every local user), the process waits for the delivery (the receiver
+/// answers after 1.5 s) or for its retries to end, and neither the output
+/// nor an error ever shows the URL's password or token.
+#[test]
+fn the_headless_evaluator_delivers_before_exiting_and_never_shows_the_webhooks_token() {
+    use std::process::Command;
+    let rt = runtime();
+    let db = rt.block_on(TestDb::new("alerts_cli"));
+    let (addr, got) = rt.block_on(slow_receiver(Duration::from_millis(1500)));
+    let secret = "s3cr3t-7f1e";
+    // Each run's rule has a name of its own: a rule already firing in the
+    // history is not announced again.
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let run = |webhook: &str, extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = if n == 0 {
+            "Always".to_owned()
+        } else {
+            format!("Always {n}")
+        };
+        std::fs::write(
+            dir.path().join("always.rhai"),
+            format!(
+                r#"#{{ alert: "{name}", every: "1m", metric: "2.0", condition: #{{ above: 1 }} }}"#
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_salespulse"));
+        c.args(["alerts", "run", "--once", "--dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("SALESPULSE_CONFIG")
+            .env("DATABASE_URL", &db.url)
+            .env("SALESPULSE_ALERT_WEBHOOK", webhook)
+            .env("RUST_LOG", "info");
+        let o = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!text.contains(secret), "the secret shows:\n{text}");
+        (o.status, text)
+    };
+
+    // Delivered, although the receiver takes 1.5 s to answer.
+    let url = format!("http://hook:{secret}@{addr}/hook?token={secret}");
+    let (status, text) = run(&url, &[]);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("Always") && text.contains("firing"), "{text}");
+    let posted = got.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "{text}");
+    assert_eq!(posted[0]["rule"], "Always");
+    assert_eq!(posted[0]["reason"], "firing");
+
+    // Nobody listening: the process ends after the retries, saying so.
+    let dead = format!(
+        "http://hook:{secret}@127.0.0.1:{}/hook?token={secret}",
+        free_port()
+    );
+    let t = std::time::Instant::now();
+    let (status, text) = run(&dead, &[]);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("gave up after 4 tries"), "{text}");
+    assert!(t.elapsed() >= Duration::from_secs(7), "{:?}", t.elapsed());
+
+    // Not http(s), or not a URL: refused before anything runs.
+    for bad in [
+        format!("ftp://hook:{secret}@{addr}/"),
+        format!("{secret} not a url"),
+    ] {
+        let (status, text) = run(&bad, &[]);
+        assert!(!status.success(), "{bad}: {text}");
+        assert!(
+            text.contains("SALESPULSE_ALERT_WEBHOOK") || text.contains("http://"),
+            "{text}"
+        );
+    }
+    // The URL is not taken on the command line at all.
+    let (status, _) = run("", &["--webhook", &url]);
+    assert!(!status.success());
+    assert_eq!(got.lock().unwrap().len(), 1);
+    rt.block_on(db.drop());
+}
+
+/// A rules folder holding files meant to hang, exhaust or confuse the
+/// loader: each is an error naming its file and why, quickly, and the good
+/// rule beside them loads.
+#[test]
+fn hostile_rule_files_are_errors_and_the_good_rule_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = r#"#{ alert: "Good", every: "1m", metric: "1.0", condition: #{ above: 2 } }"#;
+    std::fs::write(d.join("good.rhai"), good).unwrap();
+    // A FIFO would block a plain read until someone writes to it.
+    let fifo = d.join("fifo.rhai");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // An endless device, and a folder with a script's name.
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero.rhai")).unwrap();
+    std::fs::create_dir(d.join("folder.rhai")).unwrap();
+    std::fs::write(d.join("binary.rhai"), [0xff_u8, 0xfe, 0x00, 0x80]).unwrap();
+    std::fs::write(d.join("huge.rhai"), " ".repeat(300 * 1024) + good).unwrap();
+    // Rule files are evaluated in the sandbox, with tight limits.
+    std::fs::write(d.join("spin.rhai"), "loop {}").unwrap();
+    std::fs::write(
+        d.join("reads.rhai"),
+        r#"import "std/fs" as fs; fs::read("/etc/passwd")"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("dup.rhai"), good).unwrap();
+
+    let t = std::time::Instant::now();
+    let loaded = rule::load_dir(d);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let mut ok = Vec::new();
+    let mut errors = HashMap::new();
+    for r in loaded {
+        match r {
+            Ok(r) => ok.push(r.name),
+            Err(e) => {
+                errors.insert(e.file.clone(), e.to_string());
+            }
+        }
+    }
+    assert_eq!(ok, vec!["Good".to_owned()], "{errors:#?}");
+    let says = |file: &str, what: &[&str]| {
+        let e = errors
+            .get(file)
+            .unwrap_or_else(|| panic!("{file}: {errors:#?}"));
+        assert!(
+            what.iter().any(|w| e.contains(w)),
+            "{file}: {e} (expected one of {what:?})"
+        );
+    };
+    says("fifo.rhai", &["not a regular file"]);
+    says("zero.rhai", &["not a regular file"]);
+    says("folder.rhai", &["not a regular file"]);
+    says("binary.rhai", &["not UTF-8"]);
+    says("huge.rhai", &["at most"]);
+    says(
+        "spin.rhai",
+        &["operations", "too long", "timed out", "time"],
+    );
+    says("reads.rhai", &["import", "module", "not found", "fs"]);
+    says("good.rhai", &["already named"]);
+    assert_eq!(errors.len(), 8, "{errors:#?}");
 }

@@ -367,6 +367,12 @@ impl Engine {
         self.reload = Some((dir, new));
     }
 
+    /// Waits for the notifications under way (webhook retries, desktop) to
+    /// end, at most `max`; false if some were still under way then.
+    pub async fn settle(&self, max: std::time::Duration) -> bool {
+        self.notifier.settle(max).await
+    }
+
     /// The rules with their states, in file order.
     pub fn views(&self, now: DateTime<Utc>) -> Vec<RuleView> {
         self.rules
@@ -502,7 +508,7 @@ impl Engine {
     }
 
     /// Ticks every second of wall-clock time until `stop` turns true,
-    /// sending the views every few seconds and after each notification.
+    /// sending the views whenever they change.
     pub async fn run(
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -516,17 +522,25 @@ impl Engine {
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
+                // Deliveries under way get a moment to end.
+                self.settle(std::time::Duration::from_secs(10)).await;
                 return;
             }
             let now = Utc::now();
             if now.timestamp() % 5 == 0 {
                 self.reload_if_changed(now);
             }
-            let made = self.tick(now).await;
+            self.tick(now).await;
             if let Some(v) = &views {
-                if !made.is_empty() || now.timestamp() % 5 == 0 {
-                    v.send_replace((self.views(now), self.errors.clone()));
-                }
+                // Watchers (the app) wake only when something changed.
+                let fresh = (self.views(now), self.errors.clone());
+                v.send_if_modified(|old| {
+                    let changed = *old != fresh;
+                    if changed {
+                        *old = fresh;
+                    }
+                    changed
+                });
             }
         }
     }

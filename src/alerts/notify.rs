@@ -49,6 +49,8 @@ pub struct Notifier {
     client: Option<reqwest::Client>,
     /// Webhook deliveries that failed every try (for the app and tests).
     pub failed_webhooks: Arc<std::sync::atomic::AtomicU64>,
+    /// Webhook deliveries and desktop notifications still under way.
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Notifier {
@@ -60,7 +62,11 @@ impl Notifier {
     ) -> Result<Self, String> {
         if let Some(u) = &webhook {
             if !matches!(u.scheme(), "http" | "https") {
-                return Err(format!("webhook {u}: give an http:// or https:// URL"));
+                // Not the URL itself: it may carry a token.
+                return Err(format!(
+                    "the webhook is a {}: URL; give an http:// or https:// URL",
+                    u.scheme()
+                ));
             }
         }
         // Every rustls client here uses ring (it may be installed already).
@@ -82,6 +88,7 @@ impl Notifier {
             desktop,
             client,
             failed_webhooks: Arc::default(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -100,17 +107,55 @@ impl Notifier {
         if let (Some(url), Some(client)) = (&self.webhook, &self.client) {
             let (url, client, body) = (url.clone(), client.clone(), n.clone());
             let failed = Arc::clone(&self.failed_webhooks);
+            let done = InFlight::start(&self.in_flight);
             tokio::spawn(async move {
                 if let Err(e) = post(&client, &url, &body).await {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!("webhook for {:?}: {e}", body.rule);
                 }
+                drop(done);
             });
         }
         if self.desktop {
             let (title, body) = (format!("salespulse: {}", n.rule), n.summary.clone());
-            tokio::task::spawn_blocking(move || desktop(&title, &body));
+            let done = InFlight::start(&self.in_flight);
+            tokio::task::spawn_blocking(move || {
+                desktop(&title, &body);
+                drop(done);
+            });
         }
+    }
+
+    /// Waits until every delivery under way has ended (sent or given up),
+    /// at most `max`; false if some were still under way then.
+    pub async fn settle(&self, max: Duration) -> bool {
+        let until = tokio::time::Instant::now() + max;
+        loop {
+            if self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One delivery under way, counted until dropped (also when its task
+/// panics or is cancelled).
+struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+
+impl InFlight {
+    fn start(count: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -432,7 +432,15 @@ pub fn seed(dir: &std::path::Path) -> std::io::Result<usize> {
 
 fn sandbox() -> &'static Sandbox {
     static S: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
-    S.get_or_init(|| Sandbox::new(Limits::default()))
+    // A rule file is a map: it needs few operations, and one that loops
+    // must not hold the evaluator (reloads run on its task).
+    S.get_or_init(|| {
+        Sandbox::new(Limits {
+            max_operations: 1_000_000,
+            timeout: std::time::Duration::from_secs(1),
+            ..Limits::default()
+        })
+    })
 }
 
 /// Evaluates a rule file's text.
@@ -450,33 +458,18 @@ pub fn load(path: &std::path::Path) -> Result<Rule, ScriptError> {
         || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ScriptError::new(&file, format!("cannot read: {e}")))?;
-    if meta.len() > 256 * 1024 {
-        return Err(ScriptError::new(&file, "a rule file is at most 256 KiB"));
-    }
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ScriptError::new(&file, format!("cannot read: {e}")))?;
+    let source =
+        crate::script::read_source(path, 256 * 1024).map_err(|e| ScriptError::new(&file, e))?;
     from_source(&file, &source)
 }
 
 /// The rule files of a folder, sorted by file name: each rule, or the
 /// error that stopped it. Two rules with one name: the second is an error.
 pub fn load_dir(dir: &std::path::Path) -> Vec<Result<Rule, ScriptError>> {
-    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
-            .collect(),
-        Err(e) => {
-            return vec![Err(ScriptError::new(
-                &dir.display().to_string(),
-                format!("cannot read the folder: {e}"),
-            ))]
-        }
+    let files = match crate::script::rhai_files(dir) {
+        Ok(f) => f,
+        Err(e) => return vec![Err(e)],
     };
-    files.sort();
     let mut names = std::collections::HashSet::new();
     files
         .iter()

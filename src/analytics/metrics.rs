@@ -363,8 +363,8 @@ impl Metric {
             || path.display().to_string(),
             |f| f.to_string_lossy().into_owned(),
         );
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| ScriptError::new(&file, format!("cannot read {}: {e}", path.display())))?;
+        let source = crate::script::read_source(path, crate::script::MAX_SOURCE_BYTES)
+            .map_err(|e| ScriptError::new(&file, e))?;
         let mut m = Self::compile(&file, &source)?;
         m.path = Some(path.to_owned());
         Ok(m)
@@ -449,20 +449,10 @@ impl Metric {
 /// The metric scripts of a folder, sorted by file name: each compiled, or
 /// the error that stopped it.
 pub fn load_dir(dir: &Path) -> Vec<Result<Arc<Metric>, ScriptError>> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
-            .collect(),
-        Err(e) => {
-            return vec![Err(ScriptError::new(
-                &dir.display().to_string(),
-                format!("cannot read the folder: {e}"),
-            ))]
-        }
+    let files = match crate::script::rhai_files(dir) {
+        Ok(f) => f,
+        Err(e) => return vec![Err(e)],
     };
-    files.sort();
     files
         .iter()
         .map(|p| Metric::load(p).map(Arc::new))

@@ -69,12 +69,7 @@ pub async fn segments(
 }
 
 fn strings(df: &DataFrame, c: &str) -> Result<Vec<String>, AnalyticsError> {
-    df.column(c)
-        .and_then(|c| {
-            c.str()
-                .map(|s| s.iter().map(|v| v.unwrap_or("").to_owned()).collect())
-        })
-        .map_err(pe)
+    rfm::strings(df, c).map_err(AnalyticsError::BadRequest)
 }
 
 fn report(
@@ -118,24 +113,9 @@ fn report(
         .iter()
         .map(|id| was.get(id).cloned().unwrap_or_default())
         .collect();
-    let money: Vec<f64> = now
-        .column("monetary")
-        .and_then(|c| {
-            c.f64()
-                .map(|a| a.iter().map(|v| v.unwrap_or(0.0)).collect())
-        })
-        .map_err(pe)?;
-    let recency: Vec<f64> = now
-        .column("recency_days")
-        .and_then(|c| {
-            c.f64()
-                .map(|a| a.iter().map(|v| v.unwrap_or(0.0)).collect())
-        })
-        .map_err(pe)?;
-    let orders: Vec<i64> = now
-        .column("frequency")
-        .and_then(|c| c.i64().map(|a| a.iter().map(|v| v.unwrap_or(0)).collect()))
-        .map_err(pe)?;
+    let money = rfm::float64s(&now, "monetary", 0.0).map_err(AnalyticsError::BadRequest)?;
+    let recency = rfm::float64s(&now, "recency_days", 0.0).map_err(AnalyticsError::BadRequest)?;
+    let orders = rfm::int64s(&now, "frequency", 0).map_err(AnalyticsError::BadRequest)?;
     let total_customers = ids.len().max(1) as f64;
     let total_revenue = money.iter().sum::<f64>();
     let mut s = Summary::default();

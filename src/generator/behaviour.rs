@@ -187,8 +187,8 @@ pub fn load(path: &Path) -> Result<Behaviour, ScriptError> {
         || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ScriptError::new(&path.display().to_string(), format!("cannot read: {e}")))?;
+    let source = crate::script::read_source(path, crate::script::MAX_SOURCE_BYTES)
+        .map_err(|e| ScriptError::new(&path.display().to_string(), e))?;
     from_source(&file, &source)
 }
 

@@ -54,6 +54,64 @@ impl Default for Limits {
     }
 }
 
+/// The largest script file read: 1 MiB.
+pub const MAX_SOURCE_BYTES: u64 = 1 << 20;
+
+/// The text of script file `path`, at most `max` bytes. Only a regular
+/// file is read (a FIFO, a device such as `/dev/zero` or a folder named
+/// `*.rhai` is an error, not a hang or an endless read), and never more
+/// than `max` bytes of it, even if it grows while read. The error is one
+/// readable line without the path.
+pub fn read_source(path: &std::path::Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let regular = |m: &std::fs::Metadata| {
+        if !m.is_file() {
+            return Err("not a regular file".to_owned());
+        }
+        if m.len() > max {
+            return Err(format!("{} bytes; a script is at most {max}", m.len()));
+        }
+        Ok(())
+    };
+    regular(&std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        // A file swapped for a FIFO after the check does not block the open.
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = open.open(path).map_err(|e| format!("cannot read: {e}"))?;
+    regular(&f.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("over {max} bytes; a script is at most {max}"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())
+}
+
+/// The `*.rhai` files of `dir`, sorted by path (metric and alert rule
+/// folders); a folder that cannot be read is one error naming it.
+pub fn rhai_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, ScriptError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        ScriptError::new(
+            &dir.display().to_string(),
+            format!("cannot read the folder: {e}"),
+        )
+    })?;
+    let mut files: Vec<std::path::PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A script failed: where, and why (one readable message).
 #[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{}", self.render())]

@@ -110,33 +110,43 @@ pub fn rfm(tx: &DataFrame, as_of: Option<DateTime<Utc>>) -> Result<DataFrame, St
         .sort(["customer_id"], SortMultipleOptions::default())
         .collect()
         .map_err(err)?;
-    let ids: Vec<String> = agg
-        .column("customer_id")
+    let ids = strings(&agg, "customer_id")?;
+    let last = int64s(&agg, "last_order", i64::MIN)?;
+    let freq = int64s(&agg, "frequency", 0)?;
+    let money = float64s(&agg, "monetary", 0.0)?;
+    from_aggregates(ids, last, freq, money, as_of.map(|t| t.timestamp_micros()))
+}
+
+/// Column `name` of `df` as text, nulls as "".
+pub(crate) fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>, String> {
+    df.column(name)
         .and_then(|c| {
             c.str()
                 .map(|s| s.iter().map(|v| v.unwrap_or("").to_owned()).collect())
         })
-        .map_err(err)?;
-    let last: Vec<i64> = agg
-        .column("last_order")
+        .map_err(err)
+}
+
+/// Column `name` of `df` cast to 64-bit integers, nulls as `null`.
+pub(crate) fn int64s(df: &DataFrame, name: &str, null: i64) -> Result<Vec<i64>, String> {
+    df.column(name)
         .and_then(|c| c.cast(&DataType::Int64))
         .and_then(|c| {
             c.i64()
-                .map(|a| a.iter().map(|v| v.unwrap_or(i64::MIN)).collect())
+                .map(|a| a.iter().map(|v| v.unwrap_or(null)).collect())
         })
-        .map_err(err)?;
-    let freq: Vec<i64> = agg
-        .column("frequency")
-        .and_then(|c| c.i64().map(|a| a.iter().map(|v| v.unwrap_or(0)).collect()))
-        .map_err(err)?;
-    let money: Vec<f64> = agg
-        .column("monetary")
+        .map_err(err)
+}
+
+/// Column `name` of `df` cast to 64-bit floats, nulls as `null`.
+pub(crate) fn float64s(df: &DataFrame, name: &str, null: f64) -> Result<Vec<f64>, String> {
+    df.column(name)
+        .and_then(|c| c.cast(&DataType::Float64))
         .and_then(|c| {
             c.f64()
-                .map(|a| a.iter().map(|v| v.unwrap_or(0.0)).collect())
+                .map(|a| a.iter().map(|v| v.unwrap_or(null)).collect())
         })
-        .map_err(err)?;
-    from_aggregates(ids, last, freq, money, as_of.map(|t| t.timestamp_micros()))
+        .map_err(err)
 }
 
 /// RFM from per-customer aggregates: `ids` (customer ids), `last` (each

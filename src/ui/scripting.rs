@@ -107,9 +107,6 @@ pub(crate) fn stamp(dir: &Path) -> Stamp {
         .collect()
 }
 
-/// Scripts larger than this are refused (they are meant to be read).
-const MAX_SCRIPT_BYTES: u64 = 1 << 20;
-
 fn classify(rel: &str, text: &str) -> ScriptKind {
     let file = rel.rsplit('/').next().unwrap_or(rel);
     if rel.starts_with("metrics/") {
@@ -143,13 +140,7 @@ impl Catalog {
                     .unwrap_or(&path)
                     .to_string_lossy()
                     .replace('\\', "/");
-                let read = match std::fs::metadata(&path) {
-                    Ok(m) if m.len() > MAX_SCRIPT_BYTES => Err(format!(
-                        "{} bytes is over the {MAX_SCRIPT_BYTES}-byte limit for a script",
-                        m.len()
-                    )),
-                    _ => std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}")),
-                };
+                let read = crate::script::read_source(&path, crate::script::MAX_SOURCE_BYTES);
                 let (text, kind) = match read {
                     Ok(t) => {
                         let k = classify(&rel, &t);

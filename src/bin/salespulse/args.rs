@@ -62,18 +62,11 @@ pub enum Command {
         #[arg(long)]
         http: Option<String>,
         /// Also evaluate the alert rules (scripts/alerts/*.rhai) while
-        /// the pipeline runs.
+        /// the pipeline runs; notifications are also POSTed to
+        /// SALESPULSE_ALERT_WEBHOOK when it is set (the environment only: a
+        /// command line is visible to every local user).
         #[arg(long)]
         alerts: bool,
-        /// With --alerts: POST each notification as JSON to this URL
-        /// (from the environment, so a token in it stays off disk).
-        #[arg(
-            long,
-            env = "SALESPULSE_ALERT_WEBHOOK",
-            requires = "alerts",
-            hide_env_values = true
-        )]
-        alert_webhook: Option<url::Url>,
         #[command(flatten)]
         behaviour: BehaviourArgs,
     },
@@ -512,14 +505,13 @@ pub enum RollupsCommand {
 #[derive(Subcommand, Debug)]
 pub enum AlertsCommand {
     /// Evaluates the rules at their intervals until Ctrl-C, recording
-    /// their history and sending notifications (headless).
+    /// their history and sending notifications (headless); each is also
+    /// POSTed as JSON to SALESPULSE_ALERT_WEBHOOK when it is set (the
+    /// environment only: a command line is visible to every local user).
     Run {
         /// The rules folder (default: alerts/ in the scripts folder).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// POST each notification as JSON to this URL.
-        #[arg(long, env = "SALESPULSE_ALERT_WEBHOOK", hide_env_values = true)]
-        webhook: Option<url::Url>,
         /// Also show desktop notifications.
         #[arg(long)]
         desktop: bool,

@@ -130,7 +130,6 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             partitions,
             http,
             alerts,
-            alert_webhook,
             behaviour,
         } => {
             if let Some(p) = partitions {
@@ -149,11 +148,15 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 scenarios,
                 http,
                 measure_after: Duration::ZERO,
-                alerts: alerts.then(|| services::alerts::AlertsOptions {
-                    dir: services::alerts::rules_dir(cfg),
-                    webhook: alert_webhook,
-                    desktop: false,
-                }),
+                alerts: if alerts {
+                    Some(services::alerts::AlertsOptions {
+                        dir: services::alerts::rules_dir(cfg),
+                        webhook: services::alerts::webhook(cfg).map_err(UsageError::new)?,
+                        desktop: false,
+                    })
+                } else {
+                    None
+                },
             };
             println!("{}", services::run(cfg, opts).await?);
             Ok(())
@@ -696,15 +699,10 @@ async fn alerts_command(cfg: &Config, which: AlertsCommand) -> anyhow::Result<()
             println!("silence {id} ended");
             Ok(())
         }
-        AlertsCommand::Run {
-            dir,
-            webhook,
-            desktop,
-            once,
-        } => {
+        AlertsCommand::Run { dir, desktop, once } => {
             let opts = wiring::AlertsOptions {
                 dir: dir_or(dir),
-                webhook,
+                webhook: wiring::webhook(cfg).map_err(UsageError::new)?,
                 desktop,
             };
             let (analytics, _pg) = open_analytics(cfg).await?;
@@ -720,8 +718,11 @@ async fn alerts_command(cfg: &Config, which: AlertsCommand) -> anyhow::Result<()
                         v.detail
                     );
                 }
-                // Let webhook deliveries finish.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Webhook deliveries end (sent, or given up after their
+                // retries) before the process does.
+                if !engine.settle(Duration::from_secs(60)).await {
+                    eprintln!("some notifications were still being sent after 60 s");
+                }
                 return Ok(());
             }
             let (stop, stopped) = tokio::sync::watch::channel(false);
