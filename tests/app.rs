@@ -914,18 +914,33 @@ fn scripts_are_edited_run_saved_and_shown_on_the_dashboard() {
 
 /// A scenario switched on from the pipeline panel while the pipeline runs
 /// changes what is generated from then on, and off again from the panel.
-#[test]
-fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
-    let rt = runtime();
-    let (db, mut h) = open_app_with(&rt, "app_scenario", [1280.0, 800.0], 1.0, |url| Settings {
-        rate: 2_000.0,
-        ..settings(url)
-    });
+/// The app generating 2,000 events/s over a fresh database, its scripts
+/// folder holding the shipped scripts but no metric, and `prepare` run on
+/// that folder before the backend reads it; returned once the five
+/// shipped scenarios are in the catalogue.
+fn scenario_app(
+    rt: &tokio::runtime::Runtime,
+    tag: &str,
+    tweak: fn(&mut salespulse::config::Config),
+    prepare: impl FnOnce(&std::path::Path),
+) -> (TestDb, Harness<'static, App>, std::path::PathBuf) {
+    let (db, mut h) = open_app_logged(
+        rt,
+        tag,
+        [1280.0, 800.0],
+        1.0,
+        |url| Settings {
+            rate: 2_000.0,
+            ..settings(url)
+        },
+        LogBuffer::default(),
+        tweak,
+    );
     let dir = scripts_dir(&db);
-    let _ = std::fs::remove_dir_all(&dir);
     salespulse::ui::scripting::seed(&dir).unwrap();
     std::fs::remove_dir_all(dir.join("metrics")).unwrap();
     std::fs::create_dir_all(dir.join("metrics")).unwrap();
+    prepare(&dir);
     wait_for(&mut h, "the scenarios", 30, |h| {
         h.state()
             .scripts()
@@ -933,6 +948,13 @@ fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
             .as_ref()
             .is_some_and(|c| c.scenarios().len() == 5)
     });
+    (db, h, dir)
+}
+
+#[test]
+fn a_scenario_switched_on_in_the_pipeline_panel_changes_the_live_data() {
+    let rt = runtime();
+    let (db, mut h, dir) = scenario_app(&rt, "app_scenario", |_| {}, |_| {});
     wait_for(&mut h, "rows", 60, |h| {
         h.state()
             .telemetry()
@@ -1544,7 +1566,8 @@ fn with_webhook(cfg: &mut salespulse::config::Config) {
 /// A payment outage switched on live, in the pipeline panel, raises the
 /// payment-failure alert: the Alerts panel shows it firing, a toast says
 /// so, a local webhook receiver gets its JSON, PostgreSQL keeps the
-/// history; a silence then holds further notifications back.
+/// history and the panel shows it; a silence from the panel is shown and
+/// kept with its end.
 #[test]
 fn a_payment_outage_switched_on_live_fires_the_alert_in_the_app_and_at_a_webhook() {
     use std::sync::{Arc, Mutex};
@@ -1569,45 +1592,30 @@ fn a_payment_outage_switched_on_live_fires_the_alert_in_the_app_and_at_a_webhook
         rt.spawn(async move { axum::serve(listener, app).await });
     }
     WEBHOOK.set(format!("http://{addr}/hook")).unwrap();
-    let db_tag = "app_alerts";
-    let (db, mut h) = open_app_logged(
-        &rt,
-        db_tag,
-        [1280.0, 800.0],
-        1.0,
-        |url| Settings {
-            rate: 2_000.0,
-            ..settings(url)
-        },
-        LogBuffer::default(),
-        with_webhook,
-    );
-    let dir = scripts_dir(&db);
-    salespulse::ui::scripting::seed(&dir).unwrap();
-    std::fs::remove_dir_all(dir.join("metrics")).unwrap();
-    std::fs::create_dir_all(dir.join("metrics")).unwrap();
     // One rule, quick: the failure rate of the last two minutes' sales.
     // The backend reads the folder once its services are up; written
     // before, it is what the app finds.
-    std::fs::create_dir_all(dir.join("alerts")).unwrap();
-    std::fs::write(
-        dir.join("alerts/payments.rhai"),
-        r#"#{
-            alert: "Payment failures",
-            description: "failed share of the last two minutes' sales",
-            severity: "critical",
-            every: "2s",
-            pending: "4s",
-            repeat: "1h",
-            no_data: "ok",
-            format: "percent",
-            metric: `let t = transactions(#{ last: "2m" });
-                     if t.height < 50 { NO_DATA } else {
-                         t.filter(col("status") == "failed").height.to_float() / t.height }`,
-            condition: #{ above: 0.12 },
-        }"#,
-    )
-    .unwrap();
+    let (db, mut h, dir) = scenario_app(&rt, "app_alerts", with_webhook, |dir| {
+        std::fs::create_dir_all(dir.join("alerts")).unwrap();
+        std::fs::write(
+            dir.join("alerts/payments.rhai"),
+            r#"#{
+                alert: "Payment failures",
+                description: "failed share of the last two minutes' sales",
+                severity: "critical",
+                every: "2s",
+                pending: "4s",
+                repeat: "1h",
+                no_data: "ok",
+                format: "percent",
+                metric: `let t = transactions(#{ last: "2m" });
+                         if t.height < 50 { NO_DATA } else {
+                             t.filter(col("status") == "failed").height.to_float() / t.height }`,
+                condition: #{ above: 0.12 },
+            }"#,
+        )
+        .unwrap();
+    });
     let state_of = |h: &Harness<'_, App>| {
         h.state()
             .alerts()
@@ -1625,13 +1633,6 @@ fn a_payment_outage_switched_on_live_fires_the_alert_in_the_app_and_at_a_webhook
     h.get_by_label("Alerts").click();
     h.step();
     assert!(h.query_all_by_label("Payment failures").next().is_some());
-    wait_for(&mut h, "the scenarios", 30, |h| {
-        h.state()
-            .scripts()
-            .catalog
-            .as_ref()
-            .is_some_and(|c| c.scenarios().len() == 5)
-    });
     h.get_by_label("Pipeline").click();
     h.step();
     h.get_by_label("Payment outage").click();
@@ -1686,6 +1687,26 @@ fn a_payment_outage_switched_on_live_fires_the_alert_in_the_app_and_at_a_webhook
     wait_for(&mut h, "the rule's history", 20, |h| {
         h.query_by_label_contains("notified: firing").is_some()
     });
+    // Silenced for an hour: shown, and kept in PostgreSQL with its end.
+    h.get_by_label("Silence").click();
+    wait_for(&mut h, "the silence", 20, |h| {
+        h.query_by_label("silenced").is_some()
+            && h.query_by_label_contains("Payment failures until")
+                .is_some()
+    });
+    let until: Vec<chrono::DateTime<chrono::Utc>> = rt
+        .block_on(
+            sqlx::query_scalar("SELECT until FROM alert_silences WHERE rule = 'Payment failures'")
+                .fetch_all(db.store.pool()),
+        )
+        .unwrap();
+    let left = until.first().map(|u| *u - chrono::Utc::now());
+    assert!(
+        left.is_some_and(
+            |l| l > chrono::Duration::minutes(55) && l <= chrono::Duration::minutes(60)
+        ),
+        "{until:?}"
+    );
     close_app(&rt, db, h);
     let _ = std::fs::remove_dir_all(&dir);
 }

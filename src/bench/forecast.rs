@@ -24,9 +24,10 @@
 //!
 //! - **control**: the third week of the same seed with no scenario, every
 //!   step checked: any alarm is a false alarm;
-//! - **payment outage** switched on at 14:07 on day 15 (generator time):
-//!   minutes from the switch to the failure-rate alarm;
-//! - **flash sale** switched on at 11:07 on day 15: minutes to the revenue
+//! - **payment outage** scheduled from 14:07 on day 15 (generator time;
+//!   payments made from then on fail, whenever their sessions began):
+//!   minutes from its start to the failure-rate alarm;
+//! - **flash sale** scheduled from 11:07 on day 15: minutes to the revenue
 //!   alarm.
 
 use std::time::Instant;
@@ -36,7 +37,7 @@ use serde::Serialize;
 
 use crate::event::{Event, Status};
 use crate::generator::behaviour::{self, Behaviour};
-use crate::generator::{self, Clock, Extent, Generator, GeneratorParams, Scenario, Switchboard};
+use crate::generator::{self, Clock, Extent, Generator, GeneratorParams, Scenario};
 use crate::script::forecast::{self, Monitor, Signal, Spec, Transform};
 
 /// What `bench forecast` measures.
@@ -281,12 +282,13 @@ impl std::fmt::Display for ForecastReport {
         )?;
         writeln!(
             f,
-            "{:>5} {:>24} {:>24} {:>22} {:>22}",
+            "{:>5} {:>24} {:>24} {:>22} {:>22} {:>18}",
             "seed",
             "outage: failure rate",
             "flash sale: revenue",
             "control: rate alarms",
-            "control: rev. alarms"
+            "control: rev. alarms",
+            format!("rev. below x{BELOW_RUN}")
         )?;
         let after = |m: Option<f64>| {
             m.map_or_else(
@@ -308,9 +310,32 @@ impl std::fmt::Display for ForecastReport {
                 d.control_revenue_below
             )?;
         }
+        for d in self
+            .detection
+            .iter()
+            .filter(|d| !d.control_revenue_below_at.is_empty())
+        {
+            let at: Vec<String> = d
+                .control_revenue_below_at
+                .iter()
+                .map(|t| t.format("%a %H:%M").to_string())
+                .collect();
+            writeln!(
+                f,
+                "seed {}: revenue below the band x{BELOW_RUN} at {}",
+                d.seed,
+                at.join(", ")
+            )?;
+        }
         Ok(())
     }
 }
+
+/// Steps in a row below the band that the shipped "revenue below
+/// forecast" rule fires on: the first evaluation, then its `pending` of 10
+/// minutes at one evaluation per 5-minute step (a test holds the rule to
+/// it).
+pub const BELOW_RUN: usize = 3;
 
 /// Minutes per step of the detection series.
 pub const STEP_MINUTES: i64 = 5;
@@ -321,12 +346,12 @@ const STEPS_PER_DAY: usize = 288;
 pub struct Detection {
     /// The generator seed.
     pub seed: u64,
-    /// Minutes from the payment outage's switch to the failure-rate alarm
+    /// Minutes from the payment outage's start to the failure-rate alarm
     /// (`None`: not detected within the hour).
     pub outage_minutes: Option<f64>,
     /// Alarms on the failure rate before the outage (false alarms).
     pub outage_early_alarms: usize,
-    /// Minutes from the flash sale's switch to the revenue alarm.
+    /// Minutes from the flash sale's start to the revenue alarm.
     pub flash_sale_minutes: Option<f64>,
     /// Alarms on revenue before the flash sale.
     pub flash_sale_early_alarms: usize,
@@ -336,10 +361,12 @@ pub struct Detection {
     pub control_rate_alarms: usize,
     /// Revenue alarms (above the band) in the control week.
     pub control_revenue_alarms: usize,
-    /// Revenue runs below the band in the control week, three steps in a
-    /// row (what the "revenue below forecast" rule would fire on: two
-    /// evaluations after the first, as its `for` of 10 minutes asks).
+    /// Revenue runs below the band in the control week, [`BELOW_RUN`]
+    /// steps in a row (what the shipped "revenue below forecast" rule fires
+    /// on: its `for` after the first evaluation).
     pub control_revenue_below: usize,
+    /// When each of those runs was complete (generator time).
+    pub control_revenue_below_at: Vec<DateTime<Utc>>,
 }
 
 /// Per 5-minute step: all sales, failed sales, completed revenue.
@@ -354,17 +381,20 @@ pub struct Steps {
 }
 
 /// `days` of the built-in shop in 5-minute steps from `start`, with
-/// `scenario` switched on at `switch` (generator time).
+/// `scenario` scheduled from the given instant (generator time).
 pub fn five_minute_steps(
     seed: u64,
     start: DateTime<Utc>,
     days: usize,
     scenario: Option<(Scenario, DateTime<Utc>)>,
 ) -> anyhow::Result<Steps> {
-    let board = Switchboard::new();
     let mut g = Generator::new(GeneratorParams::builtin(), seed, Clock::Simulated(start))
-        .map_err(|e| anyhow::anyhow!("generator: {e}"))?
-        .with_switch(std::sync::Arc::clone(&board));
+        .map_err(|e| anyhow::anyhow!("generator: {e}"))?;
+    if let Some((sc, at)) = scenario {
+        g = g
+            .with_scenario_at(sc, at)
+            .map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    }
     let n = days * STEPS_PER_DAY;
     let until = start + Duration::days(i64::try_from(days)?);
     let mut out = Steps {
@@ -372,21 +402,14 @@ pub fn five_minute_steps(
         failed: vec![0.0; n],
         revenue: vec![0.0; n],
     };
-    let mut pending = scenario;
+    // Events come in the order sessions start, each stamped later (a sale
+    // during its session, a session when it ends): run an hour past the end
+    // so that the last steps are complete, and drop what falls after it.
+    let margin = until + Duration::hours(1);
     loop {
         let e = g.next_event();
-        let at = e.timestamp();
-        if at >= until {
+        if e.timestamp() >= margin {
             break;
-        }
-        // Generator time is a session's start: a session's own event is
-        // stamped when it ends, and its sales during it, both later.
-        if let Event::Session(s) = &e {
-            if pending.as_ref().is_some_and(|(_, t)| s.started_at >= *t) {
-                if let Some((sc, _)) = pending.take() {
-                    board.switch_on(sc);
-                }
-            }
         }
         let Event::Sale(s) = e else { continue };
         let k = (s.occurred_at - start).num_minutes() / STEP_MINUTES;
@@ -439,22 +462,25 @@ pub fn detection_monitor() -> Monitor {
     }
 }
 
-/// Minutes from `switch` to the first alarm at or after it, and the
+/// The end of step `at` of a series of 5-minute steps from `start`.
+fn step_end(start: DateTime<Utc>, at: usize) -> DateTime<Utc> {
+    start + Duration::minutes(STEP_MINUTES * (i64::try_from(at).unwrap_or(0) + 1))
+}
+
+/// Minutes from `from` to the first alarm at or after it, and the
 /// alarms before it.
 fn delay(
     checks: &[forecast::Check],
     start: DateTime<Utc>,
-    switch: DateTime<Utc>,
+    from: DateTime<Utc>,
 ) -> (Option<f64>, usize) {
-    let end_of =
-        |at: usize| start + Duration::minutes(STEP_MINUTES * (i64::try_from(at).unwrap_or(0) + 1));
     let mut early = 0;
     for c in checks.iter().filter(|c| c.alarm) {
-        let known = end_of(c.at);
-        if known <= switch {
+        let known = step_end(start, c.at);
+        if known <= from {
             early += 1;
         } else {
-            return (Some((known - switch).num_seconds() as f64 / 60.0), early);
+            return (Some((known - from).num_seconds() as f64 / 60.0), early);
         }
     }
     (None, early)
@@ -490,12 +516,12 @@ pub fn detect(seed: u64) -> anyhow::Result<Detection> {
     let c_rev = revenue(&control, n)?;
     let below = Monitor {
         side: -1,
-        run: 3,
+        run: BELOW_RUN,
         ..m.clone()
     };
     let c_below = forecast::monitor(Signal::Values(&control.revenue), from, &below)
         .map_err(|e| anyhow::anyhow!(e))?;
-    // Day 15, then an hour after the switch.
+    // Day 15, then an hour after the start.
     let day15 = start + Duration::days(14);
     let outage_at = day15 + Duration::minutes(14 * 60 + 7);
     let flash_at = day15 + Duration::minutes(11 * 60 + 7);
@@ -528,5 +554,10 @@ pub fn detect(seed: u64) -> anyhow::Result<Detection> {
         control_rate_alarms: c_rate.iter().filter(|c| c.alarm).count(),
         control_revenue_alarms: c_rev.iter().filter(|c| c.alarm).count(),
         control_revenue_below: c_below.iter().filter(|c| c.alarm).count(),
+        control_revenue_below_at: c_below
+            .iter()
+            .filter(|c| c.alarm)
+            .map(|c| step_end(start, c.at))
+            .collect(),
     })
 }

@@ -109,8 +109,12 @@ pub struct Generator {
     switch: Option<Arc<Switchboard>>,
     switch_seen: u64,
     shop_seen: u64,
-    /// Scenarios on, with their window in generator time.
+    /// Scenarios on, with their window in generator time: the switch's,
+    /// then the scheduled ones.
     scenarios: Vec<ScenarioWindow>,
+    /// Scenarios scheduled ahead (`with_scenario_at`), whatever the switch
+    /// holds.
+    scheduled: Vec<ScenarioWindow>,
     /// When a scenario window opens or closes next.
     next_boundary: Option<DateTime<Utc>>,
     regions: Vec<Region>,
@@ -274,6 +278,7 @@ impl Generator {
             switch_seen: u64::MAX,
             shop_seen: 0,
             scenarios: Vec::new(),
+            scheduled: Vec::new(),
             next_boundary: None,
             regions,
             params,
@@ -366,6 +371,27 @@ impl Generator {
         self
     }
 
+    /// Schedules scenario `s` from `from` in generator time, for its own
+    /// duration (or for good). Unlike a switch, which acts from the next
+    /// session on, a scheduled window is known ahead: on a simulated clock
+    /// the sessions begun before it that pay during it pay into it (a payment
+    /// outage fails them from its first minute).
+    pub fn with_scenario_at(mut self, s: Scenario, from: DateTime<Utc>) -> Result<Self, String> {
+        check_scenario(&self.params, &s)?;
+        let until = s
+            .duration()
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| from + d);
+        self.scheduled.push((Arc::new(s), from, until));
+        self.scenarios.extend(self.scheduled.last().cloned());
+        let now = match self.clock {
+            Clock::Wall => Utc::now(),
+            Clock::Simulated(_) => self.sim_now,
+        };
+        self.apply_scenarios(now);
+        Ok(self)
+    }
+
     /// Whether `s` can apply to this shop (the categories and payment method
     /// it names exist).
     pub fn check_scenario(&self, s: &Scenario) -> Result<(), String> {
@@ -420,6 +446,7 @@ impl Generator {
                         .map(|d| from + d);
                     windows.push((a.scenario, from, until));
                 }
+                windows.extend(self.scheduled.iter().cloned());
                 self.scenarios = windows;
                 changed = true;
             }
@@ -741,8 +768,10 @@ impl Generator {
             .status
             .clone();
         let payment = &region.payment_methods[region.payment_pick.sample(rng)];
-        if let Some((method, rate, _)) = &self.effective.outage {
-            if method == payment && rng.random_bool(*rate) {
+        if let Some((method, rate, _)) =
+            outage_at(&self.clock, &self.effective, &self.scenarios, at)
+        {
+            if &method == payment && rng.random_bool(rate) {
                 status = Status::Failed;
             }
         }
@@ -773,17 +802,22 @@ impl Generator {
     /// with another of their region's methods.
     #[allow(clippy::indexing_slicing)] // indices from pickers over these tables (module docs)
     fn retry_after_outage(&mut self, failed: &SaleEvent, region: usize) -> Option<SaleEvent> {
-        let (method, _, retry) = self.effective.outage.as_ref()?;
-        if failed.status != Status::Failed || &failed.payment_method != method {
+        let (method, _, retry) = outage_at(
+            &self.clock,
+            &self.effective,
+            &self.scenarios,
+            failed.occurred_at,
+        )?;
+        if failed.status != Status::Failed || failed.payment_method != method {
             return None;
         }
-        if !self.rng.random_bool(*retry) {
+        if !self.rng.random_bool(retry) {
             return None;
         }
         let region = &self.regions[region];
         let other = (0..10)
             .map(|_| &region.payment_methods[region.payment_pick.sample(&mut self.rng)])
-            .find(|m| *m != method)?
+            .find(|m| **m != method)?
             .clone();
         let status = self.params.status_mix[self.status_pick.sample(&mut self.rng)]
             .status
@@ -803,6 +837,30 @@ impl Generator {
             },
             ..failed.clone()
         })
+    }
+}
+
+/// The payment outage in effect when a payment is made at `at`: the method,
+/// its failure rate and the retry probability. A provider fails the payments
+/// made while it is down, whenever their sessions began: on a simulated
+/// clock the scenario windows are read at the payment's own time (a session
+/// begun before the outage pays into it; one begun during it may pay after
+/// it ended). On the wall clock a payment is made now, so the scenarios in
+/// effect now decide.
+fn outage_at(
+    clock: &Clock,
+    effective: &Effective,
+    windows: &[ScenarioWindow],
+    at: DateTime<Utc>,
+) -> Option<(String, f64, f64)> {
+    match clock {
+        Clock::Wall => effective.outage.clone(),
+        Clock::Simulated(_) => windows
+            .iter()
+            .filter(|(_, from, until)| *from <= at && until.is_none_or(|u| at < u))
+            .filter_map(|(s, _, _)| s.effects.payment_outage.as_ref())
+            .next_back()
+            .map(|o| (o.method.clone(), o.failure_rate, o.retry_probability)),
     }
 }
 
@@ -1234,12 +1292,68 @@ mod tests {
         }
     }
 
+    /// A provider fails the payments made while it is down, from its first
+    /// minute to its last: sessions begun before a scheduled outage pay into
+    /// it, and the payments made after it go through again.
+    #[test]
+    fn a_scheduled_payment_outage_fails_payments_from_its_first_minute_to_its_last() {
+        let params = GeneratorParams {
+            sessions_per_hour: 230_400.0,
+            lifecycle: LifecycleSpec {
+                history_days: 0.0,
+                ..LifecycleSpec::default()
+            },
+            ..GeneratorParams::builtin()
+        };
+        let start = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        let from = start + Duration::minutes(20);
+        let until = from + Duration::minutes(30);
+        let mut g = Generator::new(params, 5, Clock::Simulated(start))
+            .unwrap()
+            .with_scenario_at(scenario("payment_outage.rhai"), from)
+            .unwrap();
+        let mut sales = Vec::new();
+        loop {
+            match g.next_event() {
+                Event::Sale(s) => sales.push(s),
+                Event::Session(s) if s.started_at >= until + Duration::minutes(10) => break,
+                Event::Session(_) => {}
+            }
+        }
+        let paypal_failed = |a: DateTime<Utc>, b: DateTime<Utc>| {
+            let of: Vec<_> = sales
+                .iter()
+                .filter(|s| s.payment_method == "paypal" && (a..b).contains(&s.occurred_at))
+                .collect();
+            assert!(of.len() > 60, "{} paypal payments", of.len());
+            of.iter().filter(|s| s.status == Status::Failed).count() as f64 / of.len() as f64
+        };
+        let first = paypal_failed(from, from + Duration::minutes(2));
+        assert!((0.78..0.99).contains(&first), "first two minutes {first}");
+        let last = paypal_failed(until - Duration::minutes(2), until);
+        assert!((0.78..0.99).contains(&last), "last two minutes {last}");
+        let before = paypal_failed(from - Duration::minutes(5), from);
+        assert!(before < 0.1, "before {before}");
+        let after = paypal_failed(until, until + Duration::minutes(5));
+        assert!(after < 0.1, "after {after}");
+        // A scenario the shop cannot run is refused up front.
+        let mut bad = scenario("payment_outage.rhai");
+        bad.effects.payment_outage.as_mut().unwrap().method = "iou".into();
+        let g = Generator::new(GeneratorParams::builtin(), 5, Clock::Simulated(start)).unwrap();
+        assert!(g.with_scenario_at(bad, from).is_err());
+    }
+
     #[test]
     fn a_payment_outage_fails_its_method_and_customers_retry_elsewhere() {
         let (base, _) = window(with(21, &[]), 30);
         let (out, _) = window(with(21, &[scenario("payment_outage.rhai")]), 30);
+        // The outage lasts 30 minutes; payments after it go through.
+        let end = Utc.with_ymd_and_hms(2026, 11, 2, 0, 30, 0).unwrap();
         let failed = |v: &[SaleEvent], m: &str| {
-            let of: Vec<_> = v.iter().filter(|s| s.payment_method == m).collect();
+            let of: Vec<_> = v
+                .iter()
+                .filter(|s| s.payment_method == m && s.occurred_at < end)
+                .collect();
             of.iter().filter(|s| s.status == Status::Failed).count() as f64 / of.len() as f64
         };
         assert!(failed(&base, "paypal") < 0.1, "{}", failed(&base, "paypal"));

@@ -241,6 +241,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "anomalies",
     "backtest",
     "cast",
+    "changepoints",
     "chart",
     "col",
     "column",

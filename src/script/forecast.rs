@@ -716,6 +716,146 @@ pub struct Scan {
     pub side: Vec<i8>,
 }
 
+/// A lasting change in the level of a series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Change {
+    /// Index of the first point at the new level.
+    pub at: usize,
+    /// Mean level of the segment before it.
+    pub before: f64,
+    /// Mean level of the segment from it on.
+    pub after: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v.get(n / 2).copied().unwrap_or(0.0),
+        _ => {
+            (v.get(n / 2 - 1).copied().unwrap_or(0.0) + v.get(n / 2).copied().unwrap_or(0.0)) / 2.0
+        }
+    }
+}
+
+/// The noise's standard deviation, robustly: from the median absolute
+/// deviation of the first differences (so level changes and outliers do
+/// not inflate it).
+fn noise_sd(y: &[f64]) -> f64 {
+    let mut d: Vec<f64> = y
+        .windows(2)
+        .filter_map(|w| Some(w.get(1)? - w.first()?))
+        .collect();
+    let m = median(&mut d);
+    let mut dev: Vec<f64> = d.iter().map(|x| (x - m).abs()).collect();
+    1.4826 * median(&mut dev) / std::f64::consts::SQRT_2
+}
+
+/// Where the level of `y` changes: the segmentation minimising the squared
+/// deviations from each segment's mean, scaled by the noise's variance,
+/// plus `penalty` per change (default 3·ln n, the modified BIC R's
+/// `changepoint` package uses for a change in mean), with segments of
+/// at least `min_size` points. PELT (Killick, Fearnhead and Eckley 2012):
+/// exact, and close to linear time on series with changes.
+pub fn changepoints(
+    y: &[f64],
+    penalty: Option<f64>,
+    min_size: usize,
+) -> Result<Vec<Change>, String> {
+    let n = y.len();
+    let min_size = min_size.max(1);
+    if n < 2 * min_size {
+        return Err(format!(
+            "changepoints: {n} points; it needs at least {} (two segments of min_size {min_size})",
+            2 * min_size
+        ));
+    }
+    if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+        return Err(format!("changepoints: point {i} is not a finite number"));
+    }
+    let penalty = penalty.unwrap_or(3.0 * (n as f64).ln());
+    if !(penalty.is_finite() && penalty >= 0.0) {
+        return Err(format!("changepoints: penalty {penalty}; give 0 or more"));
+    }
+    // A series without noise: every step is a change; scale by a tiny
+    // variance instead of dividing by zero.
+    let var = noise_sd(y)
+        .powi(2)
+        .max(1e-12 * (1.0 + y.iter().map(|v| v * v).sum::<f64>() / n as f64));
+    let mut s1 = vec![0.0; n + 1];
+    let mut s2 = vec![0.0; n + 1];
+    for (i, v) in y.iter().enumerate() {
+        let (a, b) = (
+            s1.get(i).copied().unwrap_or(0.0),
+            s2.get(i).copied().unwrap_or(0.0),
+        );
+        if let (Some(x), Some(z)) = (s1.get_mut(i + 1), s2.get_mut(i + 1)) {
+            *x = a + v;
+            *z = b + v * v;
+        }
+    }
+    let sum = |p: &[f64], a: usize, b: usize| {
+        p.get(b).copied().unwrap_or(0.0) - p.get(a).copied().unwrap_or(0.0)
+    };
+    let cost = |a: usize, b: usize| {
+        let len = (b - a) as f64;
+        let m = sum(&s1, a, b);
+        ((sum(&s2, a, b) - m * m / len) / var).max(0.0)
+    };
+    let mut best = vec![f64::INFINITY; n + 1];
+    let mut last = vec![0usize; n + 1];
+    if let Some(b) = best.first_mut() {
+        *b = -penalty;
+    }
+    let mut candidates = vec![0usize];
+    for t in min_size..=n {
+        let (mut f, mut arg) = (f64::INFINITY, 0);
+        for &c in candidates.iter().filter(|c| t - **c >= min_size) {
+            let v = best.get(c).copied().unwrap_or(f64::INFINITY) + cost(c, t) + penalty;
+            if v < f {
+                (f, arg) = (v, c);
+            }
+        }
+        if let (Some(b), Some(l)) = (best.get_mut(t), last.get_mut(t)) {
+            (*b, *l) = (f, arg);
+        }
+        // Pruning: a start that cannot beat the best now never will.
+        candidates.retain(|&c| {
+            t - c < min_size || best.get(c).copied().unwrap_or(f64::INFINITY) + cost(c, t) <= f
+        });
+        if f.is_finite() && t + min_size <= n {
+            candidates.push(t);
+        }
+    }
+    let mut cuts = Vec::new();
+    let mut t = n;
+    while t > 0 {
+        let s = last.get(t).copied().unwrap_or(0);
+        if s > 0 {
+            cuts.push(s);
+        }
+        t = s;
+    }
+    cuts.reverse();
+    let mean = |a: usize, b: usize| sum(&s1, a, b) / (b - a).max(1) as f64;
+    let bounds: Vec<usize> = std::iter::once(0)
+        .chain(cuts.iter().copied())
+        .chain(std::iter::once(n))
+        .collect();
+    Ok(bounds
+        .windows(3)
+        .filter_map(|w| {
+            let (a, b, c) = (*w.first()?, *w.get(1)?, *w.get(2)?);
+            Some(Change {
+                at: b,
+                before: mean(a, b),
+                after: mean(b, c),
+            })
+        })
+        .collect())
+}
+
 /// Checks the points of `y` from `start` on against the band at `level`
 /// forecast from the points before `start`.
 pub fn anomalies(y: &[f64], start: usize, level: f64, spec: &Spec) -> Result<Scan, String> {
@@ -1084,15 +1224,13 @@ pub fn monitor(signal: Signal<'_>, from: usize, m: &Monitor) -> Result<Vec<Check
     Ok(out)
 }
 
+/// Seeded, roughly normal noise for tests (a sum of twelve uniforms):
+/// mean 0, sd 1.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Hourly: a daily and a weekly cycle, a slow trend and seeded noise.
-    fn hourly(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let mut noise = move || {
-            // Sum of uniforms: roughly normal, mean 0, sd 1.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
             (0..12)
                 .map(|_| {
                     s = s
@@ -1102,7 +1240,77 @@ mod tests {
                 })
                 .sum::<f64>()
                 - 6.0
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_changes_are_found_where_they_are_and_noise_has_none() {
+        // Levels 10, 14, 9 (changes of 4 and 5 noise sds) at 120 and 250.
+        let y: Vec<f64> = noise(400, 3)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e + if i < 120 {
+                    10.0
+                } else if i < 250 {
+                    14.0
+                } else {
+                    9.0
+                }
+            })
+            .collect();
+        let c = changepoints(&y, None, 5).unwrap();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(
+            c[0].at.abs_diff(120) <= 2 && c[1].at.abs_diff(250) <= 2,
+            "{c:?}"
+        );
+        assert!((c[0].before - 10.0).abs() < 0.5 && (c[0].after - 14.0).abs() < 0.5);
+        assert!((c[1].after - 9.0).abs() < 0.5);
+        // The same against an exhaustive search over one and two cuts.
+        let cost = |a: usize, b: usize| {
+            let m = y[a..b].iter().sum::<f64>() / (b - a) as f64;
+            y[a..b].iter().map(|v| (v - m).powi(2)).sum::<f64>()
         };
+        let mut best = (f64::INFINITY, 0, 0);
+        for i in 5..=395 {
+            for j in i + 5..=395 {
+                let v = cost(0, i) + cost(i, j) + cost(j, 400);
+                if v < best.0 {
+                    best = (v, i, j);
+                }
+            }
+        }
+        assert_eq!((c[0].at, c[1].at), (best.1, best.2));
+        // Pure noise on ten seeds: no change.
+        for seed in 0..10 {
+            let c = changepoints(&noise(500, seed), None, 5).unwrap();
+            assert!(c.is_empty(), "seed {seed}: {c:?}");
+        }
+        // Bad input is named.
+        assert!(changepoints(&[1.0, 2.0], None, 2)
+            .unwrap_err()
+            .contains("at least 4"));
+        assert!(changepoints(&[1.0, f64::NAN, 1.0, 1.0], None, 1)
+            .unwrap_err()
+            .contains("point 1"));
+        assert!(changepoints(&y, Some(-1.0), 5)
+            .unwrap_err()
+            .contains("penalty"));
+        // A constant series, then a step: one change, no division by zero.
+        let step: Vec<f64> = (0..20).map(|i| if i < 10 { 1.0 } else { 2.0 }).collect();
+        let c = changepoints(&step, None, 2).unwrap();
+        assert_eq!(c.iter().map(|c| c.at).collect::<Vec<_>>(), vec![10]);
+    }
+
+    /// Hourly: a daily and a weekly cycle, a slow trend and seeded noise.
+    fn hourly(n: usize, seed: u64) -> Vec<f64> {
+        let e = noise(n, seed);
         (0..n)
             .map(|t| {
                 let h = (t % 24) as f64;
@@ -1111,7 +1319,7 @@ mod tests {
                     + 0.02 * t as f64
                     + 30.0 * (std::f64::consts::TAU * h / 24.0).sin()
                     + 8.0 * (std::f64::consts::TAU * d / 7.0).cos()
-                    + 3.0 * noise()
+                    + 3.0 * e.get(t).copied().unwrap_or(0.0)
             })
             .collect()
     }

@@ -857,15 +857,7 @@ fn forecast_of(f: &Frame, opts: &Map) -> R<Frame> {
     for (k, v) in &rest {
         match k.as_str() {
             "horizon" => horizon = Some(count_opt("forecast", k, v)?),
-            "level" => {
-                levels = match v.read_lock::<Array>() {
-                    Some(a) => a
-                        .iter()
-                        .map(|x| level_opt("forecast", x))
-                        .collect::<R<Vec<f64>>>()?,
-                    None => vec![level_opt("forecast", v)?],
-                }
-            }
+            "level" => levels = levels_opt("forecast", v)?,
             other => return unknown("forecast", other, "horizon, level"),
         }
     }
@@ -891,6 +883,14 @@ fn decompose_of(f: &Frame, opts: &Map) -> R<Frame> {
         .or_else(fail)
 }
 
+/// `level`: one level or a list of them.
+fn levels_opt(what: &str, v: &Dynamic) -> R<Vec<f64>> {
+    match v.read_lock::<Array>() {
+        Some(a) => a.iter().map(|x| level_opt(what, x)).collect(),
+        None => Ok(vec![level_opt(what, v)?]),
+    }
+}
+
 /// A season of the model, or 10 steps without one.
 fn default_horizon(spec: &super::forecast::Spec, n: usize) -> usize {
     super::forecast::usable_periods(spec, n)
@@ -909,15 +909,7 @@ fn backtest_of(f: &Frame, opts: &Map) -> R<Frame> {
         match k.as_str() {
             "horizon" => horizon = Some(count_opt("backtest", k, v)?),
             "folds" => folds = count_opt("backtest", k, v)?,
-            "level" => {
-                levels = match v.read_lock::<Array>() {
-                    Some(a) => a
-                        .iter()
-                        .map(|x| level_opt("backtest", x))
-                        .collect::<R<Vec<f64>>>()?,
-                    None => vec![level_opt("backtest", v)?],
-                }
-            }
+            "level" => levels = levels_opt("backtest", v)?,
             other => return unknown("backtest", other, "horizon, folds, level"),
         }
     }
@@ -943,19 +935,72 @@ fn backtest_of(f: &Frame, opts: &Map) -> R<Frame> {
 /// ([`super::series::anomalies_frame`]).
 fn anomalies_of(f: &Frame, opts: &Map) -> R<Frame> {
     let (o, rest) = series_opts("anomalies", opts)?;
-    let (mut last, mut level) = (None, 0.99);
+    let (mut last, mut level, mut total) = (None, 0.99, None);
     for (k, v) in &rest {
         match k.as_str() {
             "last" => last = Some(count_opt("anomalies", k, v)?),
             "level" => level = level_opt("anomalies", v)?,
-            other => return unknown("anomalies", other, "last, level"),
+            "total" => total = Some(v.to_string()),
+            other => return unknown("anomalies", other, "last, level, total"),
+        }
+    }
+    let df = f.collect()?;
+    let s = super::series::series(&df, &o).or_else(|e| fail(format!("anomalies: {e}")))?;
+    let spec = s.spec(&o);
+    let last = last.unwrap_or_else(|| default_horizon(&spec, s.values.len()));
+    let out = match total {
+        // A share: `value` hits out of `total` trials per step.
+        Some(total) => {
+            let t = super::series::SeriesOpts {
+                value: Some(total),
+                time: Some(s.time_name.clone()),
+                every_secs: Some(s.step_us / 1_000_000),
+                ..o.clone()
+            };
+            let totals =
+                super::series::series(&df, &t).or_else(|e| fail(format!("anomalies: {e}")))?;
+            super::series::rate_anomalies_frame(&s, &totals, last, level, &spec)
+        }
+        None => super::series::anomalies_frame(&s, last, level, &spec),
+    };
+    out.map(Frame::from_df).or_else(fail)
+}
+
+/// `changepoints(frame, #{ penalty, min_size, deseason, … })`: one row per
+/// lasting change in level ([`super::series::changepoints_frame`]).
+fn changepoints_of(f: &Frame, opts: &Map) -> R<Frame> {
+    let (o, rest) = series_opts("changepoints", opts)?;
+    let (mut penalty, mut min_size, mut deseason) = (None, 6, true);
+    for (k, v) in &rest {
+        match k.as_str() {
+            "penalty" => {
+                penalty = Some(
+                    v.as_float()
+                        .ok()
+                        .or_else(|| v.as_int().ok().map(|i| i as f64))
+                        .filter(|p| p.is_finite() && *p >= 0.0)
+                        .map_or_else(
+                            || {
+                                fail(format!(
+                                    "changepoints: penalty {v}; give a number, 0 or more"
+                                ))
+                            },
+                            Ok,
+                        )?,
+                )
+            }
+            "min_size" => min_size = count_opt("changepoints", k, v)?,
+            "deseason" => {
+                deseason = v
+                    .as_bool()
+                    .or_else(|_| fail(format!("changepoints: deseason {v}; give true or false")))?
+            }
+            other => return unknown("changepoints", other, "penalty, min_size, deseason"),
         }
     }
     let s =
-        super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("anomalies: {e}")))?;
-    let spec = s.spec(&o);
-    let last = last.unwrap_or_else(|| default_horizon(&spec, s.values.len()));
-    super::series::anomalies_frame(&s, last, level, &spec)
+        super::series::series(&f.collect()?, &o).or_else(|e| fail(format!("changepoints: {e}")))?;
+    super::series::changepoints_frame(&s, &s.spec(&o), penalty, min_size, deseason)
         .map(Frame::from_df)
         .or_else(fail)
 }
@@ -1330,6 +1375,12 @@ pub(crate) fn register(engine: &mut Engine) {
         .register_fn("anomalies", |f: &mut Frame| anomalies_of(f, &Map::new()))
         .register_fn("anomalies", |f: &mut Frame, opts: Map| {
             anomalies_of(f, &opts)
+        })
+        .register_fn("changepoints", |f: &mut Frame| {
+            changepoints_of(f, &Map::new())
+        })
+        .register_fn("changepoints", |f: &mut Frame, opts: Map| {
+            changepoints_of(f, &opts)
         })
         .register_fn("kmeans", |f: &mut Frame, k: i64| {
             kmeans_of(f, k, &Map::new())

@@ -397,16 +397,228 @@ pub fn anomalies_frame(
                 "side".into(),
                 scan.side
                     .iter()
-                    .map(|x| match x {
-                        1 => "above",
-                        -1 => "below",
-                        _ => "",
-                    })
+                    .map(|x| side_name(*x))
                     .collect::<Vec<&str>>(),
             ),
         ],
     )
     .map_err(err)
+}
+
+/// The frame of the lasting changes in the level of `s`
+/// ([`forecast::changepoints`]): one row per change with its time (the
+/// first step at the new level), the mean level `before` and `after` it,
+/// `change` and `change_pct`. With `deseason` and three cycles of a season
+/// in the data, the seasons (a fixed shape per season, shortest first; in
+/// the log for non-negative values under the default transform) are taken
+/// out first, so a quiet night is not a change and a shift is measured on
+/// the level.
+pub fn changepoints_frame(
+    s: &Series,
+    spec: &Spec,
+    penalty: Option<f64>,
+    min_size: usize,
+    deseason: bool,
+) -> Result<DataFrame, String> {
+    let spec = spec.resolved(&s.values);
+    let log = spec.transform == Transform::Log;
+    let periods = forecast::usable_periods(&spec, s.values.len());
+    let level: Vec<f64> = if deseason && !periods.is_empty() {
+        // Seasons that scale with the level (revenue) come out in the log.
+        let mut r: Vec<f64> = if log {
+            s.values.iter().map(|v| (1.0 + v).ln()).collect()
+        } else {
+            s.values.clone()
+        };
+        for p in periods {
+            remove_season(&mut r, p);
+        }
+        if log {
+            r.iter().map(|v| v.exp() - 1.0).collect()
+        } else {
+            r
+        }
+    } else {
+        s.values.clone()
+    };
+    let changes = forecast::changepoints(&level, penalty, min_size)?;
+    let pct = |c: &forecast::Change| {
+        if c.before.abs() > f64::EPSILON {
+            Some(100.0 * (c.after - c.before) / c.before.abs())
+        } else {
+            None
+        }
+    };
+    DataFrame::new(
+        changes.len(),
+        vec![
+            time_column(
+                &s.time_name,
+                changes.iter().map(|c| s.time_at(c.at)).collect(),
+            )?,
+            Column::new(
+                "before".into(),
+                changes.iter().map(|c| c.before).collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "after".into(),
+                changes.iter().map(|c| c.after).collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "change".into(),
+                changes
+                    .iter()
+                    .map(|c| c.after - c.before)
+                    .collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "change_pct".into(),
+                changes.iter().map(pct).collect::<Vec<Option<f64>>>(),
+            ),
+        ],
+    )
+    .map_err(err)
+}
+
+/// Takes a season of `period` steps out of `r`: the seasonal shape is, per
+/// phase, the median over whole cycles of the value less its cycle's mean.
+/// A fixed shape centred cycle by cycle does not follow a change in level
+/// (a fitted, evolving season would absorb part of it).
+fn remove_season(r: &mut [f64], period: usize) {
+    // Three cycles at least: the median then outvotes the one a change
+    // falls in.
+    let cycles = r.len() / period.max(1);
+    if period < 2 || cycles < 3 {
+        return;
+    }
+    let mut centred: Vec<Vec<f64>> = vec![Vec::with_capacity(cycles); period];
+    for cycle in r.chunks_exact(period) {
+        let mean = cycle.iter().sum::<f64>() / period as f64;
+        for (slot, v) in centred.iter_mut().zip(cycle) {
+            slot.push(v - mean);
+        }
+    }
+    let shape: Vec<f64> = centred
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v.get(n / 2).copied().unwrap_or(0.0)
+            } else {
+                (v.get(n / 2 - 1).copied().unwrap_or(0.0) + v.get(n / 2).copied().unwrap_or(0.0))
+                    / 2.0
+            }
+        })
+        .collect();
+    // The medians need not average to 0: the level keeps its mean.
+    let offset = shape.iter().sum::<f64>() / period as f64;
+    for (k, v) in r.iter_mut().enumerate() {
+        *v -= shape.get(k % period).copied().unwrap_or(0.0) - offset;
+    }
+}
+
+/// The frame of an anomaly scan of a share: `hits` out of `totals` per step
+/// (failed payments out of sales). Each of the last `last` steps is checked
+/// against the rate the history had at the same time of day (pooled,
+/// weighted by trials) and its binomial band at `level`, so a quiet step
+/// with few trials is not an anomaly. Columns: the time, both counts,
+/// `rate`, `expected`, `lower`, `upper`, `anomaly` and `side`.
+pub fn rate_anomalies_frame(
+    hits: &Series,
+    totals: &Series,
+    last: usize,
+    level: f64,
+    spec: &Spec,
+) -> Result<DataFrame, String> {
+    let n = hits.values.len();
+    if hits.times.first() != totals.times.first()
+        || n != totals.values.len()
+        || hits.step_us != totals.step_us
+    {
+        return Err(format!(
+            "anomalies: `{}` and `{}` cover different steps: give both on every row",
+            hits.value_name, totals.value_name
+        ));
+    }
+    if last == 0 || last >= n {
+        return Err(format!(
+            "anomalies: check the last 1 to {} points (the rest is the history); {last} asked",
+            n.saturating_sub(1)
+        ));
+    }
+    if let Some(k) = (0..n).find(|k| {
+        let (h, t) = (
+            hits.values.get(*k).copied().unwrap_or(0.0),
+            totals.values.get(*k).copied().unwrap_or(0.0),
+        );
+        !(h >= 0.0 && h <= t)
+    }) {
+        return Err(format!(
+            "anomalies: at {}: `{}` must be between 0 and `{}` (a count out of a count)",
+            show_time(hits.time_at(k)),
+            hits.value_name,
+            totals.value_name
+        ));
+    }
+    let start = n - last;
+    if start < forecast::MIN_POINTS {
+        return Err(format!(
+            "anomalies: {start} steps of history; a rate needs at least {}",
+            forecast::MIN_POINTS
+        ));
+    }
+    let m = forecast::Monitor {
+        spec: spec.clone(),
+        level,
+        refit_every: last,
+        history: start,
+        run: 1,
+        side: 0,
+    };
+    let checks = forecast::monitor(
+        forecast::Signal::Rate {
+            hits: &hits.values,
+            totals: &totals.values,
+        },
+        start,
+        &m,
+    )?;
+    let times: Vec<i64> = (start..n).map(|k| hits.time_at(k)).collect();
+    let tail = |v: &[f64]| v.iter().skip(start).copied().collect::<Vec<f64>>();
+    let pick = |f: fn(&forecast::Check) -> f64| checks.iter().map(f).collect::<Vec<f64>>();
+    DataFrame::new(
+        last,
+        vec![
+            time_column(&hits.time_name, times)?,
+            Column::new(hits.value_name.as_str().into(), tail(&hits.values)),
+            Column::new(totals.value_name.as_str().into(), tail(&totals.values)),
+            Column::new("rate".into(), pick(|c| c.value)),
+            Column::new("expected".into(), pick(|c| c.expected)),
+            Column::new("lower".into(), pick(|c| c.lower)),
+            Column::new("upper".into(), pick(|c| c.upper)),
+            Column::new(
+                "anomaly".into(),
+                checks.iter().map(|c| c.side != 0).collect::<Vec<bool>>(),
+            ),
+            Column::new(
+                "side".into(),
+                checks
+                    .iter()
+                    .map(|c| side_name(c.side))
+                    .collect::<Vec<&str>>(),
+            ),
+        ],
+    )
+    .map_err(err)
+}
+
+fn side_name(side: i8) -> &'static str {
+    match side {
+        1 => "above",
+        -1 => "below",
+        _ => "",
+    }
 }
 
 /// `df` with `cluster` (0 = the largest) and `distance` (to the cluster's
@@ -526,6 +738,121 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("coarser step"), "{e}");
+    }
+
+    /// Two weeks of hourly sales, 3 % failing, then a last day where the
+    /// 14:00 hour fails 30 % and a 03:00 hour with 2 sales fails one.
+    #[test]
+    fn a_rate_is_checked_against_its_binomial_band() {
+        let hours: Vec<i64> = (0..24 * 15).collect();
+        let quiet = |h: i64| (2..6).contains(&(h % 24));
+        let sales: Vec<f64> = hours
+            .iter()
+            .map(|h| if quiet(*h) { 2.0 } else { 200.0 })
+            .collect();
+        let mut failed: Vec<f64> = sales
+            .iter()
+            .zip(&hours)
+            .map(|(n, h)| {
+                if quiet(*h) {
+                    f64::from(*h % 7 == 0)
+                } else {
+                    n * 0.03
+                }
+            })
+            .collect();
+        let day = 24 * 14;
+        failed[day + 14] = 60.0;
+        failed[day + 3] = 1.0;
+        let frame = |failed: &[f64], sales: &[f64]| {
+            let mut df = hourly(&hours, failed);
+            df.rename("revenue", "failed".into()).unwrap();
+            df.with_column(Column::new("sales".into(), sales.to_vec()))
+                .unwrap();
+            df
+        };
+        let df = frame(&failed, &sales);
+        let opts = SeriesOpts {
+            value: Some("failed".into()),
+            ..SeriesOpts::default()
+        };
+        let h = series(&df, &opts).unwrap();
+        let t = series(
+            &df,
+            &SeriesOpts {
+                value: Some("sales".into()),
+                ..SeriesOpts::default()
+            },
+        )
+        .unwrap();
+        let f = rate_anomalies_frame(&h, &t, 24, 0.999, &h.spec(&opts)).unwrap();
+        assert_eq!(f.height(), 24);
+        let flagged: Vec<bool> = f
+            .column("anomaly")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .map(|b| b.unwrap())
+            .collect();
+        let at: Vec<usize> = (0..24).filter(|k| flagged[*k]).collect();
+        assert_eq!(at, vec![14], "only the 30 % hour");
+        let rate = f.column("rate").unwrap().f64().unwrap().get(14).unwrap();
+        assert!((rate - 0.3).abs() < 1e-12);
+        let expected = f
+            .column("expected")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(14)
+            .unwrap();
+        assert!((expected - 0.03).abs() < 0.005, "{expected}");
+        // Counts that are not a count out of a count, and too little history.
+        let mut bad = failed.clone();
+        bad[5] = 500.0;
+        let hb = series(&frame(&bad, &sales), &opts).unwrap();
+        let e = rate_anomalies_frame(&hb, &t, 24, 0.999, &h.spec(&opts)).unwrap_err();
+        assert!(e.contains("between 0 and `sales`"), "{e}");
+        let e =
+            rate_anomalies_frame(&h, &t, h.values.len() - 3, 0.999, &h.spec(&opts)).unwrap_err();
+        assert!(e.contains("needs at least"), "{e}");
+    }
+
+    /// Hourly revenue with a daily cycle that drops by a third for good
+    /// on day 10: one change, there, measured on the level; a quiet night
+    /// is not one.
+    #[test]
+    fn a_lasting_drop_is_one_change_and_the_daily_cycle_is_none() {
+        let hours: Vec<i64> = (0..24 * 20).collect();
+        // Seeded noise of about 5 %, as orders vary.
+        let e = forecast::noise(hours.len(), 7);
+        let values: Vec<f64> = hours
+            .iter()
+            .zip(&e)
+            .map(|(h, e)| {
+                let day = 100.0 + 60.0 * ((*h % 24) as f64 / 24.0 * std::f64::consts::TAU).sin();
+                day * (1.0 + 0.05 * e) * if *h >= 24 * 10 { 2.0 / 3.0 } else { 1.0 }
+            })
+            .collect();
+        let df = hourly(&hours, &values);
+        let opts = SeriesOpts::default();
+        let s = series(&df, &opts).unwrap();
+        let f = changepoints_frame(&s, &s.spec(&opts), None, 6, true).unwrap();
+        assert_eq!(f.height(), 1, "{f}");
+        let at = f.column("hour").unwrap().cast(&DataType::Int64).unwrap();
+        let at = at.i64().unwrap().get(0).unwrap() / 3_600_000_000;
+        assert!(at.abs_diff(240) <= 2, "{at}");
+        let pct = f
+            .column("change_pct")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert!((pct + 33.3).abs() < 5.0, "{pct}");
+        // Without taking the seasons out, the cycle itself is "changes".
+        let raw = changepoints_frame(&s, &s.spec(&opts), None, 6, false).unwrap();
+        assert!(raw.height() > 5, "{raw}");
     }
 
     #[test]

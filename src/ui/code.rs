@@ -31,7 +31,7 @@ const KEYWORDS: [&str; 27] = [
 ];
 
 /// The functions of `scripts/README.md`.
-pub(crate) const BUILTINS: [&str; 68] = [
+pub(crate) const BUILTINS: [&str; 69] = [
     "view",
     "table",
     "transactions",
@@ -91,6 +91,7 @@ pub(crate) const BUILTINS: [&str; 68] = [
     "decompose",
     "backtest",
     "anomalies",
+    "changepoints",
     "unique",
     "rename",
     "drop",

@@ -741,8 +741,8 @@ impl App {
             });
     }
 
-    /// `SALESPULSE_TAB` (dashboard, pipeline, explorer, scripts, notebooks,
-    /// settings) opens a panel, `SALESPULSE_EXPLORE` (a view name) loads it
+    /// `SALESPULSE_TAB` (a panel's label: dashboard, pipeline, explorer,
+    /// segments, alerts, scripts, notebooks, settings) opens a panel, `SALESPULSE_EXPLORE` (a view name) loads it
     /// in the explorer,
     /// `SALESPULSE_LAST` (15m, 1h, 24h, 7d, all) sets the range and
     /// `SALESPULSE_RATE` the generation rate and `SALESPULSE_AUTOSTART=0`
