@@ -13,6 +13,9 @@ use super::App;
 use crate::alerts::history::Event;
 use crate::alerts::{Reason, State};
 
+/// Width of the value column: a value with its condition fits.
+const VALUE_WIDTH: f32 = 230.0;
+
 /// What the Alerts panel shows.
 #[derive(Default)]
 pub struct AlertsState {
@@ -146,12 +149,19 @@ impl App {
                                 (None, true) => "–".into(),
                                 (None, false) => v.detail.clone(),
                             };
-                            ui.add(egui::Label::new(detail).truncate()).on_hover_text(
-                                v.state.evaluated_at.map_or_else(
-                                    || "not evaluated yet".to_owned(),
-                                    |t| format!("evaluated {}", when(t)),
-                                ),
+                            // Wide enough for a value and its condition
+                            // ("15.4 % (above 10.0 % breaches)"); a longer
+                            // error is cut, and whole on hover.
+                            let evaluated = v.state.evaluated_at.map_or_else(
+                                || "not evaluated yet".to_owned(),
+                                |t| format!("evaluated {}", when(t)),
                             );
+                            ui.scope(|ui| {
+                                ui.set_min_width(VALUE_WIDTH);
+                                ui.set_max_width(VALUE_WIDTH);
+                                ui.add(egui::Label::new(detail.as_str()).truncate())
+                                    .on_hover_text(format!("{detail}\n{evaluated}"));
+                            });
                             ui.label(format!(
                                 "{}, every {}s, for {}s",
                                 v.rule.condition.describe(),
