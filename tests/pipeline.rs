@@ -57,6 +57,105 @@ async fn run_ingests_everything_exactly_once_with_exact_rollups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_replays_a_file_exactly_once_and_dead_letters_its_bad_lines() {
+    let db = TestDb::new("replay").await;
+    let cfg = test_config(&db.url, None);
+    // The events `run_options(3_000, 21)` would generate, as `generate`
+    // writes them, with a blank line, a CRLF line end, a line that is no
+    // JSON and one that is JSON but no event mixed in.
+    let mut g = sim_generator(21);
+    let mut text = String::new();
+    for i in 0..3_000 {
+        text.push_str(std::str::from_utf8(&g.next_event().to_json()).unwrap());
+        text.push_str(if i == 5 { "\r\n" } else { "\n" });
+        match i {
+            10 => text.push_str("{not json\n"),
+            20 => text.push_str("\n   \n"),
+            30 => text.push_str("{\"type\":\"sale\",\"customer_id\":\"c-1\"}\n"),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, text.trim_end()).unwrap();
+    let opts = services::RunOptions {
+        replay: Some(file),
+        events: None,
+        ..run_options(0, 0)
+    };
+    let report = services::run(&cfg, opts).await.unwrap();
+    assert_eq!(report.produced, 3_002, "every line but the blank ones");
+    assert_eq!(report.sales + report.sessions, 3_000);
+    assert_eq!((report.duplicates, report.dead_lettered), (0, 2));
+    assert!(
+        report.latency.is_none(),
+        "a replay's event times are the file's"
+    );
+    assert_exactly(&db.store, 21, 3_000).await;
+
+    // Replayed again (a new embedded broker, so from offset 0), nothing is
+    // stored twice.
+    let again = services::RunOptions {
+        replay: Some(dir.path().join("events.ndjson")),
+        events: Some(1_000),
+        ..run_options(0, 0)
+    };
+    let report = services::run(&cfg, again).await.unwrap();
+    assert_eq!(report.produced, 1_000, "--events caps the lines replayed");
+    assert_eq!(report.sales + report.sessions, 0);
+    assert_eq!((report.duplicates, report.dead_lettered), (998, 2));
+    assert_exactly(&db.store, 21, 3_000).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_refuses_an_overlong_line_and_a_folder_with_clear_errors() {
+    let db = TestDb::new("replay_bad").await;
+    let cfg = test_config(&db.url, None);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.ndjson");
+    let mut g = sim_generator(3);
+    let mut text = String::from_utf8(g.next_event().to_json()).unwrap();
+    text.push('\n');
+    text.push_str(&"x".repeat(pipeline::MAX_REPLAY_LINE + 10));
+    std::fs::write(&file, text).unwrap();
+    let opts = |path: std::path::PathBuf| services::RunOptions {
+        replay: Some(path),
+        events: None,
+        ..run_options(0, 0)
+    };
+    let e = services::run(&cfg, opts(file)).await.unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("line 2 is longer than"), "{msg}");
+    let e = services::run(&cfg, opts(dir.path().to_path_buf()))
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("is a folder, not a file"), "{msg}");
+    let e = services::run(&cfg, opts(dir.path().join("missing.ndjson")))
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("opening the events to replay"), "{msg}");
+    db.drop().await;
+}
+
+#[test]
+fn a_replayed_line_is_keyed_by_its_customer() {
+    assert_eq!(
+        pipeline::replay_key(br#"{"customer_id":"c-7","x":1}"#),
+        b"c-7"
+    );
+    assert_eq!(
+        pipeline::replay_key(br#"{"customer_id":"c\u002d8"}"#),
+        b"c-8"
+    );
+    assert!(pipeline::replay_key(b"{not json").is_empty());
+    assert!(pipeline::replay_key(br#"{"customer_id":7}"#).is_empty());
+    assert!(pipeline::replay_key(br#"[1,2]"#).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_records_go_to_the_dlq_with_reasons_and_neighbours_land() {
     let db = TestDb::new("dlq").await;
     let (broker, cfg) = mock_broker(&db.url, 2);

@@ -335,6 +335,7 @@ async fn cases(cfg: &Config, opts: &LatencyBenchOptions) -> anyhow::Result<Vec<L
                 http: None,
                 measure_after: Duration::from_secs(opts.warmup),
                 alerts: None,
+                replay: None,
             },
         )
         .await

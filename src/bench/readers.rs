@@ -225,6 +225,7 @@ async fn run_on(cfg: &Config, opts: &ReadersBenchOptions) -> anyhow::Result<Read
                 http: Some(http),
                 measure_after: Duration::from_secs(warmup),
                 alerts: None,
+                replay: None,
             },
         )
         .await

@@ -1,5 +1,6 @@
 //! The pipeline's middle layer: the generator's producer loop (paced,
-//! pausable, held back by ingest), the ingest workers and their lifecycle,
+//! pausable, held back by ingest) and the replay of recorded events
+//! ([`replay_loop`]), the ingest workers and their lifecycle,
 //! consumer lag, and the service probes. It returns handles and counters;
 //! it starts no HTTP server and resolves no services (that is
 //! [`crate::services`]).
@@ -58,6 +59,20 @@ pub struct Backpressure {
     pub stats: Arc<IngestStats>,
     /// Most records produced but not yet committed before the producer waits.
     pub max: u64,
+}
+
+impl Backpressure {
+    /// Waits while more than `max` of the `produced` records (counted from
+    /// when the counter stood at `committed_base`) are not yet committed,
+    /// or until `stop`.
+    fn wait_for_room(&self, produced: u64, committed_base: u64, stop: &AtomicBool) {
+        while produced.saturating_sub(self.stats.committed().saturating_sub(committed_base))
+            > self.max
+            && !stop.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Records per partition the embedded broker can safely hold (~100 B per
@@ -121,11 +136,7 @@ pub(crate) fn produce_paced(
             pacer = Pacer::new(r);
         }
         if let Some(bp) = backpressure {
-            while n.saturating_sub(bp.stats.committed().saturating_sub(committed_base)) > bp.max
-                && !stop.load(Ordering::Relaxed)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            bp.wait_for_room(n, committed_base, stop);
         }
         let wait = pacer.delay_for(n - paced_from);
         if wait > Duration::from_millis(1) {
@@ -144,6 +155,181 @@ pub(crate) fn produce_paced(
     }
     producer.flush(Duration::from_secs(600))?;
     Ok(n)
+}
+
+/// The longest line [`replay_loop`] produces: the broker's default
+/// largest record (1 MB), less room for the record's own framing.
+pub const MAX_REPLAY_LINE: usize = 1_000_000 - 4_096;
+
+/// Why a replay stopped before its input ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The input could not be read.
+    #[error("reading line {line}: {source}; the lines before it were produced")]
+    Read {
+        /// 1-based line number.
+        line: u64,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A line is longer than a record may be.
+    #[error(
+        "line {line} is longer than {MAX_REPLAY_LINE} bytes, the most a record may hold; \
+         the lines before it were produced, none from it on"
+    )]
+    TooLong {
+        /// 1-based line number.
+        line: u64,
+    },
+    /// The broker refused a line.
+    #[error("producing line {line}: {source}")]
+    Produce {
+        /// 1-based line number.
+        line: u64,
+        /// What failed.
+        source: bus::BusError,
+    },
+    /// The broker did not take what was produced.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+}
+
+/// Only the key of an event line.
+#[derive(serde::Deserialize)]
+struct KeyOnly<'a> {
+    #[serde(borrow)]
+    customer_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The record key of an event line: its `customer_id`, or empty when the
+/// line is not a JSON object with a string `customer_id` (ingest then
+/// dead-letters it with its reason).
+pub fn replay_key(line: &[u8]) -> Vec<u8> {
+    serde_json::from_slice::<KeyOnly<'_>>(line)
+        .ok()
+        .and_then(|k| k.customer_id)
+        .map(|c| c.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// What the replay's reader thread hands on.
+enum ReplayLine {
+    /// A line that is not blank: its 1-based number and its bytes, without
+    /// the line end.
+    Body(u64, Vec<u8>),
+    /// The input failed; nothing follows.
+    Failed(ReplayError),
+}
+
+/// Reads the lines of `input` into `to` until its end, a failure, or the
+/// receiver is gone. At most two bytes past [`MAX_REPLAY_LINE`] are read
+/// for a line, whatever the input.
+fn read_replay_lines(
+    mut input: Box<dyn std::io::BufRead + Send>,
+    to: &std::sync::mpsc::SyncSender<ReplayLine>,
+) {
+    use std::io::{BufRead, Read};
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        let mut line = Vec::new();
+        match (&mut input)
+            .take(MAX_REPLAY_LINE as u64 + 2)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(source) => {
+                let _ = to.send(ReplayLine::Failed(ReplayError::Read {
+                    line: number,
+                    source,
+                }));
+                return;
+            }
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        // A line cut at the limit keeps at least one byte too many.
+        if body.len() > MAX_REPLAY_LINE {
+            let _ = to.send(ReplayLine::Failed(ReplayError::TooLong { line: number }));
+            return;
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if to.send(ReplayLine::Body(number, body.to_vec())).is_err() {
+            return;
+        }
+    }
+}
+
+/// Produces the lines of `input` (one event per line, as `salespulse
+/// generate` writes them) as they are, keyed by their `customer_id`,
+/// until the input ends, `limit` lines or `stop`, at most `rate` per
+/// second; then flushes, whatever ended it. Blank lines are skipped; a
+/// line that is not a valid event is produced all the same, so that
+/// ingest dead-letters it with its reason and nothing of the input is
+/// silently dropped. The input is read on a thread of its own, so a stop
+/// ends the replay even while a pipe or a terminal has nothing to read.
+/// Returns how many records were produced.
+pub fn replay_loop(
+    input: Box<dyn std::io::BufRead + Send>,
+    producer: &EventProducer,
+    limit: Option<u64>,
+    rate: Option<f64>,
+    stop: &AtomicBool,
+    backpressure: Option<&Backpressure>,
+) -> Result<u64, ReplayError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (to, lines) = std::sync::mpsc::sync_channel(4_096);
+    std::thread::Builder::new()
+        .name("replay-reader".into())
+        .spawn(move || read_replay_lines(input, &to))
+        .map_err(|source| ReplayError::Read { line: 1, source })?;
+    let pacer = Pacer::new(rate);
+    let mut n = 0u64;
+    let mut failed = None;
+    while limit.is_none_or(|l| n < l) && !stop.load(Ordering::Relaxed) {
+        let (number, body) = match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(ReplayLine::Body(number, body)) => (number, body),
+            Ok(ReplayLine::Failed(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(bp) = backpressure {
+            bp.wait_for_room(n, 0, stop);
+        }
+        loop {
+            let wait = pacer.delay_for(n);
+            if wait <= Duration::from_millis(1) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+        }
+        match producer.send_patiently(&replay_key(&body), &body, &|| stop.load(Ordering::Relaxed)) {
+            Ok(()) => n += 1,
+            Err(bus::BusError::Cancelled) => break,
+            Err(source) => {
+                failed = Some(ReplayError::Produce {
+                    line: number,
+                    source,
+                });
+                break;
+            }
+        }
+    }
+    // What was produced before a failure still reaches the broker.
+    let flushed = producer.flush(Duration::from_secs(600));
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            flushed?;
+            Ok(n)
+        }
+    }
 }
 
 /// Spawns `n` ingest workers on their own threads. In a consumer group

@@ -23,8 +23,8 @@ use crate::generator::{Clock, Generator, GeneratorParams, Scenario, Switchboard}
 use crate::pipeline::lag::LagSource;
 use crate::pipeline::latency::LatencySummary;
 use crate::pipeline::{
-    produce_loop, wait_for_offsets, Backpressure, IngestSettings, IngestStats, Workers,
-    EMBEDDED_BACKLOG_PER_PARTITION,
+    produce_loop, replay_loop, wait_for_offsets, Backpressure, IngestSettings, IngestStats,
+    Workers, EMBEDDED_BACKLOG_PER_PARTITION,
 };
 use crate::store::{EmbeddedPostgres, Store};
 
@@ -260,6 +260,36 @@ pub struct RunOptions {
     pub measure_after: Duration,
     /// Evaluate alert rules while the pipeline runs.
     pub alerts: Option<alerts::AlertsOptions>,
+    /// Produce the events of this file (one JSON event per line; `-`:
+    /// standard input) instead of generating them
+    /// ([`crate::pipeline::replay_loop`]).
+    pub replay: Option<std::path::PathBuf>,
+}
+
+/// Where `run` takes its events from.
+enum Source {
+    /// Lines of a file or standard input (`--replay`).
+    Replay(Box<dyn std::io::BufRead + Send>),
+    /// The generator.
+    Generate(Box<Generator>),
+}
+
+/// Opens what `run --replay` reads: a file, or standard input for `-`.
+fn open_replay(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::BufRead + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::io::stdin(),
+        )));
+    }
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening the events to replay, {}", path.display()))?;
+    anyhow::ensure!(
+        !file.metadata()?.is_dir(),
+        "the events to replay, {}, is a folder, not a file",
+        path.display()
+    );
+    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
 }
 
 /// What a headless run did.
@@ -434,6 +464,7 @@ pub async fn run_notebook_schedules(dir: PathBuf, cfg: Config, database_url: Str
 /// `events`, stops after producing them and returns once all are committed;
 /// otherwise runs until Ctrl-C, then drains what was produced.
 pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
+    let replay = opts.replay.as_deref().map(open_replay).transpose()?;
     let services = Services::resolve(cfg).await?;
     let cfg = &services.scoped(cfg);
     let store = services.prepare(cfg).await?;
@@ -532,8 +563,12 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
             .map_err(|e| anyhow::anyhow!("scenario {:?} ({}): {e}", s.scenario, s.file))?;
         board.switch_on(s.clone());
     }
-    let mut generator =
-        Generator::new(opts.params.clone(), opts.seed, opts.clock)?.with_switch(board);
+    let source = match replay {
+        Some(input) => Source::Replay(input),
+        None => Source::Generate(Box::new(
+            Generator::new(opts.params.clone(), opts.seed, opts.clock)?.with_switch(board),
+        )),
+    };
     let stop_producing = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     if let Ok(after) = chrono::Duration::from_std(opts.measure_after) {
@@ -546,15 +581,14 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
     let mut producing = {
         let (producer, stop) = (Arc::clone(&producer), Arc::clone(&stop_producing));
         let (events, rate) = (opts.events, opts.rate);
-        tokio::task::spawn_blocking(move || {
-            produce_loop(
-                &mut generator,
-                &producer,
-                events,
-                rate,
-                &stop,
-                backpressure.as_ref(),
-            )
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let bp = backpressure.as_ref();
+            Ok(match source {
+                Source::Replay(input) => replay_loop(input, &producer, events, rate, &stop, bp)?,
+                Source::Generate(mut g) => {
+                    produce_loop(&mut g, &producer, events, rate, &stop, bp)?
+                }
+            })
         })
     };
     let progress = {
@@ -604,7 +638,9 @@ pub async fn run(cfg: &Config, opts: RunOptions) -> anyhow::Result<RunReport> {
         dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
         offsets_skipped: stats.offsets_skipped.load(Ordering::Relaxed),
         elapsed,
-        latency: matches!(opts.clock, Clock::Wall).then(|| stats.latency.summary()),
+        // A replay's event times are the file's, not this run's.
+        latency: (matches!(opts.clock, Clock::Wall) && opts.replay.is_none())
+            .then(|| stats.latency.summary()),
     })
 }
 

@@ -118,6 +118,7 @@ pub fn run_options(events: u64, seed: u64) -> salespulse::services::RunOptions {
         http: None,
         measure_after: std::time::Duration::ZERO,
         alerts: None,
+        replay: None,
     }
 }
 

@@ -41,7 +41,7 @@ pub enum Command {
         #[arg(long)]
         events: Option<u64>,
         /// Events per second (0 = as fast as possible). Default: as fast as
-        /// possible with --events, else 500.
+        /// possible with --events or --replay, else 500.
         #[arg(long)]
         rate: Option<f64>,
         /// Behaviour seed (default: random, so reruns add new data).
@@ -67,6 +67,13 @@ pub enum Command {
         /// command line is visible to every local user).
         #[arg(long)]
         alerts: bool,
+        /// Produce the events of this file instead of generating them: one
+        /// JSON event per line, as `salespulse generate` writes them (`-`:
+        /// standard input). Each line goes to the topic as it is, keyed by
+        /// its customer_id; a line that is not a valid event is
+        /// dead-lettered by ingest with its reason.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "backfill_from"])]
+        replay: Option<PathBuf>,
         #[command(flatten)]
         behaviour: BehaviourArgs,
     },

@@ -130,6 +130,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             partitions,
             http,
             alerts,
+            replay,
             behaviour,
         } => {
             if let Some(p) = partitions {
@@ -140,7 +141,12 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
             let (params, scenarios) = behaviour.load()?;
             let opts = RunOptions {
                 events,
-                rate: services::default_rate(rate, events),
+                // A replay goes as fast as it can unless paced.
+                rate: if replay.is_some() {
+                    rate
+                } else {
+                    services::default_rate(rate, events)
+                },
                 seed: seed.unwrap_or_else(rand::random),
                 workers,
                 clock: backfill_from.map_or(Clock::Wall, Clock::Simulated),
@@ -157,6 +163,7 @@ async fn dispatch(command: Command, cfg: &mut Config) -> anyhow::Result<()> {
                 } else {
                     None
                 },
+                replay,
             };
             println!("{}", services::run(cfg, opts).await?);
             Ok(())
