@@ -356,6 +356,22 @@ pub fn forecast(
     let spec = &spec.resolved(y);
     let model = fit(y, spec)?;
     let t = spec.transform;
+    // In the log, a band may reach down to -1 (exp(z) - 1): a history that
+    // is never negative (revenue, orders) is not forecast below zero.
+    let floor = if t == Transform::Log && y.iter().all(|v| *v >= 0.0) {
+        0.0
+    } else {
+        f64::NEG_INFINITY
+    };
+    // (Not `max`: a missing value, NaN, stays missing.)
+    let out = |v: f64| {
+        let b = back(t, v);
+        if b < floor {
+            floor
+        } else {
+            b
+        }
+    };
     let point_z = model.m.predict(horizon, None)?.point;
     let scales = calibration(y, horizon, levels, spec, &model.periods);
     let mut bands = Vec::with_capacity(levels.len());
@@ -363,12 +379,12 @@ pub fn forecast(
         let (_, lower, upper) = model.bands(horizon, level, *scale)?;
         bands.push(Band {
             level,
-            lower: lower.into_iter().map(|v| back(t, v)).collect(),
-            upper: upper.into_iter().map(|v| back(t, v)).collect(),
+            lower: lower.into_iter().map(out).collect(),
+            upper: upper.into_iter().map(out).collect(),
         });
     }
-    let point = point_z.into_iter().map(|v| back(t, v)).collect();
-    let fitted = model.fitted.iter().map(|v| back(t, *v)).collect();
+    let point = point_z.into_iter().map(out).collect();
+    let fitted = model.fitted.iter().map(|v| out(*v)).collect();
     Ok(Prediction {
         point,
         bands,
@@ -1330,6 +1346,34 @@ mod tests {
             transform: Transform::None,
             calibrate: true,
         }
+    }
+
+    #[test]
+    fn a_never_negative_series_is_not_forecast_below_zero() {
+        // Mostly empty hours with a rare sale: in the log, the band reaches
+        // below zero, which money and counts never do.
+        let y: Vec<f64> = (0..200)
+            .map(|t| if t % 7 == 0 { 3.0 } else { 0.0 })
+            .collect();
+        let spec = Spec {
+            periods: Vec::new(),
+            transform: Transform::Auto,
+            calibrate: true,
+        };
+        let p = forecast(&y, 12, &[0.95], &spec).unwrap();
+        let band = &p.bands[0];
+        assert!(band.lower.iter().all(|l| *l >= 0.0), "{:?}", band.lower);
+        assert!(
+            band.lower.contains(&0.0),
+            "the floor is met: {:?}",
+            band.lower
+        );
+        assert!(p.point.iter().all(|v| *v >= 0.0));
+        assert!(p.fitted.iter().filter(|v| !v.is_nan()).all(|v| *v >= 0.0));
+        // A series that goes negative keeps its band as fitted.
+        let z: Vec<f64> = y.iter().map(|v| v - 1.0).collect();
+        let q = forecast(&z, 12, &[0.95], &spec).unwrap();
+        assert!(q.bands[0].lower.iter().any(|l| *l < 0.0));
     }
 
     #[test]
