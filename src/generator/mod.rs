@@ -410,7 +410,7 @@ impl Generator {
         let now = self.sim_now;
         self.scenarios
             .iter()
-            .filter(|(_, from, until)| *from <= now && until.is_none_or(|u| now < u))
+            .filter(|(_, from, until)| window_open(*from, *until, now))
             .map(|(s, _, _)| s.scenario.clone())
             .collect()
     }
@@ -494,7 +494,7 @@ impl Generator {
                     next = Some(next.map_or(b, |n| n.min(b)));
                 }
             }
-            if *from <= now && until.is_none_or(|u| now < u) {
+            if window_open(*from, *until, now) {
                 on.push(Arc::clone(s));
             }
         }
@@ -840,6 +840,12 @@ impl Generator {
     }
 }
 
+/// Whether a scenario scheduled from `from` until `until` (open-ended
+/// without one) is in effect at `at`.
+fn window_open(from: DateTime<Utc>, until: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
+    from <= at && until.is_none_or(|u| at < u)
+}
+
 /// The payment outage in effect when a payment is made at `at`: the method,
 /// its failure rate and the retry probability. A provider fails the payments
 /// made while it is down, whenever their sessions began: on a simulated
@@ -857,7 +863,7 @@ fn outage_at(
         Clock::Wall => effective.outage.clone(),
         Clock::Simulated(_) => windows
             .iter()
-            .filter(|(_, from, until)| *from <= at && until.is_none_or(|u| at < u))
+            .filter(|(_, from, until)| window_open(*from, *until, at))
             .filter_map(|(s, _, _)| s.effects.payment_outage.as_ref())
             .next_back()
             .map(|o| (o.method.clone(), o.failure_rate, o.retry_probability)),
