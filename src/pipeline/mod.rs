@@ -23,6 +23,9 @@ use crate::store::Store;
 pub(crate) use ingest::run_worker;
 pub use ingest::{IngestSettings, IngestStats, StepTimes};
 
+/// The longest wait [`Pacer::delay_for`] gives at once.
+pub const MAX_PACE_WAIT: Duration = Duration::from_secs(86_400);
+
 /// Keeps a loop at `rate` iterations per second (no limit when `None`).
 pub struct Pacer {
     start: Instant,
@@ -39,14 +42,19 @@ impl Pacer {
         }
     }
 
-    /// How long to wait before item `n` (0-based) is due.
+    /// How long to wait before item `n` (0-based) is due, at most
+    /// [`MAX_PACE_WAIT`] (the caller asks again after it): a rate so low
+    /// that the time overflows waits, it does not panic.
     pub(crate) fn delay_for(&self, n: u64) -> Duration {
         match self.rate {
             None => Duration::ZERO,
-            Some(r) => {
-                let due = self.start + Duration::from_secs_f64(n as f64 / r);
-                due.saturating_duration_since(Instant::now())
-            }
+            Some(r) => Duration::try_from_secs_f64(n as f64 / r)
+                .ok()
+                .and_then(|after| self.start.checked_add(after))
+                .map_or(MAX_PACE_WAIT, |due| {
+                    due.saturating_duration_since(Instant::now())
+                        .min(MAX_PACE_WAIT)
+                }),
         }
     }
 }
@@ -495,4 +503,25 @@ pub(crate) fn is_config_error(e: &anyhow::Error) -> bool {
             .is_some_and(|s| s.fault() == crate::store::Fault::Config)
             || c.downcast_ref::<crate::config::ConfigError>().is_some()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_rate_waits_and_does_not_panic() {
+        let p = Pacer::new(Some(1e-300));
+        assert_eq!(p.delay_for(0), Duration::ZERO);
+        assert_eq!(p.delay_for(1), MAX_PACE_WAIT);
+        assert_eq!(p.delay_for(u64::MAX), MAX_PACE_WAIT);
+        let p = Pacer::new(Some(10.0));
+        let w = p.delay_for(10);
+        assert!(
+            w > Duration::from_millis(900) && w <= Duration::from_secs(1),
+            "{w:?}"
+        );
+        assert_eq!(Pacer::new(None).delay_for(5), Duration::ZERO);
+        assert_eq!(Pacer::new(Some(f64::NAN)).delay_for(5), Duration::ZERO);
+    }
 }
