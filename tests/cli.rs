@@ -108,6 +108,22 @@ async fn run_with_events_exits_after_committing_them_all() {
 }
 
 #[test]
+fn replay_refuses_the_generator_options_it_would_ignore() {
+    for extra in [
+        ["--seed", "7"],
+        ["--scenario", "scripts/generator/flash_sale.rhai"],
+        ["--generator-script", "scripts/generator/default.rhai"],
+    ] {
+        let mut args = vec!["run", "--replay", "events.ndjson"];
+        args.extend(extra);
+        let o = salespulse(&args, &[]);
+        assert!(!o.status.success(), "{extra:?}");
+        let t = text(&o);
+        assert!(t.contains("cannot be used with"), "{extra:?}: {t}");
+    }
+}
+
+#[test]
 fn bad_configuration_is_reported_clearly_and_secrets_stay_hidden() {
     let o = salespulse(&["doctor"], &[("SALESPULSE_PARTITIONS", "many")]);
     assert!(!o.status.success());

@@ -72,7 +72,11 @@ pub enum Command {
         /// standard input). Each line goes to the topic as it is, keyed by
         /// its customer_id; a line that is not a valid event is
         /// dead-lettered by ingest with its reason.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "backfill_from"])]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with_all = ["seed", "backfill_from", "generator_script", "scenario"]
+        )]
         replay: Option<PathBuf>,
         #[command(flatten)]
         behaviour: BehaviourArgs,
